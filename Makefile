@@ -1,0 +1,45 @@
+# Murmur — every target creates .venv when missing and installs the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.murmur-installed
+OUT ?= runs/demo
+
+.PHONY: demo test lint typecheck bench system-deps clean
+
+# Debian packages needed to build/run the dependencies (fastecdsa for libp2p needs GMP).
+system-deps:
+	@missing=""; for p in gcc libgmp-dev; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and exactly: 2.13.0 is the CPU build on the project machines.
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/murmur sim --nodes 16 --topology ring --compressor top-k:0.1 --rounds 60 \
+		--dataset breast-cancer --alpha 0.5 --seed 0 --out $(OUT) \
+		--methods central,local,fedavg,dpsgd,murmur
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check node crypto topology sim tests benchmarks
+	$(VENV)/bin/ruff format --check node crypto topology sim tests benchmarks
+	$(VENV)/bin/mypy
+
+test: $(STAMP)
+	$(MAKE) --no-print-directory lint
+	$(VENV)/bin/pytest
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

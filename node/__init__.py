@@ -1,0 +1,1 @@
+"""One Murmur site: model vectors, compressors, local training, the gossip protocol, CLI."""

@@ -1,0 +1,217 @@
+"""Compressors C(x) for CHOCO gossip: ``compress(vectors, round) -> Sparse``, pure and seeded.
+
+Each compressor is a δ-contraction, E‖C(x) − x‖² ≤ (1 − δ)‖x‖², which is what CHOCO-SGD
+needs to converge with error feedback; the residual x − x̂ is never lost, only delayed.
+
+Specs: ``identity``; ``top-k:F``; ``rand-k:F`` and ``block-k:F[:B]`` (index set from the
+public per-round seed, identical on every node); ``top-k:adaptive[:F]`` (per-node keep
+ratio F·H_i/log C from the entropy H_i of the node's label distribution); any of them with
+``+q8`` for unbiased 8-bit stochastic quantization of the kept values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from node.errors import UnknownCompressorError
+from node.quantize import Quantized
+from node.sparse import Sparse
+
+COMPRESSOR_NAMES = (
+    "identity",
+    "top-k:F",
+    "rand-k:F",
+    "block-k:F[:BLOCK]",
+    "top-k:adaptive[:F]",
+    "<any>+q8",
+)
+
+
+class Compressor(Protocol):
+    """Maps a (K, d) batch of vectors to their compressed form for round ``round``."""
+
+    name: str
+
+    def compress(self, vectors: torch.Tensor, round: int) -> Sparse: ...
+
+
+def _as_batch(vectors: torch.Tensor) -> torch.Tensor:
+    return vectors.unsqueeze(0) if vectors.dim() == 1 else vectors
+
+
+def _kept(rows: int, k: int, device: torch.device) -> torch.Tensor:
+    return torch.full((rows,), k, dtype=torch.int64, device=device)
+
+
+def round_generator(seed: int, round: int, salt: int) -> torch.Generator:
+    """A CPU generator keyed by (public seed, round, purpose): same on every node."""
+    gen = torch.Generator()
+    gen.manual_seed((seed * 1_000_003 + round * 7919 + salt) % (2**63 - 1))
+    return gen
+
+
+class Identity:
+    """No compression: the dense update (CHOCO with C = id and γ = 1 is D-PSGD)."""
+
+    name = "identity"
+
+    def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
+        x = _as_batch(vectors)
+        return Sparse(x.clone(), None, x.shape[1], _kept(x.shape[0], x.shape[1], x.device))
+
+
+def keep_count(fraction: float, dim: int) -> int:
+    return max(1, min(dim, round(fraction * dim)))
+
+
+class TopK:
+    """The k largest-magnitude coordinates of each row; indices are sent (4 bytes each)."""
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction = fraction
+        self.name = f"top-k:{fraction:g}"
+
+    def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
+        x = _as_batch(vectors)
+        k = keep_count(self.fraction, x.shape[1])
+        _, idx = torch.topk(x.abs(), k, dim=1, sorted=False)
+        return Sparse(torch.gather(x, 1, idx), idx, x.shape[1], _kept(x.shape[0], k, x.device))
+
+
+class AdaptiveTopK:
+    """Top-k with a per-node keep ratio F·H_i / log C (H_i: entropy of node i's labels).
+
+    A node whose labels are nearly single-class sends less; a node with a balanced label
+    mix, whose update carries information about every class, sends more. Purely local: a
+    node needs only its own label counts. ``rows`` gives the keep ratio of each row.
+    """
+
+    def __init__(self, fraction: float, ratios: Sequence[float]) -> None:
+        self.fraction = fraction
+        self.ratios = torch.tensor([min(1.0, max(0.0, r)) for r in ratios], dtype=torch.float64)
+        self.name = f"top-k:adaptive:{fraction:g}"
+
+    @staticmethod
+    def ratios_from_labels(fraction: float, label_counts: Sequence[Sequence[int]]) -> list[float]:
+        out = []
+        for counts in label_counts:
+            total = float(sum(counts))
+            probs = [c / total for c in counts if c > 0] if total else []
+            entropy = -sum(p * math.log(p) for p in probs)
+            classes = max(2, len(counts))
+            out.append(fraction * entropy / math.log(classes))
+        return out
+
+    def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
+        x = _as_batch(vectors)
+        d = x.shape[1]
+        if self.ratios.numel() != x.shape[0]:
+            raise ValueError(
+                f"adaptive top-k has {self.ratios.numel()} node ratios, got {x.shape[0]} rows"
+            )
+        ks = torch.tensor([keep_count(float(r), d) for r in self.ratios], device=x.device)
+        k_max = int(ks.max())
+        _, idx = torch.topk(x.abs(), k_max, dim=1, sorted=True)
+        vals = torch.gather(x, 1, idx)
+        keep = torch.arange(k_max, device=x.device).unsqueeze(0) < ks.unsqueeze(1)
+        return Sparse(vals * keep, idx, d, ks)
+
+
+class RandK:
+    """k coordinates drawn from the public round seed: same slots on every node."""
+
+    def __init__(self, fraction: float, seed: int) -> None:
+        self.fraction = fraction
+        self.seed = seed
+        self.name = f"rand-k:{fraction:g}"
+
+    def indices(self, dim: int, round: int) -> torch.Tensor:
+        k = keep_count(self.fraction, dim)
+        perm = torch.randperm(dim, generator=round_generator(self.seed, round, 1))
+        return perm[:k].sort().values
+
+    def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
+        x = _as_batch(vectors)
+        idx = self.indices(x.shape[1], round).to(x.device)
+        return Sparse(x[:, idx], idx, x.shape[1], _kept(x.shape[0], idx.numel(), x.device))
+
+
+class BlockK:
+    """Random contiguous blocks from the public round seed: cheap gathers, aligned slots."""
+
+    def __init__(self, fraction: float, seed: int, block: int = 256) -> None:
+        if block < 1:
+            raise UnknownCompressorError(f"block size must be positive, got {block}")
+        self.fraction = fraction
+        self.seed = seed
+        self.block = block
+        self.name = f"block-k:{fraction:g}:{block}"
+
+    def indices(self, dim: int, round: int) -> torch.Tensor:
+        block = min(self.block, dim)
+        n_blocks = math.ceil(dim / block)
+        take = max(1, min(n_blocks, round_half(keep_count(self.fraction, dim) / block)))
+        chosen = torch.randperm(n_blocks, generator=round_generator(self.seed, round, 2))[:take]
+        starts = chosen.sort().values * block
+        idx = (starts.unsqueeze(1) + torch.arange(block).unsqueeze(0)).reshape(-1)
+        return idx[idx < dim]
+
+    def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
+        x = _as_batch(vectors)
+        idx = self.indices(x.shape[1], round).to(x.device)
+        return Sparse(x[:, idx], idx, x.shape[1], _kept(x.shape[0], idx.numel(), x.device))
+
+
+def round_half(value: float) -> int:
+    return math.floor(value + 0.5)
+
+
+def _fraction(text: str, spec: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UnknownCompressorError(f"bad compressor {spec!r}: {text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise UnknownCompressorError(
+            f"bad compressor {spec!r}: the fraction must be in (0, 1], got {value:g}"
+        )
+    return value
+
+
+def parse_compressor(
+    spec: str, seed: int = 0, label_counts: Sequence[Sequence[int]] | None = None
+) -> Compressor:
+    """Build a compressor from its spec; ``label_counts`` (per node) feeds top-k:adaptive."""
+    base, plus, suffix = spec.partition("+")
+    if plus and suffix != "q8":
+        raise UnknownCompressorError(f"bad compressor {spec!r}: only '+q8' may follow a compressor")
+    name, *args = base.split(":")
+    inner: Compressor
+    if name == "identity" and not args:
+        inner = Identity()
+    elif name == "top-k" and args and args[0] == "adaptive":
+        fraction = _fraction(args[1], spec) if len(args) > 1 else 0.1
+        if label_counts is None:
+            raise UnknownCompressorError("top-k:adaptive needs each node's label counts")
+        inner = AdaptiveTopK(fraction, AdaptiveTopK.ratios_from_labels(fraction, label_counts))
+    elif name == "top-k" and len(args) == 1:
+        inner = TopK(_fraction(args[0], spec))
+    elif name == "rand-k" and len(args) == 1:
+        inner = RandK(_fraction(args[0], spec), seed)
+    elif name == "block-k" and len(args) in (1, 2):
+        try:
+            block = int(args[1]) if len(args) == 2 else 256
+        except ValueError:
+            raise UnknownCompressorError(
+                f"bad compressor {spec!r}: block size must be an integer"
+            ) from None
+        inner = BlockK(_fraction(args[0], spec), seed, block)
+    else:
+        raise UnknownCompressorError(
+            f"unknown compressor {spec!r}; accepted: {', '.join(COMPRESSOR_NAMES)}"
+        )
+    return Quantized(inner, seed) if plus else inner

@@ -1,0 +1,88 @@
+"""CHOCO-SGD gossip with public copies (Koloskova et al., 2019), for K nodes at once.
+
+Each node i holds its model x_i, its public copy x̂_i (what its neighbours know of it),
+and s_i = Σ_{j ∈ N(i) ∪ {i}} W_ij x̂_j. One round, after local training:
+
+1. q_i = C(x_i − x̂_i);  x̂_i += q_i      (the residual stays in x_i − x̂_i: error feedback)
+2. every neighbour j adds W_ji q_i to s_j; node i adds W_ii q_i to its own s_i
+3. x_i += γ (s_i − x̂_i)
+
+Step 2 is linear, so a contribution that arrives late, or is retransmitted from a
+backlog, leaves s_i exactly where it would have been. With C = identity and γ = 1 this
+is dense D-PSGD: x̂ = x and x_i ← Σ_j W_ij x_j.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from node.compress import Compressor
+from node.sparse import Sparse
+
+
+@dataclass
+class ChocoState:
+    """The three (K, d) vectors of CHOCO gossip for K nodes."""
+
+    x: torch.Tensor
+    xhat: torch.Tensor
+    s: torch.Tensor
+
+    @classmethod
+    def start(cls, x: torch.Tensor, common: torch.Tensor | None = None) -> ChocoState:
+        """Start the public copies at the consortium's common initial model.
+
+        Every node derives the same initial model from the public seed, so x̂_j = x₀ is
+        already known to all and s_i = Σ_j W_ij x₀ = x₀ (W is doubly stochastic): exactly
+        consistent without sending anything. Starting from x̂ = 0 instead would spend the
+        first hundreds of compressed rounds just transmitting x₀.
+        """
+        if common is None:
+            return cls(x, torch.zeros_like(x), torch.zeros_like(x))
+        start = common.expand_as(x).clone()
+        return cls(x, start, start.clone())
+
+
+def compress_step(
+    state: ChocoState,
+    compressor: Compressor,
+    round: int,
+    active: torch.Tensor | None = None,
+) -> Sparse:
+    """Step 1: compress the residual and advance the public copy (inactive rows send zero)."""
+    q = compressor.compress(state.x - state.xhat, round)
+    if active is not None:
+        mask = active.to(q.values.dtype).unsqueeze(1)
+        q = Sparse(
+            q.values * mask, q.indices, q.dim, q.kept * active, q.value_bytes, q.header_bytes
+        )
+    q.add_into(state.xhat)
+    return q
+
+
+def add_self_contribution(state: ChocoState, q: Sparse, self_weights: torch.Tensor) -> None:
+    """Step 2 for the node's own term: s_i += W_ii q_i."""
+    scaled = Sparse(
+        q.values * self_weights.to(q.values.dtype).unsqueeze(1),
+        q.indices,
+        q.dim,
+        q.kept,
+        q.value_bytes,
+        q.header_bytes,
+    )
+    scaled.add_into(state.s)
+
+
+def mix_step(state: ChocoState, gamma: float, active: torch.Tensor | None = None) -> None:
+    """Step 3: x_i += γ (s_i − x̂_i) for active rows."""
+    delta = state.s - state.xhat
+    if active is not None:
+        delta.mul_(active.to(delta.dtype).unsqueeze(1))
+    state.x.add_(delta, alpha=gamma)
+
+
+def consensus_distance(x: torch.Tensor) -> float:
+    """Mean squared distance of the rows to their average: 0 exactly at consensus."""
+    return float(((x - x.mean(0, keepdim=True)) ** 2).sum(1).mean())

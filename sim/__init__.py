@@ -1,0 +1,1 @@
+"""Simulators and evaluation: the fast in-process simulator, datasets, methods, reports."""

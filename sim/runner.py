@@ -1,0 +1,201 @@
+"""``murmur sim``: build data, topology and methods from the command line, run, report."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from node.compress import parse_compressor
+from node.device import pick_device
+from node.errors import ConfigError
+from node.trainer import TrainConfig
+from sim import partition
+from sim.data import load_dataset
+from sim.engine import METHOD_NAMES, RunSpec, Simulation
+from sim.faults import FaultConfig, parse_crash, parse_slow
+from sim.prep import FederatedData, prepare
+from sim.report import plot, print_table, with_targets, write_summary
+from topology import build_topology, spectral_gap
+
+PARTITIONS = ("auto", "iid", "dirichlet", "natural")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--backend", choices=["inprocess"], default="inprocess", help="simulator backend")
+    add("--nodes", type=int, default=16, help="number of simulated sites")
+    add(
+        "--topology",
+        default="ring",
+        help="ring, torus, complete, star, regular:D, erdos-renyi:P, "
+        "watts-strogatz:K:P, exponential, file:PATH, matching[:BASE]",
+    )
+    add(
+        "--compressor",
+        default="top-k:0.01",
+        help="identity, top-k:F, rand-k:F, block-k:F[:B], top-k:adaptive[:F], any of them +q8",
+    )
+    add("--rounds", type=int, default=200)
+    add("--dataset", default="breast-cancer", help="breast-cancer, ncctg-lung, csv:PATH")
+    add("--target", help="label column of a CSV dataset (must be binary)")
+    add("--site-column", help="column naming each row's site, for --partition natural")
+    add(
+        "--partition",
+        choices=PARTITIONS,
+        default="auto",
+        help="auto: natural when the data has sites, dirichlet when --alpha is given, else iid",
+    )
+    add("--alpha", type=float, help="Dirichlet label-skew concentration (smaller: more skew)")
+    add(
+        "--methods",
+        default="central,local,fedavg,dpsgd,murmur",
+        help=f"comma list of {', '.join(METHOD_NAMES)}",
+    )
+    add("--model", default="mlp:32", help="logistic or mlp:H1,H2,...")
+    add("--optimizer", default="sgd", choices=["sgd", "adam"])
+    add("--lr", type=float, default=0.3)
+    add("--lr-schedule", default="cosine", choices=["cosine", "constant"])
+    add("--momentum", type=float, default=0.0)
+    add("--nesterov", action="store_true")
+    add("--prox-mu", type=float, default=0.0, help="FedProx μ (0: off)")
+    add("--local-steps", type=int, default=1)
+    add("--batch-size", type=int, default=16)
+    add(
+        "--time-budget",
+        type=float,
+        help="seconds of local training per round instead of --local-steps",
+    )
+    add("--gamma", type=float, default=0.1, help="CHOCO consensus step size γ for murmur")
+    add("--eval-every", type=int, default=1)
+    add("--device", default="auto")
+    add("--seed", type=int, default=0)
+    add("--out", type=Path, default=Path("runs/sim"))
+    add("--drop", type=float, default=0.0, help="probability that a frame is lost")
+    add("--delay", type=float, default=0.0, help="mean frame latency in virtual ms")
+    add("--deadline", type=float, default=1000.0, help="round deadline in virtual ms")
+    add("--slow", action="append", default=[], help="NODE:FACTOR straggler (repeatable)")
+    add("--kill", action="append", default=[], help="NODE@ROUND[:RESTART] crash (repeatable)")
+
+
+def build_data(args: argparse.Namespace) -> FederatedData:
+    table = load_dataset(args.dataset, args.target, args.site_column)
+    rng = np.random.default_rng(args.seed)
+    mode = args.partition
+    if mode == "auto":
+        mode = (
+            "natural"
+            if table.sites is not None
+            else ("dirichlet" if args.alpha is not None else "iid")
+        )
+    if mode == "natural":
+        parts, names = partition.natural(table.sites)
+    elif mode == "dirichlet":
+        parts = partition.dirichlet(
+            table.labels, args.nodes, 0.5 if args.alpha is None else args.alpha, rng
+        )
+        names = [f"node-{i}" for i in range(args.nodes)]
+    else:
+        parts = partition.iid(len(table.labels), args.nodes, rng)
+        names = [f"node-{i}" for i in range(args.nodes)]
+    args.partition_used = mode
+    return prepare(table, parts, names, args.seed)
+
+
+def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(width=max(110, Console().width))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown or not methods:
+        raise ConfigError(
+            f"unknown method(s) {', '.join(unknown) or '(none)'}; "
+            f"accepted: {', '.join(METHOD_NAMES)}"
+        )
+    if args.rounds < 1 or args.eval_every < 1:
+        raise ConfigError("--rounds and --eval-every must be at least 1")
+    faults = FaultConfig(
+        drop=args.drop,
+        delay_ms=args.delay,
+        deadline_ms=args.deadline,
+        slow=dict(parse_slow(s) for s in args.slow),
+        crashes=tuple(parse_crash(k) for k in args.kill),
+    )
+    train = TrainConfig(
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        prox_mu=args.prox_mu,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        time_budget_s=args.time_budget,
+        lr_schedule=args.lr_schedule,
+    )
+    data = build_data(args)
+    n = len(data.train)
+    topology = build_topology(args.topology, n, args.seed)
+    compressor = parse_compressor(args.compressor, args.seed, data.label_counts())
+    spec = RunSpec(
+        args.rounds,
+        args.model,
+        train,
+        args.gamma,
+        args.seed,
+        pick_device(args.device),
+        args.eval_every,
+        faults,
+    )
+    sim = Simulation(data, topology, spec)
+    config = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("func", "command")
+    }
+    config.update(
+        nodes=n,
+        node_names=data.node_names,
+        model_parameters=sim.layout.dim,
+        spectral_gap=spectral_gap(topology.matrix(0)),
+        device=str(spec.device),
+    )
+    console.print(
+        f"[bold]Murmur[/] {n} nodes · {args.topology} "
+        f"(spectral gap {config['spectral_gap']:.4f}) · {args.dataset} ({args.partition_used}) · "
+        f"model {args.model} ({sim.layout.dim} parameters) · {spec.device}"
+    )
+    results = []
+    began = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description:<8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        for method in methods:
+            task = progress.add_task(method, total=args.rounds)
+
+            def tick(task: TaskID = task) -> None:
+                progress.advance(task)
+
+            results.append(sim.run(method, compressor, tick))
+    table = with_targets(results)
+    config["total_wall_s"] = time.perf_counter() - began
+    path = write_summary(args.out, config, table)
+    plots = plot(args.out, table)
+    print_table(table, console)
+    console.print(f"wrote {path} and {len(plots)} plots in {args.out}/")
+    return {"config": config, "methods": table}
