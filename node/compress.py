@@ -137,7 +137,11 @@ class RandK:
     def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
         x = _as_batch(vectors)
         idx = self.indices(x.shape[1], round).to(x.device)
-        return Sparse(x[:, idx], idx, x.shape[1], _kept(x.shape[0], idx.numel(), x.device))
+        return self.compress_columns(x[:, idx], idx, x.shape[1])
+
+    def compress_columns(self, columns: torch.Tensor, idx: torch.Tensor, dim: int) -> Sparse:
+        """The compressed form when the caller already gathered this round's columns."""
+        return Sparse(columns, idx, dim, _kept(columns.shape[0], idx.numel(), columns.device))
 
 
 class BlockK:
@@ -163,7 +167,11 @@ class BlockK:
     def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
         x = _as_batch(vectors)
         idx = self.indices(x.shape[1], round).to(x.device)
-        return Sparse(x[:, idx], idx, x.shape[1], _kept(x.shape[0], idx.numel(), x.device))
+        return self.compress_columns(x[:, idx], idx, x.shape[1])
+
+    def compress_columns(self, columns: torch.Tensor, idx: torch.Tensor, dim: int) -> Sparse:
+        """The compressed form when the caller already gathered this round's columns."""
+        return Sparse(columns, idx, dim, _kept(columns.shape[0], idx.numel(), columns.device))
 
 
 def round_half(value: float) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from node.compress import Compressor
+from node.compress import BlockK, Compressor, RandK
 from node.sparse import Sparse
 
 
@@ -52,7 +52,12 @@ def compress_step(
     active: torch.Tensor | None = None,
 ) -> Sparse:
     """Step 1: compress the residual and advance the public copy (inactive rows send zero)."""
-    q = compressor.compress(state.x - state.xhat, round)
+    if isinstance(compressor, RandK | BlockK):
+        # Shared-seed index set: only those columns of x − x̂ are needed (no (K, d) temporary).
+        idx = compressor.indices(state.x.shape[1], round).to(state.x.device)
+        q = compressor.compress_columns(state.x[:, idx] - state.xhat[:, idx], idx, state.x.shape[1])
+    else:
+        q = compressor.compress(state.x - state.xhat, round)
     if active is not None:
         mask = active.to(q.values.dtype).unsqueeze(1)
         q = Sparse(
@@ -77,9 +82,11 @@ def add_self_contribution(state: ChocoState, q: Sparse, self_weights: torch.Tens
 
 def mix_step(state: ChocoState, gamma: float, active: torch.Tensor | None = None) -> None:
     """Step 3: x_i += γ (s_i − x̂_i) for active rows."""
+    if active is None:
+        state.x.add_(state.s, alpha=gamma).sub_(state.xhat, alpha=gamma)
+        return
     delta = state.s - state.xhat
-    if active is not None:
-        delta.mul_(active.to(delta.dtype).unsqueeze(1))
+    delta.mul_(active.to(delta.dtype).unsqueeze(1))
     state.x.add_(delta, alpha=gamma)
 
 
