@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/murmur sim --nodes 16 --topology ring --compressor top-k:0.1 --rounds 60 \
+	$(VENV)/bin/murmur sim --nodes 16 --topology ring --compressor top-k:0.01 --rounds 200 \
 		--dataset breast-cancer --alpha 0.5 --seed 0 --out $(OUT) \
 		--methods central,local,fedavg,dpsgd,murmur
 

@@ -121,7 +121,23 @@ class AdaptiveTopK:
         return Sparse(vals * keep, idx, d, ks)
 
 
-class RandK:
+class _SharedIndex:
+    """Compressors whose index set comes from the public round seed alone."""
+
+    def indices(self, dim: int, round: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
+        x = _as_batch(vectors)
+        idx = self.indices(x.shape[1], round).to(x.device)
+        return self.compress_columns(x[:, idx], idx, x.shape[1])
+
+    def compress_columns(self, columns: torch.Tensor, idx: torch.Tensor, dim: int) -> Sparse:
+        """The compressed form when the caller already gathered this round's columns."""
+        return Sparse(columns, idx, dim, _kept(columns.shape[0], idx.numel(), columns.device))
+
+
+class RandK(_SharedIndex):
     """k coordinates drawn from the public round seed: same slots on every node."""
 
     def __init__(self, fraction: float, seed: int) -> None:
@@ -134,17 +150,8 @@ class RandK:
         perm = torch.randperm(dim, generator=round_generator(self.seed, round, 1))
         return perm[:k].sort().values
 
-    def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
-        x = _as_batch(vectors)
-        idx = self.indices(x.shape[1], round).to(x.device)
-        return self.compress_columns(x[:, idx], idx, x.shape[1])
 
-    def compress_columns(self, columns: torch.Tensor, idx: torch.Tensor, dim: int) -> Sparse:
-        """The compressed form when the caller already gathered this round's columns."""
-        return Sparse(columns, idx, dim, _kept(columns.shape[0], idx.numel(), columns.device))
-
-
-class BlockK:
+class BlockK(_SharedIndex):
     """Random contiguous blocks from the public round seed: cheap gathers, aligned slots."""
 
     def __init__(self, fraction: float, seed: int, block: int = 256) -> None:
@@ -163,15 +170,6 @@ class BlockK:
         starts = chosen.sort().values * block
         idx = (starts.unsqueeze(1) + torch.arange(block).unsqueeze(0)).reshape(-1)
         return idx[idx < dim]
-
-    def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
-        x = _as_batch(vectors)
-        idx = self.indices(x.shape[1], round).to(x.device)
-        return self.compress_columns(x[:, idx], idx, x.shape[1])
-
-    def compress_columns(self, columns: torch.Tensor, idx: torch.Tensor, dim: int) -> Sparse:
-        """The compressed form when the caller already gathered this round's columns."""
-        return Sparse(columns, idx, dim, _kept(columns.shape[0], idx.numel(), columns.device))
 
 
 def round_half(value: float) -> int:
