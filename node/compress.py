@@ -121,7 +121,7 @@ class AdaptiveTopK:
         return Sparse(vals * keep, idx, d, ks)
 
 
-class _SharedIndex:
+class SharedIndexCompressor:
     """Compressors whose index set comes from the public round seed alone."""
 
     def indices(self, dim: int, round: int) -> torch.Tensor:
@@ -137,7 +137,7 @@ class _SharedIndex:
         return Sparse(columns, idx, dim, _kept(columns.shape[0], idx.numel(), columns.device))
 
 
-class RandK(_SharedIndex):
+class RandK(SharedIndexCompressor):
     """k coordinates drawn from the public round seed: same slots on every node."""
 
     def __init__(self, fraction: float, seed: int) -> None:
@@ -151,7 +151,7 @@ class RandK(_SharedIndex):
         return perm[:k].sort().values
 
 
-class BlockK(_SharedIndex):
+class BlockK(SharedIndexCompressor):
     """Random contiguous blocks from the public round seed: cheap gathers, aligned slots."""
 
     def __init__(self, fraction: float, seed: int, block: int = 256) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from node.compress import BlockK, Compressor, RandK
+from node.compress import Compressor, SharedIndexCompressor
 from node.sparse import Sparse
 
 
@@ -52,7 +52,7 @@ def compress_step(
     active: torch.Tensor | None = None,
 ) -> Sparse:
     """Step 1: compress the residual and advance the public copy (inactive rows send zero)."""
-    if isinstance(compressor, RandK | BlockK):
+    if isinstance(compressor, SharedIndexCompressor):
         # Shared-seed index set: only those columns of x − x̂ are needed (no (K, d) temporary).
         idx = compressor.indices(state.x.shape[1], round).to(state.x.device)
         q = compressor.compress_columns(state.x[:, idx] - state.xhat[:, idx], idx, state.x.shape[1])

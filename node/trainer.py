@@ -192,34 +192,28 @@ class BatchedTrainer:
                 break
         return TrainStats(torch.stack(losses).mean(0), steps, time.perf_counter() - began)
 
+    def _probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(K, T, C) probabilities of row k's model on ``inputs[k]``, in chunks of 256 rows."""
+        views = self.layout.views(self.params)
+        chunks = []
+        for lo in range(0, self.params.shape[0], 256):
+            part = {n: v[lo : lo + 256] for n, v in views.items()}
+            with autocast_for(self.device):
+                logits = self._forward(part, inputs[lo : lo + 256])
+            chunks.append(torch.softmax(logits.float(), dim=-1))
+        return torch.cat(chunks)
+
     @torch.no_grad()
     def predict_own(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Row i's class probabilities on its own examples ``features[i]``, batched over rows."""
-        k = self.params.shape[0]
         longest = max(len(f) for f in features)
-        padded = torch.zeros(k, longest, features[0].shape[1], device=self.device)
+        padded = torch.zeros(len(features), longest, features[0].shape[1], device=self.device)
         for i, f in enumerate(features):
             padded[i, : len(f)] = f.to(self.device)
-        views = self.layout.views(self.params)
-        chunks = []
-        for lo in range(0, k, 256):
-            part = {n: v[lo : lo + 256] for n, v in views.items()}
-            with autocast_for(self.device):
-                logits = self._forward(part, padded[lo : lo + 256])
-            chunks.append(torch.softmax(logits.float(), dim=-1))
-        probs = torch.cat(chunks)
+        probs = self._probabilities(padded)
         return [probs[i, : len(f)] for i, f in enumerate(features)]
 
     @torch.no_grad()
-    def predict_proba(self, features: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
-        """(K, T, C) class probabilities of every model (or ``rows``) on the same T examples."""
-        params = self.params if rows is None else self.params[rows]
-        views = self.layout.views(params)
-        chunks = []
-        for lo in range(0, params.shape[0], 256):
-            part = {n: v[lo : lo + 256] for n, v in views.items()}
-            with autocast_for(self.device):
-                batch = features.unsqueeze(0).expand(len(next(iter(part.values()))), -1, -1)
-                logits = self._forward(part, batch)
-            chunks.append(torch.softmax(logits.float(), dim=-1))
-        return torch.cat(chunks)
+    def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
+        """(K, T, C) class probabilities of every model on the same T examples."""
+        return self._probabilities(features.unsqueeze(0).expand(self.params.shape[0], -1, -1))
