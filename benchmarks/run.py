@@ -7,10 +7,12 @@ in one run on this machine; ratios are taken within the run.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import resource
+import subprocess
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from node.compress import parse_compressor
+from node.gossip import auto_gamma
 from node.trainer import TrainConfig
 from sim.data import load_dataset
 from sim.engine import RunSpec, Simulation
@@ -34,7 +37,7 @@ def wisconsin(rounds: int) -> dict[str, Any]:
     table = load_dataset("breast-cancer")
     parts = dirichlet(table.labels, 16, 0.5, np.random.default_rng(0))
     data = prepare(table, parts, [f"node-{i}" for i in range(16)], 0)
-    spec = RunSpec(rounds, "mlp:32", TRAIN, 0.1, 0, torch.device("cpu"))
+    spec = RunSpec(rounds, "mlp:32", TRAIN, None, 0, torch.device("cpu"))
     sim = Simulation(data, build_topology("ring", 16), spec)
     runs = [sim.run(m) for m in ("central", "local", "fedavg", "dpsgd")]
     for name in ("top-k:0.01", "top-k:0.1"):
@@ -47,11 +50,42 @@ def wisconsin(rounds: int) -> dict[str, Any]:
     return table_out
 
 
+def gamma_sweep(rounds: int) -> list[dict[str, Any]]:
+    """rounds_to_target and accuracy of top-k 1% / 10% over γ, with the auto choice marked."""
+    table = load_dataset("breast-cancer")
+    parts = dirichlet(table.labels, 16, 0.5, np.random.default_rng(0))
+    data = prepare(table, parts, [f"node-{i}" for i in range(16)], 0)
+    base = RunSpec(rounds, "mlp:32", TRAIN, None, 0, torch.device("cpu"))
+    sim = Simulation(data, build_topology("ring", 16), base)
+    central = sim.run("central")
+    rows = []
+    for name in ("top-k:0.01", "top-k:0.1"):
+        comp = parse_compressor(name)
+        auto = auto_gamma(comp, sim.layout.dim)
+        others = [g for g in (0.05, 0.1, 0.2, 0.3, 0.5, 0.7) if abs(g - auto) > 1e-3]
+        for gamma in sorted([*others, auto]):
+            sim.spec = replace(base, gamma=gamma)
+            run = sim.run("murmur", comp)
+            run.method = f"{name} γ={gamma:g}"
+            entry = with_targets([central, run])[run.method]
+            rows.append(
+                {
+                    "compressor": name,
+                    "gamma": gamma,
+                    "auto": gamma == auto,
+                    "accuracy_mean": entry["accuracy_mean"],
+                    "accuracy_min": entry["accuracy_min"],
+                    "rounds_to_target": entry["rounds_to_target"],
+                }
+            )
+    return rows
+
+
 def lung(rounds: int) -> dict[str, Any]:
     table = load_dataset("ncctg-lung")
     parts, names = natural(table.sites)
     data = prepare(table, parts, names, 0)
-    spec = RunSpec(rounds, "mlp:32", TRAIN, 0.1, 0, torch.device("cpu"))
+    spec = RunSpec(rounds, "mlp:32", TRAIN, None, 0, torch.device("cpu"))
     sim = Simulation(data, build_topology("ring", len(parts)), spec)
     runs = [sim.run(m) for m in ("central", "local", "fedavg", "dpsgd")]
     runs.append(sim.run("murmur", parse_compressor("top-k:0.1")))
@@ -71,14 +105,13 @@ def bootstrap_data(n: int, rows_per_node: int = 32) -> FederatedData:
 
 
 def scale(nodes: int, rounds: int, compressor: str) -> dict[str, Any]:
-    gc.collect()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """One scale point, measured in this process: call it through ``scale_isolated``."""
     data = bootstrap_data(nodes)
     spec = RunSpec(
         rounds,
         "mlp:1024,64",
         TrainConfig(optimizer="sgd", lr=0.1, batch_size=16),
-        0.1,
+        None,
         0,
         torch.device("cpu"),
         evaluate=False,
@@ -90,7 +123,6 @@ def scale(nodes: int, rounds: int, compressor: str) -> dict[str, Any]:
     elapsed = time.perf_counter() - began
     state = sim.last_state
     state_bytes = sum(t.numel() * t.element_size() for t in (state.x, state.xhat, state.s))
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "nodes": nodes,
         "parameters": sim.layout.dim,
@@ -98,9 +130,20 @@ def scale(nodes: int, rounds: int, compressor: str) -> dict[str, Any]:
         "rounds": rounds,
         "rounds_per_s": rounds / float(result.final.get("loop_s") or elapsed),
         "state_bytes_per_node": state_bytes / nodes,
-        "peak_rss_bytes": rss_after,
-        "peak_rss_growth_bytes": rss_after - rss_before,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+
+
+def scale_isolated(nodes: int, rounds: int, compressor: str) -> dict[str, Any]:
+    """Run one scale point in a fresh interpreter so its peak RSS and speed are its own."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--scale-one", f"{nodes},{rounds},{compressor}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -134,6 +177,19 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        "## CHOCO step γ (Wisconsin ring; ★ = the auto default)",
+        "",
+        "| compressor | γ | acc mean % | acc worst % | rounds→95% |",
+        "|---|---|---|---|---|",
+    ]
+    for e in report["gamma_sweep"]:
+        star = " ★" if e["auto"] else ""
+        lines.append(
+            f"| {e['compressor']} | {e['gamma']:.3g}{star} | {fmt(e['accuracy_mean'], True)} | "
+            f"{fmt(e['accuracy_min'], True)} | {fmt(e['rounds_to_target'])} |"
+        )
+    lines += [
+        "",
         "## NCCTG lung, one node per institution (ring)",
         "",
         "| method | acc mean % | acc worst site % | own-site acc worst % | bytes/node |",
@@ -162,9 +218,14 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--scale-rounds", type=int, default=10)
+    parser.add_argument("--scale-rounds", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
+    parser.add_argument("--scale-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.scale_one:
+        nodes, rounds, compressor = args.scale_one.split(",")
+        print(json.dumps(scale(int(nodes), int(rounds), compressor)))
+        return
     import platform
 
     report: dict[str, Any] = {
@@ -174,6 +235,8 @@ def main() -> None:
     }
     print("wisconsin ...", flush=True)
     report["wisconsin"] = wisconsin(20 if args.quick else args.rounds)
+    print("gamma sweep ...", flush=True)
+    report["gamma_sweep"] = gamma_sweep(20 if args.quick else args.rounds)
     print("lung ...", flush=True)
     report["lung"] = lung(20 if args.quick else args.rounds)
     report["scale"] = []
@@ -181,7 +244,7 @@ def main() -> None:
     for n in sizes:
         for comp in ("block-k:0.01",) + (("top-k:0.01",) if n == sizes[-1] else ()):
             print(f"scale {n} {comp} ...", flush=True)
-            report["scale"].append(scale(n, 3 if args.quick else args.scale_rounds, comp))
+            report["scale"].append(scale_isolated(n, 3 if args.quick else args.scale_rounds, comp))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "foundation.json").write_text(json.dumps(report, indent=2))
     (RESULTS / "foundation.md").write_text(markdown(report))

@@ -9,14 +9,22 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from node.errors import ConfigError
 
 EXIT_USAGE = 2
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors become a ConfigError: one line, exit 2, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="murmur", description="Decentralized gossip learning for hospitals."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         if args.command == "sim":
             from sim.runner import run
 
@@ -44,8 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("murmur: interrupted", file=sys.stderr)
         return 130
-    parser.error(f"unknown command {args.command!r}")
-    return EXIT_USAGE  # pragma: no cover
+    print(f"murmur: error: unknown command {args.command!r}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -117,8 +117,16 @@ class BatchedTrainer:
         self.config = config
         self.device = params.device
         self.generator = torch.Generator().manual_seed(seed)
-        self._grad = torch.zeros_like(params)
-        self.params.grad = self._grad
+        self._plain_sgd = (
+            config.optimizer == "sgd"
+            and config.momentum == 0.0
+            and config.weight_decay == 0.0
+            and config.prox_mu == 0.0
+        )
+        # The flat grad buffer feeds torch.optim; plain SGD steps without it.
+        self._grad = torch.zeros(0) if self._plain_sgd else torch.zeros_like(params)
+        if not self._plain_sgd:
+            self.params.grad = self._grad
         self.optimizer: torch.optim.Optimizer
         if config.optimizer == "adam":
             self.optimizer = torch.optim.Adam(
@@ -152,6 +160,15 @@ class BatchedTrainer:
         ).view(y.shape)
         per_node = per_example.mean(dim=1)
         grads = torch.autograd.grad(per_node.sum(), list(leaves.values()))
+        if self._plain_sgd:
+            # Plain SGD: step each parameter view straight from its gradient, skipping the
+            # (K, d) grad buffer and the optimizer's second pass over it.
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            for view, grad in zip(self.layout.views(self.params).values(), grads, strict=True):
+                if active is not None:
+                    grad = grad * active.to(grad.dtype).view(-1, *([1] * (grad.dim() - 1)))
+                view.add_(grad, alpha=-lr)
+            return per_node.detach()
         for view, grad in zip(self.layout.views(self._grad).values(), grads, strict=True):
             view.copy_(grad)
         if start is not None:

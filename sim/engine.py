@@ -21,6 +21,7 @@ from node.flat import FlatLayout
 from node.gossip import (
     ChocoState,
     add_self_contribution,
+    auto_gamma,
     compress_step,
     consensus_distance,
     mix_step,
@@ -43,7 +44,7 @@ class RunSpec:
     rounds: int
     model: str
     train: TrainConfig
-    gamma: float
+    gamma: float | None  # None: auto_gamma(compressor, dim)
     seed: int
     device: torch.device
     eval_every: int = 1
@@ -146,7 +147,10 @@ class Simulation:
         if method == "murmur":
             if compressor is None:
                 raise ConfigError("method 'murmur' needs a compressor")
-            return self._run_gossip(method, compressor, self.spec.gamma, tick)
+            gamma = self.spec.gamma
+            if gamma is None:
+                gamma = auto_gamma(compressor, self.layout.dim)
+            return self._run_gossip(method, compressor, gamma, tick)
         raise ConfigError(f"unknown method {method!r}; accepted: {', '.join(METHOD_NAMES)}")
 
     def _run_central(self, tick: Tick | None) -> MethodResult:

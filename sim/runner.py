@@ -21,6 +21,7 @@ from rich.progress import (
 from node.compress import parse_compressor
 from node.device import pick_device
 from node.errors import ConfigError
+from node.gossip import auto_gamma
 from node.trainer import TrainConfig
 from sim import partition
 from sim.data import load_dataset
@@ -31,6 +32,19 @@ from sim.report import plot, print_table, with_targets, write_summary
 from topology import build_topology, spectral_gap
 
 PARTITIONS = ("auto", "iid", "dirichlet", "natural")
+
+
+def gamma_arg(text: str) -> float | None:
+    """``auto`` or a step in (0, 1]; argparse prints the error on one line, exit 2."""
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"γ must be 'auto' or a number in (0, 1], got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +92,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds of local training per round instead of --local-steps",
     )
-    add("--gamma", type=float, default=0.1, help="CHOCO consensus step size γ for murmur")
+    add(
+        "--gamma",
+        type=gamma_arg,
+        default=None,
+        help="CHOCO consensus step γ in (0, 1] for murmur; default: chosen from the compressor",
+    )
     add("--eval-every", type=int, default=1)
     add("--device", default="auto")
     add("--seed", type=int, default=0)
@@ -168,6 +187,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         node_names=data.node_names,
         model_parameters=sim.layout.dim,
         spectral_gap=spectral_gap(topology.matrix(0)),
+        gamma=args.gamma if args.gamma is not None else auto_gamma(compressor, sim.layout.dim),
         device=str(spec.device),
     )
     console.print(

@@ -17,6 +17,7 @@ BAD = [
     (["--methods", "central,magic"], "unknown method"),
     (["--topology", "erdos-renyi:0.01", "--nodes", "30"], "disconnected"),
     (["--kill", "3@x"], "bad --kill"),
+    (["--gamma", "1.5"], "γ must be 'auto' or a number in (0, 1]"),
 ]
 
 

@@ -18,7 +18,7 @@ def test_sixteen_node_ring_learns_wisconsin(wisconsin16: FederatedData) -> None:
         rounds=150,
         model="mlp:32",
         train=TrainConfig(optimizer="sgd", lr=0.3, batch_size=16),
-        gamma=0.1,
+        gamma=None,  # auto: 0.45 for top-k 10%
         seed=0,
         device=torch.device("cpu"),
     )
@@ -26,7 +26,12 @@ def test_sixteen_node_ring_learns_wisconsin(wisconsin16: FederatedData) -> None:
     local = sim.run("local").final
     murmur = sim.run("murmur", parse_compressor("top-k:0.1")).final
     dpsgd = sim.run("dpsgd").final
-    assert murmur["accuracy_mean"] is not None and local["accuracy_min"] is not None
-    assert murmur["accuracy_mean"] > 0.93
-    assert murmur["accuracy_min"] > local["accuracy_min"] + 0.2  # gossip rescues skewed nodes
-    assert murmur["bytes_per_node"] < 0.25 * float(dpsgd["bytes_per_node"] or 0)
+    mean, worst, local_worst = (
+        murmur["accuracy_mean"],
+        murmur["accuracy_min"],
+        local["accuracy_min"],
+    )
+    assert mean is not None and worst is not None and local_worst is not None
+    assert mean > 0.93
+    assert worst > local_worst + 0.2  # gossip rescues skewed nodes
+    assert float(murmur["bytes_per_node"] or 0) < 0.25 * float(dpsgd["bytes_per_node"] or 0)
