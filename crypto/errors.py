@@ -2,7 +2,9 @@
 
 CryptoError
 ├── MalformedCiphertextError  bytes that are not a well-formed ciphertext of our parameters
-└── KeyMismatchError          a missing, unreadable or mismatched key
+├── KeyMismatchError          a missing, unreadable or mismatched key
+│   └── KeyFileError          a key file that is missing, malformed or readable by others
+└── BadSignatureError         a signature that does not verify, or a peer ID we cannot use
 """
 
 
@@ -16,3 +18,11 @@ class MalformedCiphertextError(CryptoError):
 
 class KeyMismatchError(CryptoError):
     """A key is missing, unreadable, has unsafe permissions or does not match its peer."""
+
+
+class KeyFileError(KeyMismatchError):
+    """A site key file cannot be used: missing, malformed, or group/other-readable."""
+
+
+class BadSignatureError(CryptoError):
+    """A signature failed to verify, or a peer ID does not carry an Ed25519 key."""

@@ -4,7 +4,18 @@ NodeError
 ├── ConfigError            bad user input: unknown names, values out of range
 │   ├── UnknownCompressorError
 │   └── IncompatibleModelError  a model the protocol cannot use (e.g. BatchNorm)
-└── ProtocolError          a peer or frame that breaks the gossip protocol
+├── ProtocolError          a peer or frame that breaks the gossip protocol
+│   └── FrameError         a received frame was rejected; ``reason`` names the counter
+│       ├── MalformedFrameError   not a well-formed frame (truncated, bad msgpack, bad field)
+│       ├── OversizedFrameError   over the size limit (checked before reading the body)
+│       ├── UnknownSenderError    sender not in the consortium allowlist
+│       ├── ForgedFrameError      bad signature, or sender ≠ the authenticated connection
+│       ├── ReplayedFrameError    a nonce this node has already accepted
+│       └── StaleFrameError       a round older than the replay window
+└── TransportError         sending failed; the frame was not delivered
+    ├── UnknownPeerError       no address for that peer (not in the address book)
+    ├── PeerUnreachableError   could not connect or write within the timeout
+    └── TransportClosedError   the transport was closed
 ConfigError derives from ValueError so that input validation can be caught generically.
 """
 
@@ -27,3 +38,49 @@ class IncompatibleModelError(ConfigError):
 
 class ProtocolError(NodeError):
     """A message or peer violated the gossip protocol."""
+
+
+class FrameError(ProtocolError):
+    """A received frame was rejected; the node counts it under ``reason`` and goes on."""
+
+    reason = "frame"
+
+
+class MalformedFrameError(FrameError):
+    reason = "malformed"
+
+
+class OversizedFrameError(FrameError):
+    reason = "oversized"
+
+
+class UnknownSenderError(FrameError):
+    reason = "unknown_sender"
+
+
+class ForgedFrameError(FrameError):
+    reason = "forged"
+
+
+class ReplayedFrameError(FrameError):
+    reason = "replayed"
+
+
+class StaleFrameError(FrameError):
+    reason = "stale"
+
+
+class TransportError(NodeError):
+    """A frame could not be sent; nothing was delivered."""
+
+
+class UnknownPeerError(TransportError):
+    """The peer is not in this node's address book."""
+
+
+class PeerUnreachableError(TransportError):
+    """No connection to the peer could be made, or the write timed out."""
+
+
+class TransportClosedError(TransportError):
+    """The transport was closed; no more frames go in or out."""

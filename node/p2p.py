@@ -1,0 +1,367 @@
+"""The libp2p transport: the only module of Murmur that imports libp2p or trio.
+
+py-libp2p is trio-based; the node is asyncio. The host runs in its own thread under
+``trio.run``; the asyncio side hands work over with ``TrioToken.run_sync_soon`` (thread
+safe, never blocks the event loop) and gets results back through
+``loop.call_soon_threadsafe``. So the asyncio side never waits on trio except through a
+future.
+
+Security: Noise only (no plaintext, TLS or secio fallback is offered), Yamux, and the
+consortium allowlist enforced right after the Noise handshake, before any stream opens:
+a peer not in the address book is disconnected there and counted. Frames travel on one
+long-lived stream per peer, each a 4-byte length and the body; the length is checked
+against the limit before a byte of the body is read. Every await that waits on the
+network runs under a timeout. Failed dials back off exponentially (0.25 s doubling to
+5 s) and a background task redials known peers, so a restarted peer is found again;
+addresses come from our own address book on every dial (libp2p's peerstore expires them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import create_yamux_muxer_option, new_host
+from libp2p.abc import IHost, INetStream, IRawConnection, ISecureConn, ISecureTransport
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.security.exceptions import HandshakeFailure
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from crypto.identity import SiteIdentity
+from node.errors import (
+    FrameError,
+    OversizedFrameError,
+    PeerUnreachableError,
+    TransportClosedError,
+    UnknownPeerError,
+)
+from node.frames import DEFAULT_MAX_FRAME_BYTES, PREFIX_BYTES, check_length, length_prefix
+from node.transport import Received, Transport
+
+PROTOCOL = TProtocol("/murmur/frames/1.0.0")
+IDLE_READ_S = 600.0
+BACKOFF_MIN_S = 0.25
+BACKOFF_MAX_S = 5.0
+_CLOSED = object()
+
+
+class _AllowlistSecurity(ISecureTransport):
+    """Noise, then the allowlist: wraps the Noise transport, never replaces its checks."""
+
+    def __init__(self, inner: ISecureTransport, allowed: Callable[[str], bool], refused: Any):
+        self.inner = inner
+        self.allowed = allowed
+        self.refused = refused
+
+    async def _admit(self, conn: ISecureConn) -> ISecureConn:
+        peer = str(conn.get_remote_peer())
+        if not self.allowed(peer):
+            self.refused()
+            await conn.close()
+            raise HandshakeFailure(f"peer {peer} is not in the consortium allowlist")
+        return conn
+
+    async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:
+        return await self._admit(await self.inner.secure_inbound(conn))
+
+    async def secure_outbound(self, conn: IRawConnection, peer_id: ID) -> ISecureConn:
+        return await self._admit(await self.inner.secure_outbound(conn, peer_id))
+
+
+@dataclass
+class _Backoff:
+    delay: float = 0.0
+    next_try: float = 0.0
+
+    def failed(self) -> None:
+        self.delay = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, 2 * self.delay))
+        self.next_try = time.monotonic() + self.delay
+
+    def succeeded(self) -> None:
+        self.delay = 0.0
+        self.next_try = 0.0
+
+
+async def _read_exactly(stream: INetStream, size: int) -> bytes:
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = await stream.read(min(remaining, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+class P2PTransport(Transport):
+    """Frames over libp2p streams; see the module docstring for the security rules."""
+
+    def __init__(
+        self,
+        identity: SiteIdentity,
+        listen: str = "/ip4/127.0.0.1/tcp/0",
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        timeout_s: float = 10.0,
+        redial_s: float = 2.0,
+    ) -> None:
+        super().__init__(identity, max_frame_bytes, timeout_s)
+        self._listen = listen
+        self._address = ""
+        self.redial_s = redial_s
+        self._peers: dict[str, str] = {}
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Received | object] = asyncio.Queue()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop: trio.Event | None = None
+        self._host: IHost | None = None
+        self._streams: dict[str, INetStream] = {}
+        self._locks: dict[str, trio.Lock] = {}
+        self._backoff: dict[str, _Backoff] = {}
+
+    @property
+    def listen_addr(self) -> str:
+        return self._address
+
+    # -- asyncio side -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._closed:
+            raise TransportClosedError("transport was closed")
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[str] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run_trio, args=(ready,), name=f"libp2p-{self.peer_id[-6:]}", daemon=True
+        )
+        self._thread.start()
+        self._address = await asyncio.wait_for(ready, self.timeout_s + 20)
+
+    def set_peers(self, peers: Mapping[str, str]) -> None:
+        removed = set(self._peers) - set(peers)
+        self._peers = dict(peers)
+        for peer in removed:
+            self._call_in_trio(self._disconnect, peer)
+
+    async def send(self, peer: str, body: bytes) -> None:
+        if self._closed:
+            raise TransportClosedError("transport was closed")
+        if len(body) > self.max_frame_bytes:
+            raise OversizedFrameError(
+                f"frame of {len(body):,} bytes exceeds the {self.max_frame_bytes:,}-byte limit"
+            )
+        address = self._peers.get(peer)
+        if address is None:
+            raise UnknownPeerError(f"peer {peer} is not in the address book")
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._call_in_trio(self._send, peer, address, body, done)
+        await asyncio.wait_for(done, self.timeout_s + 5)
+
+    async def incoming(self) -> AsyncIterator[Received]:
+        while True:
+            item = await self._queue.get()
+            if item is _CLOSED:
+                return
+            assert isinstance(item, Received)
+            yield item
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._token is not None and self._stop is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._stop.set)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, self.timeout_s)
+        self._queue.put_nowait(_CLOSED)
+
+    def _call_in_trio(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        if self._token is None or self._nursery is None:
+            raise TransportClosedError("transport is not running")
+        nursery = self._nursery
+        try:
+            self._token.run_sync_soon(lambda: nursery.start_soon(fn, *args))
+        except trio.RunFinishedError:
+            raise TransportClosedError("transport was closed") from None
+
+    def _resolve(self, future: asyncio.Future[Any], value: Any = None, error: Any = None) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+        assert self._loop is not None
+        # A RuntimeError means the event loop is gone: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(settle)
+
+    def _deliver(self, item: Received) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    # -- trio side ----------------------------------------------------------------------
+
+    def _run_trio(self, ready: asyncio.Future[str]) -> None:
+        try:
+            trio.run(self._main, ready)
+        except BaseException as exc:
+            self._resolve(ready, error=PeerUnreachableError(f"libp2p failed to start: {exc}"))
+
+    def _refused(self) -> None:
+        self.rejected["refused_handshake"] += 1
+
+    async def _main(self, ready: asyncio.Future[str]) -> None:
+        key_pair = create_new_key_pair(self.identity.seed)
+        noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+        security = _AllowlistSecurity(noise, lambda peer: peer in self._peers, self._refused)
+        host = new_host(
+            key_pair=key_pair,
+            sec_opt={NOISE_PROTOCOL_ID: security},
+            muxer_opt=create_yamux_muxer_option(),
+        )
+        self._host = host
+        self._stop = trio.Event()
+        try:
+            listen = multiaddr.Multiaddr(self._listen)
+        except Exception as exc:
+            raise PeerUnreachableError(f"bad listen address {self._listen!r}: {exc}") from None
+        async with host.run([listen]):
+            host.set_stream_handler(PROTOCOL, self._handle)
+            addrs = [str(a) for a in host.get_addrs()]
+            if not addrs:
+                raise PeerUnreachableError(f"libp2p is not listening on {self._listen}")
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._token = trio.lowlevel.current_trio_token()
+                self._resolve(ready, addrs[0].split("/p2p/")[0])
+                nursery.start_soon(self._redial_loop)
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+            # Close every connection before host.run exits, so no socket is left open.
+            with trio.move_on_after(self.timeout_s):
+                for stream in list(self._streams.values()):
+                    await stream.reset()
+                network = host.get_network()
+                for peer_id in list(network.get_connections_map()):
+                    await network.close_peer(peer_id)
+
+    async def _disconnect(self, peer: str) -> None:
+        stream = self._streams.pop(peer, None)
+        with trio.move_on_after(self.timeout_s):
+            if stream is not None:
+                await stream.reset()
+            if self._host is not None:
+                await self._host.get_network().close_peer(ID.from_base58(peer))
+
+    async def _stream(self, peer: str, address: str) -> INetStream:
+        stream = self._streams.get(peer)
+        if stream is not None:
+            return stream
+        assert self._host is not None
+        peer_id = ID.from_base58(peer)
+        if not self._host.get_network().get_connections(peer_id):
+            await self._host.connect(PeerInfo(peer_id, [multiaddr.Multiaddr(address)]))
+        stream = await self._host.new_stream(peer_id, [PROTOCOL])
+        self._streams[peer] = stream
+        return stream
+
+    async def _send(self, peer: str, address: str, body: bytes, done: asyncio.Future[None]) -> None:
+        backoff = self._backoff.setdefault(peer, _Backoff())
+        lock = self._locks.setdefault(peer, trio.Lock())
+        error: Exception | None = None
+        async with lock:
+            wait = backoff.next_try - time.monotonic()
+            if wait > 0:
+                error = PeerUnreachableError(f"{peer} unreachable; retrying in {wait:.1f} s")
+            else:
+                error = await self._write(peer, address, length_prefix(body) + body)
+                if error is None:
+                    backoff.succeeded()
+                else:
+                    backoff.failed()
+        self._resolve(done, error=error)
+
+    async def _write(self, peer: str, address: str, data: bytes) -> Exception | None:
+        """Write on the peer's stream; a stale cached stream gets one fresh retry."""
+        for attempt in (0, 1):
+            fresh = peer not in self._streams
+            try:
+                with trio.fail_after(self.timeout_s):
+                    stream = await self._stream(peer, address)
+                    await stream.write(data)
+                return None
+            except trio.TooSlowError:
+                self._streams.pop(peer, None)
+                return PeerUnreachableError(f"{peer}: no write within {self.timeout_s:g} s")
+            except Exception as exc:
+                self._streams.pop(peer, None)
+                if fresh or attempt == 1:
+                    return PeerUnreachableError(f"{peer} at {address}: {type(exc).__name__}: {exc}")
+        return None  # pragma: no cover
+
+    async def _redial_loop(self) -> None:
+        """Keep a connection to every known peer, so a restarted peer is found again."""
+        assert self._host is not None
+        while True:
+            await trio.sleep(self.redial_s)
+            for peer, address in list(self._peers.items()):
+                backoff = self._backoff.setdefault(peer, _Backoff())
+                peer_id = ID.from_base58(peer)
+                if self._host.get_network().get_connections(peer_id):
+                    continue
+                if backoff.next_try > time.monotonic():
+                    continue
+                self._streams.pop(peer, None)
+                try:
+                    with trio.fail_after(self.timeout_s):
+                        await self._host.connect(PeerInfo(peer_id, [multiaddr.Multiaddr(address)]))
+                    backoff.succeeded()
+                except Exception:
+                    backoff.failed()
+
+    async def _handle(self, stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        try:
+            while peer in self._peers:
+                with trio.move_on_after(IDLE_READ_S) as idle:
+                    prefix = await _read_exactly(stream, PREFIX_BYTES)
+                if idle.cancelled_caught or not prefix:
+                    break
+                try:
+                    size = check_length(prefix, self.max_frame_bytes)
+                except FrameError as exc:
+                    self.rejected[exc.reason] += 1
+                    break
+                with trio.move_on_after(self.timeout_s):
+                    body = await _read_exactly(stream, size)
+                if len(body) != size:
+                    self.rejected["truncated"] += 1
+                    break
+                self._deliver(Received(peer, body))
+        except Exception:
+            self.rejected["stream_error"] += 1
+        finally:
+            with trio.move_on_after(1):
+                await stream.reset()

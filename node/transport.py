@@ -1,0 +1,83 @@
+"""The ``Transport`` interface: how a node moves opaque frame bodies to its peers.
+
+Exact rules, which every implementation meets (``tests/transport_kit.py`` checks them):
+
+- ``await start()`` begins listening; ``listen_addr`` is then the address to give peers.
+- ``set_peers({peer_id: address})`` replaces the address book, which is also the
+  allowlist: a peer missing from it can neither be sent to nor deliver anything (its
+  connection is refused during the handshake).
+- ``await send(peer, body)`` returns once the body was handed to the peer's connection,
+  in order with earlier sends to that peer. It raises ``OversizedFrameError`` for a body
+  over ``max_frame_bytes`` (nothing is sent), ``UnknownPeerError`` for a peer not in the
+  address book, ``PeerUnreachableError`` when no connection can be made or the write does
+  not finish within ``timeout_s``, and ``TransportClosedError`` after ``aclose()``.
+- ``incoming()`` yields ``Received(peer, body)``, ``peer`` being the authenticated sender
+  of the connection; it ends after ``aclose()``. One consumer at a time.
+- ``aclose()`` is idempotent. ``rejected`` counts what was dropped below the frame layer
+  (oversized length prefixes, truncated streams, refused handshakes).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+from crypto.identity import SiteIdentity
+from node.frames import DEFAULT_MAX_FRAME_BYTES
+
+
+@dataclass(frozen=True)
+class Received:
+    peer: str
+    body: bytes
+
+
+class Transport(ABC):
+    """Moves frame bodies between consortium members; see the module docstring."""
+
+    def __init__(
+        self,
+        identity: SiteIdentity,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.identity = identity
+        self.peer_id = identity.peer_id
+        self.max_frame_bytes = max_frame_bytes
+        self.timeout_s = timeout_s
+        self.rejected: Counter[str] = Counter()
+
+    @property
+    @abstractmethod
+    def listen_addr(self) -> str:
+        """The address peers dial; valid after ``start()``."""
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    def set_peers(self, peers: Mapping[str, str]) -> None: ...
+
+    @abstractmethod
+    async def send(self, peer: str, body: bytes) -> None: ...
+
+    @abstractmethod
+    def incoming(self) -> AsyncIterator[Received]: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Transport:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
