@@ -1,0 +1,252 @@
+"""A site's node configuration (TOML), validated in full: every problem is reported at once.
+
+```toml
+[site]
+key = "site-a.key"                     # written by `murmur keygen`, mode 0600
+listen = "/ip4/0.0.0.0/tcp/4001"
+state_dir = "state"                    # checkpoint and logs
+
+[consortium]
+seed = 0                               # public: initial model and round seeds
+members = ["12D3KooW…", "12D3KooW…"]   # every site, same order everywhere (graph order)
+topology = "ring"                      # any murmur topology over `members`
+peers = { "12D3KooW…" = "/ip4/10.0.0.2/tcp/4001" }   # addresses of the other members
+
+[data]
+source = "csv:/data/site.csv"          # or npz:PATH with x, y (and a held-out split)
+target = "label"
+
+[train]     # model, optimizer, lr, batch_size, local_steps, rounds, lr_schedule
+[gossip]    # compressor, gamma ("auto" or a number), deadline_s, max_frame_bytes
+[faults]    # simulator only: drop, delay_ms, slow, partition ("A|B@R1:R2")
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crypto.errors import BadSignatureError
+from crypto.identity import public_key_from_peer_id
+from node.compress import parse_compressor
+from node.errors import ConfigError
+from node.trainer import TrainConfig
+from topology import TopologyError, build_topology
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Frames between group ``a`` and group ``b`` (member indices) are lost in [start, end)."""
+
+    a: frozenset[int]
+    b: frozenset[int]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Faults:
+    drop: float = 0.0
+    delay_ms: float = 0.0
+    slow: float = 1.0
+    partitions: tuple[Partition, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    path: Path
+    key: Path
+    listen: str
+    state_dir: Path
+    seed: int
+    members: tuple[str, ...]
+    topology: str
+    peers: dict[str, str]
+    source: str
+    target: str | None
+    eval_source: str | None
+    model: str
+    rounds: int
+    train: TrainConfig
+    compressor: str
+    gamma: float | None
+    deadline_s: float
+    max_frame_bytes: int
+    eval_every: int
+    faults: Faults = field(default_factory=Faults)
+
+
+def parse_partition(text: str) -> Partition:
+    """``0,1,2|3,4@20:40``: the two groups cannot talk from round 20 until round 40."""
+    try:
+        groups, _, span = text.partition("@")
+        left, right = groups.split("|")
+        start, end = (int(v) for v in span.split(":"))
+        a = frozenset(int(v) for v in left.split(","))
+        b = frozenset(int(v) for v in right.split(","))
+    except ValueError:
+        raise ConfigError(f"bad partition {text!r}; expected A,B|C,D@START:END") from None
+    if start >= end or a & b:
+        raise ConfigError(f"bad partition {text!r}: empty span or overlapping groups")
+    return Partition(a, b, start, end)
+
+
+class _Reader:
+    """Collects every problem instead of stopping at the first."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.problems: list[str] = []
+
+    def get(self, section: str, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        table = self.raw.get(section, {})
+        if not isinstance(table, dict):
+            self.problems.append(f"[{section}] must be a table")
+            return None if default is ... else default
+        if key not in table:
+            if default is ...:
+                self.problems.append(f"[{section}] {key} is missing")
+                return None
+            return default
+        value = table[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            self.problems.append(f"[{section}] {key} must be {names}, got {value!r}")
+            return None if default is ... else default
+        return value
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.problems.append(message)
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and validate a node config; ConfigError lists every problem, one per line."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    r = _Reader(raw)
+    base = path.parent
+
+    def rel(value: str | None) -> Path:
+        return base / (value or "")
+
+    key = r.get("site", "key", str)
+    listen = r.get("site", "listen", str, "/ip4/127.0.0.1/tcp/0")
+    state_dir = r.get("site", "state_dir", str, "state")
+    seed = r.get("consortium", "seed", int, 0)
+    members = r.get("consortium", "members", list) or []
+    topology = r.get("consortium", "topology", str, "ring")
+    peers = r.get("consortium", "peers", dict) or {}
+    for member in members:
+        try:
+            public_key_from_peer_id(str(member))
+        except BadSignatureError as exc:
+            r.problems.append(f"[consortium] members: {exc}")
+    r.check(len(set(members)) == len(members), "[consortium] members has duplicates")
+    for peer, addr in peers.items():
+        r.check(peer in members, f"[consortium] peers: {peer} is not in members")
+        r.check(isinstance(addr, str) and addr.startswith("/"), f"bad multiaddr for {peer}")
+    if len(members) >= 2 and topology:
+        try:
+            build_topology(topology, len(members), seed)
+        except (TopologyError, ValueError) as exc:
+            r.problems.append(f"[consortium] topology: {exc}")
+    source = r.get("data", "source", str)
+    if source is not None:
+        r.check(
+            source.split(":", 1)[0] in ("csv", "npz") and ":" in source,
+            f"[data] source {source!r}: expected csv:PATH or npz:PATH",
+        )
+    target = r.get("data", "target", str, None)
+    if source and source.startswith("csv:"):
+        r.check(target is not None, "[data] target (the label column) is required for csv")
+    eval_source = r.get("data", "eval", str, None)
+    model = r.get("train", "model", str, "mlp:32")
+    rounds = r.get("train", "rounds", int, 100)
+    r.check(rounds is None or rounds > 0, "[train] rounds must be positive")
+    train = _train_config(r)
+    compressor = r.get("gossip", "compressor", str, "top-k:0.1")
+    try:
+        parse_compressor(compressor, seed, [[1, 1]] * max(1, len(members)))
+    except ValueError as exc:
+        r.problems.append(f"[gossip] compressor: {exc}")
+    gamma_raw = r.get("gossip", "gamma", (str, float, int), "auto")
+    gamma = None if gamma_raw == "auto" else gamma_raw
+    r.check(
+        gamma is None or (not isinstance(gamma, str) and 0 < gamma <= 1),
+        f"[gossip] gamma must be 'auto' or in (0, 1], got {gamma_raw!r}",
+    )
+    deadline = r.get("gossip", "deadline_s", (int, float), 5.0)
+    r.check(deadline is None or deadline > 0, "[gossip] deadline_s must be positive")
+    max_frame = r.get("gossip", "max_frame_bytes", int, 16 * 2**20)
+    eval_every = r.get("train", "eval_every", int, 1)
+    faults = _faults(r)
+    if r.problems:
+        raise ConfigError(f"{path}: " + "; ".join(r.problems))
+    return NodeConfig(
+        path=path,
+        key=rel(key),
+        listen=listen,
+        state_dir=rel(state_dir),
+        seed=seed,
+        members=tuple(members),
+        topology=topology,
+        peers=dict(peers),
+        source=source,
+        target=target,
+        eval_source=eval_source,
+        model=model,
+        rounds=rounds,
+        train=train,
+        compressor=compressor,
+        gamma=None if gamma is None else float(gamma),
+        deadline_s=float(deadline),
+        max_frame_bytes=max_frame,
+        eval_every=eval_every,
+        faults=faults,
+    )
+
+
+def _train_config(r: _Reader) -> TrainConfig:
+    optimizer = r.get("train", "optimizer", str, "sgd")
+    r.check(optimizer in ("sgd", "adam"), f"[train] optimizer must be sgd or adam: {optimizer!r}")
+    lr = r.get("train", "lr", (int, float), 0.3)
+    r.check(lr is None or lr > 0, "[train] lr must be positive")
+    batch = r.get("train", "batch_size", int, 16)
+    r.check(batch is None or batch > 0, "[train] batch_size must be positive")
+    steps = r.get("train", "local_steps", int, 1)
+    schedule = r.get("train", "lr_schedule", str, "cosine")
+    r.check(schedule in ("cosine", "constant"), "[train] lr_schedule: cosine or constant")
+    return TrainConfig(
+        optimizer=optimizer or "sgd",
+        lr=float(lr or 0.3),
+        batch_size=batch or 16,
+        local_steps=steps or 1,
+        momentum=float(r.get("train", "momentum", (int, float), 0.0) or 0.0),
+        prox_mu=float(r.get("train", "prox_mu", (int, float), 0.0) or 0.0),
+        lr_schedule=schedule or "cosine",
+    )
+
+
+def _faults(r: _Reader) -> Faults:
+    drop = r.get("faults", "drop", (int, float), 0.0)
+    r.check(drop is None or 0 <= drop < 1, "[faults] drop must be in [0, 1)")
+    partitions = []
+    for text in r.get("faults", "partition", list, []) or []:
+        try:
+            partitions.append(parse_partition(str(text)))
+        except ConfigError as exc:
+            r.problems.append(f"[faults] {exc}")
+    return Faults(
+        drop=float(drop or 0.0),
+        delay_ms=float(r.get("faults", "delay_ms", (int, float), 0.0) or 0.0),
+        slow=float(r.get("faults", "slow", (int, float), 1.0) or 1.0),
+        partitions=tuple(partitions),
+    )

@@ -1,0 +1,346 @@
+"""One site's node: asyncio round loop, training in a worker thread, backlog, checkpoints.
+
+A round: train (worker thread) → q = C(x − x̂), x̂ += q, push W_ji q onto every out-link
+→ **checkpoint** → send each neighbour its link's unacknowledged backlog → wait for the
+neighbours' frames of this round until the deadline → x += γ(s − x̂) → **checkpoint**.
+
+The first checkpoint is a write-ahead record: once q is in x̂ and in the backlog on disk,
+a node killed while sending resends exactly that q after restart, never a different one,
+so every neighbour's s stays consistent with our x̂. Acknowledgements sent to a
+neighbour are the counts applied *as of the last checkpoint*, so a neighbour only forgets
+items we have durably applied. Neighbours that missed three rounds in a row are no longer
+waited for (they still get our frames) until they are heard from again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from crypto.identity import SiteIdentity, load_key
+from node import checkpoint
+from node.backlog import InboundLink, Item, OutboundLink
+from node.compress import parse_compressor
+from node.config import NodeConfig
+from node.errors import ConfigError, FrameError, TransportError
+from node.faults import FaultyTransport
+from node.flat import FlatLayout
+from node.frames import FrameGuard, seal
+from node.gossip import ChocoState, add_self_contribution, auto_gamma, compress_step, mix_step
+from node.models import build_model
+from node.site_data import load_site_data
+from node.trainer import BatchedTrainer, StackedData
+from node.transport import Transport
+from node.wire import decode_update, encode_update
+from topology import build_topology
+
+SUSPECT_AFTER = 3
+
+
+class Node:
+    """A long-lived site process; see the module docstring for the round protocol."""
+
+    def __init__(
+        self, config: NodeConfig, transport: Transport | None = None, log: TextIO | None = None
+    ) -> None:
+        self.config = config
+        self.log_stream = log or sys.stdout
+        self.identity: SiteIdentity = load_key(config.key)
+        me = self.identity.peer_id
+        if me not in config.members:
+            raise ConfigError(f"this site's peer ID {me} is not in [consortium] members")
+        self.index = config.members.index(me)
+        n = len(config.members)
+        weights = build_topology(config.topology, n, config.seed).matrix(0)
+        self.neighbours = [
+            config.members[j] for j in range(n) if j != self.index and weights[self.index, j] > 0
+        ]
+        self.weight = {config.members[j]: float(weights[self.index, j]) for j in range(n)}
+        missing = [p for p in self.neighbours if p not in config.peers]
+        if missing:
+            raise ConfigError(f"no address in [consortium] peers for neighbours {missing}")
+        data = load_site_data(config.source, config.target)
+        self.eval = (
+            load_site_data(config.eval_source, config.target) if config.eval_source else None
+        )
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model, data.x.shape[1], data.n_classes)
+        self.layout = FlatLayout.of(self.model)
+        x0 = self.layout.to_vector(self.model).detach()
+        self.trainer = BatchedTrainer(
+            self.model,
+            x0.unsqueeze(0).clone(),
+            StackedData.from_parts([(data.x, data.y)], torch.device("cpu")),
+            config.train,
+            seed=config.seed * 7919 + self.index,
+        )
+        self.state = ChocoState.start(self.trainer.params, x0)
+        self.compressor = parse_compressor(config.compressor, config.seed, [data.label_counts])
+        self.gamma = config.gamma or auto_gamma(self.compressor, self.layout.dim)
+        self.out = {p: OutboundLink() for p in self.neighbours}
+        self.inbound = {p: InboundLink() for p in self.neighbours}
+        self.acked = {p: -1 for p in self.neighbours}
+        self.heard = {p: -1 for p in self.neighbours}
+        self.silent = {p: 0 for p in self.neighbours}
+        self.guard = FrameGuard(config.members)
+        self.round = 0
+        self.phase = "mixed"
+        self.bytes_sent = 0
+        self.eps_spent = 0.0
+        self.rejected: Counter[str] = Counter()
+        self._heard_event = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.ckpt_path = config.state_dir / "checkpoint.pt"
+        inner = transport or self._libp2p()
+        self.transport: Transport = (
+            FaultyTransport(inner, config.faults, config.members, config.seed * 31 + self.index)
+            if config.faults.drop or config.faults.delay_ms or config.faults.partitions
+            else inner
+        )
+
+    def _libp2p(self) -> Transport:
+        from node.p2p import P2PTransport
+
+        return P2PTransport(
+            self.identity,
+            self.config.listen,
+            self.config.max_frame_bytes,
+            timeout_s=max(2.0, self.config.deadline_s),
+        )
+
+    # -- logging ----------------------------------------------------------------------------
+
+    def emit(self, event: str, **fields: Any) -> None:
+        record = {"t": round(time.time(), 4), "event": event, "node": self.index, **fields}
+        self.log_stream.write(json.dumps(record) + "\n")
+        self.log_stream.flush()
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _snapshot(self) -> dict[str, Any]:
+        def link(out: OutboundLink) -> dict[str, Any]:
+            return {
+                "next_seq": out.next_seq,
+                "pending": [[i.seq, i.indices, i.values, i.wire_bytes] for i in out.pending],
+            }
+
+        self.acked = {p: self.inbound[p].applied for p in self.neighbours}
+        return {
+            "round": self.round,
+            "phase": self.phase,
+            "x": self.state.x,
+            "xhat": self.state.xhat,
+            "s": self.state.s,
+            "out": {p: link(o) for p, o in self.out.items()},
+            "applied": dict(self.acked),
+            "bytes_sent": self.bytes_sent,
+            "eps_spent": self.eps_spent,
+            "generator": self.trainer.generator.get_state(),
+            "optimizer": self.trainer.optimizer.state_dict(),
+        }
+
+    def save(self) -> None:
+        checkpoint.save(self.ckpt_path, self._snapshot())
+
+    def restore(self) -> bool:
+        saved = checkpoint.load(self.ckpt_path)
+        if saved is None:
+            return False
+        if saved["x"].shape != self.state.x.shape:
+            raise ConfigError(f"checkpoint {self.ckpt_path} is for a different model")
+        with torch.no_grad():
+            self.state.x.copy_(saved["x"])
+            self.state.xhat.copy_(saved["xhat"])
+            self.state.s.copy_(saved["s"])
+        self.round, self.phase = int(saved["round"]), str(saved["phase"])
+        for peer, link in saved["out"].items():
+            if peer in self.out:
+                out = self.out[peer]
+                out.next_seq = int(link["next_seq"])
+                out.pending.extend(Item(int(a), b, c, float(d)) for a, b, c, d in link["pending"])
+        for peer, applied in saved["applied"].items():
+            if peer in self.inbound:
+                self.inbound[peer].applied = int(applied)
+                self.acked[peer] = int(applied)
+        self.bytes_sent = int(saved["bytes_sent"])
+        self.eps_spent = float(saved["eps_spent"])
+        self.trainer.generator.set_state(saved["generator"])
+        self.trainer.optimizer.load_state_dict(saved["optimizer"])
+        self.guard.advance(self.round)
+        return True
+
+    # -- the protocol -----------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        async for received in self.transport.incoming():
+            try:
+                frame = self.guard.admit(received.body, received.peer, self.config.max_frame_bytes)
+                if frame.topic != "update" or frame.sender not in self.inbound:
+                    raise FrameError(f"unexpected {frame.topic!r} frame from {frame.sender}")
+                update = decode_update(frame.payload, self.layout.dim)
+            except FrameError as exc:
+                self.rejected[exc.reason] += 1
+                self.emit("rejected", reason=exc.reason, peer=received.peer, detail=str(exc))
+                continue
+            self.inbound[frame.sender].accept(update.items, self.state.s[0])
+            self.out[frame.sender].ack(update.ack)
+            self.heard[frame.sender] = max(self.heard[frame.sender], frame.round)
+            self._heard_event.set()
+
+    def _train_and_push(self, t: int) -> float:
+        """Runs in a worker thread: local training, then step 1–2 of CHOCO for this node."""
+        self.trainer.set_progress(t / self.config.rounds)
+        stats = self.trainer.train()
+        if self.config.faults.slow > 1:
+            time.sleep(stats.seconds * (self.config.faults.slow - 1))
+        with torch.no_grad():
+            q = compress_step(self.state, self.compressor, t)
+            add_self_contribution(self.state, q, torch.tensor([self.weight[self.identity.peer_id]]))
+            row = q.row(0)
+            idx = None if row.indices is None else row.indices.reshape(-1).clone()
+            for peer in self.neighbours:
+                values = (row.values.reshape(-1) * self.weight[peer]).clone()
+                self.out[peer].push(idx, values, float(row.wire_bytes[0]))
+        return float(stats.loss.mean())
+
+    async def _send_all(self, t: int) -> None:
+        budget = self.config.max_frame_bytes // 2
+
+        async def one(peer: str) -> None:
+            items: list[Item] = []
+            size = 0.0
+            for item in self.out[peer].frame():
+                if items and size + item.wire_bytes > budget:
+                    break  # the rest goes next round: the receiver applies in order
+                items.append(item)
+                size += item.wire_bytes
+            payload = encode_update(self.layout.dim, self.acked[peer], items)
+            body = seal(self.identity, t, "update", payload)
+            try:
+                await self.transport.send(peer, body)
+                self.bytes_sent += len(body)
+            except TransportError as exc:
+                self.emit("send_failed", peer=peer, round=t, detail=str(exc))
+
+        await asyncio.gather(*(one(p) for p in self.neighbours))
+
+    async def _wait_for_round(self, t: int) -> list[str]:
+        """Wait for this round's frames from every neighbour not suspected to be down."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.deadline_s
+        while True:
+            waiting = [
+                p for p in self.neighbours if self.heard[p] < t and self.silent[p] < SUSPECT_AFTER
+            ]
+            remaining = deadline - loop.time()
+            if not waiting or remaining <= 0 or self._stop.is_set():
+                break
+            self._heard_event.clear()
+            try:
+                await asyncio.wait_for(self._heard_event.wait(), remaining)
+            except TimeoutError:
+                break
+        missed = [p for p in self.neighbours if self.heard[p] < t]
+        for p in self.neighbours:
+            self.silent[p] = self.silent[p] + 1 if p in missed else 0
+        return missed
+
+    def _accuracy(self) -> float | None:
+        if self.eval is None:
+            return None
+        with torch.no_grad():
+            probs = self.trainer.predict_proba(self.eval.x)[0]
+        return float((probs.argmax(1) == self.eval.y).float().mean())
+
+    async def run(self) -> dict[str, Any]:
+        """Run to ``rounds`` (resuming from the checkpoint), then linger to serve the
+        neighbours' last frames; SIGTERM/SIGINT stop cleanly after a checkpoint."""
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.restore()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Signal handlers exist only in the main thread; tests run nodes elsewhere.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        await self.transport.start()
+        self.transport.set_peers({p: self.config.peers[p] for p in self.neighbours})
+        self.emit(
+            "start",
+            peer_id=self.identity.peer_id,
+            listen=self.transport.listen_addr,
+            resumed=resumed,
+            round=self.round,
+            neighbours=len(self.neighbours),
+            gamma=self.gamma,
+        )
+        receiver = asyncio.create_task(self._receive_loop())
+        try:
+            while self.round < self.config.rounds and not self._stop.is_set():
+                await self._round()
+            await self._linger()
+        finally:
+            receiver.cancel()
+            await self.transport.aclose()
+        result = {"round": self.round, "accuracy": self._accuracy(), "bytes_sent": self.bytes_sent}
+        self.emit("finish", **result, rejected=dict(self.guard.rejected | self.rejected))
+        return result
+
+    async def _round(self) -> None:
+        t = self.round
+        began = time.perf_counter()
+        loss = math.nan
+        if self.phase == "mixed":
+            loss = await asyncio.to_thread(self._train_and_push, t)
+            self.phase = "pushed"
+            self.save()
+        await self._send_all(t)
+        missed = await self._wait_for_round(t)
+        with torch.no_grad():
+            mix_step(self.state, self.gamma)
+        ahead = max(self.heard.values(), default=t)
+        self.round = max(t + 1, ahead)  # a node that fell behind (restart) catches up
+        self.phase = "mixed"
+        self.guard.advance(self.round)
+        self.save()
+        due = (t + 1) % self.config.eval_every == 0 or self.round >= self.config.rounds
+        self.emit(
+            "round",
+            round=t + 1,
+            loss=loss,
+            accuracy=self._accuracy() if due else None,
+            latency_s=round(time.perf_counter() - began, 4),
+            peers=len(self.neighbours) - len(missed),
+            missed=len(missed),
+            bytes_sent=self.bytes_sent,
+            eps_spent=self.eps_spent,
+        )
+
+    async def _linger(self) -> None:
+        """Keep answering for a while so neighbours still finishing get our last frames."""
+        end = asyncio.get_running_loop().time() + 2 * self.config.deadline_s
+        while asyncio.get_running_loop().time() < end and not self._stop.is_set():
+            behind = [p for p in self.neighbours if self.heard[p] < self.config.rounds - 1]
+            if not behind:
+                return
+            await self._send_all(self.config.rounds - 1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.5)
+
+
+def main(config_path: Path) -> int:
+    from node.config import load_config
+
+    config = load_config(config_path)
+    torch.set_num_threads(1)
+    asyncio.run(Node(config).run())
+    return 0
