@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
-from node.errors import ConfigError
+from crypto.errors import CryptoError
+from node.errors import ConfigError, TransportError
 
 EXIT_USAGE = 2
 
@@ -34,7 +36,39 @@ def build_parser() -> argparse.ArgumentParser:
     from sim.runner import add_arguments
 
     add_arguments(sim)
+    keygen = sub.add_parser("keygen", help="create a site key (mode 0600) and print its peer ID")
+    keygen.add_argument("--out", type=Path, required=True, help="key file to write")
+    keygen.add_argument("--force", action="store_true", help="overwrite an existing key")
+    node = sub.add_parser("node", help="run this site's node from its config file")
+    node.add_argument("--config", type=Path, required=True, help="site.toml")
+    node.add_argument("--check-config", action="store_true", help="validate the config and exit")
     return parser
+
+
+def _keygen(path: Path, force: bool) -> int:
+    from crypto.identity import SiteIdentity, write_key
+
+    identity = SiteIdentity.generate()
+    write_key(path, identity, overwrite=force)
+    print(identity.peer_id)
+    return 0
+
+
+def _node(path: Path, check_only: bool) -> int:
+    from node.config import load_config
+
+    config = load_config(path)
+    if check_only:
+        from crypto.identity import load_key
+
+        identity = load_key(config.key)
+        if identity.peer_id not in config.members:
+            raise ConfigError(f"{path}: this site's peer ID {identity.peer_id} is not a member")
+        print(f"{path}: OK ({len(config.members)} members, peer ID {identity.peer_id})")
+        return 0
+    from node.runtime import main as run_node
+
+    return run_node(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,7 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run(args)
             return 0
-    except (ConfigError, ValueError) as exc:
+        if args.command == "keygen":
+            return _keygen(args.out, args.force)
+        if args.command == "node":
+            return _node(args.config, args.check_config)
+    except (ConfigError, ValueError, CryptoError, TransportError) as exc:
         print(f"murmur: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

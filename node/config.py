@@ -224,14 +224,16 @@ def _train_config(r: _Reader) -> TrainConfig:
     steps = r.get("train", "local_steps", int, 1)
     schedule = r.get("train", "lr_schedule", str, "cosine")
     r.check(schedule in ("cosine", "constant"), "[train] lr_schedule: cosine or constant")
+    r.check(steps is None or steps > 0, "[train] local_steps must be positive")
+    # Out-of-range values are already reported; build with safe ones to keep collecting.
     return TrainConfig(
-        optimizer=optimizer or "sgd",
-        lr=float(lr or 0.3),
-        batch_size=batch or 16,
-        local_steps=steps or 1,
+        optimizer=optimizer if optimizer in ("sgd", "adam") else "sgd",
+        lr=float(lr) if lr and lr > 0 else 0.3,
+        batch_size=batch if batch and batch > 0 else 16,
+        local_steps=steps if steps and steps > 0 else 1,
         momentum=float(r.get("train", "momentum", (int, float), 0.0) or 0.0),
         prox_mu=float(r.get("train", "prox_mu", (int, float), 0.0) or 0.0),
-        lr_schedule=schedule or "cosine",
+        lr_schedule=schedule if schedule in ("cosine", "constant") else "cosine",
     )
 
 

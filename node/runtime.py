@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import signal
 import sys
 import time
@@ -298,7 +297,7 @@ class Node:
     async def _round(self) -> None:
         t = self.round
         began = time.perf_counter()
-        loss = math.nan
+        loss: float | None = None
         if self.phase == "mixed":
             loss = await asyncio.to_thread(self._train_and_push, t)
             self.phase = "pushed"

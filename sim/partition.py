@@ -51,7 +51,7 @@ def natural(
     named ``other(k sites)`` — too small to train or evaluate on alone."""
     if sites is None:
         raise DataError(
-            "--partition natural needs --site-column (or a dataset with sites, e.g. ncctg-lung)"
+            "--split natural needs --site-column (or a dataset with sites, e.g. ncctg-lung)"
         )
     names, inverse, counts = np.unique(sites, return_inverse=True, return_counts=True)
     parts, labels = [], []

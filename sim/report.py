@@ -146,6 +146,8 @@ def plot(out_dir: Path, methods: dict[str, dict[str, Any]]) -> list[Path]:
         for name, entry in methods.items():
             curve = entry["curve"]
             xs, ys = curve[xkey], curve[ykey]
+            if len(xs) != len(ys) or not ys:  # e.g. no consensus curve from real processes
+                continue
             if logx:
                 pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if x > 0]
                 if not pairs:
@@ -167,7 +169,8 @@ def plot(out_dir: Path, methods: dict[str, dict[str, Any]]) -> list[Path]:
         if logy:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / filename
         fig.savefig(path)

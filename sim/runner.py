@@ -19,13 +19,14 @@ from rich.progress import (
 )
 
 from node.compress import parse_compressor
+from node.config import parse_partition
 from node.device import pick_device
 from node.errors import ConfigError
 from node.gossip import auto_gamma
 from node.trainer import TrainConfig
 from sim import partition
 from sim.data import load_dataset
-from sim.engine import METHOD_NAMES, RunSpec, Simulation
+from sim.engine import METHOD_NAMES, MethodResult, RunSpec, Simulation
 from sim.faults import FaultConfig, parse_crash, parse_slow
 from sim.prep import FederatedData, prepare
 from sim.report import plot, print_table, with_targets, write_summary
@@ -49,7 +50,13 @@ def gamma_arg(text: str) -> float | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--backend", choices=["inprocess"], default="inprocess", help="simulator backend")
+    add(
+        "--backend",
+        choices=["inprocess", "process"],
+        default="inprocess",
+        help="inprocess (vectorised, virtual clock) or process (real node processes over "
+        "libp2p on 127.0.0.1; murmur and dpsgd run there, the references in-process)",
+    )
     add("--nodes", type=int, default=16, help="number of simulated sites")
     add(
         "--topology",
@@ -65,9 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--rounds", type=int, default=200)
     add("--dataset", default="breast-cancer", help="breast-cancer, ncctg-lung, csv:PATH")
     add("--target", help="label column of a CSV dataset (must be binary)")
-    add("--site-column", help="column naming each row's site, for --partition natural")
+    add("--site-column", help="column naming each row's site, for --split natural")
     add(
-        "--partition",
+        "--split",
         choices=PARTITIONS,
         default="auto",
         help="auto: natural when the data has sites, dirichlet when --alpha is given, else iid",
@@ -107,12 +114,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--deadline", type=float, default=1000.0, help="round deadline in virtual ms")
     add("--slow", action="append", default=[], help="NODE:FACTOR straggler (repeatable)")
     add("--kill", action="append", default=[], help="NODE@ROUND[:RESTART] crash (repeatable)")
+    add(
+        "--partition",
+        action="append",
+        default=[],
+        help="A,B|C,D@R1:R2: the two groups cannot talk in rounds [R1, R2) (process backend)",
+    )
 
 
 def build_data(args: argparse.Namespace) -> FederatedData:
     table = load_dataset(args.dataset, args.target, args.site_column)
     rng = np.random.default_rng(args.seed)
-    mode = args.partition
+    mode = args.split
     if mode == "auto":
         mode = (
             "natural"
@@ -211,7 +224,10 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
             def tick(task: TaskID = task) -> None:
                 progress.advance(task)
 
-            results.append(sim.run(method, compressor, tick))
+            if args.backend == "process" and method in ("murmur", "dpsgd"):
+                results.append(_run_networked(args, data, train, method, faults, progress, task))
+            else:
+                results.append(sim.run(method, compressor, tick))
     table = with_targets(results)
     config["total_wall_s"] = time.perf_counter() - began
     path = write_summary(args.out, config, table)
@@ -219,3 +235,43 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
     print_table(table, console)
     console.print(f"wrote {path} and {len(plots)} plots in {args.out}/")
     return {"config": config, "methods": table}
+
+
+def _run_networked(
+    args: argparse.Namespace,
+    data: FederatedData,
+    train: TrainConfig,
+    method: str,
+    faults: FaultConfig,
+    progress: Progress,
+    task: TaskID,
+) -> MethodResult:
+    """One gossip method as N real node processes (dpsgd: identity compressor, γ = 1)."""
+    from sim.consortium import ConsortiumSpec
+    from sim.process import run_processes
+
+    if args.partition:
+        for text in args.partition:
+            parse_partition(text)
+    spec = ConsortiumSpec(
+        topology=args.topology,
+        model=args.model,
+        rounds=args.rounds,
+        seed=args.seed,
+        compressor="identity" if method == "dpsgd" else args.compressor,
+        gamma=1.0 if method == "dpsgd" else args.gamma,
+        deadline_s=args.deadline / 1000.0,
+        train=train,
+        drop=args.drop,
+        delay_ms=args.delay,
+        slow=dict(faults.slow),
+        partitions=tuple(args.partition),
+        eval_every=args.eval_every,
+    )
+
+    def tick(round_: int) -> None:
+        progress.update(task, completed=round_)
+
+    result = run_processes(args.out / method, data, spec, list(faults.crashes), tick=tick)
+    result.method = method
+    return result
