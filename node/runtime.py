@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import resource
 import signal
 import sys
 import time
@@ -291,7 +292,10 @@ class Node:
             receiver.cancel()
             await self.transport.aclose()
         result = {"round": self.round, "accuracy": self._accuracy(), "bytes_sent": self.bytes_sent}
-        self.emit("finish", **result, rejected=dict(self.guard.rejected | self.rejected))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.emit(
+            "finish", **result, rss_bytes=rss, rejected=dict(self.guard.rejected | self.rejected)
+        )
         return result
 
     async def _round(self) -> None:
