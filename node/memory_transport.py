@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Mapping
 
 from crypto.identity import SiteIdentity
 from node.errors import (
-    OversizedFrameError,
     PeerUnreachableError,
     TransportClosedError,
-    UnknownPeerError,
 )
 from node.frames import DEFAULT_MAX_FRAME_BYTES
 from node.transport import Received, Transport
-
-_CLOSED = object()
 
 
 class MemoryNetwork:
@@ -47,10 +42,7 @@ class MemoryTransport(Transport):
         super().__init__(identity, max_frame_bytes, timeout_s)
         self.network = network
         self._address = address or network.new_address()
-        self._peers: dict[str, str] = {}
-        self._queue: asyncio.Queue[Received | object] = asyncio.Queue()
         self._started = False
-        self._closed = False
 
     @property
     def listen_addr(self) -> str:
@@ -65,19 +57,8 @@ class MemoryTransport(Transport):
         self.network.listeners[self._address] = self
         self._started = True
 
-    def set_peers(self, peers: Mapping[str, str]) -> None:
-        self._peers = dict(peers)
-
     async def send(self, peer: str, body: bytes) -> None:
-        if self._closed:
-            raise TransportClosedError("transport was closed")
-        if len(body) > self.max_frame_bytes:
-            raise OversizedFrameError(
-                f"frame of {len(body):,} bytes exceeds the {self.max_frame_bytes:,}-byte limit"
-            )
-        address = self._peers.get(peer)
-        if address is None:
-            raise UnknownPeerError(f"peer {peer} is not in the address book")
+        address = self._address_for(peer, body)
         target = self.network.listeners.get(address)
         if target is None or target._closed or target.peer_id != peer:
             raise PeerUnreachableError(f"nothing of {peer} listens at {address}")
@@ -90,18 +71,10 @@ class MemoryTransport(Transport):
         target._queue.put_nowait(Received(self.peer_id, bytes(body)))
         await asyncio.sleep(0)
 
-    async def incoming(self) -> AsyncIterator[Received]:
-        while True:
-            item = await self._queue.get()
-            if item is _CLOSED:
-                return
-            assert isinstance(item, Received)
-            yield item
-
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         if self.network.listeners.get(self._address) is self:
             del self.network.listeners[self._address]
-        self._queue.put_nowait(_CLOSED)
+        self._end_incoming()

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,10 +42,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from crypto.identity import SiteIdentity
 from node.errors import (
     FrameError,
-    OversizedFrameError,
     PeerUnreachableError,
     TransportClosedError,
-    UnknownPeerError,
 )
 from node.frames import DEFAULT_MAX_FRAME_BYTES, PREFIX_BYTES, check_length, length_prefix
 from node.transport import Received, Transport
@@ -54,7 +52,6 @@ PROTOCOL = TProtocol("/murmur/frames/1.0.0")
 IDLE_READ_S = 600.0
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 5.0
-_CLOSED = object()
 
 
 class _AllowlistSecurity(ISecureTransport):
@@ -121,11 +118,8 @@ class P2PTransport(Transport):
         self._listen = listen
         self._address = ""
         self.redial_s = redial_s
-        self._peers: dict[str, str] = {}
-        self._closed = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[Received | object] = asyncio.Queue()
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         self._stop: trio.Event | None = None
@@ -155,32 +149,16 @@ class P2PTransport(Transport):
 
     def set_peers(self, peers: Mapping[str, str]) -> None:
         removed = set(self._peers) - set(peers)
-        self._peers = dict(peers)
+        super().set_peers(peers)
         for peer in removed:
             self._call_in_trio(self._disconnect, peer)
 
     async def send(self, peer: str, body: bytes) -> None:
-        if self._closed:
-            raise TransportClosedError("transport was closed")
-        if len(body) > self.max_frame_bytes:
-            raise OversizedFrameError(
-                f"frame of {len(body):,} bytes exceeds the {self.max_frame_bytes:,}-byte limit"
-            )
-        address = self._peers.get(peer)
-        if address is None:
-            raise UnknownPeerError(f"peer {peer} is not in the address book")
+        address = self._address_for(peer, body)
         assert self._loop is not None
         done: asyncio.Future[None] = self._loop.create_future()
         self._call_in_trio(self._send, peer, address, body, done)
         await asyncio.wait_for(done, self.timeout_s + 5)
-
-    async def incoming(self) -> AsyncIterator[Received]:
-        while True:
-            item = await self._queue.get()
-            if item is _CLOSED:
-                return
-            assert isinstance(item, Received)
-            yield item
 
     async def aclose(self) -> None:
         if self._closed:
@@ -191,7 +169,7 @@ class P2PTransport(Transport):
                 self._token.run_sync_soon(self._stop.set)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, self.timeout_s)
-        self._queue.put_nowait(_CLOSED)
+        self._end_incoming()
 
     def _call_in_trio(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         if self._token is None or self._nursery is None:

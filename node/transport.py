@@ -19,6 +19,7 @@ Exact rules, which every implementation meets (``tests/transport_kit.py`` checks
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -26,7 +27,10 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from crypto.identity import SiteIdentity
+from node.errors import OversizedFrameError, TransportClosedError, UnknownPeerError
 from node.frames import DEFAULT_MAX_FRAME_BYTES
+
+_CLOSED = object()
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,9 @@ class Transport(ABC):
         self.max_frame_bytes = max_frame_bytes
         self.timeout_s = timeout_s
         self.rejected: Counter[str] = Counter()
+        self._peers: dict[str, str] = {}
+        self._closed = False
+        self._queue: asyncio.Queue[Received | object] = asyncio.Queue()
 
     @property
     @abstractmethod
@@ -58,14 +65,36 @@ class Transport(ABC):
     @abstractmethod
     async def start(self) -> None: ...
 
-    @abstractmethod
-    def set_peers(self, peers: Mapping[str, str]) -> None: ...
+    def set_peers(self, peers: Mapping[str, str]) -> None:
+        self._peers = dict(peers)
 
     @abstractmethod
     async def send(self, peer: str, body: bytes) -> None: ...
 
-    @abstractmethod
-    def incoming(self) -> AsyncIterator[Received]: ...
+    def _address_for(self, peer: str, body: bytes) -> str:
+        """The send rules every transport shares: closed, oversized, unknown peer."""
+        if self._closed:
+            raise TransportClosedError("transport was closed")
+        if len(body) > self.max_frame_bytes:
+            raise OversizedFrameError(
+                f"frame of {len(body):,} bytes exceeds the {self.max_frame_bytes:,}-byte limit"
+            )
+        address = self._peers.get(peer)
+        if address is None:
+            raise UnknownPeerError(f"peer {peer} is not in the address book")
+        return address
+
+    async def incoming(self) -> AsyncIterator[Received]:
+        while True:
+            item = await self._queue.get()
+            if item is _CLOSED:
+                return
+            assert isinstance(item, Received)
+            yield item
+
+    def _end_incoming(self) -> None:
+        """Make ``incoming()`` finish once the frames already queued are consumed."""
+        self._queue.put_nowait(_CLOSED)
 
     @abstractmethod
     async def aclose(self) -> None: ...

@@ -131,9 +131,8 @@ def run_processes(
             if tick:
                 tick(progress)
             running = [p for p in procs if p.alive()]
-            if not running and not pending and not any(k.restart for k in down.values()):
-                break
-            if not running and not down and not pending:
+            restarts_due = any(k.restart is not None for k in down.values())
+            if not running and not pending and not restarts_due:
                 break
             if time.perf_counter() - began > timeout_s:
                 raise SimError(f"the node processes did not finish within {timeout_s:g} s")
