@@ -7,9 +7,10 @@ OUT ?= runs/demo
 
 .PHONY: demo test lint typecheck bench system-deps clean
 
-# Debian packages needed to build/run the dependencies (fastecdsa for libp2p needs GMP).
+# Debian packages: gcc and GMP build fastecdsa (libp2p); mosquitto is the MQTT broker
+# that the telemetry tests start on loopback.
 system-deps:
-	@missing=""; for p in gcc libgmp-dev; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in gcc libgmp-dev mosquitto; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -34,7 +35,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check node crypto topology sim tests benchmarks
 	$(VENV)/bin/mypy
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest
 

@@ -9,7 +9,9 @@ state_dir = "state"                    # checkpoint and logs
 [consortium]
 seed = 0                               # public: initial model and round seeds
 members = ["12D3KooW…", "12D3KooW…"]   # every site, same order everywhere (graph order)
-topology = "ring"                      # any murmur topology over `members`
+topology = "ring"                      # any murmur topology over `members`, or
+# edges = [["12D3KooW…", "12D3KooW…"], …]  # the graph itself; weights need every degree,
+#                                       # so every site lists the same edges
 peers = { "12D3KooW…" = "/ip4/10.0.0.2/tcp/4001" }   # addresses of the other members
 
 [data]
@@ -18,8 +20,12 @@ target = "label"
 
 [train]     # model, optimizer, lr, batch_size, local_steps, rounds, lr_schedule
 [gossip]    # compressor, gamma ("auto" or a number), deadline_s, max_frame_bytes
+[telemetry] # mqtt = "mqtt://127.0.0.1:1883" (or mqtts://), topic = "murmur"
 [faults]    # simulator only: drop, delay_ms, slow, partition ("A|B@R1:R2")
 ```
+
+Send the node SIGHUP after editing ``[consortium]`` (members, topology, edges, peers) to
+change the membership without a restart; see :mod:`node.membership`.
 """
 
 from __future__ import annotations
@@ -28,13 +34,16 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import networkx as nx
 
 from crypto.errors import BadSignatureError
 from crypto.identity import public_key_from_peer_id
 from node.compress import parse_compressor
 from node.errors import ConfigError
 from node.trainer import TrainConfig
-from topology import TopologyError, build_topology
+from topology import StaticTopology, Topology, TopologyError, build_topology
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,7 @@ class NodeConfig:
     members: tuple[str, ...]
     topology: str
     peers: dict[str, str]
+    edges: tuple[tuple[str, str], ...]
     source: str
     target: str | None
     eval_source: str | None
@@ -77,6 +87,21 @@ class NodeConfig:
     max_frame_bytes: int
     eval_every: int
     faults: Faults = field(default_factory=Faults)
+    telemetry_url: str | None = None
+    telemetry_prefix: str = "murmur"
+
+
+def parse_broker(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host[:port]`` or ``mqtts://host[:port]`` (TLS) → (host, port, tls)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"[telemetry] mqtt {url!r}: expected mqtt://HOST[:PORT] or mqtts://…")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"[telemetry] mqtt {url!r}: bad port") from None
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, port or (8883 if tls else 1883), tls
 
 
 def parse_partition(text: str) -> Partition:
@@ -92,6 +117,29 @@ def parse_partition(text: str) -> Partition:
     if start >= end or a & b:
         raise ConfigError(f"bad partition {text!r}: empty span or overlapping groups")
     return Partition(a, b, start, end)
+
+
+def consortium_topology(
+    members: tuple[str, ...], topology: str, edges: tuple[tuple[str, str], ...], seed: int
+) -> Topology:
+    """The consortium graph over member indices: explicit ``edges`` or a named topology."""
+    if not edges:
+        return build_topology(topology, len(members), seed)
+    index = {m: i for i, m in enumerate(members)}
+    graph: nx.Graph[int] = nx.Graph()
+    graph.add_nodes_from(range(len(members)))
+    for a, b in edges:
+        if a not in index or b not in index:
+            raise TopologyError(f"edge {a} – {b} names a peer that is not in members")
+        if a == b:
+            raise TopologyError(f"edge {a} – {b} is a self-loop")
+        graph.add_edge(index[a], index[b])
+    if not nx.is_connected(graph):
+        raise TopologyError(
+            f"edges leave the consortium in {nx.number_connected_components(graph)} parts; "
+            "gossip needs a connected graph"
+        )
+    return StaticTopology(graph)
 
 
 class _Reader:
@@ -150,14 +198,15 @@ def load_config(path: Path) -> NodeConfig:
         except BadSignatureError as exc:
             r.problems.append(f"[consortium] members: {exc}")
     r.check(len(set(members)) == len(members), "[consortium] members has duplicates")
+    edges = _edges(r)
     for peer, addr in peers.items():
         r.check(peer in members, f"[consortium] peers: {peer} is not in members")
         r.check(isinstance(addr, str) and addr.startswith("/"), f"bad multiaddr for {peer}")
     if len(members) >= 2 and topology:
         try:
-            build_topology(topology, len(members), seed)
+            consortium_topology(tuple(members), topology, edges, seed)
         except (TopologyError, ValueError) as exc:
-            r.problems.append(f"[consortium] topology: {exc}")
+            r.problems.append(f"[consortium] {'edges' if edges else 'topology'}: {exc}")
     source = r.get("data", "source", str)
     if source is not None:
         r.check(
@@ -188,6 +237,17 @@ def load_config(path: Path) -> NodeConfig:
     max_frame = r.get("gossip", "max_frame_bytes", int, 16 * 2**20)
     eval_every = r.get("train", "eval_every", int, 1)
     faults = _faults(r)
+    telemetry_url = r.get("telemetry", "mqtt", str, None)
+    if telemetry_url is not None:
+        try:
+            parse_broker(telemetry_url)
+        except ConfigError as exc:
+            r.problems.append(str(exc))
+    telemetry_prefix = r.get("telemetry", "topic", str, "murmur")
+    r.check(
+        telemetry_prefix is None or (telemetry_prefix and not set("#+") & set(telemetry_prefix)),
+        "[telemetry] topic must be a non-empty MQTT topic without wildcards",
+    )
     if r.problems:
         raise ConfigError(f"{path}: " + "; ".join(r.problems))
     return NodeConfig(
@@ -199,6 +259,7 @@ def load_config(path: Path) -> NodeConfig:
         members=tuple(members),
         topology=topology,
         peers=dict(peers),
+        edges=edges,
         source=source,
         target=target,
         eval_source=eval_source,
@@ -211,7 +272,24 @@ def load_config(path: Path) -> NodeConfig:
         max_frame_bytes=max_frame,
         eval_every=eval_every,
         faults=faults,
+        telemetry_url=telemetry_url,
+        telemetry_prefix=telemetry_prefix or "murmur",
     )
+
+
+def _edges(r: _Reader) -> tuple[tuple[str, str], ...]:
+    raw = r.get("consortium", "edges", list, []) or []
+    edges = []
+    for pair in raw:
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(p, str) for p in pair)
+        ):
+            r.problems.append(f"[consortium] edges: {pair!r} is not a [peer, peer] pair")
+            continue
+        edges.append((pair[0], pair[1]))
+    return tuple(edges)
 
 
 def _train_config(r: _Reader) -> TrainConfig:

@@ -127,18 +127,26 @@ class FrameGuard:
 
     ``window`` rounds of nonces are remembered per sender; a frame older than that is
     stale and refused (its contents are not lost: the backlog resends them in the
-    sender's next frame). At most ``max_per_round`` frames per sender and round are
-    remembered, which bounds the memory a flooding peer can take.
+    sender's next frame). At most ``max_per_round`` frames per sender and round, and
+    ``max_rounds`` distinct rounds per sender, are remembered, which bounds the memory a
+    flooding peer can take even with frames for rounds far in the future.
     """
 
-    def __init__(self, allowlist: Iterable[str], window: int = 4, max_per_round: int = 256):
+    def __init__(
+        self,
+        allowlist: Iterable[str],
+        window: int = 4,
+        max_per_round: int = 256,
+        max_rounds: int = 64,
+    ):
         self.window = window
         self.max_per_round = max_per_round
+        self.max_rounds = max_rounds
         self.round = 0
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self._keys: dict[str, bytes] = {}
-        self._seen: dict[tuple[str, int], set[bytes]] = {}
+        self._seen: dict[str, dict[int, set[bytes]]] = {}
         self.set_allowlist(allowlist)
 
     def set_allowlist(self, peers: Iterable[str]) -> None:
@@ -155,8 +163,13 @@ class FrameGuard:
         """This node is now in ``round``; forget nonces that fell out of the window."""
         self.round = max(self.round, round)
         horizon = self.round - self.window
-        for key in [k for k in self._seen if k[1] < horizon]:
-            del self._seen[key]
+        for rounds in self._seen.values():
+            for old in [r for r in rounds if r < horizon]:
+                del rounds[old]
+
+    def nonces_held(self) -> int:
+        """How many nonces the replay check remembers now (bounded; see the class doc)."""
+        return sum(len(seen) for rounds in self._seen.values() for seen in rounds.values())
 
     def admit(
         self, body: bytes, via: str | None, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
@@ -189,7 +202,18 @@ class FrameGuard:
             raise StaleFrameError(
                 f"round {frame.round} from {frame.sender} is older than {self.round - self.window}"
             )
-        seen = self._seen.setdefault((frame.sender, frame.round), set())
+        rounds = self._seen.setdefault(frame.sender, {})
+        seen = rounds.get(frame.round)
+        if seen is None:
+            if len(rounds) >= self.max_rounds:
+                oldest = min(rounds)
+                if frame.round < oldest:
+                    raise StaleFrameError(
+                        f"round {frame.round} from {frame.sender} is older than every round "
+                        f"of its last {self.max_rounds} remembered"
+                    )
+                del rounds[oldest]
+            seen = rounds[frame.round] = set()
         if frame.nonce in seen:
             raise ReplayedFrameError(f"replayed frame from {frame.sender}, round {frame.round}")
         if len(seen) >= self.max_per_round:

@@ -14,6 +14,12 @@ against the limit before a byte of the body is read. Every await that waits on t
 network runs under a timeout. Failed dials back off exponentially (0.25 s doubling to
 5 s) and a background task redials known peers, so a restarted peer is found again;
 addresses come from our own address book on every dial (libp2p's peerstore expires them).
+
+Yamux data frames are sent up to 256 KiB instead of py-libp2p's 64 KiB default: a 1 MiB
+update then costs 4 frames' worth of window and lock bookkeeping instead of 16, which
+roughly doubles loopback throughput (``make bench``). It stays within the Yamux spec:
+a frame is bounded by the receiver's window, which the sender honours, and go-yamux
+exposes the same knob as ``MaxMessageSize``. Receivers need no change.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux import yamux
 
 from crypto.identity import SiteIdentity
 from node.errors import (
@@ -47,6 +54,9 @@ from node.errors import (
 )
 from node.frames import DEFAULT_MAX_FRAME_BYTES, PREFIX_BYTES, check_length, length_prefix
 from node.transport import Received, Transport
+
+YAMUX_FRAME_BYTES = 256 * 1024
+yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
 
 PROTOCOL = TProtocol("/murmur/frames/1.0.0")
 IDLE_READ_S = 600.0

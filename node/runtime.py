@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,20 +30,22 @@ import torch
 
 from crypto.identity import SiteIdentity, load_key
 from node import checkpoint
-from node.backlog import InboundLink, Item, OutboundLink
+from node.backlog import Item
 from node.compress import parse_compressor
-from node.config import NodeConfig
+from node.config import NodeConfig, load_config
 from node.errors import ConfigError, FrameError, TransportError
 from node.faults import FaultyTransport
 from node.flat import FlatLayout
 from node.frames import FrameGuard, seal
 from node.gossip import ChocoState, add_self_contribution, auto_gamma, compress_step, mix_step
+from node.links import Links
+from node.membership import Membership
 from node.models import build_model
 from node.site_data import load_site_data
+from node.telemetry import MqttTelemetry
 from node.trainer import BatchedTrainer, StackedData
 from node.transport import Transport
 from node.wire import decode_update, encode_update
-from topology import build_topology
 
 SUSPECT_AFTER = 3
 
@@ -51,24 +54,20 @@ class Node:
     """A long-lived site process; see the module docstring for the round protocol."""
 
     def __init__(
-        self, config: NodeConfig, transport: Transport | None = None, log: TextIO | None = None
+        self,
+        config: NodeConfig,
+        transport: Transport | None = None,
+        log: TextIO | None = None,
+        status: TextIO | None = None,
     ) -> None:
         self.config = config
         self.log_stream = log or sys.stdout
+        self.status_stream = status or sys.stderr
         self.identity: SiteIdentity = load_key(config.key)
         me = self.identity.peer_id
-        if me not in config.members:
-            raise ConfigError(f"this site's peer ID {me} is not in [consortium] members")
+        membership = Membership.of(config)
+        self._check_addresses(config, membership.weights(me), me)
         self.index = config.members.index(me)
-        n = len(config.members)
-        weights = build_topology(config.topology, n, config.seed).matrix(0)
-        self.neighbours = [
-            config.members[j] for j in range(n) if j != self.index and weights[self.index, j] > 0
-        ]
-        self.weight = {config.members[j]: float(weights[self.index, j]) for j in range(n)}
-        missing = [p for p in self.neighbours if p not in config.peers]
-        if missing:
-            raise ConfigError(f"no address in [consortium] peers for neighbours {missing}")
         data = load_site_data(config.source, config.target)
         self.eval = (
             load_site_data(config.eval_source, config.target) if config.eval_source else None
@@ -87,11 +86,7 @@ class Node:
         self.state = ChocoState.start(self.trainer.params, x0)
         self.compressor = parse_compressor(config.compressor, config.seed, [data.label_counts])
         self.gamma = config.gamma or auto_gamma(self.compressor, self.layout.dim)
-        self.out = {p: OutboundLink() for p in self.neighbours}
-        self.inbound = {p: InboundLink() for p in self.neighbours}
-        self.acked = {p: -1 for p in self.neighbours}
-        self.heard = {p: -1 for p in self.neighbours}
-        self.silent = {p: 0 for p in self.neighbours}
+        self.links = Links(me, membership, self.state.xhat[0])
         self.guard = FrameGuard(config.members)
         self.round = 0
         self.phase = "mixed"
@@ -100,12 +95,66 @@ class Node:
         self.rejected: Counter[str] = Counter()
         self._heard_event = asyncio.Event()
         self._stop = asyncio.Event()
+        self._reload: NodeConfig | None = None
+        self._reload_requested = False
         self.ckpt_path = config.state_dir / "checkpoint.pt"
+        self.telemetry = (
+            MqttTelemetry(config.telemetry_url, me, config.telemetry_prefix)
+            if config.telemetry_url
+            else None
+        )
         inner = transport or self._libp2p()
         self.transport: Transport = (
             FaultyTransport(inner, config.faults, config.members, config.seed * 31 + self.index)
             if config.faults.drop or config.faults.delay_ms or config.faults.partitions
             else inner
+        )
+
+    @staticmethod
+    def _check_addresses(config: NodeConfig, weight: dict[str, float], me: str) -> None:
+        missing = [p for p in weight if p != me and p not in config.peers]
+        if missing:
+            raise ConfigError(f"no address in [consortium] peers for neighbours {missing}")
+
+    def request_reload(self, config: NodeConfig | None = None) -> None:
+        """Apply ``config`` (or the re-read config file) at the next round boundary."""
+        self._reload = config
+        self._reload_requested = True
+
+    def _reload_config(self) -> None:
+        config, self._reload, self._reload_requested = self._reload, None, False
+        try:
+            config = config or load_config(self.config.path)
+            self.apply_membership(config)
+        except ConfigError as exc:
+            self.emit("reload_failed", detail=str(exc))
+
+    def apply_membership(self, config: NodeConfig) -> None:
+        """Re-weight and resynchronise for a new ``[consortium]``; see node.membership."""
+        me = self.identity.peer_id
+        membership = Membership.of(config)
+        if me not in membership.members:
+            self.emit("removed", detail="this site is no longer in [consortium] members")
+            self._stop.set()
+            return
+        self._check_addresses(config, membership.weights(me), me)
+        change = self.links.rewire(membership, self.state.xhat[0], self.state.s[0])
+        self.config = replace(
+            self.config,
+            members=config.members,
+            topology=config.topology,
+            edges=config.edges,
+            peers=dict(config.peers),
+        )
+        self.guard.set_allowlist(config.members)
+        self.transport.set_peers({p: config.peers[p] for p in self.links.neighbours})
+        self.emit(
+            "membership",
+            members=len(config.members),
+            neighbours=len(self.links.neighbours),
+            added=list(change.added),
+            removed=list(change.removed),
+            resynced=list(change.added + change.reweighted),
         )
 
     def _libp2p(self) -> Transport:
@@ -124,25 +173,19 @@ class Node:
         record = {"t": round(time.time(), 4), "event": event, "node": self.index, **fields}
         self.log_stream.write(json.dumps(record) + "\n")
         self.log_stream.flush()
+        if self.telemetry is not None:
+            self.telemetry.publish(record)
 
     # -- checkpoints ------------------------------------------------------------------------
 
     def _snapshot(self) -> dict[str, Any]:
-        def link(out: OutboundLink) -> dict[str, Any]:
-            return {
-                "next_seq": out.next_seq,
-                "pending": [[i.seq, i.indices, i.values, i.wire_bytes] for i in out.pending],
-            }
-
-        self.acked = {p: self.inbound[p].applied for p in self.neighbours}
         return {
             "round": self.round,
             "phase": self.phase,
             "x": self.state.x,
             "xhat": self.state.xhat,
             "s": self.state.s,
-            "out": {p: link(o) for p, o in self.out.items()},
-            "applied": dict(self.acked),
+            "links": self.links.snapshot(),
             "bytes_sent": self.bytes_sent,
             "eps_spent": self.eps_spent,
             "generator": self.trainer.generator.get_state(),
@@ -153,6 +196,8 @@ class Node:
         checkpoint.save(self.ckpt_path, self._snapshot())
 
     def restore(self) -> bool:
+        """Resume from the checkpoint; a config whose membership changed while the node was
+        down is applied afterwards, as a reload would be."""
         saved = checkpoint.load(self.ckpt_path)
         if saved is None:
             return False
@@ -163,20 +208,14 @@ class Node:
             self.state.xhat.copy_(saved["xhat"])
             self.state.s.copy_(saved["s"])
         self.round, self.phase = int(saved["round"]), str(saved["phase"])
-        for peer, link in saved["out"].items():
-            if peer in self.out:
-                out = self.out[peer]
-                out.next_seq = int(link["next_seq"])
-                out.pending.extend(Item(int(a), b, c, float(d)) for a, b, c, d in link["pending"])
-        for peer, applied in saved["applied"].items():
-            if peer in self.inbound:
-                self.inbound[peer].applied = int(applied)
-                self.acked[peer] = int(applied)
+        self.links = Links.restore(self.identity.peer_id, saved["links"], self.state.xhat[0])
         self.bytes_sent = int(saved["bytes_sent"])
         self.eps_spent = float(saved["eps_spent"])
         self.trainer.generator.set_state(saved["generator"])
         self.trainer.optimizer.load_state_dict(saved["optimizer"])
         self.guard.advance(self.round)
+        if self.links.membership != Membership.of(self.config):
+            self.apply_membership(self.config)  # the config was edited while the node was down
         return True
 
     # -- the protocol -----------------------------------------------------------------------
@@ -185,16 +224,16 @@ class Node:
         async for received in self.transport.incoming():
             try:
                 frame = self.guard.admit(received.body, received.peer, self.config.max_frame_bytes)
-                if frame.topic != "update" or frame.sender not in self.inbound:
+                if frame.topic != "update" or frame.sender not in self.links.inbound:
                     raise FrameError(f"unexpected {frame.topic!r} frame from {frame.sender}")
                 update = decode_update(frame.payload, self.layout.dim)
             except FrameError as exc:
                 self.rejected[exc.reason] += 1
                 self.emit("rejected", reason=exc.reason, peer=received.peer, detail=str(exc))
                 continue
-            self.inbound[frame.sender].accept(update.items, self.state.s[0])
-            self.out[frame.sender].ack(update.ack)
-            self.heard[frame.sender] = max(self.heard[frame.sender], frame.round)
+            self.links.inbound[frame.sender].accept(update.items, self.state.s[0])
+            self.links.out[frame.sender].ack(update.ack)
+            self.links.heard[frame.sender] = max(self.links.heard[frame.sender], frame.round)
             self._heard_event.set()
 
     def _train_and_push(self, t: int) -> float:
@@ -205,12 +244,14 @@ class Node:
             time.sleep(stats.seconds * (self.config.faults.slow - 1))
         with torch.no_grad():
             q = compress_step(self.state, self.compressor, t)
-            add_self_contribution(self.state, q, torch.tensor([self.weight[self.identity.peer_id]]))
+            add_self_contribution(
+                self.state, q, torch.tensor([self.links.weight[self.identity.peer_id]])
+            )
             row = q.row(0)
             idx = None if row.indices is None else row.indices.reshape(-1).clone()
-            for peer in self.neighbours:
-                values = (row.values.reshape(-1) * self.weight[peer]).clone()
-                self.out[peer].push(idx, values, float(row.wire_bytes[0]))
+            for peer in self.links.neighbours:
+                values = (row.values.reshape(-1) * self.links.weight[peer]).clone()
+                self.links.out[peer].push(idx, values, float(row.wire_bytes[0]))
         return float(stats.loss.mean())
 
     async def _send_all(self, t: int) -> None:
@@ -219,12 +260,12 @@ class Node:
         async def one(peer: str) -> None:
             items: list[Item] = []
             size = 0.0
-            for item in self.out[peer].frame():
+            for item in self.links.out[peer].frame():
                 if items and size + item.wire_bytes > budget:
                     break  # the rest goes next round: the receiver applies in order
                 items.append(item)
                 size += item.wire_bytes
-            payload = encode_update(self.layout.dim, self.acked[peer], items)
+            payload = encode_update(self.layout.dim, self.links.acked[peer], items)
             body = seal(self.identity, t, "update", payload)
             try:
                 await self.transport.send(peer, body)
@@ -232,7 +273,7 @@ class Node:
             except TransportError as exc:
                 self.emit("send_failed", peer=peer, round=t, detail=str(exc))
 
-        await asyncio.gather(*(one(p) for p in self.neighbours))
+        await asyncio.gather(*(one(p) for p in self.links.neighbours))
 
     async def _wait_for_round(self, t: int) -> list[str]:
         """Wait for this round's frames from every neighbour not suspected to be down."""
@@ -240,7 +281,9 @@ class Node:
         deadline = loop.time() + self.config.deadline_s
         while True:
             waiting = [
-                p for p in self.neighbours if self.heard[p] < t and self.silent[p] < SUSPECT_AFTER
+                p
+                for p in self.links.neighbours
+                if self.links.heard[p] < t and self.links.silent[p] < SUSPECT_AFTER
             ]
             remaining = deadline - loop.time()
             if not waiting or remaining <= 0 or self._stop.is_set():
@@ -250,9 +293,9 @@ class Node:
                 await asyncio.wait_for(self._heard_event.wait(), remaining)
             except TimeoutError:
                 break
-        missed = [p for p in self.neighbours if self.heard[p] < t]
-        for p in self.neighbours:
-            self.silent[p] = self.silent[p] + 1 if p in missed else 0
+        missed = [p for p in self.links.neighbours if self.links.heard[p] < t]
+        for p in self.links.neighbours:
+            self.links.silent[p] = self.links.silent[p] + 1 if p in missed else 0
         return missed
 
     def _accuracy(self) -> float | None:
@@ -272,15 +315,19 @@ class Node:
             # Signal handlers exist only in the main thread; tests run nodes elsewhere.
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        if self.telemetry is not None:
+            self.telemetry.start()
         await self.transport.start()
-        self.transport.set_peers({p: self.config.peers[p] for p in self.neighbours})
+        self.transport.set_peers({p: self.config.peers[p] for p in self.links.neighbours})
         self.emit(
             "start",
             peer_id=self.identity.peer_id,
             listen=self.transport.listen_addr,
             resumed=resumed,
             round=self.round,
-            neighbours=len(self.neighbours),
+            neighbours=len(self.links.neighbours),
             gamma=self.gamma,
         )
         receiver = asyncio.create_task(self._receive_loop())
@@ -296,12 +343,23 @@ class Node:
         self.emit(
             "finish", **result, rss_bytes=rss, rejected=dict(self.guard.rejected | self.rejected)
         )
+        if self.telemetry is not None:
+            await self.telemetry.aclose()
+            if self.telemetry.dropped:
+                self.emit(
+                    "telemetry_dropped",
+                    dropped=self.telemetry.dropped,
+                    published=self.telemetry.published,
+                    detail=self.telemetry.last_error,
+                )
         return result
 
     async def _round(self) -> None:
         t = self.round
         began = time.perf_counter()
         loss: float | None = None
+        if self.phase == "mixed" and self._reload_requested:
+            self._reload_config()
         if self.phase == "mixed":
             loss = await asyncio.to_thread(self._train_and_push, t)
             self.phase = "pushed"
@@ -310,7 +368,7 @@ class Node:
         missed = await self._wait_for_round(t)
         with torch.no_grad():
             mix_step(self.state, self.gamma)
-        ahead = max(self.heard.values(), default=t)
+        ahead = max(self.links.heard.values(), default=t)
         self.round = max(t + 1, ahead)  # a node that fell behind (restart) catches up
         self.phase = "mixed"
         self.guard.advance(self.round)
@@ -322,17 +380,31 @@ class Node:
             loss=loss,
             accuracy=self._accuracy() if due else None,
             latency_s=round(time.perf_counter() - began, 4),
-            peers=len(self.neighbours) - len(missed),
+            peers=len(self.links.neighbours) - len(missed),
             missed=len(missed),
             bytes_sent=self.bytes_sent,
             eps_spent=self.eps_spent,
         )
+        self._status(t + 1, loss, len(self.links.neighbours) - len(missed))
+
+    def _status(self, t: int, loss: float | None, peers: int) -> None:
+        """One human-readable line per round for whoever watches the site's terminal."""
+        loss_text = "  -   " if loss is None else f"{loss:.4f}"
+        line = (
+            f"murmur {self.identity.peer_id[-8:]}  round {t}/{self.config.rounds}  "
+            f"loss {loss_text}  peers {peers}/{len(self.links.neighbours)}  "
+            f"sent {self.bytes_sent / 1e6:.2f} MB  eps {self.eps_spent:.2f}"
+        )
+        self.status_stream.write(line + "\n")
+        self.status_stream.flush()
 
     async def _linger(self) -> None:
         """Keep answering for a while so neighbours still finishing get our last frames."""
         end = asyncio.get_running_loop().time() + 2 * self.config.deadline_s
         while asyncio.get_running_loop().time() < end and not self._stop.is_set():
-            behind = [p for p in self.neighbours if self.heard[p] < self.config.rounds - 1]
+            behind = [
+                p for p in self.links.neighbours if self.links.heard[p] < self.config.rounds - 1
+            ]
             if not behind:
                 return
             await self._send_all(self.config.rounds - 1)
@@ -341,8 +413,6 @@ class Node:
 
 
 def main(config_path: Path) -> int:
-    from node.config import load_config
-
     config = load_config(config_path)
     torch.set_num_threads(1)
     asyncio.run(Node(config).run())

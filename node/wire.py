@@ -1,7 +1,8 @@
 """The payload of an ``update`` frame: backlog items for one link plus an acknowledgement.
 
-``{"dim": d, "ack": n, "items": [[seq, indices | nil, values], ...]}`` with indices as
-little-endian int32 bytes and values as little-endian float32 bytes. Everything is
+``{"dim": d, "ack": n, "items": [[seq, indices | nil, values, reset], ...]}`` with indices
+as little-endian int32 bytes, values as little-endian float32 bytes and ``reset`` true for
+a dense item that replaces the link's total (:mod:`node.backlog`). Everything is
 validated (types, lengths, index range, finite values) before a single value is applied,
 so a bad payload changes nothing.
 """
@@ -31,7 +32,8 @@ def encode_update(dim: int, ack: int, items: list[Item]) -> bytes:
     packed = []
     for item in items:
         idx = None if item.indices is None else item.indices.to(torch.int32).numpy().tobytes()
-        packed.append([item.seq, idx, item.values.to(torch.float32).numpy().tobytes()])
+        values = item.values.to(torch.float32).numpy().tobytes()
+        packed.append([item.seq, idx, values, item.reset])
     out: bytes = msgpack.packb({"dim": dim, "ack": ack, "items": packed})
     return out
 
@@ -58,9 +60,11 @@ def decode_update(payload: bytes, dim: int) -> Update:
 
 
 def _item(raw: object, dim: int) -> Item:
-    if not isinstance(raw, list) or len(raw) != 3:
-        raise MalformedFrameError("an item is [seq, indices, values]")
-    seq, idx_bytes, value_bytes = raw
+    if not isinstance(raw, list) or len(raw) != 4:
+        raise MalformedFrameError("an item is [seq, indices, values, reset]")
+    seq, idx_bytes, value_bytes, reset = raw
+    if not isinstance(reset, bool) or (reset and idx_bytes is not None):
+        raise MalformedFrameError("item reset must be a boolean, and reset items are dense")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise MalformedFrameError("item seq must be a non-negative integer")
     if not isinstance(value_bytes, bytes) or len(value_bytes) % 4:
@@ -81,4 +85,4 @@ def _item(raw: object, dim: int) -> Item:
             raise MalformedFrameError(f"item indices outside [0, {dim})")
         indices = torch.from_numpy(idx.astype(np.int64))
     tensor = torch.from_numpy(values.copy())
-    return Item(seq, indices, tensor, float(len(value_bytes) + (len(idx_bytes or b""))))
+    return Item(seq, indices, tensor, float(len(value_bytes) + len(idx_bytes or b"")), reset)

@@ -134,3 +134,10 @@ def test_mutated_frames_are_rejected_not_crashed(data: st.DataObject) -> None:
         return
     with pytest.raises(FrameError):
         _guard().admit(bytes(body), ALICE.peer_id, max_bytes=4096)
+
+
+def test_frames_for_far_future_rounds_cannot_grow_the_guard() -> None:
+    guard = FrameGuard([ALICE.peer_id], max_rounds=8)
+    for future in range(1000, 1100):
+        guard.admit(seal(ALICE, future, "update", b""), ALICE.peer_id)
+    assert guard.nonces_held() == 8

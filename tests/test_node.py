@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from crypto.identity import load_key
-from node.config import load_config
+from node.config import NodeConfig, load_config
 from node.frames import seal
 from node.memory_transport import MemoryNetwork, MemoryTransport
 from node.runtime import Node
@@ -32,12 +34,19 @@ def _subset(data: FederatedData, n: int) -> FederatedData:
     )
 
 
-def _nodes(paths: list[Path], network: MemoryNetwork, rounds: int | None = None) -> list[Node]:
+def _nodes(
+    paths: list[Path],
+    network: MemoryNetwork,
+    rounds: int | None = None,
+    edit: Callable[[NodeConfig], NodeConfig] | None = None,
+) -> list[Node]:
     nodes = []
     for path in paths:
         config = load_config(path)
         if rounds is not None:
-            config = type(config)(**{**config.__dict__, "rounds": rounds})
+            config = replace(config, rounds=rounds)
+        if edit is not None:
+            config = edit(config)
         transport = MemoryTransport(network, load_key(config.key), config.listen)
         nodes.append(Node(config, transport, log=io.StringIO()))
     return nodes
@@ -144,3 +153,91 @@ def test_eight_processes_over_libp2p_match_in_process(
     restarts = [e for e in timeline if e["event"] == "start" and e["node"] == 3 and e["resumed"]]
     assert restarts and restarts[0]["round"] >= 19
     assert np.isfinite(float(killed.final["round_latency_median_s"] or np.nan))
+
+
+def _exact_sums(nodes: list[Node], topology: str) -> None:
+    """Every s_i equals Σ_j W_ij x̂_j for the consortium's current W."""
+    w = torch.from_numpy(build_topology(topology, len(nodes)).matrix(0)).float()
+    expected = w @ torch.cat([n.state.xhat for n in nodes])
+    for i, node in enumerate(nodes):
+        torch.testing.assert_close(node.state.s[0], expected[i], atol=1e-5, rtol=1e-5)
+
+
+async def _reload_at(node: Node, round: int, config: NodeConfig) -> None:
+    while node.round < round:
+        await asyncio.sleep(0.005)
+    node.request_reload(config)
+
+
+def test_removing_a_site_by_reload_reweights_and_stays_exact(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    data = _subset(wisconsin16, 5)
+    paths = write_consortium(tmp_path, data, ConsortiumSpec(rounds=30, train=TRAIN))
+    nodes = _nodes(paths, MemoryNetwork())
+    members = nodes[0].config.members
+    staying = members[:4]
+
+    def without_last(node: Node) -> NodeConfig:
+        peers = {p: a for p, a in node.config.peers.items() if p in staying}
+        return replace(node.config, members=staying, peers=peers)
+
+    async def run() -> None:
+        # Sites reload a few rounds apart, as real hospitals would.
+        reloads = [_reload_at(n, 8 + i % 3, without_last(n)) for i, n in enumerate(nodes)]
+        await asyncio.gather(*reloads, *(n.run() for n in nodes))
+
+    asyncio.run(run())
+    removed = nodes[4]
+    assert removed.round < 30
+    assert isinstance(removed.log_stream, io.StringIO)
+    assert '"event": "removed"' in removed.log_stream.getvalue()
+    assert nodes[0].links.neighbours == [members[1], members[3]]
+    assert all(n.round == 30 for n in nodes[:4])
+    _exact_sums(nodes[:4], "ring")
+    assert all(float(n._accuracy() or 0) > 0.85 for n in nodes[:4])
+
+
+def test_rewiring_by_reload_resynchronises_changed_links(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    data = _subset(wisconsin16, 4)
+    paths = write_consortium(tmp_path, data, ConsortiumSpec(rounds=20, train=TRAIN))
+    nodes = _nodes(paths, MemoryNetwork())
+    everyone = {m: n.config.listen for m, n in zip(nodes[0].config.members, nodes, strict=True)}
+
+    def complete(node: Node) -> NodeConfig:
+        peers = {p: a for p, a in everyone.items() if p != node.identity.peer_id}
+        return replace(node.config, topology="complete", peers=peers)
+
+    async def run() -> None:
+        reloads = [_reload_at(n, 5 + i % 2, complete(n)) for i, n in enumerate(nodes)]
+        await asyncio.gather(*reloads, *(n.run() for n in nodes))
+
+    asyncio.run(run())
+    assert all(len(n.links.neighbours) == 3 for n in nodes)
+    _exact_sums(nodes, "complete")
+
+
+def test_membership_change_while_down_is_applied_on_restart(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    data = _subset(wisconsin16, 4)
+    paths = write_consortium(tmp_path, data, ConsortiumSpec(rounds=12, train=TRAIN))
+
+    async def run(nodes: list[Node]) -> None:
+        await asyncio.gather(*(n.run() for n in nodes))
+
+    first = _nodes(paths, MemoryNetwork(), rounds=5)
+    asyncio.run(run(first))
+    everyone = {n.identity.peer_id: n.config.listen for n in first}
+
+    def complete(config: NodeConfig) -> NodeConfig:  # the edited site.toml
+        me = config.members[first.index(next(n for n in first if n.config.path == config.path))]
+        peers = {p: a for p, a in everyone.items() if p != me}
+        return replace(config, topology="complete", peers=peers)
+
+    again = _nodes(paths, MemoryNetwork(), edit=complete)
+    asyncio.run(run(again))
+    assert all(n.round == 12 and len(n.links.neighbours) == 3 for n in again)
+    _exact_sums(again, "complete")

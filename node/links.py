@@ -1,0 +1,100 @@
+"""A node's links to its neighbours: weights, backlogs, acknowledgements, liveness.
+
+One place holds everything that is per neighbour, so that adding or dropping a
+neighbour (a membership change, :mod:`node.membership`) touches every table at once and
+the checkpoint stores and restores them together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from node.backlog import InboundLink, Item, OutboundLink
+from node.membership import Change, Membership, diff
+
+
+class Links:
+    """Row ``me`` of W and one outbound backlog and inbound total per neighbour."""
+
+    def __init__(self, me: str, membership: Membership, xhat: torch.Tensor) -> None:
+        self.me = me
+        self.membership = membership
+        self.weight = membership.weights(me)
+        self.neighbours: list[str] = []
+        self.out: dict[str, OutboundLink] = {}
+        self.inbound: dict[str, InboundLink] = {}
+        self.acked: dict[str, int] = {}
+        self.heard: dict[str, int] = {}
+        self.silent: dict[str, int] = {}
+        for peer in self._peers():
+            # Every site starts from the same x₀, so s_i already holds W_ij x₀ of each link.
+            self.open(peer, xhat * self.weight[peer])
+
+    def _peers(self) -> list[str]:
+        return [p for p in self.weight if p != self.me]
+
+    def open(self, peer: str, received: torch.Tensor) -> None:
+        """Start a link to ``peer``; ``received`` is what s_i already holds of it."""
+        self.neighbours.append(peer)
+        self.out[peer] = OutboundLink()
+        self.inbound[peer] = InboundLink(total=received.clone())
+        self.acked[peer] = self.heard[peer] = -1
+        self.silent[peer] = 0
+
+    def close(self, peer: str) -> None:
+        self.neighbours.remove(peer)
+        for table in (self.out, self.inbound, self.acked, self.heard, self.silent):
+            del table[peer]
+
+    def rewire(self, membership: Membership, xhat: torch.Tensor, s: torch.Tensor) -> Change:
+        """Move to ``membership``: fix the self term and removed links in s, queue resets."""
+        weight = membership.weights(self.me)
+        change = diff(self.me, self.weight, weight)
+        with torch.no_grad():
+            s.add_(xhat, alpha=change.self_delta)
+            for peer in change.removed:
+                total = self.inbound[peer].total
+                assert total is not None
+                s.sub_(total)
+                self.close(peer)
+            for peer in change.added:
+                self.open(peer, torch.zeros_like(xhat))
+            for peer in change.added + change.reweighted:
+                self.out[peer].reset(xhat * weight[peer])
+        self.membership, self.weight = membership, weight
+        self.neighbours = self._peers()
+        return change
+
+    def snapshot(self) -> dict[str, Any]:
+        """Checkpointed state; acks sent from now on are what this snapshot has applied."""
+        self.acked = {p: self.inbound[p].applied for p in self.neighbours}
+        return {
+            "membership": self.membership.to_dict(),
+            "out": {
+                p: {
+                    "next_seq": o.next_seq,
+                    "pending": [
+                        [i.seq, i.indices, i.values, i.wire_bytes, i.reset] for i in o.pending
+                    ],
+                }
+                for p, o in self.out.items()
+            },
+            "applied": dict(self.acked),
+            "totals": {p: link.total for p, link in self.inbound.items()},
+        }
+
+    @classmethod
+    def restore(cls, me: str, saved: dict[str, Any], xhat: torch.Tensor) -> Links:
+        links = cls(me, Membership.from_dict(saved["membership"]), xhat)
+        for peer, raw in saved["out"].items():
+            out = links.out[peer]
+            out.next_seq = int(raw["next_seq"])
+            out.pending.extend(
+                Item(int(a), b, c, float(d), bool(e)) for a, b, c, d, e in raw["pending"]
+            )
+        for peer, applied in saved["applied"].items():
+            links.inbound[peer].applied = links.acked[peer] = int(applied)
+            links.inbound[peer].total = saved["totals"][peer].clone()
+        return links

@@ -1,0 +1,90 @@
+"""Node events to an MQTT broker (aiomqtt), for a site's dashboards and alerting.
+
+Telemetry must never slow or stop a round: events go into a bounded queue that a
+background task publishes; when the broker is down or slow the oldest events are
+dropped (and counted) and the task reconnects with backoff. Only the node's own
+operational events are published (round, loss, peers, bytes, ε, rejections), never
+model values or data.
+
+Topics, under the configured prefix (default ``murmur``):
+
+- ``<prefix>/<peer_id>/events``: every event as JSON, QoS 1;
+- ``<prefix>/<peer_id>/status``: the latest ``round`` event, retained, so a dashboard
+  that connects later sees where each site stands at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+from typing import Any
+
+import aiomqtt
+
+from node.config import parse_broker
+
+QUEUE_LIMIT = 1000
+
+
+class MqttTelemetry:
+    """Publishes events from a bounded queue in the background; see the module docstring."""
+
+    def __init__(self, url: str, peer_id: str, prefix: str = "murmur") -> None:
+        self.host, self.port, tls = parse_broker(url)
+        self.tls_context = ssl.create_default_context() if tls else None
+        self.base = f"{prefix}/{peer_id}"
+        self.peer_id = peer_id
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
+        self.published = 0
+        self.dropped = 0
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def publish(self, record: dict[str, Any]) -> None:
+        """Queue an event; never blocks. A full queue loses its oldest event."""
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(record)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="mqtt-telemetry")
+
+    async def aclose(self, flush_s: float = 2.0) -> None:
+        """Give queued events ``flush_s`` to go out, then stop."""
+        if self._task is None:
+            return
+        loop = asyncio.get_running_loop()
+        end = loop.time() + flush_s
+        while not self.queue.empty() and loop.time() < end and self.last_error is None:
+            await asyncio.sleep(0.02)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.dropped += self.queue.qsize()
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.host,
+                    self.port,
+                    identifier=f"murmur-{self.peer_id}",
+                    tls_context=self.tls_context,
+                    timeout=5.0,
+                ) as client:
+                    self.last_error, delay = None, 0.5
+                    while True:
+                        record = await self.queue.get()
+                        payload = json.dumps(record)
+                        await client.publish(f"{self.base}/events", payload, qos=1)
+                        if record.get("event") == "round":
+                            await client.publish(f"{self.base}/status", payload, retain=True)
+                        self.published += 1
+            except aiomqtt.MqttError as exc:
+                self.last_error = str(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
