@@ -3,7 +3,9 @@
 Three streams, each seeded: random byte strings and mutated signed frames go through
 ``FrameGuard.admit`` (length, msgpack, signature, replay and round checks), and mutated
 update payloads go straight to ``decode_update``, which the signature would otherwise
-shield from most mutations. A crash is any exception other than ``FrameError``; memory
+shield from most mutations. A crash is any exception other than ``FrameError``; a
+mutated frame that is admitted anyway is counted as ``mutated_admitted`` (it must be 0);
+memory
 is the process RSS growth over the run and the guard's own state.
 """
 
@@ -66,6 +68,7 @@ def run(inputs: int = 100_000, seed: int = 0) -> dict[str, Any]:
     last_valid = b""
     for i in range(inputs):
         roll = rng.random()
+        mutated = False
         if i < inputs // 2:
             body = rng.randbytes(rng.randint(0, 2048))
         elif roll < 0.05:  # some valid frames and replays keep the accepting path exercised
@@ -79,7 +82,7 @@ def run(inputs: int = 100_000, seed: int = 0) -> dict[str, Any]:
         try:
             frame = guard.admit(body, alice.peer_id, MAX_BYTES)
             decode_update(frame.payload, DIM)
-            outcomes["admitted"] += 1
+            outcomes["mutated_admitted" if mutated else "admitted"] += 1
         except FrameError as exc:
             outcomes[exc.reason] += 1
         except Exception as exc:

@@ -124,7 +124,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| 16 × 100 fault-free: accuracy mean / worst | {pct(free)} |",
             f"| 16 × 100, node 3 killed at 20 for good + 10% drop: survivors | {pct(hurt)} |",
             f"| fault-free − faulty (mean) | {gap:+.1f} points (target ≤ 2) |",
-            f"| frame decoder: inputs / crashes | {fz['inputs']:,} / {fz['crashes']} |",
+            f"| frame decoder: inputs / crashes / mutated frames admitted | {fz['inputs']:,} / "
+            f"{fz['crashes']} / {fz['outcomes'].get('mutated_admitted', 0)} |",
             f"| frame decoder: peak RSS growth, nonces held | "
             f"{fz['peak_rss_growth_bytes'] / 2**20:.1f} MiB, {fz['guard_nonces_held']} |",
         ]

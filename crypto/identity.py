@@ -10,8 +10,6 @@ The key file is written with mode 0600 and refused when group or others can read
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import nacl.exceptions
 import nacl.signing
 
 from crypto.errors import BadSignatureError, KeyFileError
+from crypto.keyfile import read_secret, write_secret
 
 KEY_HEADER = "murmur-site-key ed25519 v1"
 SEED_BYTES = 32
@@ -86,35 +85,19 @@ class SiteIdentity:
 
 
 def write_key(path: Path, identity: SiteIdentity, overwrite: bool = False) -> None:
-    """Write the key file with mode 0600 from the start (never world-readable, not even
-    briefly); an existing file is kept unless ``overwrite``: losing a site key changes
-    the site's peer ID and locks it out of the consortium."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{path} exists; refusing to overwrite a site key") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        handle.write(f"{KEY_HEADER}\n{identity.seed.hex()}\n")
+    """Write the site key with mode 0600; an existing file is kept unless ``overwrite``
+    (a new key is a new peer ID, locked out of the consortium)."""
+    text = f"{KEY_HEADER}\n{identity.seed.hex()}\n"
+    write_secret(path, text.encode("ascii"), overwrite, what="site key")
 
 
 def load_key(path: Path) -> SiteIdentity:
     """Read a key file written by :func:`write_key`, refusing unsafe permissions."""
+    data = read_secret(path, hint=" (create one with murmur keygen)")
     try:
-        info = path.stat()
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        raise KeyFileError(f"key file {path} not found (create one with murmur keygen)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc}") from None
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise KeyFileError(
-            f"key file {path} has mode {mode:04o}: group/others can read it; run chmod 600 {path}"
-        )
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{path} is not a Murmur site key (not ASCII)") from None
     lines = text.strip().splitlines()
     if len(lines) != 2 or lines[0].strip() != KEY_HEADER:
         raise KeyFileError(f"{path} is not a Murmur site key ({KEY_HEADER!r} header missing)")

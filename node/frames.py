@@ -107,7 +107,7 @@ def decode(body: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame:
     if not isinstance(fields, list) or len(fields) != 7:
         raise MalformedFrameError("a frame is a 7-element array")
     version, sender, round_, nonce, topic, payload, signature = fields
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # msgpack true == 1 in Python
         raise MalformedFrameError(f"unsupported frame version {version!r}")
     if not isinstance(sender, str) or not 0 < len(sender) <= MAX_PEER_ID:
         raise MalformedFrameError("sender must be a peer ID string")

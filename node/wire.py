@@ -48,7 +48,7 @@ def decode_update(payload: bytes, dim: int) -> Update:
         raise MalformedFrameError(f"update payload is not msgpack: {type(exc).__name__}") from None
     if not isinstance(msg, dict) or set(msg) != {"dim", "ack", "items"}:
         raise MalformedFrameError("update payload needs exactly dim, ack and items")
-    if msg["dim"] != dim:
+    if type(msg["dim"]) is not int or msg["dim"] != dim:
         raise MalformedFrameError(f"update for a {msg['dim']}-parameter model; ours has {dim}")
     ack = msg["ack"]
     if not isinstance(ack, int) or isinstance(ack, bool) or ack < -1:

@@ -141,3 +141,10 @@ def test_frames_for_far_future_rounds_cannot_grow_the_guard() -> None:
     for future in range(1000, 1100):
         guard.admit(seal(ALICE, future, "update", b""), ALICE.peer_id)
     assert guard.nonces_held() == 8
+
+
+def test_a_boolean_version_is_not_version_one() -> None:
+    body = bytearray(VALID)
+    body[1] = 0xC3  # msgpack true where the version 1 was: equal to 1 in Python, not a version
+    with pytest.raises(MalformedFrameError, match="version"):
+        decode(bytes(body))

@@ -1,0 +1,124 @@
+"""One conformance suite for both ciphers: the real CKKS one and the plaintext stand-in."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crypto.cipher import Cipher, PlaintextCipher, Sealed, SecretKey, open_envelope
+from crypto.ckks import CkksCipher
+from crypto.errors import KeyFileError, KeyMismatchError, MalformedCiphertextError
+
+CIPHERS: list[Cipher] = [PlaintextCipher(), CkksCipher()]
+KEYS: dict[str, tuple[SecretKey, SecretKey]] = {}
+
+
+def _keys(cipher: Cipher) -> tuple[SecretKey, SecretKey]:
+    if cipher.name not in KEYS:  # key generation is the slow part; two sites per cipher
+        KEYS[cipher.name] = (cipher.generate(), cipher.generate())
+    return KEYS[cipher.name]
+
+
+@pytest.fixture(params=CIPHERS, ids=lambda c: c.name)
+def cipher(request: pytest.FixtureRequest) -> Cipher:
+    c: Cipher = request.param
+    return c
+
+
+def test_sum_of_ciphertexts_decrypts_to_the_sum(cipher: Cipher) -> None:
+    receiver, _ = _keys(cipher)
+    key = cipher.public_key(receiver.public.data)  # as pinned from the published bytes
+    rng = np.random.default_rng(0)
+    parts = [rng.uniform(-1, 1, 5000) for _ in range(3)]
+    sealed = [cipher.encrypt(p, key) for p in parts]
+    wired = [open_envelope(s.to_bytes(), cipher, key, 5000) for s in sealed]
+    total = cipher.decrypt(cipher.add(wired, key), receiver)
+    error = float(np.abs(total - sum(parts)).max())
+    assert error <= 1e-6, error
+
+
+def test_only_the_receivers_secret_key_decrypts(cipher: Cipher) -> None:
+    receiver, other = _keys(cipher)
+    sealed = cipher.encrypt(np.ones(10), receiver.public)
+    with pytest.raises(KeyMismatchError):
+        cipher.decrypt(sealed, other)
+    # The aggregator holds the receiver's public key only.
+    aggregator_view = SecretKey(receiver.public, handle=receiver.public.handle)
+    if cipher.name == "ckks":
+        with pytest.raises(KeyMismatchError, match="cannot decrypt"):
+            cipher.decrypt(sealed, aggregator_view)
+
+
+def test_wrong_key_oversized_and_malformed_bytes_are_rejected(cipher: Cipher) -> None:
+    receiver, other = _keys(cipher)
+    good = cipher.encrypt(np.ones(100), receiver.public).to_bytes()
+    with pytest.raises(KeyMismatchError):
+        open_envelope(good, cipher, other.public, 100)
+    with pytest.raises(MalformedCiphertextError, match="exceeds"):
+        open_envelope(good + bytes(cipher.max_chunk_bytes), cipher, receiver.public, 100)
+    with pytest.raises(MalformedCiphertextError, match="100 values"):
+        open_envelope(
+            cipher.encrypt(np.ones(99), receiver.public).to_bytes(), cipher, receiver.public, 100
+        )
+    for bad in (b"", b"\xc1", good[: len(good) // 2], os.urandom(300)):
+        with pytest.raises(MalformedCiphertextError):
+            open_envelope(bad, cipher, receiver.public, 100)
+    with pytest.raises(KeyMismatchError):
+        cipher.add(
+            [cipher.encrypt(np.ones(3), receiver.public), cipher.encrypt(np.ones(3), other.public)],
+            receiver.public,
+        )
+
+
+def test_published_keys_are_checked(cipher: Cipher) -> None:
+    with pytest.raises(KeyMismatchError):
+        cipher.public_key(b"\x00" * 7)
+
+
+def _ckks_chunk_mutation(data: st.DataObject, sealed: Sealed) -> bytes:
+    chunk = bytearray(sealed.chunks[0])
+    region = data.draw(st.sampled_from(["head", "tail"]))
+    pos = (
+        data.draw(st.integers(0, 40))
+        if region == "head"
+        else len(chunk) - 1 - data.draw(st.integers(0, 12))
+    )
+    chunk[pos] ^= data.draw(st.integers(1, 255))
+    return bytes(chunk)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_mutated_ckks_framing_is_rejected_or_harmless(data: st.DataObject) -> None:
+    cipher = CkksCipher()
+    receiver, _ = _keys(cipher)
+    sealed = cipher.encrypt(np.full(10, 0.5), receiver.public)
+    mutated = Sealed(
+        sealed.cipher, sealed.params, sealed.key_id, 10, (_ckks_chunk_mutation(data, sealed),)
+    )
+    with contextlib.suppress(MalformedCiphertextError):  # a clear error, or harmless values
+        cipher.decrypt(mutated, receiver)
+
+
+def test_ckks_secret_key_file_is_private(tmp_path: Path) -> None:
+    cipher = CkksCipher()
+    secret, _ = _keys(cipher)
+    path = tmp_path / "ckks.key"
+    cipher.save(secret, path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    loaded = cipher.load(path)
+    assert loaded.public.key_id == secret.public.key_id
+    assert cipher.decrypt(cipher.encrypt(np.ones(4), secret.public), loaded) == pytest.approx(1.0)
+    with pytest.raises(KeyFileError, match="refusing to overwrite"):
+        cipher.save(secret, path)
+    path.chmod(0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        cipher.load(path)
+    with pytest.raises(KeyMismatchError, match="public key only"):
+        cipher.public_key(path.read_bytes()[len(b"murmur-ckks-secret v1\n") :])
