@@ -55,20 +55,23 @@ def _keygen(path: Path, force: bool) -> int:
 
 
 def _node(path: Path, check_only: bool) -> int:
+    from crypto.identity import load_key
     from node.config import load_config
 
     config = load_config(path)
+    identity = load_key(config.key)
+    if identity.peer_id not in config.members:
+        raise ConfigError(f"{path}: this site's peer ID {identity.peer_id} is not a member")
     if check_only:
-        from crypto.identity import load_key
-
-        identity = load_key(config.key)
-        if identity.peer_id not in config.members:
-            raise ConfigError(f"{path}: this site's peer ID {identity.peer_id} is not a member")
         print(f"{path}: OK ({len(config.members)} members, peer ID {identity.peer_id})")
         return 0
+    if config.source.startswith("builtin:"):
+        from sim.builtin import materialize
+
+        config = materialize(config, config.members.index(identity.peer_id))
     from node.runtime import main as run_node
 
-    return run_node(path)
+    return run_node(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

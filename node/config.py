@@ -15,8 +15,9 @@ topology = "ring"                      # any murmur topology over `members`, or
 peers = { "12D3KooW…" = "/ip4/10.0.0.2/tcp/4001" }   # addresses of the other members
 
 [data]
-source = "csv:/data/site.csv"          # or npz:PATH with x, y (and a held-out split)
-target = "label"
+source = "csv:/data/site.csv"          # or npz:PATH with x, y (and a held-out split),
+target = "label"                       # or builtin:breast-cancer / builtin:ncctg-lung
+# split = "auto"; alpha = 0.5          # builtin only: iid | dirichlet | natural | auto
 
 [train]     # model, optimizer, lr, batch_size, local_steps, rounds, lr_schedule
 [gossip]    # compressor, gamma ("auto" or a number), deadline_s, max_frame_bytes
@@ -42,8 +43,11 @@ from crypto.errors import BadSignatureError
 from crypto.identity import public_key_from_peer_id
 from node.compress import parse_compressor
 from node.errors import ConfigError
+from node.site_data import BUILTIN_DATASETS
 from node.trainer import TrainConfig
 from topology import StaticTopology, Topology, TopologyError, build_topology
+
+SPLITS = ("auto", "iid", "dirichlet", "natural")
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class NodeConfig:
     source: str
     target: str | None
     eval_source: str | None
+    split: str
+    alpha: float | None
     model: str
     rounds: int
     train: TrainConfig
@@ -209,14 +215,21 @@ def load_config(path: Path) -> NodeConfig:
             r.problems.append(f"[consortium] {'edges' if edges else 'topology'}: {exc}")
     source = r.get("data", "source", str)
     if source is not None:
+        kind, _, rest = source.partition(":")
+        builtin = kind == "builtin" and rest in BUILTIN_DATASETS
         r.check(
-            source.split(":", 1)[0] in ("csv", "npz") and ":" in source,
-            f"[data] source {source!r}: expected csv:PATH or npz:PATH",
+            (kind in ("csv", "npz") and bool(rest)) or builtin,
+            f"[data] source {source!r}: expected csv:PATH, npz:PATH or builtin:NAME with NAME "
+            f"one of {', '.join(BUILTIN_DATASETS)}",
         )
     target = r.get("data", "target", str, None)
     if source and source.startswith("csv:"):
         r.check(target is not None, "[data] target (the label column) is required for csv")
     eval_source = r.get("data", "eval", str, None)
+    split = r.get("data", "split", str, "auto")
+    r.check(split in SPLITS, f"[data] split must be one of {', '.join(SPLITS)}, got {split!r}")
+    alpha = r.get("data", "alpha", (int, float), None)
+    r.check(alpha is None or alpha > 0, "[data] alpha must be positive")
     model = r.get("train", "model", str, "mlp:32")
     rounds = r.get("train", "rounds", int, 100)
     r.check(rounds is None or rounds > 0, "[train] rounds must be positive")
@@ -263,6 +276,8 @@ def load_config(path: Path) -> NodeConfig:
         source=source,
         target=target,
         eval_source=eval_source,
+        split=split or "auto",
+        alpha=None if alpha is None else float(alpha),
         model=model,
         rounds=rounds,
         train=train,

@@ -23,7 +23,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, TextIO
 
 import torch
@@ -412,8 +411,7 @@ class Node:
                 await asyncio.wait_for(self._stop.wait(), 0.5)
 
 
-def main(config_path: Path) -> int:
-    config = load_config(config_path)
+def main(config: NodeConfig) -> int:
     torch.set_num_threads(1)
     asyncio.run(Node(config).run())
     return 0

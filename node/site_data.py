@@ -1,6 +1,10 @@
 """A site's own data: ``npz:PATH`` (arrays ``x``, ``y``; optional held-out ``test_x``,
 ``test_y``) or ``csv:PATH`` with a label column (numeric columns standardized with this
-site's statistics, missing values mean-imputed, rows with a missing label dropped)."""
+site's statistics, missing values mean-imputed, rows with a missing label dropped).
+
+``builtin:NAME`` (one of :data:`BUILTIN_DATASETS`) is for trying Murmur out: ``murmur
+node`` gives each member the shard at its position in ``members`` of the public split,
+written once to the state directory as npz, and scores it on the pooled held-out rows."""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import pandas as pd
 import torch
 
 from node.errors import ConfigError
+
+BUILTIN_DATASETS = ("breast-cancer", "ncctg-lung")
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,8 @@ class SiteData:
 
 def load_site_data(source: str, target: str | None = None, split: str = "") -> SiteData:
     kind, _, path_text = source.partition(":")
+    if kind == "builtin":
+        raise ConfigError(f"{source}: built-in sets are prepared by `murmur node` (sim.builtin)")
     path = Path(path_text)
     if not path.exists():
         raise ConfigError(f"data file {path} not found")
@@ -40,7 +48,7 @@ def load_site_data(source: str, target: str | None = None, split: str = "") -> S
         return _checked(x, y, n_classes, path)
     if kind == "csv":
         return _from_csv(path, target)
-    raise ConfigError(f"data source {source!r}: expected csv:PATH or npz:PATH")
+    raise ConfigError(f"data source {source!r}: expected csv:PATH, npz:PATH or builtin:NAME")
 
 
 def _from_csv(path: Path, target: str | None) -> SiteData:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from crypto.identity import SiteIdentity, write_key
 from node.trainer import TrainConfig
@@ -63,6 +64,11 @@ def _toml(value: object) -> str:
     return repr(value)
 
 
+def save_shard(path: Path, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> None:
+    """One site's rows as the ``npz:`` file :mod:`node.site_data` reads."""
+    np.savez(path, x=x.numpy(), y=y.numpy(), n_classes=n_classes)
+
+
 def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> list[Path]:
     """Write keys, shards and configs for every node; return the config paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +78,7 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
     ports = free_ports(n)
     addresses = {m: f"/ip4/127.0.0.1/tcp/{p}" for m, p in zip(members, ports, strict=True)}
     test_x, test_y = data.pooled("test")
-    np.savez(out / "eval.npz", x=test_x.numpy(), y=test_y.numpy(), n_classes=data.n_classes)
+    save_shard(out / "eval.npz", test_x, test_y, data.n_classes)
     paths = []
     for i, identity in enumerate(identities):
         node_dir = out / f"node-{i}"
@@ -82,7 +88,7 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
             key.unlink()
         write_key(key, identity)
         x, y = data.train[i]
-        np.savez(node_dir / "data.npz", x=x.numpy(), y=y.numpy(), n_classes=data.n_classes)
+        save_shard(node_dir / "data.npz", x, y, data.n_classes)
         me = members[i]
         sections: dict[str, dict[str, object]] = {
             "site": {"key": "site.key", "listen": addresses[me], "state_dir": "state"},

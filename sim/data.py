@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from node.site_data import BUILTIN_DATASETS
 from sim.errors import DataError
 
-DATASET_NAMES = ("breast-cancer", "ncctg-lung", "csv:PATH")
+DATASET_NAMES = (*BUILTIN_DATASETS, "csv:PATH")
 ONE_YEAR_DAYS = 365
 
 

@@ -61,3 +61,10 @@ def test_bad_edges_are_explained(tmp_path: Path, edges: str, problem: str) -> No
     text = "edges = " + edges.format(a=a, b=b, c=c, d=d)
     with pytest.raises(ConfigError, match=problem.replace("[", r"\[").replace("]", r"\]")):
         load_config(_write(tmp_path, text))
+
+
+def test_unknown_builtin_dataset_is_explained(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'topology = "ring"')
+    path.write_text(path.read_text().replace("npz:data.npz", "builtin:mnist"))
+    with pytest.raises(ConfigError, match="builtin:NAME with NAME one of breast-cancer"):
+        load_config(path)

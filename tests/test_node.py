@@ -15,6 +15,7 @@ import torch
 
 from crypto.identity import load_key
 from node.config import NodeConfig, load_config
+from node.errors import ConfigError
 from node.frames import seal
 from node.memory_transport import MemoryNetwork, MemoryTransport
 from node.runtime import Node
@@ -241,3 +242,29 @@ def test_membership_change_while_down_is_applied_on_restart(
     asyncio.run(run(again))
     assert all(n.round == 12 and len(n.links.neighbours) == 3 for n in again)
     _exact_sums(again, "complete")
+
+
+def test_builtin_data_gives_each_member_its_own_shard(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    from sim.builtin import materialize
+
+    paths = write_consortium(tmp_path, _subset(wisconsin16, 3), ConsortiumSpec(rounds=15))
+
+    def builtin(config: NodeConfig) -> NodeConfig:
+        edited = replace(config, source="builtin:breast-cancer", eval_source=None, split="iid")
+        return materialize(edited, config.members.index(load_key(config.key).peer_id))
+
+    nodes = _nodes(paths, MemoryNetwork(), edit=builtin)
+
+    async def run() -> list[dict[str, object]]:
+        return list(await asyncio.gather(*(n.run() for n in nodes)))
+
+    results = asyncio.run(run())
+    shards = [np.load(str(n.config.source)[4:])["x"] for n in nodes]
+    rows = {row.tobytes() for shard in shards for row in shard}
+    assert len(rows) == sum(len(s) for s in shards)  # disjoint shards
+    assert all(float(r["accuracy"]) > 0.85 for r in results)  # type: ignore[arg-type]
+    lung = replace(load_config(paths[0]), source="builtin:ncctg-lung", split="natural")
+    with pytest.raises(ConfigError, match="members"):
+        materialize(lung, 0)
