@@ -65,11 +65,7 @@ def test_memory_ring_learns_and_running_sums_stay_exact(
 
     results = asyncio.run(run())
     assert all(float(r["accuracy"]) > 0.85 for r in results)  # type: ignore[arg-type]
-    w = build_topology("ring", 4).matrix(0)
-    xhat = torch.cat([n.state.xhat for n in nodes])
-    expected = torch.from_numpy(w).float() @ xhat
-    for i, node in enumerate(nodes):
-        torch.testing.assert_close(node.state.s[0], expected[i], atol=1e-5, rtol=1e-5)
+    _exact_sums(nodes, "ring")
 
 
 def test_restart_resumes_from_the_checkpoint(wisconsin16: FederatedData, tmp_path: Path) -> None:
