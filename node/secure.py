@@ -1,0 +1,99 @@
+"""Pieces of secure neighbourhood aggregation that need no cipher: who aggregates for whom
+in a round, and the signed record of whose contributions a forwarded sum contains.
+
+For receiver i in round t the aggregator is a neighbour of i, never i, picked by a hash
+of the public seed, the round and i: every site computes the same choice without talking.
+When it is absent, the next one in the same seeded order takes over. The aggregator
+forwards the sum with a *contributor bitmap* over i's sorted neighbours, signed by the
+aggregator over (receiver, round, bitmap, hash of the sum): i learns whose terms the sum
+holds, so it can acknowledge exactly those, and decrypts it only if the bitmap names at
+least two contributors (a sum of one is that neighbour's update in the clear).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import msgpack
+
+from crypto.errors import BadSignatureError
+from crypto.identity import SiteIdentity, verify
+
+MIN_CONTRIBUTORS = 2
+
+
+def aggregator_order(receiver: str, neighbours: Sequence[str], round: int, seed: int) -> list[str]:
+    """i's neighbours in the order they aggregate for i in ``round`` (first present wins)."""
+
+    def rank(peer: str) -> bytes:
+        return hashlib.sha256(f"{seed}|{round}|{receiver}|{peer}".encode()).digest()
+
+    return sorted((p for p in neighbours if p != receiver), key=rank)
+
+
+def pick_aggregator(
+    receiver: str,
+    neighbours: Sequence[str],
+    round: int,
+    seed: int,
+    absent: Collection[str] = (),
+) -> str | None:
+    """The aggregator for ``receiver`` in ``round``, skipping ``absent`` neighbours."""
+    for peer in aggregator_order(receiver, neighbours, round, seed):
+        if peer not in absent:
+            return peer
+    return None
+
+
+@dataclass(frozen=True)
+class Contributors:
+    """Which of the receiver's neighbours (sorted) a forwarded sum contains, signed."""
+
+    receiver: str
+    round: int
+    bitmap: int
+    sum_digest: bytes
+    signature: bytes = b""
+
+    def message(self) -> bytes:
+        packed: bytes = msgpack.packb(
+            [b"murmur-contributors-v1", self.receiver, self.round, self.bitmap, self.sum_digest]
+        )
+        return packed
+
+    def members(self, neighbours: Sequence[str]) -> list[str]:
+        ordered = sorted(neighbours)
+        if self.bitmap >> len(ordered):
+            raise ValueError("contributor bitmap names more peers than the receiver has")
+        return [p for k, p in enumerate(ordered) if self.bitmap >> k & 1]
+
+    def decryptable(self, neighbours: Sequence[str]) -> bool:
+        return len(self.members(neighbours)) >= MIN_CONTRIBUTORS
+
+
+def sign_contributors(
+    aggregator: SiteIdentity,
+    receiver: str,
+    round: int,
+    contributors: Collection[str],
+    neighbours: Sequence[str],
+    sum_bytes: bytes,
+) -> Contributors:
+    ordered = sorted(neighbours)
+    unknown = set(contributors) - set(ordered)
+    if unknown:
+        raise ValueError(f"contributors {sorted(unknown)} are not neighbours of {receiver}")
+    bitmap = sum(1 << ordered.index(p) for p in contributors)
+    unsigned = Contributors(receiver, round, bitmap, hashlib.sha256(sum_bytes).digest())
+    return Contributors(
+        receiver, round, bitmap, unsigned.sum_digest, aggregator.sign(unsigned.message())
+    )
+
+
+def verify_contributors(record: Contributors, aggregator_key: bytes, sum_bytes: bytes) -> None:
+    """Raise ``BadSignatureError`` unless the aggregator signed this bitmap for this sum."""
+    if hashlib.sha256(sum_bytes).digest() != record.sum_digest:
+        raise BadSignatureError("the forwarded sum is not the one the bitmap was signed for")
+    verify(aggregator_key, record.message(), record.signature)
