@@ -42,6 +42,7 @@ test: $(STAMP) system-deps
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.network
+	$(PY) -m benchmarks.crypto
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
