@@ -10,6 +10,7 @@ same run, one after the other, on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
 import tempfile
@@ -25,18 +26,24 @@ from sim.consortium import ConsortiumSpec
 from sim.data import load_dataset
 from sim.faults import parse_crash
 from sim.partition import dirichlet
-from sim.prep import prepare
+from sim.prep import FederatedData, prepare
 from sim.process import run_processes
 
 RESULTS = Path(__file__).parent / "results"
 
 
+@functools.cache
+def _wisconsin(nodes: int) -> FederatedData:
+    """The same federated split for every run of the bench (built once)."""
+    table = load_dataset("breast-cancer")
+    parts = dirichlet(table.labels, nodes, 0.5, np.random.default_rng(0))
+    return prepare(table, parts, [f"node-{i}" for i in range(nodes)], 0)
+
+
 def processes(
     nodes: int, rounds: int, kills: tuple[str, ...] = (), drop: float = 0.0
 ) -> dict[str, Any]:
-    table = load_dataset("breast-cancer")
-    parts = dirichlet(table.labels, nodes, 0.5, np.random.default_rng(0))
-    data = prepare(table, parts, [f"node-{i}" for i in range(nodes)], 0)
+    data = _wisconsin(nodes)
     spec = ConsortiumSpec(
         rounds=rounds,
         train=TrainConfig(optimizer="sgd", lr=0.3, batch_size=16),

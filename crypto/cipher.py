@@ -168,9 +168,7 @@ class PlaintextCipher:
 
     def encrypt(self, values: NDArray[np.float64], key: PublicKey) -> Sealed:
         flat = np.asarray(values, dtype="<f8").reshape(-1)
-        chunks = tuple(
-            flat[i : i + self.slots].tobytes() for i in range(0, max(len(flat), 1), self.slots)
-        )
+        chunks = tuple(flat[i : i + self.slots].tobytes() for i in range(0, len(flat), self.slots))
         return Sealed(self.name, self.params, key.key_id, len(flat), chunks)
 
     def add(self, parts: Sequence[Sealed], key: PublicKey) -> Sealed:

@@ -18,39 +18,51 @@ from node.membership import Change, Membership, diff
 class Links:
     """Row ``me`` of W and one outbound backlog and inbound total per neighbour."""
 
-    def __init__(self, me: str, membership: Membership, xhat: torch.Tensor) -> None:
+    def __init__(
+        self,
+        me: str,
+        membership: Membership,
+        xhat: torch.Tensor,
+        weight: dict[str, float] | None = None,
+    ) -> None:
+        """``weight`` is row ``me`` of the membership's W when the caller has it already."""
         self.me = me
         self.membership = membership
-        self.weight = membership.weights(me)
-        self.neighbours: list[str] = []
+        self.weight = membership.weights(me) if weight is None else weight
         self.out: dict[str, OutboundLink] = {}
         self.inbound: dict[str, InboundLink] = {}
         self.acked: dict[str, int] = {}
         self.heard: dict[str, int] = {}
         self.silent: dict[str, int] = {}
-        for peer in self._peers():
+        for peer in self.neighbours:
             # Every site starts from the same x₀, so s_i already holds W_ij x₀ of each link.
             self.open(peer, xhat * self.weight[peer])
 
-    def _peers(self) -> list[str]:
+    @property
+    def neighbours(self) -> list[str]:
+        """The peers of row ``me`` of W, in member order."""
         return [p for p in self.weight if p != self.me]
 
     def open(self, peer: str, received: torch.Tensor) -> None:
         """Start a link to ``peer``; ``received`` is what s_i already holds of it."""
-        self.neighbours.append(peer)
         self.out[peer] = OutboundLink()
         self.inbound[peer] = InboundLink(total=received.clone())
         self.acked[peer] = self.heard[peer] = -1
         self.silent[peer] = 0
 
     def close(self, peer: str) -> None:
-        self.neighbours.remove(peer)
         for table in (self.out, self.inbound, self.acked, self.heard, self.silent):
             del table[peer]
 
-    def rewire(self, membership: Membership, xhat: torch.Tensor, s: torch.Tensor) -> Change:
-        """Move to ``membership``: fix the self term and removed links in s, queue resets."""
-        weight = membership.weights(self.me)
+    def rewire(
+        self,
+        membership: Membership,
+        weight: dict[str, float],
+        xhat: torch.Tensor,
+        s: torch.Tensor,
+    ) -> Change:
+        """Move to ``membership`` (whose row ``me`` is ``weight``): fix the self term and
+        removed links in s, queue resets."""
         change = diff(self.me, self.weight, weight)
         with torch.no_grad():
             s.add_(xhat, alpha=change.self_delta)
@@ -64,7 +76,6 @@ class Links:
             for peer in change.added + change.reweighted:
                 self.out[peer].reset(xhat * weight[peer])
         self.membership, self.weight = membership, weight
-        self.neighbours = self._peers()
         return change
 
     def snapshot(self) -> dict[str, Any]:

@@ -75,10 +75,6 @@ class Change:
     reweighted: tuple[str, ...]
     self_delta: float
 
-    @property
-    def empty(self) -> bool:
-        return not (self.removed or self.added or self.reweighted or self.self_delta)
-
 
 def diff(me: str, old: dict[str, float], new: dict[str, float]) -> Change:
     before = {p for p in old if p != me}

@@ -65,7 +65,8 @@ class Node:
         self.identity: SiteIdentity = load_key(config.key)
         me = self.identity.peer_id
         membership = Membership.of(config)
-        self._check_addresses(config, membership.weights(me), me)
+        weight = membership.weights(me)
+        self._check_addresses(config, weight, me)
         self.index = config.members.index(me)
         data = load_site_data(config.source, config.target)
         self.eval = (
@@ -85,7 +86,7 @@ class Node:
         self.state = ChocoState.start(self.trainer.params, x0)
         self.compressor = parse_compressor(config.compressor, config.seed, [data.label_counts])
         self.gamma = config.gamma or auto_gamma(self.compressor, self.layout.dim)
-        self.links = Links(me, membership, self.state.xhat[0])
+        self.links = Links(me, membership, self.state.xhat[0], weight)
         self.guard = FrameGuard(config.members)
         self.round = 0
         self.phase = "mixed"
@@ -136,8 +137,9 @@ class Node:
             self.emit("removed", detail="this site is no longer in [consortium] members")
             self._stop.set()
             return
-        self._check_addresses(config, membership.weights(me), me)
-        change = self.links.rewire(membership, self.state.xhat[0], self.state.s[0])
+        weight = membership.weights(me)
+        self._check_addresses(config, weight, me)
+        change = self.links.rewire(membership, weight, self.state.xhat[0], self.state.s[0])
         self.config = replace(
             self.config,
             members=config.members,

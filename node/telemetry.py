@@ -68,6 +68,7 @@ class MqttTelemetry:
     async def _run(self) -> None:
         delay = 0.5
         while True:
+            record: dict[str, Any] | None = None
             try:
                 async with aiomqtt.Client(
                     self.host,
@@ -84,7 +85,9 @@ class MqttTelemetry:
                         if record.get("event") == "round":
                             await client.publish(f"{self.base}/status", payload, retain=True)
                         self.published += 1
+                        record = None
             except aiomqtt.MqttError as exc:
+                self.dropped += record is not None  # taken off the queue, never published
                 self.last_error = str(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
