@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.network
 	$(PY) -m benchmarks.crypto
+	$(PY) -m benchmarks.secure
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

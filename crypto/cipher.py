@@ -20,15 +20,18 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from crypto.errors import KeyMismatchError, MalformedCiphertextError
+from crypto.errors import KeyFileError, KeyMismatchError, MalformedCiphertextError
+from crypto.keyfile import read_secret, write_secret
 
 ENVELOPE_VERSION = 1
+PLAIN_HEADER = b"murmur-plain-key v1\n"
 
 
 def key_id_of(public_bytes: bytes) -> bytes:
@@ -102,6 +105,12 @@ class Cipher(Protocol):
         ...
 
     def decrypt(self, sealed: Sealed, secret: SecretKey) -> NDArray[np.float64]: ...
+
+    def save(self, secret: SecretKey, path: Path, overwrite: bool = False) -> None:
+        """Write the key pair to a 0600 file (refusing to overwrite unless asked)."""
+        ...
+
+    def load(self, path: Path) -> SecretKey: ...
 
 
 def open_envelope(data: bytes, cipher: Cipher, key: PublicKey, count: int) -> Sealed:
@@ -181,8 +190,34 @@ class PlaintextCipher:
             raise KeyMismatchError("ciphertext is under another site's key")
         return self._values(sealed)
 
+    def save(self, secret: SecretKey, path: Path, overwrite: bool = False) -> None:
+        write_secret(path, PLAIN_HEADER + secret.public.data, overwrite, what="plaintext key")
+
+    def load(self, path: Path) -> SecretKey:
+        data = read_secret(path)
+        if not data.startswith(PLAIN_HEADER) or len(data) != len(PLAIN_HEADER) + 32:
+            raise KeyFileError(f"{path} is not a Murmur plaintext-cipher key")
+        return SecretKey(self.public_key(data[len(PLAIN_HEADER) :]), handle=None)
+
     def _values(self, sealed: Sealed) -> NDArray[np.float64]:
         values = np.frombuffer(b"".join(sealed.chunks), dtype="<f8")
         if len(values) != sealed.count:
             raise MalformedCiphertextError(f"ciphertext does not hold {sealed.count} values")
         return values.astype(np.float64)
+
+
+CIPHER_NAMES = ("ckks", "plain")
+
+
+def cipher_by_name(name: str) -> Cipher:
+    """The cipher a ``--secure`` / ``[gossip] secure`` value names.
+
+    CKKS is imported only when asked for, so plaintext runs never load TenSEAL.
+    """
+    if name == "plain":
+        return PlaintextCipher()
+    if name == "ckks":
+        from crypto.ckks import CkksCipher
+
+        return CkksCipher()
+    raise ValueError(f"unknown cipher {name!r}; accepted: {', '.join(CIPHER_NAMES)}")

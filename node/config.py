@@ -20,7 +20,8 @@ target = "label"                       # or builtin:breast-cancer / builtin:ncct
 # split = "auto"; alpha = 0.5          # builtin only: iid | dirichlet | natural | auto
 
 [train]     # model, optimizer, lr, batch_size, local_steps, rounds, lr_schedule
-[gossip]    # compressor, gamma ("auto" or a number), deadline_s, max_frame_bytes
+[gossip]    # compressor, gamma ("auto" or a number), deadline_s, max_frame_bytes,
+            # secure = "off" | "ckks" | "plain" (secure aggregation; needs block-k or rand-k)
 [telemetry] # mqtt = "mqtt://127.0.0.1:1883" (or mqtts://), topic = "murmur"
 [faults]    # simulator only: drop, delay_ms, slow, partition ("A|B@R1:R2")
 ```
@@ -48,6 +49,7 @@ from node.trainer import TrainConfig
 from topology import StaticTopology, Topology, TopologyError, build_topology
 
 SPLITS = ("auto", "iid", "dirichlet", "natural")
+SECURE_MODES = ("off", "ckks", "plain")
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class NodeConfig:
     faults: Faults = field(default_factory=Faults)
     telemetry_url: str | None = None
     telemetry_prefix: str = "murmur"
+    secure: str = "off"  # off, ckks or plain: see node.secure_exchange
 
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
@@ -239,6 +242,17 @@ def load_config(path: Path) -> NodeConfig:
         parse_compressor(compressor, seed, [[1, 1]] * max(1, len(members)))
     except ValueError as exc:
         r.problems.append(f"[gossip] compressor: {exc}")
+    secure = r.get("gossip", "secure", str, "off")
+    r.check(
+        secure in SECURE_MODES,
+        f"[gossip] secure must be one of {', '.join(SECURE_MODES)}, got {secure!r}",
+    )
+    if secure not in (None, "off") and compressor:
+        r.check(
+            compressor.split(":")[0] in ("block-k", "rand-k") and "+" not in compressor,
+            f"[gossip] secure = {secure!r} needs compressor block-k:F or rand-k:F (slots from "
+            f"the public round seed, the same at every contributor), not {compressor!r}",
+        )
     gamma_raw = r.get("gossip", "gamma", (str, float, int), "auto")
     gamma = None if gamma_raw == "auto" else gamma_raw
     r.check(
@@ -282,6 +296,7 @@ def load_config(path: Path) -> NodeConfig:
         rounds=rounds,
         train=train,
         compressor=compressor,
+        secure=secure or "off",
         gamma=None if gamma is None else float(gamma),
         deadline_s=float(deadline),
         max_frame_bytes=max_frame,

@@ -11,7 +11,9 @@ NodeError
 │       ├── UnknownSenderError    sender not in the consortium allowlist
 │       ├── ForgedFrameError      bad signature, or sender ≠ the authenticated connection
 │       ├── ReplayedFrameError    a nonce this node has already accepted
-│       └── StaleFrameError       a round older than the replay window
+│       ├── StaleFrameError       a round older than the replay window, or already closed
+│       ├── KeyPinError           a neighbour's encryption key differs from the pinned one
+│       └── SealedRejectedError   a ciphertext or contributor record failed its checks
 └── TransportError         sending failed; the frame was not delivered
     ├── UnknownPeerError       no address for that peer (not in the address book)
     ├── PeerUnreachableError   could not connect or write within the timeout
@@ -68,6 +70,18 @@ class ReplayedFrameError(FrameError):
 
 class StaleFrameError(FrameError):
     reason = "stale"
+
+
+class KeyPinError(FrameError):
+    """A neighbour presented an encryption key other than the one pinned for its peer ID."""
+
+    reason = "key_mismatch"
+
+
+class SealedRejectedError(FrameError):
+    """A secure-aggregation frame whose ciphertext or contributor record is not acceptable."""
+
+    reason = "sealed_rejected"
 
 
 class TransportError(NodeError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import resource
 import signal
@@ -27,10 +28,11 @@ from typing import Any, TextIO
 
 import torch
 
+from crypto.cipher import cipher_by_name
 from crypto.identity import SiteIdentity, load_key
 from node import checkpoint
 from node.backlog import Item
-from node.compress import parse_compressor
+from node.compress import SharedIndexCompressor, parse_compressor
 from node.config import NodeConfig, load_config
 from node.errors import ConfigError, FrameError, TransportError
 from node.faults import FaultyTransport
@@ -40,6 +42,8 @@ from node.gossip import ChocoState, add_self_contribution, auto_gamma, compress_
 from node.links import Links
 from node.membership import Membership
 from node.models import build_model
+from node.sealed_wire import SECURE_TOPICS
+from node.secure_exchange import SecureExchange
 from node.site_data import load_site_data
 from node.telemetry import MqttTelemetry
 from node.trainer import BatchedTrainer, StackedData
@@ -87,6 +91,7 @@ class Node:
         self.compressor = parse_compressor(config.compressor, config.seed, [data.label_counts])
         self.gamma = config.gamma or auto_gamma(self.compressor, self.layout.dim)
         self.links = Links(me, membership, self.state.xhat[0], weight)
+        self.peer_set = set(self.links.neighbours)
         self.guard = FrameGuard(config.members)
         self.round = 0
         self.phase = "mixed"
@@ -109,6 +114,50 @@ class Node:
             if config.faults.drop or config.faults.delay_ms or config.faults.partitions
             else inner
         )
+        self.secure: SecureExchange | None = None
+        if config.secure != "off":
+            self.secure = self._secure_exchange(membership)
+            self.peer_set = self.secure.two_hop()
+            self._check_addresses(config, dict.fromkeys(self.peer_set, 0.0), me)
+
+    def _secure_exchange(self, membership: Membership) -> SecureExchange:
+        """This site's encryption key (created on first start, 0600) and protocol state."""
+        if not isinstance(self.compressor, SharedIndexCompressor):
+            raise ConfigError(
+                f"[gossip] secure needs block-k or rand-k, not {self.compressor.name}"
+            )
+        cipher = cipher_by_name(self.config.secure)
+        path = self.config.state_dir / "encryption.key"
+        if path.exists():
+            secret = cipher.load(path)
+        else:
+            self.config.state_dir.mkdir(parents=True, exist_ok=True)
+            secret = cipher.generate()
+            cipher.save(secret, path)
+        compressor, dim = self.compressor, self.layout.dim
+
+        @functools.lru_cache(maxsize=8)
+        def indices(round: int) -> torch.Tensor:
+            return compressor.indices(dim, round)
+
+        exchange = SecureExchange(
+            self.identity,
+            cipher,
+            secret,
+            membership,
+            self.config.seed,
+            self.config.deadline_s,
+            indices,
+            self.state.xhat[0],
+            self._send_body,
+            self.emit,
+        )
+        exchange.reachable = set(self.config.peers)
+        return exchange
+
+    async def _send_body(self, peer: str, body: bytes) -> None:
+        await self.transport.send(peer, body)
+        self.bytes_sent += len(body)
 
     @staticmethod
     def _check_addresses(config: NodeConfig, weight: dict[str, float], me: str) -> None:
@@ -133,6 +182,11 @@ class Node:
         """Re-weight and resynchronise for a new ``[consortium]``; see node.membership."""
         me = self.identity.peer_id
         membership = Membership.of(config)
+        if self.secure is not None and membership != self.links.membership:
+            raise ConfigError(
+                "membership changes under secure aggregation are not supported yet: "
+                "stop the consortium, edit every config, and restart"
+            )
         if me not in membership.members:
             self.emit("removed", detail="this site is no longer in [consortium] members")
             self._stop.set()
@@ -191,6 +245,7 @@ class Node:
             "eps_spent": self.eps_spent,
             "generator": self.trainer.generator.get_state(),
             "optimizer": self.trainer.optimizer.state_dict(),
+            "secure": None if self.secure is None else self.secure.snapshot(),
         }
 
     def save(self) -> None:
@@ -214,6 +269,8 @@ class Node:
         self.eps_spent = float(saved["eps_spent"])
         self.trainer.generator.set_state(saved["generator"])
         self.trainer.optimizer.load_state_dict(saved["optimizer"])
+        if self.secure is not None and saved.get("secure") is not None:
+            self.secure.restore(saved["secure"])
         self.guard.advance(self.round)
         if self.links.membership != Membership.of(self.config):
             self.apply_membership(self.config)  # the config was edited while the node was down
@@ -225,6 +282,13 @@ class Node:
         async for received in self.transport.incoming():
             try:
                 frame = self.guard.admit(received.body, received.peer, self.config.max_frame_bytes)
+                if self.secure is not None and frame.topic in SECURE_TOPICS:
+                    self.secure.handle(frame)
+                    if frame.topic == "receipt":
+                        heard = self.links.heard
+                        heard[frame.sender] = max(heard[frame.sender], frame.round)
+                    self._heard_event.set()
+                    continue
                 if frame.topic != "update" or frame.sender not in self.links.inbound:
                     raise FrameError(f"unexpected {frame.topic!r} frame from {frame.sender}")
                 update = decode_update(frame.payload, self.layout.dim)
@@ -248,6 +312,8 @@ class Node:
             add_self_contribution(
                 self.state, q, torch.tensor([self.links.weight[self.identity.peer_id]])
             )
+            if self.secure is not None:
+                return float(stats.loss.mean())  # contributions are taken on the event loop
             row = q.row(0)
             idx = None if row.indices is None else row.indices.reshape(-1).clone()
             for peer in self.links.neighbours:
@@ -276,16 +342,24 @@ class Node:
 
         await asyncio.gather(*(one(p) for p in self.links.neighbours))
 
+    def _suspected(self) -> set[str]:
+        return {p for p in self.links.neighbours if self.links.silent[p] >= SUSPECT_AFTER}
+
+    def _waiting_for(self, t: int) -> list[str]:
+        """Neighbours not suspected to be down whose part of round t has not arrived: their
+        frame in plaintext mode, their term in a forwarded sum under secure aggregation."""
+        suspected = self._suspected()
+        if self.secure is not None:
+            covered = self.secure.covered(t)
+            return [p for p in self.links.neighbours if p not in covered | suspected]
+        return [p for p in self.links.neighbours if self.links.heard[p] < t and p not in suspected]
+
     async def _wait_for_round(self, t: int) -> list[str]:
-        """Wait for this round's frames from every neighbour not suspected to be down."""
+        """Wait for this round's part from every neighbour not suspected to be down."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.deadline_s
         while True:
-            waiting = [
-                p
-                for p in self.links.neighbours
-                if self.links.heard[p] < t and self.links.silent[p] < SUSPECT_AFTER
-            ]
+            waiting = self._waiting_for(t)
             remaining = deadline - loop.time()
             if not waiting or remaining <= 0 or self._stop.is_set():
                 break
@@ -321,7 +395,10 @@ class Node:
         if self.telemetry is not None:
             self.telemetry.start()
         await self.transport.start()
-        self.transport.set_peers({p: self.config.peers[p] for p in self.links.neighbours})
+        self.transport.set_peers({p: self.config.peers[p] for p in self.peer_set})
+        if self.secure is not None:
+            for peer in self.links.neighbours:
+                await self.secure.send_key(peer, self.round)
         self.emit(
             "start",
             peer_id=self.identity.peer_id,
@@ -338,6 +415,8 @@ class Node:
             await self._linger()
         finally:
             receiver.cancel()
+            if self.secure is not None:
+                await self.secure.aclose()
             await self.transport.aclose()
         result = {"round": self.round, "accuracy": self._accuracy(), "bytes_sent": self.bytes_sent}
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -363,10 +442,20 @@ class Node:
             self._reload_config()
         if self.phase == "mixed":
             loss = await asyncio.to_thread(self._train_and_push, t)
+            if self.secure is not None:
+                self.secure.absent = self._suspected()
+                self.secure.contribute(t, self.state.xhat[0], self.secure.absent)
             self.phase = "pushed"
             self.save()
-        await self._send_all(t)
-        missed = await self._wait_for_round(t)
+        if self.secure is None:
+            await self._send_all(t)
+            missed = await self._wait_for_round(t)
+        else:
+            await self.secure.send_round(t)
+            await self._wait_for_round(t)
+            with torch.no_grad():
+                included = await self.secure.resolve(t, self.state.s[0])
+            missed = [p for p in self.links.neighbours if p not in included]
         with torch.no_grad():
             mix_step(self.state, self.gamma)
         ahead = max(self.links.heard.values(), default=t)
@@ -402,13 +491,18 @@ class Node:
     async def _linger(self) -> None:
         """Keep answering for a while so neighbours still finishing get our last frames."""
         end = asyncio.get_running_loop().time() + 2 * self.config.deadline_s
+        last = self.config.rounds - 1
         while asyncio.get_running_loop().time() < end and not self._stop.is_set():
-            behind = [
-                p for p in self.links.neighbours if self.links.heard[p] < self.config.rounds - 1
-            ]
-            if not behind:
+            if self.secure is not None:
+                # Receipts close the neighbours' last rounds; our own close with theirs.
+                await self.secure.send_receipts(last)
+                unresolved = any(box.pending for box in self.secure.outbox.values())
+            else:
+                await self._send_all(last)
+                unresolved = False
+            behind = [p for p in self.links.neighbours if self.links.heard[p] < last]
+            if not behind and not unresolved:
                 return
-            await self._send_all(self.config.rounds - 1)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.5)
 

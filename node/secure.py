@@ -97,3 +97,22 @@ def verify_contributors(record: Contributors, aggregator_key: bytes, sum_bytes: 
     if hashlib.sha256(sum_bytes).digest() != record.sum_digest:
         raise BadSignatureError("the forwarded sum is not the one the bitmap was signed for")
     verify(aggregator_key, record.message(), record.signature)
+
+
+def disjoint_sums(bitmaps: Sequence[int]) -> list[int]:
+    """Which forwarded sums of one round to decrypt: each of at least two contributors and
+    no contributor in two of them (largest first).
+
+    Two aggregators can each forward a sum for the same round when contributors disagreed
+    on who was absent. Decrypting both is fine when they are disjoint (the receiver learns
+    two sums, each of several neighbours); overlapping ones would let the receiver subtract
+    one from the other, so only the first of them is opened.
+    """
+    chosen: list[int] = []
+    taken = 0
+    for k in sorted(range(len(bitmaps)), key=lambda k: -bin(bitmaps[k]).count("1")):
+        bits = bitmaps[k]
+        if bin(bits).count("1") >= MIN_CONTRIBUTORS and not bits & taken:
+            chosen.append(k)
+            taken |= bits
+    return sorted(chosen)

@@ -36,6 +36,7 @@ class ConsortiumSpec:
     slow: dict[int, float] = field(default_factory=dict)
     partitions: tuple[str, ...] = ()
     eval_every: int = 1
+    secure: str = "off"
 
 
 def free_ports(n: int) -> list[int]:
@@ -113,6 +114,7 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
                 "compressor": spec.compressor,
                 "gamma": "auto" if spec.gamma is None else spec.gamma,
                 "deadline_s": spec.deadline_s,
+                "secure": spec.secure,
             },
             "faults": {
                 "drop": spec.drop,

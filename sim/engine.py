@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from node.compress import Compressor, Identity
+from crypto.cipher import cipher_by_name
+from node.compress import Compressor, Identity, SharedIndexCompressor
 from node.errors import ConfigError
 from node.flat import FlatLayout
 from node.gossip import (
@@ -32,6 +33,7 @@ from sim.faults import FaultConfig, FaultModel
 from sim.metrics import accuracy, auc
 from sim.network import SimNetwork
 from sim.prep import FederatedData
+from sim.secure_network import SecureSimNetwork
 from topology import MatchingSchedule, StaticTopology
 
 METHOD_NAMES = ("central", "local", "fedavg", "dpsgd", "murmur")
@@ -50,6 +52,7 @@ class RunSpec:
     eval_every: int = 1
     faults: FaultConfig = field(default_factory=FaultConfig)
     evaluate: bool = True  # False: time the rounds only (scale benchmarks)
+    secure: str = "off"  # off, or a cipher name (ckks, plain): secure aggregation
 
 
 @dataclass
@@ -204,21 +207,27 @@ class Simulation:
         faults = (
             FaultModel(self.spec.faults, self.n, self.spec.seed) if self.spec.faults.any else None
         )
+        secure = self._secure_network(compressor, faults) if method == "murmur" else None
         network = SimNetwork(self.topology.matrix(0), faults, self.spec.device)
         result = MethodResult(method)
         sent = np.zeros(self.n)
         virtual_ms = 0.0
         missed = 0
+        train_s = 0.0
         for t in range(self.spec.rounds):
             alive = faults.alive(t) if faults else np.ones(self.n, dtype=bool)
             working = faults.working(t, alive) if faults else alive
             active = torch.from_numpy(working).to(self.spec.device) if faults else None
             trainer.set_progress(t / self.spec.rounds)
-            trainer.train(active)
+            train_s += trainer.train(active).seconds
             with torch.no_grad():
                 q = compress_step(state, compressor, t, active)
                 add_self_contribution(state, q, network.self_weight)
-                traffic = network.exchange(q, state.s, working, alive)
+                if secure is None:
+                    traffic = network.exchange(q, state.s, working, alive)
+                else:
+                    assert q.indices is not None and q.indices.dim() == 1
+                    traffic = secure.exchange(state.xhat, state.s, q.indices, t, working, alive)
                 mix_step(state, gamma, active)
             sent += traffic.bytes_sent
             virtual_ms += traffic.round_ms
@@ -227,8 +236,9 @@ class Simulation:
                 self._record(result, trainer, t, float(sent.mean()))
             if tick:
                 tick()
-        self.last_network, self.last_state = network, state
+        self.last_network, self.last_state, self.last_secure = network, state, secure
         loop_s = time.perf_counter() - began
+        cipher_s = {} if secure is None else {f"{k}_s": v for k, v in secure.cipher_seconds.items()}
         return self._finish(
             result,
             trainer,
@@ -236,7 +246,24 @@ class Simulation:
             virtual_s=virtual_ms / 1000.0,
             frames_missed=missed,
             loop_s=loop_s,
+            train_s=train_s,
+            **cipher_s,
         )
+
+    def _secure_network(
+        self, compressor: Compressor, faults: FaultModel | None
+    ) -> SecureSimNetwork | None:
+        """The secure aggregation network for ``spec.secure``, or None in plaintext mode."""
+        if self.spec.secure == "off":
+            return None
+        if not isinstance(compressor, SharedIndexCompressor):
+            raise ConfigError(
+                f"--secure {self.spec.secure} needs a compressor whose slots come from the public "
+                f"round seed (block-k:F or rand-k:F), not {compressor.name!r}: every contributor "
+                "must fill the same slots, and per-site indices would leak"
+            )
+        cipher = cipher_by_name(self.spec.secure)
+        return SecureSimNetwork(self.topology.matrix(0), faults, cipher, self.x0, self.spec.seed)
 
     def _run_time_varying(self, tick: Tick | None) -> MethodResult:
         began = time.perf_counter()

@@ -105,6 +105,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="CHOCO consensus step γ in (0, 1] for murmur; default: chosen from the compressor",
     )
+    add(
+        "--secure",
+        choices=["off", "ckks", "plain"],
+        default="off",
+        help="secure neighbourhood aggregation for murmur: ckks (real CKKS ciphertexts under "
+        "each receiver's key), plain (same protocol, no encryption: fast protocol checks), off",
+    )
     add("--eval-every", type=int, default=1)
     add("--device", default="auto")
     add("--seed", type=int, default=0)
@@ -188,6 +195,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         pick_device(args.device),
         args.eval_every,
         faults,
+        secure=args.secure,
     )
     sim = Simulation(data, topology, spec)
     config = {
@@ -267,6 +275,7 @@ def _run_networked(
         slow=dict(faults.slow),
         partitions=tuple(args.partition),
         eval_every=args.eval_every,
+        secure="off" if method == "dpsgd" else args.secure,
     )
 
     def tick(round_: int) -> None:

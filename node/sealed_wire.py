@@ -1,0 +1,92 @@
+"""Payloads of the four secure-aggregation frame topics, validated before use.
+
+- ``key``: ``{"cipher": name, "key": public key bytes}``, a site's encryption key, sent to
+  each neighbour; the frame signature binds it to the sender's peer ID, and the receiver
+  pins it.
+- ``contrib``: ``{"to": receiver, "sealed": envelope}``, one contribution for ``to`` in
+  the frame's round, sent to that round's aggregator.
+- ``sum``: ``{"bitmap": int, "digest": bytes, "sig": bytes, "sealed": envelope}``, the
+  aggregator's forwarded sum and its signed contributor record.
+- ``receipt``: ``{"included": [rounds], "through": r, "ack": r, "key": key id | nil,
+  "absent": [peers]}``, each round to each neighbour: which of its contributions up to
+  round ``through`` reached a decrypted sum, how far we have processed its receipts, the
+  key id we pinned for it, and the neighbours we currently consider down.
+
+Ciphertext bytes stay opaque here; ``crypto.cipher.open_envelope`` checks them later
+against the receiver's key and the round's value count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from node.errors import MalformedFrameError
+
+SECURE_TOPICS = ("key", "contrib", "sum", "receipt")
+MAX_LIST = 4096
+
+
+@dataclass(frozen=True)
+class Receipt:
+    included: list[int]
+    through: int
+    ack: int
+    key_id: bytes | None
+    absent: list[str]
+
+
+def pack(fields: dict[str, Any]) -> bytes:
+    out: bytes = msgpack.packb(fields)
+    return out
+
+
+Fields = Mapping[str, type | tuple[type, ...]]
+
+
+def unpack(payload: bytes, topic: str, fields: Fields) -> dict[str, Any]:
+    """Unpack a map with exactly ``fields`` of exactly these types (bool is not an int)."""
+    try:
+        raw = msgpack.unpackb(
+            payload, raw=False, max_array_len=MAX_LIST, max_map_len=8, max_ext_len=0
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise MalformedFrameError(f"{topic} payload is not msgpack: {type(exc).__name__}") from None
+    if not isinstance(raw, dict) or set(raw) != set(fields):
+        raise MalformedFrameError(f"{topic} payload needs exactly {', '.join(sorted(fields))}")
+    for name, kind in fields.items():
+        value = raw[name]
+        if isinstance(value, bool) and kind is not bool:
+            raise MalformedFrameError(f"{topic} field {name!r} has the wrong type")
+        if not isinstance(value, kind):
+            raise MalformedFrameError(f"{topic} field {name!r} has the wrong type")
+    return raw
+
+
+def _rounds(values: list[Any], topic: str) -> list[int]:
+    if not all(type(v) is int and v >= 0 for v in values):
+        raise MalformedFrameError(f"{topic} rounds must be non-negative integers")
+    return [int(v) for v in values]
+
+
+def decode_receipt(payload: bytes) -> Receipt:
+    raw = unpack(
+        payload,
+        "receipt",
+        {
+            "included": list,
+            "through": int,
+            "ack": int,
+            "key": (bytes, type(None)),
+            "absent": list,
+        },
+    )
+    if raw["through"] < -1 or raw["ack"] < -1:
+        raise MalformedFrameError("receipt through and ack must be ≥ -1")
+    if not all(isinstance(p, str) for p in raw["absent"]):
+        raise MalformedFrameError("receipt absent must list peer IDs")
+    included = _rounds(raw["included"], "receipt")
+    return Receipt(included, raw["through"], raw["ack"], raw["key"], list(raw["absent"]))

@@ -1,0 +1,348 @@
+"""One site's side of secure neighbourhood aggregation (``[gossip] secure``).
+
+In every round a site plays three parts at once:
+
+- **contributor** to each neighbour r: takes ``(x̂ − c_{→r})[I_t]`` from its outbox
+  (:mod:`node.outbox`), scales it by W_r,me, encrypts it under r's pinned public key and
+  sends it to r's aggregator of the round (never r itself);
+- **aggregator** for the neighbours whose seeded pick names it: adds the ciphertexts it
+  receives for r (plus its own), and once every expected neighbour of r has contributed,
+  or half a deadline after the first one arrived, forwards the sum with a signed
+  contributor bitmap, but only if it holds at least two contributions;
+- **receiver**: at its deadline decrypts the disjoint sums it received (each of ≥ 2
+  contributors), adds them into s at I_t, and from then on tells each neighbour, in its
+  receipts, which of its contributions were in them.
+
+Nothing here touches a ciphertext's contents except the receiver's own decryption.
+Receipts sent reflect only what the last checkpoint holds, so a crash never makes a
+neighbour believe a contribution was applied when it was not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from crypto.cipher import Cipher, PublicKey, Sealed, SecretKey, key_id_of, open_envelope
+from crypto.errors import BadSignatureError, CryptoError
+from crypto.identity import SiteIdentity, public_key_from_peer_id
+from node.errors import (
+    KeyPinError,
+    MalformedFrameError,
+    SealedRejectedError,
+    StaleFrameError,
+    TransportError,
+)
+from node.frames import Frame, seal
+from node.membership import Membership
+from node.outbox import Outbox
+from node.sealed_wire import decode_receipt, pack, unpack
+from node.secure import (
+    Contributors,
+    disjoint_sums,
+    pick_aggregator,
+    sign_contributors,
+    verify_contributors,
+)
+
+Send = Callable[[str, bytes], Awaitable[None]]
+Emit = Callable[..., None]
+KEEP_ROUNDS = 64
+
+
+@dataclass
+class Aggregation:
+    """Contributions for one receiver and round held by its aggregator."""
+
+    parts: dict[str, Sealed] = field(default_factory=dict)
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+    flushed: bool = False
+
+
+class SecureExchange:
+    """Contributor, aggregator and receiver state of one site; see the module docstring."""
+
+    def __init__(
+        self,
+        identity: SiteIdentity,
+        cipher: Cipher,
+        secret: SecretKey,
+        membership: Membership,
+        seed: int,
+        deadline_s: float,
+        indices: Callable[[int], torch.Tensor],
+        xhat: torch.Tensor,
+        send: Send,
+        emit: Emit,
+    ) -> None:
+        self.me = identity.peer_id
+        self.identity, self.cipher, self.secret = identity, cipher, secret
+        self.membership, self.seed, self.deadline_s = membership, seed, deadline_s
+        self.indices, self.send, self.emit = indices, send, emit
+        self.weight = membership.weights(self.me)
+        self.neighbours = sorted(p for p in self.weight if p != self.me)
+        self.keys: dict[str, PublicKey] = {}
+        self.outbox = {p: Outbox(xhat.detach().clone()) for p in self.neighbours}
+        self.included: dict[str, list[int]] = {p: [] for p in self.neighbours}
+        self.through = -1  # highest round this site has resolved as a receiver
+        self.processed: dict[str, int] = dict.fromkeys(self.neighbours, -1)
+        self.saved_processed = dict(self.processed)
+        self.views: dict[str, tuple[list[str], bytes | None]] = {}
+        self.sums: dict[int, list[tuple[Contributors, Sealed]]] = {}
+        self.buffers: dict[tuple[str, int], Aggregation] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.sum_arrived = asyncio.Event()
+        self.reachable: set[str] = set()  # peers with an address; set by the runtime
+        self.absent: set[str] = set()  # neighbours this site suspects are down; set likewise
+
+    # -- who talks to whom -------------------------------------------------------------------
+
+    def neighbours_of(self, peer: str) -> list[str]:
+        return sorted(p for p in self.membership.weights(peer) if p != peer)
+
+    def two_hop(self) -> set[str]:
+        """Everyone this site sends to or hears from: neighbours and their neighbours."""
+        out = set(self.neighbours)
+        for p in self.neighbours:
+            out.update(self.neighbours_of(p))
+        out.discard(self.me)
+        return out
+
+    def aggregator(self, receiver: str, round: int) -> str | None:
+        absent = set(self.views.get(receiver, ([], None))[0])
+        absent |= {p for p in self.neighbours_of(receiver) if p != self.me} - self.reachable
+        return pick_aggregator(receiver, self.neighbours_of(receiver), round, self.seed, absent)
+
+    # -- contributor ---------------------------------------------------------------------------
+
+    def contribute(self, round: int, xhat: torch.Tensor, suspected: set[str]) -> None:
+        """Take this round's contributions into the outboxes (before the write-ahead save)."""
+        idx = self.indices(round)
+        for r in self.neighbours:
+            if r not in suspected and r in self.keys:
+                self.outbox[r].contribute(xhat, idx, round)
+
+    async def send_round(self, round: int) -> None:
+        """Encrypt and send this round's contributions, then a receipt to every neighbour."""
+        await self.send_contributions(round)
+        await self.send_receipts(round)
+
+    async def send_contributions(self, round: int) -> None:
+        for r in self.neighbours:
+            entry = self.outbox[r].pending.get(round)
+            if entry is None or r not in self.keys:
+                continue
+            values = (entry[1].double() * self.weight[r]).numpy()
+            sealed = await asyncio.to_thread(self.cipher.encrypt, values, self.keys[r])
+            agg = self.aggregator(r, round)
+            if agg == self.me:
+                self._take(r, round, self.me, sealed)
+            elif agg is not None:
+                body = pack({"to": r, "sealed": sealed.to_bytes()})
+                await self._send(agg, round, "contrib", body)
+
+    async def send_receipts(self, round: int) -> None:
+        for p in self.neighbours:
+            await self._send(p, round, "receipt", self._receipt(p))
+
+    def _receipt(self, peer: str) -> bytes:
+        pinned = self.keys.get(peer)
+        return pack(
+            {
+                "included": self.included[peer],
+                "through": self.through,
+                "ack": self.saved_processed[peer],
+                "key": None if pinned is None else pinned.key_id,
+                "absent": sorted(self.absent),
+            }
+        )
+
+    async def _send(self, peer: str, round: int, topic: str, payload: bytes) -> None:
+        try:
+            await self.send(peer, seal(self.identity, round, topic, payload))
+        except TransportError as exc:
+            self.emit("send_failed", peer=peer, round=round, topic=topic, detail=str(exc))
+
+    async def send_key(self, peer: str, round: int) -> None:
+        body = pack({"cipher": self.cipher.name, "key": self.secret.public.data})
+        await self._send(peer, round, "key", body)
+
+    # -- frames in -----------------------------------------------------------------------------
+
+    def handle(self, frame: Frame) -> None:
+        """Admit one secure-aggregation frame (already signature-checked) or raise FrameError."""
+        sender, round = frame.sender, frame.round
+        if frame.topic == "contrib":
+            raw = unpack(frame.payload, "contrib", {"to": str, "sealed": bytes})
+            self._contribution(sender, round, raw["to"], raw["sealed"])
+            return
+        if sender not in self.outbox:
+            raise MalformedFrameError(f"{frame.topic!r} frame from non-neighbour {sender}")
+        if frame.topic == "key":
+            raw = unpack(frame.payload, "key", {"cipher": str, "key": bytes})
+            self._pin(sender, raw["cipher"], raw["key"])
+        elif frame.topic == "sum":
+            self._sum(sender, round, frame.payload)
+        elif frame.topic == "receipt":
+            self._receipt_in(sender, round, frame.payload)
+        else:
+            raise MalformedFrameError(f"unexpected {frame.topic!r} frame from {sender}")
+
+    def _pin(self, peer: str, cipher: str, data: bytes) -> None:
+        pinned = self.keys.get(peer)
+        if pinned is not None:
+            if pinned.key_id != key_id_of(data):
+                raise KeyPinError(
+                    f"{peer} presented an encryption key other than the one pinned for it; "
+                    "refused (a site whose key really changed must be re-admitted by config)"
+                )
+            return
+        if cipher != self.cipher.name:
+            raise SealedRejectedError(
+                f"{peer} uses cipher {cipher!r}, this site {self.cipher.name!r}"
+            )
+        try:
+            self.keys[peer] = self.cipher.public_key(data)
+        except CryptoError as exc:
+            raise SealedRejectedError(f"{peer}'s encryption key is unusable: {exc}") from None
+        self.emit("key_pinned", peer=peer, key_id=key_id_of(data).hex())
+
+    def _open(self, data: bytes, key: PublicKey, round: int) -> Sealed:
+        try:
+            return open_envelope(data, self.cipher, key, len(self.indices(round)))
+        except CryptoError as exc:
+            raise SealedRejectedError(str(exc)) from None
+
+    def _contribution(self, sender: str, round: int, receiver: str, data: bytes) -> None:
+        if receiver not in self.keys:
+            raise SealedRejectedError(f"contribution for {receiver}, whose key this site lacks")
+        if sender == receiver or sender not in self.neighbours_of(receiver):
+            raise SealedRejectedError(f"{sender} is not a neighbour of {receiver}")
+        buffer = self.buffers.get((receiver, round))
+        if buffer is not None and buffer.flushed:
+            raise StaleFrameError(f"contribution for {receiver} round {round} after its sum left")
+        self._take(receiver, round, sender, self._open(data, self.keys[receiver], round))
+
+    def _take(self, receiver: str, round: int, sender: str, sealed: Sealed) -> None:
+        key = (receiver, round)
+        if key not in self.buffers:
+            self.buffers[key] = Aggregation()
+            task = asyncio.get_running_loop().create_task(self._aggregate(receiver, round))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        buffer = self.buffers[key]
+        buffer.parts.setdefault(sender, sealed)
+        absent = set(self.views.get(receiver, ([], None))[0])
+        expected = set(self.neighbours_of(receiver)) - absent
+        if expected <= set(buffer.parts):
+            buffer.complete.set()
+
+    async def _aggregate(self, receiver: str, round: int) -> None:
+        buffer = self.buffers[(receiver, round)]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(buffer.complete.wait(), self.deadline_s / 2)
+        buffer.flushed = True
+        parts = dict(buffer.parts)
+        buffer.parts.clear()
+        if len(parts) < 2:
+            self.emit("sum_withheld", receiver=receiver, round=round, contributors=len(parts))
+            return
+        total = await asyncio.to_thread(self.cipher.add, list(parts.values()), self.keys[receiver])
+        data = total.to_bytes()
+        record = sign_contributors(
+            self.identity, receiver, round, parts, self.neighbours_of(receiver), data
+        )
+        body = {"bitmap": record.bitmap, "digest": record.sum_digest, "sig": record.signature}
+        await self._send(receiver, round, "sum", pack({**body, "sealed": data}))
+
+    def _sum(self, sender: str, round: int, payload: bytes) -> None:
+        fields = {"bitmap": int, "digest": bytes, "sig": bytes, "sealed": bytes}
+        raw = unpack(payload, "sum", fields)
+        if round <= self.through:
+            raise StaleFrameError(f"sum for round {round}, already resolved")
+        record = Contributors(self.me, round, raw["bitmap"], raw["digest"], raw["sig"])
+        try:
+            verify_contributors(record, public_key_from_peer_id(sender), raw["sealed"])
+            if raw["bitmap"] < 0 or not record.decryptable(self.neighbours):
+                raise SealedRejectedError("a sum of fewer than two contributors is never opened")
+        except (BadSignatureError, ValueError) as exc:
+            raise SealedRejectedError(f"contributor record from {sender}: {exc}") from None
+        held = self.sums.setdefault(round, [])
+        if len(held) >= len(self.neighbours):
+            raise SealedRejectedError(f"more sums for round {round} than this site has neighbours")
+        held.append((record, self._open(raw["sealed"], self.secret.public, round)))
+        self.sum_arrived.set()
+
+    def _receipt_in(self, sender: str, round: int, payload: bytes) -> None:
+        receipt = decode_receipt(payload)
+        outbox = self.outbox[sender]
+        included = set(receipt.included)
+        for t in sorted(outbox.pending):
+            if t <= receipt.through:
+                outbox.resolve(t, t in included)
+        self.processed[sender] = max(self.processed[sender], receipt.through)
+        self.included[sender] = [t for t in self.included[sender] if t > receipt.ack]
+        self.views[sender] = (receipt.absent, receipt.key_id)
+        if receipt.key_id != self.secret.public.key_id:
+            task = asyncio.get_running_loop().create_task(self.send_key(sender, round))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    # -- receiver ------------------------------------------------------------------------------
+
+    def covered(self, round: int) -> set[str]:
+        members: set[str] = set()
+        for record, _ in self.sums.get(round, []):
+            members.update(record.members(self.neighbours))
+        return members
+
+    async def resolve(self, round: int, s: torch.Tensor) -> set[str]:
+        """Close ``round``: decrypt its disjoint sums into s; returns who was included."""
+        held = self.sums.pop(round, [])
+        chosen = disjoint_sums([record.bitmap for record, _ in held])
+        idx = self.indices(round)
+        included: set[str] = set()
+        for k in chosen:
+            record, sealed = held[k]
+            values = await asyncio.to_thread(self.cipher.decrypt, sealed, self.secret)
+            s.index_add_(0, idx, torch.from_numpy(np.asarray(values)).to(s.dtype))
+            included.update(record.members(self.neighbours))
+        for peer in included:
+            self.included[peer].append(round)
+        self.through = max(self.through, round)
+        for t in [t for t in self.sums if t <= self.through]:
+            del self.sums[t]
+        for key in [k for k in self.buffers if k[1] < round - KEEP_ROUNDS]:
+            del self.buffers[key]
+        return included
+
+    # -- checkpoint ----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        self.saved_processed = dict(self.processed)
+        return {
+            "keys": {p: k.data for p, k in self.keys.items()},
+            "outbox": {p: box.snapshot() for p, box in self.outbox.items()},
+            "included": {p: list(v) for p, v in self.included.items()},
+            "through": self.through,
+            "processed": dict(self.processed),
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.keys = {p: self.cipher.public_key(data) for p, data in saved["keys"].items()}
+        self.outbox = {p: Outbox.restore(raw) for p, raw in saved["outbox"].items()}
+        self.included = {p: list(v) for p, v in saved["included"].items()}
+        self.through = int(saved["through"])
+        self.processed = {p: int(v) for p, v in saved["processed"].items()}
+        self.saved_processed = dict(self.processed)
+
+    async def aclose(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
