@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import ClassVar
@@ -22,9 +23,11 @@ from node.secure_exchange import SecureExchange
 from node.trainer import TrainConfig
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.prep import FederatedData
+from sim.process import run_processes
 from topology import build_topology
 
 TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16)
+CIPHERS = pytest.mark.parametrize("secure", ["plain", "ckks"])  # one protocol suite for both
 
 
 class RecordingTransport(MemoryTransport):
@@ -44,13 +47,13 @@ def _subset(data: FederatedData, n: int) -> FederatedData:
 
 
 def _secure_nodes(
-    data: FederatedData, tmp_path: Path, rounds: int, drop: float = 0.0
+    data: FederatedData, tmp_path: Path, rounds: int, drop: float = 0.0, secure: str = "plain"
 ) -> list[Node]:
     spec = ConsortiumSpec(
         rounds=rounds,
         train=TRAIN,
         compressor="block-k:0.3:64",
-        secure="plain",
+        secure=secure,
         deadline_s=1.0,
         drop=drop,
     )
@@ -94,9 +97,12 @@ def _sums_match_the_link_copies(nodes: list[Node]) -> None:
         torch.testing.assert_close(node.state.s[0].double(), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_secure_ring_learns_and_sums_stay_exact(wisconsin16: FederatedData, tmp_path: Path) -> None:
+@CIPHERS
+def test_secure_ring_learns_and_sums_stay_exact(
+    wisconsin16: FederatedData, tmp_path: Path, secure: str
+) -> None:
     RecordingTransport.sent = []
-    nodes = _secure_nodes(_subset(wisconsin16, 5), tmp_path, rounds=25)
+    nodes = _secure_nodes(_subset(wisconsin16, 5), tmp_path, rounds=25, secure=secure)
     results = _run(nodes)
     assert all(float(r["accuracy"]) > 0.85 for r in results)  # type: ignore[arg-type]
     _sums_match_the_link_copies(nodes)
@@ -111,22 +117,24 @@ def test_secure_ring_learns_and_sums_stay_exact(wisconsin16: FederatedData, tmp_
     assert lag < 0.2
 
 
+@CIPHERS
 def test_missed_contributions_are_delivered_later_and_sums_stay_exact(
-    wisconsin16: FederatedData, tmp_path: Path
+    wisconsin16: FederatedData, tmp_path: Path, secure: str
 ) -> None:
     RecordingTransport.sent = []
-    nodes = _secure_nodes(_subset(wisconsin16, 5), tmp_path, rounds=25, drop=0.15)
+    nodes = _secure_nodes(_subset(wisconsin16, 5), tmp_path, rounds=25, drop=0.15, secure=secure)
     _run(nodes)
     events = "".join(_log(n) for n in nodes)
     assert '"event": "sum_withheld"' in events or '"missed": 1' in events
     _sums_match_the_link_copies(nodes)
 
 
+@CIPHERS
 def test_receiver_never_holds_a_single_neighbours_ciphertext(
-    wisconsin16: FederatedData, tmp_path: Path
+    wisconsin16: FederatedData, tmp_path: Path, secure: str
 ) -> None:
     RecordingTransport.sent = []
-    nodes = _secure_nodes(_subset(wisconsin16, 5), tmp_path, rounds=6)
+    nodes = _secure_nodes(_subset(wisconsin16, 5), tmp_path, rounds=6, secure=secure)
     _run(nodes)
     key_of = {n.identity.peer_id: _exchange(n).secret.public.key_id for n in nodes}
     topics: dict[str, int] = defaultdict(int)
@@ -163,3 +171,21 @@ def test_secure_mode_needs_seeded_slots(wisconsin16: FederatedData, tmp_path: Pa
     path.write_text(text)
     with pytest.raises(ConfigError, match="secure must be one of off, ckks, plain"):
         load_config(path)
+
+
+@pytest.mark.slow
+def test_ckks_consortium_over_libp2p(wisconsin16: FederatedData, tmp_path: Path) -> None:
+    """Four real node processes, libp2p on loopback, real CKKS: keys pinned, sums opened."""
+    spec = ConsortiumSpec(
+        rounds=12, train=TRAIN, compressor="block-k:0.3:64", secure="ckks", eval_every=12
+    )
+    result = run_processes(tmp_path, _subset(wisconsin16, 4), spec, [])
+    assert float(result.final["accuracy_mean"] or 0) > 0.8
+    events = [json.loads(x) for x in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    pinned = [e for e in events if e["event"] == "key_pinned"]
+    assert len(pinned) == 8  # each of 4 sites pins its 2 neighbours' keys once
+    full = [e for e in events if e["event"] == "round" and e["missed"] == 0]
+    assert len(full) >= 4 * 6  # most rounds decrypt sums covering both neighbours
+    assert (
+        tmp_path / "nodes" / "node-0" / "state" / "encryption.key"
+    ).stat().st_mode & 0o777 == 0o600
