@@ -215,6 +215,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         f"[bold]Murmur[/] {n} nodes · {args.topology} "
         f"(spectral gap {config['spectral_gap']:.4f}) · {args.dataset} ({args.partition_used}) · "
         f"model {args.model} ({sim.layout.dim} parameters) · {spec.device}"
+        + ("" if args.secure == "off" else f" · murmur with secure aggregation ({args.secure})")
     )
     results = []
     began = time.perf_counter()
