@@ -66,10 +66,6 @@ class Sealed:
     count: int
     chunks: tuple[bytes, ...] = field(repr=False)
 
-    @property
-    def nbytes(self) -> int:
-        return len(self.to_bytes())
-
     def to_bytes(self) -> bytes:
         packed: bytes = msgpack.packb(
             {

@@ -42,7 +42,7 @@ import networkx as nx
 
 from crypto.errors import BadSignatureError
 from crypto.identity import public_key_from_peer_id
-from node.compress import parse_compressor
+from node.compress import Compressor, SharedIndexCompressor, parse_compressor
 from node.errors import ConfigError
 from node.site_data import BUILTIN_DATASETS
 from node.trainer import TrainConfig
@@ -238,8 +238,9 @@ def load_config(path: Path) -> NodeConfig:
     r.check(rounds is None or rounds > 0, "[train] rounds must be positive")
     train = _train_config(r)
     compressor = r.get("gossip", "compressor", str, "top-k:0.1")
+    parsed: Compressor | None = None
     try:
-        parse_compressor(compressor, seed, [[1, 1]] * max(1, len(members)))
+        parsed = parse_compressor(compressor, seed, [[1, 1]] * max(1, len(members)))
     except ValueError as exc:
         r.problems.append(f"[gossip] compressor: {exc}")
     secure = r.get("gossip", "secure", str, "off")
@@ -247,9 +248,9 @@ def load_config(path: Path) -> NodeConfig:
         secure in SECURE_MODES,
         f"[gossip] secure must be one of {', '.join(SECURE_MODES)}, got {secure!r}",
     )
-    if secure not in (None, "off") and compressor:
+    if secure not in (None, "off") and parsed is not None:
         r.check(
-            compressor.split(":")[0] in ("block-k", "rand-k") and "+" not in compressor,
+            isinstance(parsed, SharedIndexCompressor),
             f"[gossip] secure = {secure!r} needs compressor block-k:F or rand-k:F (slots from "
             f"the public round seed, the same at every contributor), not {compressor!r}",
         )

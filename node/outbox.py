@@ -11,9 +11,9 @@ difference stays in ``x̂_j − c_{j→i}`` and goes out the next time those slo
 
 ``c`` is optimistic: a contribution counts as delivered until the receiver's receipt says
 otherwise (:class:`Outbox`). The receiver resolves every round once, at its deadline, and
-tells each neighbour whether its contribution was in a sum it decrypted
-(:class:`ReceiptLog`); entries are resent until the neighbour acknowledges them, so a lost
-receipt only delays the correction.
+its receipts tell each neighbour which of its contributions were in a sum it decrypted;
+they are resent until the neighbour acknowledges them, so a lost receipt only delays the
+correction (:mod:`node.secure_exchange`).
 """
 
 from __future__ import annotations
@@ -48,10 +48,6 @@ class Outbox:
             indices, values = entry
             self.copy.index_add_(0, indices, -values)
 
-    def forget(self, round: int) -> None:
-        """Drop an unsent contribution entirely (it never left this site)."""
-        self.resolve(round, included=False)
-
     def snapshot(self) -> dict[str, Any]:
         return {"copy": self.copy, "pending": {t: list(p) for t, p in self.pending.items()}}
 
@@ -59,21 +55,3 @@ class Outbox:
     def restore(cls, saved: dict[str, Any]) -> Outbox:
         pending = {int(t): (p[0].clone(), p[1].clone()) for t, p in saved["pending"].items()}
         return cls(saved["copy"].clone(), pending)
-
-
-@dataclass
-class ReceiptLog:
-    """Receiver side of one link: verdicts on the neighbour's contributions, kept until the
-    neighbour acknowledges them."""
-
-    entries: dict[int, bool] = field(default_factory=dict)
-
-    def record(self, round: int, included: bool) -> None:
-        self.entries[round] = included
-
-    def acknowledge(self, upto: int) -> None:
-        for t in [t for t in self.entries if t <= upto]:
-            del self.entries[t]
-
-    def to_wire(self) -> list[list[int | bool]]:
-        return [[t, self.entries[t]] for t in sorted(self.entries)]

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, TextIO
 
@@ -118,7 +119,7 @@ class Node:
         if config.secure != "off":
             self.secure = self._secure_exchange(membership)
             self.peer_set = self.secure.two_hop()
-            self._check_addresses(config, dict.fromkeys(self.peer_set, 0.0), me)
+            self._check_addresses(config, self.peer_set, me)
 
     def _secure_exchange(self, membership: Membership) -> SecureExchange:
         """This site's encryption key (created on first start, 0600) and protocol state."""
@@ -160,10 +161,10 @@ class Node:
         self.bytes_sent += len(body)
 
     @staticmethod
-    def _check_addresses(config: NodeConfig, weight: dict[str, float], me: str) -> None:
-        missing = [p for p in weight if p != me and p not in config.peers]
+    def _check_addresses(config: NodeConfig, peers: Iterable[str], me: str) -> None:
+        missing = [p for p in peers if p != me and p not in config.peers]
         if missing:
-            raise ConfigError(f"no address in [consortium] peers for neighbours {missing}")
+            raise ConfigError(f"no address in [consortium] peers for {missing}")
 
     def request_reload(self, config: NodeConfig | None = None) -> None:
         """Apply ``config`` (or the re-read config file) at the next round boundary."""
@@ -444,7 +445,7 @@ class Node:
             loss = await asyncio.to_thread(self._train_and_push, t)
             if self.secure is not None:
                 self.secure.absent = self._suspected()
-                self.secure.contribute(t, self.state.xhat[0], self.secure.absent)
+                self.secure.contribute(t, self.state.xhat[0])
             self.phase = "pushed"
             self.save()
         if self.secure is None:

@@ -121,11 +121,12 @@ class SecureExchange:
 
     # -- contributor ---------------------------------------------------------------------------
 
-    def contribute(self, round: int, xhat: torch.Tensor, suspected: set[str]) -> None:
-        """Take this round's contributions into the outboxes (before the write-ahead save)."""
+    def contribute(self, round: int, xhat: torch.Tensor) -> None:
+        """Take this round's contributions into the outboxes (before the write-ahead save);
+        neighbours in ``absent`` and those whose key is not pinned yet get none."""
         idx = self.indices(round)
         for r in self.neighbours:
-            if r not in suspected and r in self.keys:
+            if r not in self.absent and r in self.keys:
                 self.outbox[r].contribute(xhat, idx, round)
 
     async def send_round(self, round: int) -> None:

@@ -19,7 +19,7 @@ from rich.progress import (
 )
 
 from node.compress import parse_compressor
-from node.config import parse_partition
+from node.config import SECURE_MODES, parse_partition
 from node.device import pick_device
 from node.errors import ConfigError
 from node.gossip import auto_gamma
@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--secure",
-        choices=["off", "ckks", "plain"],
+        choices=SECURE_MODES,
         default="off",
         help="secure neighbourhood aggregation for murmur: ckks (real CKKS ciphertexts under "
         "each receiver's key), plain (same protocol, no encryption: fast protocol checks), off",

@@ -11,6 +11,7 @@ from crypto.identity import SiteIdentity
 from node.secure import (
     MIN_CONTRIBUTORS,
     aggregator_order,
+    disjoint_sums,
     pick_aggregator,
     sign_contributors,
     verify_contributors,
@@ -51,3 +52,11 @@ def test_bitmap_is_signed_over_the_sum_and_needs_two_contributors() -> None:
         verify_contributors(record, SITES[2].public_key, total)
     with pytest.raises(ValueError, match="not neighbours"):
         sign_contributors(aggregator, receiver, 4, [IDS[0]], neighbours, total)
+
+
+def test_only_disjoint_sums_of_two_or_more_are_opened() -> None:
+    # {a,b,c} and {a,b} overlap: opening both would expose c alone, so only the larger opens.
+    assert disjoint_sums([0b011, 0b111]) == [1]
+    assert disjoint_sums([0b0011, 0b1100]) == [0, 1]  # two aggregators, disjoint halves
+    assert disjoint_sums([0b0001, 0b0110]) == [1]  # a sum of one is never opened
+    assert disjoint_sums([]) == []
