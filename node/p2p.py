@@ -348,6 +348,8 @@ class P2PTransport(Transport):
                     self.rejected["truncated"] += 1
                     break
                 self._deliver(Received(peer, body))
+                # It is up (a restarted site, say): our next send need not sit out a backoff.
+                self._backoff.pop(peer, None)
         except Exception:
             self.rejected["stream_error"] += 1
         finally:

@@ -100,6 +100,7 @@ class Node:
         self.eps_spent = 0.0
         self.rejected: Counter[str] = Counter()
         self._heard_event = asyncio.Event()
+        self.last_frame: dict[str, float] = {}  # event-loop time of each peer's last frame
         self._stop = asyncio.Event()
         self._reload: NodeConfig | None = None
         self._reload_requested = False
@@ -284,6 +285,7 @@ class Node:
             try:
                 frame = self.guard.admit(received.body, received.peer, self.config.max_frame_bytes)
                 if self.secure is not None and frame.topic in SECURE_TOPICS:
+                    self.last_frame[frame.sender] = asyncio.get_running_loop().time()
                     self.secure.handle(frame)
                     if frame.topic == "receipt":
                         heard = self.links.heard
@@ -343,16 +345,65 @@ class Node:
 
         await asyncio.gather(*(one(p) for p in self.links.neighbours))
 
+    async def _join(self, secure: SecureExchange) -> None:
+        """Secure mode: before the first round, exchange encryption keys both ways with every
+        neighbour, and wait until each neighbour has done the same with its own. A round
+        started earlier yields no sum anyone can open and costs a full deadline; worse,
+        sites that start apart stay out of step. Receipts go out when our readiness
+        changes or every second, no faster. Gives up after SUSPECT_AFTER deadlines, as for
+        a silent neighbour."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        end = began + SUSPECT_AFTER * self.config.deadline_s
+        secure.round = self.round
+        sent_at, sent_ready = -1.0, False
+        while not self._stop.is_set() and loop.time() < end:
+            unkeyed, unready = secure.unkeyed(), secure.unready()
+            if not unkeyed and not unready:
+                break
+            if loop.time() - sent_at >= 1.0 or sent_ready != (not unkeyed):
+                await secure.handshake(unkeyed)
+                sent_at, sent_ready = loop.time(), not unkeyed
+            self._heard_event.clear()
+            wait = min(1.0 - (loop.time() - sent_at), end - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heard_event.wait(), max(wait, 0.0))
+        secure.started = True
+        self.emit(
+            "joined",
+            waited_s=round(loop.time() - began, 3),
+            unkeyed=secure.unkeyed(),
+            unready=secure.unready(),
+        )
+        for p in self.links.neighbours:  # one never heard from has been silent since we began
+            self.last_frame.setdefault(p, began)
+
     def _suspected(self) -> set[str]:
-        return {p for p in self.links.neighbours if self.links.silent[p] >= SUSPECT_AFTER}
+        """Neighbours taken to be down. In plaintext mode: SUSPECT_AFTER rounds in a row
+        without their frame. Under secure aggregation a neighbour a round behind sends no
+        part of ours either, yet must not be dropped from its contributors' sums, so there
+        it is SUSPECT_AFTER deadlines with no frame at all (receipts come every round)."""
+        if self.secure is None:
+            return {p for p in self.links.neighbours if self.links.silent[p] >= SUSPECT_AFTER}
+        now = asyncio.get_running_loop().time()
+        limit = SUSPECT_AFTER * self.config.deadline_s
+        return {p for p in self.links.neighbours if now - self.last_frame.get(p, now) > limit}
 
     def _waiting_for(self, t: int) -> list[str]:
         """Neighbours not suspected to be down whose part of round t has not arrived: their
         frame in plaintext mode, their term in a forwarded sum under secure aggregation."""
         suspected = self._suspected()
         if self.secure is not None:
+            live = [p for p in self.links.neighbours if p not in suspected]
+            if len(live) < 2:
+                # No sum of two contributors can come; keep pace with the neighbour that
+                # is left, which still needs our contributions round by round.
+                return [p for p in live if self.links.heard[p] < t]
+            # A neighbour two rounds past t has long sent its part of t; what is not here
+            # will not come (a restarted site catching up does not wait a deadline for it).
+            gone = {p for p in live if self.links.heard[p] >= t + 2}
             covered = self.secure.covered(t)
-            return [p for p in self.links.neighbours if p not in covered | suspected]
+            return [p for p in live if p not in covered | gone]
         return [p for p in self.links.neighbours if self.links.heard[p] < t and p not in suspected]
 
     async def _wait_for_round(self, t: int) -> list[str]:
@@ -397,9 +448,6 @@ class Node:
             self.telemetry.start()
         await self.transport.start()
         self.transport.set_peers({p: self.config.peers[p] for p in self.peer_set})
-        if self.secure is not None:
-            for peer in self.links.neighbours:
-                await self.secure.send_key(peer, self.round)
         self.emit(
             "start",
             peer_id=self.identity.peer_id,
@@ -411,6 +459,8 @@ class Node:
         )
         receiver = asyncio.create_task(self._receive_loop())
         try:
+            if self.secure is not None:
+                await self._join(self.secure)
             while self.round < self.config.rounds and not self._stop.is_set():
                 await self._round()
             await self._linger()

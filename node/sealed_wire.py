@@ -8,9 +8,12 @@
 - ``sum``: ``{"bitmap": int, "digest": bytes, "sig": bytes, "sealed": envelope}``, the
   aggregator's forwarded sum and its signed contributor record.
 - ``receipt``: ``{"included": [rounds], "through": r, "ack": r, "key": key id | nil,
-  "absent": [peers]}``, each round to each neighbour: which of its contributions up to
-  round ``through`` reached a decrypted sum, how far we have processed its receipts, the
-  key id we pinned for it, and the neighbours we currently consider down.
+  "absent": [peers], "ready": bool, "waiting": bool}``, each round to each neighbour:
+  which of its contributions up to round ``through`` reached a decrypted sum, how far we
+  have processed its receipts, the key id we pinned for it, the neighbours we currently
+  consider down, whether we hold keys both ways with all our neighbours (sites start
+  their first round only once their neighbours are ready too), and whether we now wait
+  for the frame's round (its aggregators time partial sums by that).
 
 Ciphertext bytes stay opaque here; ``crypto.cipher.open_envelope`` checks them later
 against the receiver's key and the round's value count.
@@ -37,6 +40,8 @@ class Receipt:
     ack: int
     key_id: bytes | None
     absent: list[str]
+    ready: bool
+    waiting: bool
 
 
 def pack(fields: dict[str, Any]) -> bytes:
@@ -82,6 +87,8 @@ def decode_receipt(payload: bytes) -> Receipt:
             "ack": int,
             "key": (bytes, type(None)),
             "absent": list,
+            "ready": bool,
+            "waiting": bool,
         },
     )
     if raw["through"] < -1 or raw["ack"] < -1:
@@ -89,4 +96,12 @@ def decode_receipt(payload: bytes) -> Receipt:
     if not all(isinstance(p, str) for p in raw["absent"]):
         raise MalformedFrameError("receipt absent must list peer IDs")
     included = _rounds(raw["included"], "receipt")
-    return Receipt(included, raw["through"], raw["ack"], raw["key"], list(raw["absent"]))
+    return Receipt(
+        included,
+        raw["through"],
+        raw["ack"],
+        raw["key"],
+        list(raw["absent"]),
+        raw["ready"],
+        raw["waiting"],
+    )

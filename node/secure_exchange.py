@@ -7,8 +7,9 @@ In every round a site plays three parts at once:
   sends it to r's aggregator of the round (never r itself);
 - **aggregator** for the neighbours whose seeded pick names it: adds the ciphertexts it
   receives for r (plus its own), and once every expected neighbour of r has contributed,
-  or half a deadline after the first one arrived, forwards the sum with a signed
-  contributor bitmap, but only if it holds at least two contributions;
+  or half a deadline after r said (in its receipt) that it is waiting for the round,
+  forwards the sum with a signed contributor bitmap, but only if it holds at least two
+  contributions;
 - **receiver**: at its deadline decrypts the disjoint sums it received (each of ≥ 2
   contributors), adds them into s at I_t, and from then on tells each neighbour, in its
   receipts, which of its contributions were in them.
@@ -42,7 +43,7 @@ from node.errors import (
 from node.frames import Frame, seal
 from node.membership import Membership
 from node.outbox import Outbox
-from node.sealed_wire import decode_receipt, pack, unpack
+from node.sealed_wire import Receipt, decode_receipt, pack, unpack
 from node.secure import (
     Contributors,
     disjoint_sums,
@@ -60,8 +61,10 @@ KEEP_ROUNDS = 64
 class Aggregation:
     """Contributions for one receiver and round held by its aggregator."""
 
+    opened: float  # event-loop time of the first contribution
     parts: dict[str, Sealed] = field(default_factory=dict)
-    complete: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # a part or receipt came
+    complete: bool = False
     flushed: bool = False
 
 
@@ -93,7 +96,10 @@ class SecureExchange:
         self.through = -1  # highest round this site has resolved as a receiver
         self.processed: dict[str, int] = dict.fromkeys(self.neighbours, -1)
         self.saved_processed = dict(self.processed)
-        self.views: dict[str, tuple[list[str], bytes | None]] = {}
+        self.views: dict[str, Receipt] = {}  # each neighbour's last receipt to us
+        self.seen: dict[str, tuple[int, float]] = {}  # neighbour → (round, time) of last receipt
+        self.round = 0  # the round this site is in; set by the runtime
+        self.started = False  # past the start-up key exchange (see unkeyed/unready)
         self.sums: dict[int, list[tuple[Contributors, Sealed]]] = {}
         self.buffers: dict[tuple[str, int], Aggregation] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -115,24 +121,36 @@ class SecureExchange:
         return out
 
     def aggregator(self, receiver: str, round: int) -> str | None:
-        absent = set(self.views.get(receiver, ([], None))[0])
+        absent = set(self._absent_at(receiver))
         absent |= {p for p in self.neighbours_of(receiver) if p != self.me} - self.reachable
         return pick_aggregator(receiver, self.neighbours_of(receiver), round, self.seed, absent)
 
     # -- contributor ---------------------------------------------------------------------------
 
+    def live_contributors(self, receiver: str) -> set[str]:
+        """The receiver's neighbours it does not consider down (its receipts say which)."""
+        return set(self.neighbours_of(receiver)) - set(self._absent_at(receiver))
+
+    def _absent_at(self, receiver: str) -> list[str]:
+        view = self.views.get(receiver)
+        return [] if view is None else view.absent
+
     def contribute(self, round: int, xhat: torch.Tensor) -> None:
-        """Take this round's contributions into the outboxes (before the write-ahead save);
-        neighbours in ``absent`` and those whose key is not pinned yet get none."""
+        """Take this round's contributions into the outboxes (before the write-ahead save).
+        None go to neighbours in ``absent``, to those whose key is not pinned yet, nor to a
+        receiver with fewer than two live contributors: no sum for it could be opened, and
+        what stays owed goes out once it can."""
         idx = self.indices(round)
         for r in self.neighbours:
-            if r not in self.absent and r in self.keys:
+            if r not in self.absent and r in self.keys and len(self.live_contributors(r)) >= 2:
                 self.outbox[r].contribute(xhat, idx, round)
 
     async def send_round(self, round: int) -> None:
-        """Encrypt and send this round's contributions, then a receipt to every neighbour."""
+        """Encrypt and send this round's contributions, then a receipt to every neighbour:
+        the receipt also tells each neighbour that this site now waits for the round."""
+        self.round = round
         await self.send_contributions(round)
-        await self.send_receipts(round)
+        await self.send_receipts(round, waiting=True)
 
     async def send_contributions(self, round: int) -> None:
         for r in self.neighbours:
@@ -148,11 +166,33 @@ class SecureExchange:
                 body = pack({"to": r, "sealed": sealed.to_bytes()})
                 await self._send(agg, round, "contrib", body)
 
-    async def send_receipts(self, round: int) -> None:
+    async def send_receipts(self, round: int, waiting: bool = False) -> None:
         for p in self.neighbours:
-            await self._send(p, round, "receipt", self._receipt(p))
+            await self._send(p, round, "receipt", self._receipt(p, waiting))
 
-    def _receipt(self, peer: str) -> bytes:
+    def unkeyed(self) -> list[str]:
+        """Neighbours not yet keyed both ways: we lack their key, or their last receipt did
+        not name ours. Until both hold, contributions to or from them cannot flow."""
+        mine = self.secret.public.key_id
+        return [
+            p
+            for p in self.neighbours
+            if p not in self.keys or p not in self.views or self.views[p].key_id != mine
+        ]
+
+    def unready(self) -> list[str]:
+        """Neighbours whose last receipt said they still lack keys with one of theirs; a
+        round started before they are ready would get none of their contributions."""
+        return [p for p in self.neighbours if p not in self.views or not self.views[p].ready]
+
+    async def handshake(self, unkeyed: list[str]) -> None:
+        """Send our key to ``unkeyed`` and a receipt (naming the key we hold for each, and
+        whether we are ready) to every neighbour."""
+        for p in unkeyed:
+            await self.send_key(p, self.round)
+        await self.send_receipts(self.round)
+
+    def _receipt(self, peer: str, waiting: bool = False) -> bytes:
         pinned = self.keys.get(peer)
         return pack(
             {
@@ -161,6 +201,8 @@ class SecureExchange:
                 "ack": self.saved_processed[peer],
                 "key": None if pinned is None else pinned.key_id,
                 "absent": sorted(self.absent),
+                "ready": self.started or not self.unkeyed(),
+                "waiting": waiting,
             }
         )
 
@@ -188,6 +230,8 @@ class SecureExchange:
         if frame.topic == "key":
             raw = unpack(frame.payload, "key", {"cipher": str, "key": bytes})
             self._pin(sender, raw["cipher"], raw["key"])
+            # Answer with a receipt so the sender learns we hold its key (see unkeyed).
+            self._spawn(self._send(sender, self.round, "receipt", self._receipt(sender)))
         elif frame.topic == "sum":
             self._sum(sender, round, frame.payload)
         elif frame.topic == "receipt":
@@ -230,27 +274,56 @@ class SecureExchange:
             raise StaleFrameError(f"contribution for {receiver} round {round} after its sum left")
         self._take(receiver, round, sender, self._open(data, self.keys[receiver], round))
 
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     def _take(self, receiver: str, round: int, sender: str, sealed: Sealed) -> None:
         key = (receiver, round)
         if key not in self.buffers:
-            self.buffers[key] = Aggregation()
-            task = asyncio.get_running_loop().create_task(self._aggregate(receiver, round))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.buffers[key] = Aggregation(asyncio.get_running_loop().time())
+            self._spawn(self._aggregate(receiver, round))
         buffer = self.buffers[key]
         buffer.parts.setdefault(sender, sealed)
-        absent = set(self.views.get(receiver, ([], None))[0])
-        expected = set(self.neighbours_of(receiver)) - absent
-        if expected <= set(buffer.parts):
-            buffer.complete.set()
+        buffer.complete = self.live_contributors(receiver) <= set(buffer.parts)
+        buffer.changed.set()
+
+    def _flush_at(self, receiver: str, round: int, buffer: Aggregation) -> float:
+        """When to forward a sum still missing contributions. The receiver waits a deadline
+        from its own start of the round, which its receipt of that round announces, so the
+        sum leaves half a deadline after that (receipts sent while joining or lingering
+        do not count: the site is not waiting then). A receiver not there yet is not waiting, so
+        its late contributors get two deadlines (it keeps early sums); one already past the
+        round gets what there is now. Anchoring on the first contribution instead lets
+        sites one round apart miss every round: each sum leaves just before the lagging
+        contributor arrives."""
+        at_round, at_time = self.seen.get(receiver, (-1, 0.0))
+        if at_round > round:
+            return 0.0
+        if at_round == round:
+            return at_time + self.deadline_s / 2
+        return buffer.opened + 2 * self.deadline_s
 
     async def _aggregate(self, receiver: str, round: int) -> None:
         buffer = self.buffers[(receiver, round)]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(buffer.complete.wait(), self.deadline_s / 2)
+        loop = asyncio.get_running_loop()
+        while not buffer.complete:
+            remaining = self._flush_at(receiver, round, buffer) - loop.time()
+            if remaining <= 0:
+                break
+            buffer.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(buffer.changed.wait(), remaining)
         buffer.flushed = True
         parts = dict(buffer.parts)
         buffer.parts.clear()
+        if self.processed.get(receiver, -1) >= round:
+            self.emit("sum_dropped", receiver=receiver, round=round, contributors=len(parts))
+            return  # the receiver has closed the round; a sum now would only be refused
         if len(parts) < 2:
             self.emit("sum_withheld", receiver=receiver, round=round, contributors=len(parts))
             return
@@ -289,11 +362,14 @@ class SecureExchange:
                 outbox.resolve(t, t in included)
         self.processed[sender] = max(self.processed[sender], receipt.through)
         self.included[sender] = [t for t in self.included[sender] if t > receipt.ack]
-        self.views[sender] = (receipt.absent, receipt.key_id)
+        self.views[sender] = receipt
+        if receipt.waiting:
+            self.seen[sender] = (round, asyncio.get_running_loop().time())
+        for (receiver, _), buffer in self.buffers.items():
+            if receiver == sender:
+                buffer.changed.set()  # its flush time may have moved
         if receipt.key_id != self.secret.public.key_id:
-            task = asyncio.get_running_loop().create_task(self.send_key(sender, round))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._spawn(self.send_key(sender, self.round))
 
     # -- receiver ------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import msgpack
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +23,7 @@ from node.runtime import Node
 from node.secure_exchange import SecureExchange
 from node.trainer import TrainConfig
 from sim.consortium import ConsortiumSpec, write_consortium
+from sim.faults import Crash
 from sim.prep import FederatedData
 from sim.process import run_processes
 from topology import build_topology
@@ -163,6 +165,63 @@ def test_receiver_never_holds_a_single_neighbours_ciphertext(
     assert topics["contrib"] > 0 and topics["sum"] > 0 and topics["receipt"] > 0
 
 
+def _events(node: Node, kind: str) -> list[dict[str, object]]:
+    return [e for e in map(json.loads, _log(node).splitlines()) if e["event"] == kind]
+
+
+def test_a_site_that_starts_late_is_keyed_before_the_first_round(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Sites exchange keys both ways before round 0, so one that comes up late costs no
+    round: without that, its neighbours' first contributions skip it and every site
+    starting apart stays out of step."""
+    nodes = _secure_nodes(_subset(wisconsin16, 4), tmp_path, rounds=6)
+
+    async def run() -> None:
+        early = [asyncio.create_task(n.run()) for n in nodes[:3]]
+        await asyncio.sleep(1.5)  # longer than a deadline (1 s), shorter than the join's 3
+        await asyncio.gather(*early, nodes[3].run())
+
+    asyncio.run(run())
+    for node in nodes:
+        (joined,) = _events(node, "joined")
+        assert joined["unkeyed"] == []
+        assert [e["missed"] for e in _events(node, "round")] == [0] * 6
+    assert float(_events(nodes[0], "joined")[0]["waited_s"]) > 1.0  # type: ignore[arg-type]
+
+
+def test_aggregator_holds_a_partial_sum_until_its_receiver_waits(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """A partial sum leaves half a deadline after its receiver's receipt for the round says
+    it is waiting, not half a deadline after the first contribution: sites a round apart
+    would otherwise miss every round, each sum leaving just before the late contributor."""
+    nodes = _secure_nodes(_subset(wisconsin16, 4), tmp_path, rounds=2)
+    _run(nodes)
+    aggregator, receiver = _exchange(nodes[0]), _exchange(nodes[1])
+    r, late_round = receiver.me, 50
+    values = np.full(len(aggregator.indices(late_round)), 0.5)
+    part = aggregator.cipher.encrypt(values, aggregator.keys[r])
+
+    async def scenario() -> tuple[bool, bool]:
+        aggregator.seen[r] = (late_round - 1, asyncio.get_running_loop().time())
+        aggregator._take(r, late_round, aggregator.me, part)
+        await asyncio.sleep(0.8)  # past half a deadline since the contribution
+        held = not aggregator.buffers[(r, late_round)].flushed
+        receiver.round = late_round
+        receipt = seal(
+            receiver.identity, late_round, "receipt", receiver._receipt(aggregator.me, True)
+        )
+        aggregator.handle(decode(receipt))
+        await asyncio.sleep(0.7)  # past half a deadline since the receipt
+        return held, aggregator.buffers[(r, late_round)].flushed
+
+    held, flushed = asyncio.run(scenario())
+    assert held and flushed
+    withheld = _events(nodes[0], "sum_withheld")
+    assert withheld[-1]["round"] == late_round and withheld[-1]["contributors"] == 1
+
+
 def test_a_changed_encryption_key_is_refused(wisconsin16: FederatedData, tmp_path: Path) -> None:
     nodes = _secure_nodes(_subset(wisconsin16, 3), tmp_path, rounds=3)
     _run(nodes)
@@ -195,8 +254,39 @@ def test_ckks_consortium_over_libp2p(wisconsin16: FederatedData, tmp_path: Path)
     events = [json.loads(x) for x in (tmp_path / "timeline.jsonl").read_text().splitlines()]
     pinned = [e for e in events if e["event"] == "key_pinned"]
     assert len(pinned) == 8  # each of 4 sites pins its 2 neighbours' keys once
-    full = {e["node"] for e in events if e["event"] == "round" and e["missed"] == 0}
-    assert full == {0, 1, 2, 3}  # every site decrypted a sum covering both its neighbours
+    assert [e["unkeyed"] for e in events if e["event"] == "joined"] == [[]] * 4
+    rounds = [e for e in events if e["event"] == "round"]
+    full = [e for e in rounds if e["missed"] == 0]  # sums covering both neighbours opened
+    # Process start-up is staggered by seconds under load; the key exchange before round
+    # 0 keeps the sites in step (without it, 2 to 42 of 48 were seen here).
+    assert len(rounds) == 48 and len(full) >= 45
     assert (
         tmp_path / "nodes" / "node-0" / "state" / "encryption.key"
     ).stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.slow
+def test_ckks_consortium_gets_back_in_step_after_a_crash(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Site 1 is killed at round 8 and restarted from its checkpoint. While it is down, site
+    3 (both neighbours up) keeps opening full sums and sites 0 and 2, left with one live
+    contributor each, keep pace without one; once it is back the ring returns to full
+    rounds everywhere."""
+    spec = ConsortiumSpec(
+        rounds=300, train=TRAIN, compressor="block-k:0.3:64", secure="ckks", eval_every=300
+    )
+    result = run_processes(tmp_path, _subset(wisconsin16, 4), spec, [Crash(1, 8, 14)])
+    assert float(result.final["accuracy_mean"] or 0) > 0.85
+    events = [json.loads(x) for x in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    assert [e["resumed"] for e in events if e["event"] == "start" and e["node"] == 1] == [
+        False,
+        True,
+    ]
+    missed: dict[int, list[int]] = defaultdict(list)
+    for e in events:
+        if e["event"] == "round":
+            missed[e["node"]].append(e["missed"])
+    assert missed[3].count(0) > len(missed[3]) // 2
+    for node in range(4):
+        assert missed[node][-20:] == [0] * 20, f"site {node} is not back in step"
