@@ -22,6 +22,8 @@ target = "label"                       # or builtin:breast-cancer / builtin:ncct
 [train]     # model, optimizer, lr, batch_size, local_steps, rounds, lr_schedule
 [gossip]    # compressor, gamma ("auto" or a number), deadline_s, max_frame_bytes,
             # secure = "off" | "ckks" | "plain" (secure aggregation; needs block-k or rand-k)
+[privacy]   # epsilon, delta (< 1/local records), clip = 1.0; optional noise_multiplier
+            # (else derived from ε, δ and rounds), accountant = "rdp" | "prv", secure_mode
 [telemetry] # mqtt = "mqtt://127.0.0.1:1883" (or mqtts://), topic = "murmur"
 [faults]    # simulator only: drop, delay_ms, slow, partition ("A|B@R1:R2")
 ```
@@ -32,6 +34,7 @@ change the membership without a restart; see :mod:`node.membership`.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,7 @@ from crypto.errors import BadSignatureError
 from crypto.identity import public_key_from_peer_id
 from node.compress import Compressor, SharedIndexCompressor, parse_compressor
 from node.errors import ConfigError
+from node.privacy import DpConfig
 from node.site_data import BUILTIN_DATASETS
 from node.trainer import TrainConfig
 from topology import StaticTopology, Topology, TopologyError, build_topology
@@ -98,6 +102,7 @@ class NodeConfig:
     telemetry_url: str | None = None
     telemetry_prefix: str = "murmur"
     secure: str = "off"  # off, ckks or plain: see node.secure_exchange
+    dp: DpConfig | None = None  # [privacy]: DP-SGD with this budget (node.dp)
 
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
@@ -276,6 +281,7 @@ def load_config(path: Path) -> NodeConfig:
         telemetry_prefix is None or (telemetry_prefix and not set("#+") & set(telemetry_prefix)),
         "[telemetry] topic must be a non-empty MQTT topic without wildcards",
     )
+    dp = _privacy(r)
     if r.problems:
         raise ConfigError(f"{path}: " + "; ".join(r.problems))
     return NodeConfig(
@@ -298,6 +304,7 @@ def load_config(path: Path) -> NodeConfig:
         train=train,
         compressor=compressor,
         secure=secure or "off",
+        dp=dp,
         gamma=None if gamma is None else float(gamma),
         deadline_s=float(deadline),
         max_frame_bytes=max_frame,
@@ -344,6 +351,29 @@ def _train_config(r: _Reader) -> TrainConfig:
         prox_mu=float(r.get("train", "prox_mu", (int, float), 0.0) or 0.0),
         lr_schedule=schedule if schedule in ("cosine", "constant") else "cosine",
     )
+
+
+def _privacy(r: _Reader) -> DpConfig | None:
+    """``[privacy]``: absent, or epsilon = inf, means no DP."""
+    if "privacy" not in r.raw:
+        return None
+    epsilon = r.get("privacy", "epsilon", (int, float))
+    delta = r.get("privacy", "delta", (int, float))
+    if epsilon is None or delta is None or math.isinf(epsilon):
+        return None
+    noise = r.get("privacy", "noise_multiplier", (int, float), None)
+    try:
+        return DpConfig(
+            epsilon=float(epsilon),
+            delta=float(delta),
+            clip=float(r.get("privacy", "clip", (int, float), 1.0) or 1.0),
+            noise_multiplier=None if noise is None else float(noise),
+            accountant=str(r.get("privacy", "accountant", str, "rdp")),
+            secure_mode=bool(r.get("privacy", "secure_mode", bool, False)),
+        )
+    except ConfigError as exc:
+        r.problems.append(f"[privacy] {exc}")
+        return None
 
 
 def _faults(r: _Reader) -> Faults:

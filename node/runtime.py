@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
@@ -47,9 +47,12 @@ from node.sealed_wire import SECURE_TOPICS
 from node.secure_exchange import SecureExchange
 from node.site_data import load_site_data
 from node.telemetry import MqttTelemetry
-from node.trainer import BatchedTrainer, StackedData
+from node.trainer import BatchedTrainer, LocalTrainer, StackedData
 from node.transport import Transport
 from node.wire import decode_update, encode_update
+
+if TYPE_CHECKING:
+    from node.dp import DpTrainer
 
 SUSPECT_AFTER = 3
 
@@ -81,13 +84,22 @@ class Node:
         self.model = build_model(config.model, data.x.shape[1], data.n_classes)
         self.layout = FlatLayout.of(self.model)
         x0 = self.layout.to_vector(self.model).detach()
-        self.trainer = BatchedTrainer(
+        plain = BatchedTrainer(
             self.model,
             x0.unsqueeze(0).clone(),
             StackedData.from_parts([(data.x, data.y)], torch.device("cpu")),
             config.train,
             seed=config.seed * 7919 + self.index,
         )
+        self.trainer: LocalTrainer = plain
+        self.dp: DpTrainer | None = None
+        if config.dp is not None:
+            from node.dp import DpTrainer  # Opacus loads only for sites that use DP
+
+            self.dp = DpTrainer(
+                plain, [(data.x, data.y)], config.dp, config.rounds, config.seed * 7919 + self.index
+            )
+            self.trainer = self.dp
         self.state = ChocoState.start(self.trainer.params, x0)
         self.compressor = parse_compressor(config.compressor, config.seed, [data.label_counts])
         self.gamma = config.gamma or auto_gamma(self.compressor, self.layout.dim)
@@ -98,6 +110,7 @@ class Node:
         self.phase = "mixed"
         self.bytes_sent = 0
         self.eps_spent = 0.0
+        self._budget_reported = False
         self.rejected: Counter[str] = Counter()
         self._heard_event = asyncio.Event()
         self.last_frame: dict[str, float] = {}  # event-loop time of each peer's last frame
@@ -245,8 +258,7 @@ class Node:
             "links": self.links.snapshot(),
             "bytes_sent": self.bytes_sent,
             "eps_spent": self.eps_spent,
-            "generator": self.trainer.generator.get_state(),
-            "optimizer": self.trainer.optimizer.state_dict(),
+            "trainer": self.trainer.state_dict(),
             "secure": None if self.secure is None else self.secure.snapshot(),
         }
 
@@ -268,9 +280,8 @@ class Node:
         self.round, self.phase = int(saved["round"]), str(saved["phase"])
         self.links = Links.restore(self.identity.peer_id, saved["links"], self.state.xhat[0])
         self.bytes_sent = int(saved["bytes_sent"])
-        self.eps_spent = float(saved["eps_spent"])
-        self.trainer.generator.set_state(saved["generator"])
-        self.trainer.optimizer.load_state_dict(saved["optimizer"])
+        self.trainer.load_state_dict(saved["trainer"])
+        self.eps_spent = float(saved["eps_spent"]) if self.dp is None else self.dp.epsilon()
         if self.secure is not None and saved.get("secure") is not None:
             self.secure.restore(saved["secure"])
         self.guard.advance(self.round)
@@ -308,6 +319,10 @@ class Node:
         """Runs in a worker thread: local training, then step 1–2 of CHOCO for this node."""
         self.trainer.set_progress(t / self.config.rounds)
         stats = self.trainer.train()
+        if self.dp is not None:
+            # Once the budget is spent no gradient touches the records again; gossip of the
+            # already-private model (mixing, relaying, aggregating) is post-processing.
+            self.eps_spent = self.dp.epsilon()
         if self.config.faults.slow > 1:
             time.sleep(stats.seconds * (self.config.faults.slow - 1))
         with torch.no_grad():
@@ -515,6 +530,9 @@ class Node:
         self.guard.advance(self.round)
         self.save()
         due = (t + 1) % self.config.eval_every == 0 or self.round >= self.config.rounds
+        if self.dp is not None and self.dp.spent[0] and not self._budget_reported:
+            self._budget_reported = True
+            self.emit("dp_budget_spent", round=t + 1, eps_spent=self.eps_spent)
         self.emit(
             "round",
             round=t + 1,
@@ -534,10 +552,16 @@ class Node:
         line = (
             f"murmur {self.identity.peer_id[-8:]}  round {t}/{self.config.rounds}  "
             f"loss {loss_text}  peers {peers}/{len(self.links.neighbours)}  "
-            f"sent {self.bytes_sent / 1e6:.2f} MB  eps {self.eps_spent:.2f}"
+            f"sent {self.bytes_sent / 1e6:.2f} MB  {self._eps_text()}"
         )
         self.status_stream.write(line + "\n")
         self.status_stream.flush()
+
+    def _eps_text(self) -> str:
+        if self.config.dp is None:
+            return "eps off"
+        spent = "  budget spent" if self.dp is not None and self.dp.spent[0] else ""
+        return f"eps {self.eps_spent:.2f}/{self.config.dp.epsilon:g}{spent}"
 
     async def _linger(self) -> None:
         """Keep answering for a while so neighbours still finishing get our last frames."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -93,6 +94,25 @@ class TrainStats:
     loss: torch.Tensor  # (K,) mean training loss of each node this round
     steps: int
     seconds: float
+
+
+class LocalTrainer(Protocol):
+    """What a node needs of its local trainer: plain (:class:`BatchedTrainer`) or DP-SGD
+    (:class:`node.dp.DpTrainer`, a wrapper around one)."""
+
+    params: torch.Tensor
+
+    def set_progress(self, fraction: float) -> None: ...
+
+    def train(self, active: torch.Tensor | None = None) -> TrainStats: ...
+
+    def predict_proba(self, features: torch.Tensor) -> torch.Tensor: ...
+
+    def predict_own(self, features: list[torch.Tensor]) -> list[torch.Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None: ...
 
 
 class BatchedTrainer:
@@ -208,6 +228,14 @@ class BatchedTrainer:
             if budget is not None and elapsed >= budget:
                 break
         return TrainStats(torch.stack(losses).mean(0), steps, time.perf_counter() - began)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue training exactly: sampler and optimizer."""
+        return {"generator": self.generator.get_state(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.generator.set_state(saved["generator"])
+        self.optimizer.load_state_dict(saved["optimizer"])
 
     def _probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
         """(K, T, C) probabilities of row k's model on ``inputs[k]``, in chunks of 256 rows."""

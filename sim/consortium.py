@@ -12,11 +12,13 @@ import json
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from crypto.identity import SiteIdentity, write_key
+from node.privacy import DpConfig
 from node.trainer import TrainConfig
 from sim.prep import FederatedData
 
@@ -37,6 +39,7 @@ class ConsortiumSpec:
     partitions: tuple[str, ...] = ()
     eval_every: int = 1
     secure: str = "off"
+    dp: DpConfig | None = None
 
 
 def free_ports(n: int) -> list[int]:
@@ -116,6 +119,7 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
                 "deadline_s": spec.deadline_s,
                 "secure": spec.secure,
             },
+            **({} if spec.dp is None else {"privacy": _privacy_table(spec.dp)}),
             "faults": {
                 "drop": spec.drop,
                 "delay_ms": spec.delay_ms,
@@ -131,3 +135,16 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
         path.write_text(text)
         paths.append(path)
     return paths
+
+
+def _privacy_table(dp: DpConfig) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "epsilon": dp.epsilon,
+        "delta": dp.delta,
+        "clip": dp.clip,
+        "accountant": dp.accountant,
+        "secure_mode": dp.secure_mode,
+    }
+    if dp.noise_multiplier is not None:
+        table["noise_multiplier"] = dp.noise_multiplier
+    return table

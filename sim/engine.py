@@ -28,7 +28,8 @@ from node.gossip import (
     mix_step,
 )
 from node.models import build_model
-from node.trainer import BatchedTrainer, StackedData, TrainConfig
+from node.privacy import DpConfig
+from node.trainer import BatchedTrainer, LocalTrainer, StackedData, TrainConfig
 from sim.faults import FaultConfig, FaultModel
 from sim.metrics import accuracy, auc
 from sim.network import SimNetwork
@@ -53,6 +54,7 @@ class RunSpec:
     faults: FaultConfig = field(default_factory=FaultConfig)
     evaluate: bool = True  # False: time the rounds only (scale benchmarks)
     secure: str = "off"  # off, or a cipher name (ckks, plain): secure aggregation
+    dp: DpConfig | None = None  # DP-SGD per site (and for central: on the pooled data)
 
 
 @dataclass
@@ -86,12 +88,19 @@ class Simulation:
         test_x, test_y = data.pooled("test")
         self.test_x, self.test_y = test_x.to(spec.device), test_y.to(spec.device)
 
-    def _trainer(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> BatchedTrainer:
+    def _trainer(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> LocalTrainer:
+        """Every method trains through this: with ``spec.dp`` each row (a site, or the
+        pooled data for ``central``: central DP-SGD) gets its own Opacus engine."""
         params = self.x0.unsqueeze(0).repeat(len(parts), 1).contiguous()
         stacked = StackedData.from_parts(parts, self.spec.device)
-        return BatchedTrainer(self.model, params, stacked, self.spec.train, self.spec.seed)
+        plain = BatchedTrainer(self.model, params, stacked, self.spec.train, self.spec.seed)
+        if self.spec.dp is None:
+            return plain
+        from node.dp import DpTrainer  # Opacus loads only when DP is asked for
 
-    def _record(self, result: MethodResult, trainer: BatchedTrainer, t: int, sent: float) -> None:
+        return DpTrainer(plain, parts, self.spec.dp, self.spec.rounds, self.spec.seed)
+
+    def _record(self, result: MethodResult, trainer: LocalTrainer, t: int, sent: float) -> None:
         acc = accuracy(trainer.predict_proba(self.test_x), self.test_y)
         result.rounds.append(t + 1)
         result.accuracy_mean.append(float(acc.mean()))
@@ -102,7 +111,7 @@ class Simulation:
         )
 
     def _finish(
-        self, result: MethodResult, trainer: BatchedTrainer, began: float, **extra: float
+        self, result: MethodResult, trainer: LocalTrainer, began: float, **extra: float
     ) -> MethodResult:
         if not self.spec.evaluate:
             result.final = {
@@ -111,6 +120,10 @@ class Simulation:
                 **extra,
             }
             return result
+        epsilons = trainer.epsilons() if hasattr(trainer, "epsilons") else None
+        if epsilons is not None:  # the largest ε any site spent, and how many spent it all
+            extra = {**extra, "eps_spent": max(epsilons)}
+            extra["dp_sites_spent"] = sum(getattr(trainer, "spent", []))
         probs = trainer.predict_proba(self.test_x)
         acc = accuracy(probs, self.test_y)
         aucs = auc(probs, self.test_y)

@@ -1,0 +1,311 @@
+"""Differential privacy per site: DP-SGD through Opacus (the one module that imports it).
+
+Each site promises "our patients' records are protected to (ε, δ)" for the whole life of
+the collaboration, so every trained row gets **one** :class:`opacus.PrivacyEngine` for its
+whole life (a new engine per round would silently restart ε at zero), with Poisson
+sampling and an RDP or PRV accountant. The clipping norm is given; the noise multiplier
+is given, or derived from the target (ε, δ), the sample rate and the planned number of
+steps (rounds × local steps). The accountant's history is part of the trainer state, so
+a restarted node continues from the ε it had spent, never from zero.
+
+A row whose next round would take its ε past the target is not trained again: its site
+stops putting new information about its records into the model, while the gossip of
+the already-private model (mixing, relaying, aggregating: post-processing) goes on.
+
+:class:`DpTrainer` wraps a :class:`~node.trainer.BatchedTrainer`, which keeps the flat
+(K, d) parameters, the learning-rate schedule and prediction; each row trains in its own
+Opacus module and optimizer, copied in from and back to its row every round. Mixed
+precision is off for DP steps: per-sample gradients are clipped in float32.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from opacus import GradSampleModule, PrivacyEngine
+from opacus.accountants import RDPAccountant, create_accountant
+from opacus.accountants.analysis import rdp as rdp_analysis
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from node.errors import ConfigError
+from node.privacy import DpConfig
+from node.trainer import BatchedTrainer, TrainConfig, TrainStats
+
+# Opacus' RDP conversion warns when the best order is its largest; the bound it returns
+# is then a little loose, never too small. The engine warns about the secure RNG on every
+# construction, and autograd about hooks on a first layer whose input needs no gradient.
+QUIET = ("Optimal order is the largest alpha", "Secure RNG turned off", "Full backward hook")
+for _message in QUIET:  # process-wide: training runs in worker threads
+    warnings.filterwarnings("ignore", message=_message, category=UserWarning)
+
+
+def check_model(model: nn.Module) -> None:
+    """Refuse a model Opacus cannot compute per-sample gradients for, saying why."""
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        reasons = "; ".join(str(e) for e in errors)
+        raise ConfigError(
+            f"this model cannot be trained with DP-SGD: {reasons}. Per-sample gradients "
+            "need layers Opacus supports; use nn.GroupNorm or nn.LayerNorm for normalisation"
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_for(epsilon: float, delta: float, sample_rate: float, steps: int, kind: str) -> float:
+    """σ for a target (ε, δ) after ``steps`` Poisson steps; sites of equal size share it."""
+    sigma = get_noise_multiplier(
+        target_epsilon=epsilon,
+        target_delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=kind,
+    )
+    return float(sigma)
+
+
+class Ledger:
+    """ε after n steps at one (σ, q): Opacus' own analysis, cached. For RDP the per-step
+    RDP curve is computed once (n steps cost n times it, as in Opacus' accountant); a
+    fresh accountant per query would cost ~0.2 s, more than a round of training."""
+
+    def __init__(self, kind: str, noise_multiplier: float, sample_rate: float, delta: float):
+        self.kind, self.sigma, self.q, self.delta = kind, noise_multiplier, sample_rate, delta
+        self._rdp_step: np.ndarray[Any, np.dtype[np.float64]] | None = None
+        if kind == "rdp":
+            orders = RDPAccountant.DEFAULT_ALPHAS
+            step = rdp_analysis.compute_rdp(
+                q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=orders
+            )
+            self._rdp_step = np.asarray(step, dtype=np.float64)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one ledger per row, for its life
+    def epsilon(self, steps: int) -> float:
+        if steps <= 0:
+            return 0.0
+        if self._rdp_step is not None:
+            eps, _ = rdp_analysis.get_privacy_spent(
+                orders=RDPAccountant.DEFAULT_ALPHAS,
+                rdp=self._rdp_step * steps,
+                delta=self.delta,
+            )
+            return float(eps)
+        accountant = create_accountant(mechanism=self.kind)
+        accountant.history = [(self.sigma, self.q, steps)]
+        return float(accountant.get_epsilon(delta=self.delta))
+
+    def max_steps(self, epsilon: float) -> int:
+        """The most steps whose ε stays within ``epsilon``."""
+        lo, hi = 0, 1
+        while self.epsilon(hi) <= epsilon:
+            lo, hi = hi, hi * 2
+            if hi > 1 << 40:
+                return hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.epsilon(mid) <= epsilon else (lo, mid)
+        return lo
+
+
+class _Row:
+    """One trained row: its Opacus module, DP optimizer, Poisson loader and accountant."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: tuple[torch.Tensor, torch.Tensor],
+        train: TrainConfig,
+        dp: DpConfig,
+        planned_steps: int,
+        seed: int,
+    ) -> None:
+        x, y = data
+        if dp.delta >= 1.0 / len(y):
+            raise ConfigError(
+                f"dp delta {dp.delta:g} is not below 1/(local dataset size) = 1/{len(y)}: "
+                "such a δ allows publishing a whole record outright; choose δ < 1/n"
+            )
+        self.dp = dp
+        self.sample_gen = torch.Generator().manual_seed(seed)
+        self.noise_gen = torch.Generator(device=x.device).manual_seed(seed + 1)
+        loader = DataLoader(
+            TensorDataset(x, y), batch_size=train.batch_size, generator=self.sample_gen
+        )
+        self.sample_rate = 1.0 / len(loader)
+        self.noise_multiplier = dp.noise_multiplier or _noise_for(
+            dp.epsilon, dp.delta, self.sample_rate, max(planned_steps, 1), dp.accountant
+        )
+        self.ledger = Ledger(dp.accountant, self.noise_multiplier, self.sample_rate, dp.delta)
+        module = copy.deepcopy(model).to(x.device)
+        optimizer = _optimizer(module, train)
+        try:
+            self.engine = PrivacyEngine(accountant=dp.accountant, secure_mode=dp.secure_mode)
+        except ImportError as exc:
+            raise ConfigError(f"dp secure_mode: {exc}") from None
+        made = self.engine.make_private(
+            module=module,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=dp.clip,
+            poisson_sampling=True,
+            noise_generator=None if dp.secure_mode else self.noise_gen,
+        )
+        wrapped, dp_optimizer, dp_loader = made
+        assert isinstance(wrapped, GradSampleModule) and isinstance(dp_optimizer, DPOptimizer)
+        self.module, self.optimizer, self.loader = wrapped, dp_optimizer, dp_loader
+        self.batches = iter(self.loader)
+
+    @property
+    def steps_taken(self) -> int:
+        """DP-SGD steps the engine's accountant has recorded (restored with it)."""
+        return sum(int(steps) for _, _, steps in self.engine.accountant.history)
+
+    def epsilon(self, extra_steps: int = 0) -> float:
+        """ε spent so far, or after ``extra_steps`` more steps at this row's settings."""
+        return self.ledger.epsilon(self.steps_taken + extra_steps)
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            x, y = next(self.batches)
+        except StopIteration:
+            self.batches = iter(self.loader)
+            x, y = next(self.batches)
+        return x, y
+
+    def step(self) -> float:
+        """One DP-SGD step on a Poisson-sampled batch (possibly empty: the noise is still
+        added and the step still counted, as the accountant assumes)."""
+        x, y = self._batch()
+        self.optimizer.zero_grad(set_to_none=True)
+        logits: torch.Tensor = self.module(x)
+        loss = nn.functional.cross_entropy(logits, y, reduction="sum") / max(len(y), 1)
+        torch.autograd.backward([loss])
+        self.optimizer.step()
+        return float(loss.detach()) if len(y) else math.nan
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "accountant": self.engine.accountant.state_dict(),
+            "optimizer": self.optimizer.original_optimizer.state_dict(),
+            "sample_gen": self.sample_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
+            "noise_multiplier": self.noise_multiplier,
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.engine.accountant.load_state_dict(saved["accountant"])
+        self.optimizer.original_optimizer.load_state_dict(saved["optimizer"])
+        self.sample_gen.set_state(saved["sample_gen"])
+        self.noise_gen.set_state(saved["noise_gen"])
+        self.noise_multiplier = float(saved["noise_multiplier"])  # the σ ε was spent at
+        self.optimizer.noise_multiplier = self.noise_multiplier
+        self.ledger = Ledger(
+            self.dp.accountant, self.noise_multiplier, self.sample_rate, self.dp.delta
+        )
+        self.batches = iter(self.loader)
+
+
+def _optimizer(module: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    if train.optimizer == "adam":
+        return torch.optim.Adam(module.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(
+        module.parameters(),
+        lr=train.lr,
+        momentum=train.momentum,
+        nesterov=train.nesterov,
+        weight_decay=train.weight_decay,
+    )
+
+
+class DpTrainer:
+    """DP-SGD for each row of ``inner.params``; prediction and the lr schedule are inner's."""
+
+    def __init__(
+        self,
+        inner: BatchedTrainer,
+        parts: list[tuple[torch.Tensor, torch.Tensor]],
+        dp: DpConfig,
+        planned_rounds: int,
+        seed: int = 0,
+    ) -> None:
+        if inner.config.prox_mu > 0:
+            raise ConfigError("dp with FedProx (prox_mu > 0) is not supported; set prox_mu = 0")
+        check_model(inner.model)
+        self.inner, self.dp, self.config = inner, dp, inner.config
+        self.params = inner.params
+        self.model = inner.model
+        steps = planned_rounds * inner.config.local_steps
+        device = inner.params.device
+        self.rows = [
+            _Row(inner.model, (x.to(device), y.to(device)), inner.config, dp, steps, seed + 7 * k)
+            for k, (x, y) in enumerate(parts)
+        ]
+        self.spent = [False] * len(self.rows)
+
+    @property
+    def noise_multiplier(self) -> float:
+        return self.rows[0].noise_multiplier
+
+    def epsilon(self, row: int = 0) -> float:
+        return self.rows[row].epsilon()
+
+    def epsilons(self) -> list[float]:
+        return [r.epsilon() for r in self.rows]
+
+    def set_progress(self, fraction: float) -> None:
+        self.inner.set_progress(fraction)
+        lr = float(self.inner.optimizer.param_groups[0]["lr"])
+        for row in self.rows:
+            for group in row.optimizer.param_groups:
+                group["lr"] = lr
+
+    def train(self, active: torch.Tensor | None = None) -> TrainStats:
+        """One round for each active row whose budget allows it; the others are untouched."""
+        began = time.perf_counter()
+        steps = self.config.local_steps
+        losses = torch.full((len(self.rows),), math.nan)
+        for k, row in enumerate(self.rows):
+            if (active is not None and not bool(active[k])) or self.spent[k]:
+                continue
+            if row.epsilon(extra_steps=steps) > self.dp.epsilon:
+                self.spent[k] = True  # the next round would overspend: train no more
+                continue
+            params = list(row.module.parameters())
+            with torch.no_grad():
+                torch.nn.utils.vector_to_parameters(self.params[k], params)
+            batch_losses = [row.step() for _ in range(steps)]
+            with torch.no_grad():
+                self.params[k].copy_(torch.nn.utils.parameters_to_vector(params))
+            finite = [v for v in batch_losses if not math.isnan(v)]
+            losses[k] = sum(finite) / len(finite) if finite else math.nan
+        return TrainStats(losses, steps, time.perf_counter() - began)
+
+    def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
+        return self.inner.predict_proba(features)
+
+    def predict_own(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.inner.predict_own(features)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [r.state_dict() for r in self.rows], "spent": list(self.spent)}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        if "rows" not in saved:
+            raise ConfigError(
+                "the checkpoint was written without DP: turning DP on for a model already "
+                "trained without it protects nothing; start a new state_dir"
+            )
+        for row, raw in zip(self.rows, saved["rows"], strict=True):
+            row.load_state_dict(raw)
+        self.spent = [bool(s) for s in saved["spent"]]

@@ -1,0 +1,221 @@
+"""Differential privacy per site: Opacus DP-SGD, exact ε accounting, budgets that hold."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+from torch import nn
+
+from crypto.identity import load_key
+from node.config import load_config
+from node.dp import DpTrainer, Ledger
+from node.errors import ConfigError
+from node.flat import FlatLayout
+from node.memory_transport import MemoryNetwork, MemoryTransport
+from node.models import build_model
+from node.privacy import DpConfig, parse_dp
+from node.runtime import Node
+from node.trainer import BatchedTrainer, StackedData, TrainConfig
+from sim.consortium import ConsortiumSpec, write_consortium
+from sim.prep import FederatedData
+
+TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, lr_schedule="constant")
+
+
+def _dp_trainer(
+    parts: list[tuple[torch.Tensor, torch.Tensor]], dp: DpConfig, rounds: int, model: nn.Module
+) -> DpTrainer:
+    x0 = FlatLayout.of(model).to_vector(model).detach()
+    params = x0.unsqueeze(0).repeat(len(parts), 1).contiguous()
+    plain = BatchedTrainer(model, params, StackedData.from_parts(parts, torch.device("cpu")), TRAIN)
+    return DpTrainer(plain, parts, dp, rounds, seed=1)
+
+
+def _subset(data: FederatedData, n: int) -> FederatedData:
+    return FederatedData(
+        data.train[:n], data.test[:n], data.node_names[:n], data.n_features, data.n_classes
+    )
+
+
+def test_reported_epsilon_equals_opacus_accountant(wisconsin16: FederatedData) -> None:
+    part = wisconsin16.train[9]  # the largest site: 139 records, sample rate 1/9
+    model = build_model("logistic", wisconsin16.n_features, 2)
+    trainer = _dp_trainer([part], DpConfig(epsilon=3.0, delta=1e-5), 20, model)
+    for _ in range(7):
+        trainer.train()
+    row = trainer.rows[0]
+    reference = RDPAccountant()
+    for _ in range(7 * TRAIN.local_steps):
+        reference.step(noise_multiplier=row.noise_multiplier, sample_rate=row.sample_rate)
+    assert row.sample_rate == pytest.approx(1 / 9)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        expected, engine = reference.get_epsilon(delta=1e-5), row.engine.get_epsilon(1e-5)
+    assert trainer.epsilon() == pytest.approx(expected, rel=1e-12)
+    assert trainer.epsilon() == pytest.approx(engine, rel=1e-12)
+
+
+def test_noise_is_derived_so_the_planned_rounds_spend_the_budget(
+    wisconsin16: FederatedData,
+) -> None:
+    part = wisconsin16.train[9]
+    model = build_model("logistic", wisconsin16.n_features, 2)
+    trainer = _dp_trainer([part], DpConfig(epsilon=2.0, delta=1e-5), 30, model)
+    for _ in range(30):
+        trainer.train()
+    assert not trainer.spent[0]
+    assert 2.0 * 0.98 <= trainer.epsilon() <= 2.0  # Opacus' search stops within 0.01 below
+    before = trainer.params.clone()
+    stats = trainer.train()  # a 31st round would overspend: the row is not trained
+    assert trainer.spent[0] and torch.isnan(stats.loss[0])
+    assert torch.equal(trainer.params, before)
+
+
+def test_training_stops_exactly_when_the_budget_is_reached(
+    wisconsin16: FederatedData,
+) -> None:
+    part = wisconsin16.train[9]
+    ledger = Ledger("rdp", 1.5, 1 / 9, 1e-5)
+    budget = (ledger.epsilon(12) + ledger.epsilon(13)) / 2  # 12 steps fit, 13 do not
+    model = build_model("logistic", wisconsin16.n_features, 2)
+    dp = DpConfig(epsilon=budget, delta=1e-5, noise_multiplier=1.5)
+    trainer = _dp_trainer([part], dp, 100, model)
+    trained = 0
+    for _ in range(20):
+        before = trainer.params.clone()
+        trainer.train()
+        trained += int(not torch.equal(before, trainer.params))
+    assert trained == 12 and trainer.spent[0]
+    assert trainer.epsilon() == pytest.approx(ledger.epsilon(12)) and trainer.epsilon() <= budget
+    assert ledger.max_steps(budget) == 12
+
+
+def test_dp_rows_match_their_flat_parameters(wisconsin16: FederatedData) -> None:
+    """Each row trains in its own Opacus module; the flat row and the module agree."""
+    model = build_model("mlp:8", wisconsin16.n_features, 2)
+    trainer = _dp_trainer(wisconsin16.train[:3], DpConfig(epsilon=8, delta=1e-3), 10, model)
+    trainer.train()
+    for k, row in enumerate(trainer.rows):
+        flat = torch.nn.utils.parameters_to_vector(row.module.parameters())
+        assert torch.equal(flat, trainer.params[k])
+    assert not torch.equal(trainer.params[0], trainer.params[1])
+
+
+def test_incompatible_model_and_bad_delta_are_refused(wisconsin16: FederatedData) -> None:
+    batchnorm = nn.Sequential(nn.Linear(wisconsin16.n_features, 8), nn.BatchNorm1d(8))
+    with pytest.raises(ConfigError, match=r"BatchNorm1d.*use nn\.GroupNorm"):
+        _dp_trainer(wisconsin16.train[:1], DpConfig(epsilon=3, delta=1e-5), 10, batchnorm)
+    model = build_model("logistic", wisconsin16.n_features, 2)
+    n = len(wisconsin16.train[9][1])
+    with pytest.raises(ConfigError, match=f"not below 1/\\(local dataset size\\) = 1/{n}"):
+        _dp_trainer([wisconsin16.train[9]], DpConfig(epsilon=3, delta=1.0 / n), 10, model)
+
+
+def test_dp_option_parsing() -> None:
+    dp = parse_dp("epsilon=3,delta=1e-5,clip=0.5,accountant=prv")
+    assert dp == DpConfig(epsilon=3, delta=1e-5, clip=0.5, accountant="prv")
+    assert parse_dp("epsilon=inf,delta=1e-5") is None
+    for bad, message in [
+        ("epsilon=3", "needs epsilon"),
+        ("epsilon=3,delta=2", "delta must be in"),
+        ("epsilon=-1,delta=1e-5", "epsilon must be > 0"),
+        ("epsilon=3,delta=1e-5,sigma=2", "unknown --dp keys"),
+        ("epsilon=3,delta=1e-5,accountant=gdp", "accountant must be one of"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_dp(bad)
+
+
+def _configs(
+    data: FederatedData, tmp_path: Path, rounds: int, dp: DpConfig, secure: str = "off"
+) -> list[Path]:
+    spec = ConsortiumSpec(
+        rounds=rounds,
+        train=TRAIN,
+        compressor="block-k:0.3:64",
+        secure=secure,
+        deadline_s=1.0,
+        dp=dp,
+    )
+    return write_consortium(tmp_path, data, spec)
+
+
+def _nodes(paths: list[Path]) -> list[Node]:
+    network = MemoryNetwork()
+    nodes = []
+    for path in paths:
+        config = load_config(path)
+        transport = MemoryTransport(network, load_key(config.key), config.listen)
+        nodes.append(Node(config, transport, log=io.StringIO(), status=io.StringIO()))
+    return nodes
+
+
+def _run(nodes: list[Node]) -> None:
+    async def run() -> None:
+        await asyncio.gather(*(n.run() for n in nodes))
+
+    asyncio.run(run())
+
+
+def _events(node: Node, kind: str) -> list[dict[str, object]]:
+    assert isinstance(node.log_stream, io.StringIO)
+    return [
+        e for e in map(json.loads, node.log_stream.getvalue().splitlines()) if e["event"] == kind
+    ]
+
+
+@pytest.mark.parametrize("secure", ["off", "ckks"])
+def test_dp_nodes_spend_their_budget_and_stop_training(
+    wisconsin16: FederatedData, tmp_path: Path, secure: str
+) -> None:
+    """Four sites with DP (and CKKS secure aggregation): every site spends at most its ε,
+    its status line says so, and once spent it trains no more but keeps gossiping."""
+    data = _subset(wisconsin16, 4)
+    dp = DpConfig(epsilon=4.0, delta=1e-3, clip=1.0, noise_multiplier=1.2)
+    nodes = _nodes(_configs(data, tmp_path, rounds=10, dp=dp, secure=secure))
+    _run(nodes)
+    for node in nodes:
+        assert node.dp is not None
+        assert 0 < node.eps_spent <= 4.0
+        assert node.eps_spent == pytest.approx(node.dp.epsilon())
+        spent = _events(node, "dp_budget_spent")
+        rounds = _events(node, "round")
+        assert len(rounds) == 10
+        allowed = node.dp.rows[0].ledger.max_steps(4.0)
+        trained = [e for e in rounds if e["loss"] is not None and e["loss"] == e["loss"]]
+        assert len(trained) == min(allowed, 10)
+        assert bool(spent) == (allowed < 10)
+        assert all(e["missed"] == 0 for e in rounds[allowed:])  # still mixing with neighbours
+        assert isinstance(node.status_stream, io.StringIO)
+        assert "eps " in node.status_stream.getvalue().splitlines()[-1]
+
+
+def test_epsilon_survives_a_restart(wisconsin16: FederatedData, tmp_path: Path) -> None:
+    """A node stopped and started again continues from the ε it had spent, never from 0."""
+    data = _subset(wisconsin16, 3)
+    dp = DpConfig(epsilon=50.0, delta=1e-3, noise_multiplier=1.0)
+    paths = _configs(data, tmp_path, rounds=4, dp=dp)
+    first = _nodes(paths)
+    _run(first)
+    spent = [n.eps_spent for n in first]
+    steps = [n.dp.rows[0].steps_taken for n in first if n.dp is not None]
+    assert all(e > 0 for e in spent) and steps == [4, 4, 4]
+    for node, before in zip(_nodes(paths), spent, strict=True):  # as after a kill
+        assert node.eps_spent == 0.0 and node.restore()
+        assert node.eps_spent == pytest.approx(before)
+        assert node.dp is not None and node.dp.rows[0].steps_taken == 4
+    for path in paths:  # the plan grew: three more rounds
+        path.write_text(path.read_text().replace("rounds = 4", "rounds = 7"))
+    more = _nodes(paths)
+    _run(more)
+    for node, before in zip(more, spent, strict=True):
+        assert node.dp is not None and node.dp.rows[0].steps_taken == 7
+        assert node.eps_spent > before
+        assert node.eps_spent == pytest.approx(node.dp.rows[0].ledger.epsilon(7))
