@@ -569,9 +569,15 @@ class Node:
         last = self.config.rounds - 1
         while asyncio.get_running_loop().time() < end and not self._stop.is_set():
             if self.secure is not None:
-                # Receipts close the neighbours' last rounds; our own close with theirs.
+                # Receipts close the neighbours' last rounds; our own close with theirs. We
+                # stay until each live neighbour acknowledges our verdicts: a last receipt
+                # lost on the way would leave its contributions open for good. Acks carry
+                # only checkpointed state, so save first to let ours advance.
+                self.save()
                 await self.secure.send_receipts(last)
-                unresolved = any(box.pending for box in self.secure.outbox.values())
+                unacked = set(self.secure.unacknowledged()) - self._suspected()
+                pending = any(box.pending for box in self.secure.outbox.values())
+                unresolved = pending or bool(unacked)
             else:
                 await self._send_all(last)
                 unresolved = False

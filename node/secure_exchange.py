@@ -180,6 +180,12 @@ class SecureExchange:
             if p not in self.keys or p not in self.views or self.views[p].key_id != mine
         ]
 
+    def unacknowledged(self) -> list[str]:
+        """Neighbours whose last receipt does not yet acknowledge our verdicts (``through``)."""
+        return [
+            p for p in self.neighbours if p not in self.views or self.views[p].ack < self.through
+        ]
+
     def unready(self) -> list[str]:
         """Neighbours whose last receipt said they still lack keys with one of theirs; a
         round started before they are ready would get none of their contributions."""
