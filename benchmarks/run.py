@@ -44,9 +44,7 @@ def wisconsin(rounds: int) -> dict[str, Any]:
         result = sim.run("murmur", parse_compressor(name))
         result.method = f"murmur {name}"
         runs.append(result)
-    table_out = with_targets(runs)
-    for entry in table_out.values():
-        entry.pop("curve")
+    table_out = with_targets(runs, curves=False)
     return table_out
 
 
@@ -89,9 +87,7 @@ def lung(rounds: int) -> dict[str, Any]:
     sim = Simulation(data, build_topology("ring", len(parts)), spec)
     runs = [sim.run(m) for m in ("central", "local", "fedavg", "dpsgd")]
     runs.append(sim.run("murmur", parse_compressor("top-k:0.1")))
-    out = with_targets(runs)
-    for entry in out.values():
-        entry.pop("curve")
+    out = with_targets(runs, curves=False)
     return {"sites": names, "methods": out}
 
 

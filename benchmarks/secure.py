@@ -144,9 +144,7 @@ def accuracy(data: FederatedData, rounds: int) -> dict[str, Any]:
         result = sim.run("murmur", compressor)
         result.method = f"murmur block-k:0.05 secure={secure}"
         runs.append(result)
-    table = with_targets(runs)
-    for entry in table.values():
-        entry.pop("curve")
+    table = with_targets(runs, curves=False)
     return table
 
 

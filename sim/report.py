@@ -15,8 +15,9 @@ from sim.engine import MethodResult
 TARGET_FRACTION = 0.95
 
 
-def with_targets(results: list[MethodResult]) -> dict[str, dict[str, Any]]:
-    """Per-method final figures plus rounds/bytes to 95% of ``central``'s accuracy."""
+def with_targets(results: list[MethodResult], curves: bool = True) -> dict[str, dict[str, Any]]:
+    """Per-method final figures plus rounds/bytes to 95% of ``central``'s accuracy, and
+    each method's curves unless ``curves`` is False (benchmark tables keep finals only)."""
     central = next((r for r in results if r.method == "central"), None)
     target = (
         None if central is None else TARGET_FRACTION * float(central.final["accuracy_mean"] or 0.0)
@@ -32,13 +33,14 @@ def with_targets(results: list[MethodResult]) -> dict[str, dict[str, Any]]:
         entry["target_accuracy"] = target
         entry["rounds_to_target"] = None if hit is None else result.rounds[hit]
         entry["bytes_to_target"] = None if hit is None else result.bytes_per_node[hit]
-        entry["curve"] = {
-            "round": result.rounds,
-            "accuracy_mean": result.accuracy_mean,
-            "accuracy_min": result.accuracy_min,
-            "bytes_per_node": result.bytes_per_node,
-            "consensus_distance": result.consensus,
-        }
+        if curves:
+            entry["curve"] = {
+                "round": result.rounds,
+                "accuracy_mean": result.accuracy_mean,
+                "accuracy_min": result.accuracy_min,
+                "bytes_per_node": result.bytes_per_node,
+                "consensus_distance": result.consensus,
+            }
         out[result.method] = entry
     return out
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import json
 import warnings
 from pathlib import Path
 
@@ -13,18 +11,15 @@ import torch
 from opacus.accountants import RDPAccountant
 from torch import nn
 
-from crypto.identity import load_key
-from node.config import load_config
 from node.dp import DpTrainer, Ledger
 from node.errors import ConfigError
 from node.flat import FlatLayout
-from node.memory_transport import MemoryNetwork, MemoryTransport
 from node.models import build_model
 from node.privacy import DpConfig, parse_dp
-from node.runtime import Node
 from node.trainer import BatchedTrainer, StackedData, TrainConfig
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.prep import FederatedData
+from tests.node_kit import events, memory_nodes, run_nodes, subset
 
 TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, lr_schedule="constant")
 
@@ -36,12 +31,6 @@ def _dp_trainer(
     params = x0.unsqueeze(0).repeat(len(parts), 1).contiguous()
     plain = BatchedTrainer(model, params, StackedData.from_parts(parts, torch.device("cpu")), TRAIN)
     return DpTrainer(plain, parts, dp, rounds, seed=1)
-
-
-def _subset(data: FederatedData, n: int) -> FederatedData:
-    return FederatedData(
-        data.train[:n], data.test[:n], data.node_names[:n], data.n_features, data.n_classes
-    )
 
 
 def test_reported_epsilon_equals_opacus_accountant(wisconsin16: FederatedData) -> None:
@@ -147,46 +136,22 @@ def _configs(
     return write_consortium(tmp_path, data, spec)
 
 
-def _nodes(paths: list[Path]) -> list[Node]:
-    network = MemoryNetwork()
-    nodes = []
-    for path in paths:
-        config = load_config(path)
-        transport = MemoryTransport(network, load_key(config.key), config.listen)
-        nodes.append(Node(config, transport, log=io.StringIO(), status=io.StringIO()))
-    return nodes
-
-
-def _run(nodes: list[Node]) -> None:
-    async def run() -> None:
-        await asyncio.gather(*(n.run() for n in nodes))
-
-    asyncio.run(run())
-
-
-def _events(node: Node, kind: str) -> list[dict[str, object]]:
-    assert isinstance(node.log_stream, io.StringIO)
-    return [
-        e for e in map(json.loads, node.log_stream.getvalue().splitlines()) if e["event"] == kind
-    ]
-
-
 @pytest.mark.parametrize("secure", ["off", "ckks"])
 def test_dp_nodes_spend_their_budget_and_stop_training(
     wisconsin16: FederatedData, tmp_path: Path, secure: str
 ) -> None:
     """Four sites with DP (and CKKS secure aggregation): every site spends at most its ε,
     its status line says so, and once spent it trains no more but keeps gossiping."""
-    data = _subset(wisconsin16, 4)
+    data = subset(wisconsin16, 4)
     dp = DpConfig(epsilon=4.0, delta=1e-3, clip=1.0, noise_multiplier=1.2)
-    nodes = _nodes(_configs(data, tmp_path, rounds=10, dp=dp, secure=secure))
-    _run(nodes)
+    nodes = memory_nodes(_configs(data, tmp_path, rounds=10, dp=dp, secure=secure))
+    run_nodes(nodes)
     for node in nodes:
         assert node.dp is not None
         assert 0 < node.eps_spent <= 4.0
         assert node.eps_spent == pytest.approx(node.dp.epsilon())
-        spent = _events(node, "dp_budget_spent")
-        rounds = _events(node, "round")
+        spent = events(node, "dp_budget_spent")
+        rounds = events(node, "round")
         assert len(rounds) == 10
         allowed = node.dp.rows[0].ledger.max_steps(4.0)
         trained = [e for e in rounds if e["loss"] is not None and e["loss"] == e["loss"]]
@@ -199,22 +164,22 @@ def test_dp_nodes_spend_their_budget_and_stop_training(
 
 def test_epsilon_survives_a_restart(wisconsin16: FederatedData, tmp_path: Path) -> None:
     """A node stopped and started again continues from the ε it had spent, never from 0."""
-    data = _subset(wisconsin16, 3)
+    data = subset(wisconsin16, 3)
     dp = DpConfig(epsilon=50.0, delta=1e-3, noise_multiplier=1.0)
     paths = _configs(data, tmp_path, rounds=4, dp=dp)
-    first = _nodes(paths)
-    _run(first)
+    first = memory_nodes(paths)
+    run_nodes(first)
     spent = [n.eps_spent for n in first]
     steps = [n.dp.rows[0].steps_taken for n in first if n.dp is not None]
     assert all(e > 0 for e in spent) and steps == [4, 4, 4]
-    for node, before in zip(_nodes(paths), spent, strict=True):  # as after a kill
+    for node, before in zip(memory_nodes(paths), spent, strict=True):  # as after a kill
         assert node.eps_spent == 0.0 and node.restore()
         assert node.eps_spent == pytest.approx(before)
         assert node.dp is not None and node.dp.rows[0].steps_taken == 4
     for path in paths:  # the plan grew: three more rounds
         path.write_text(path.read_text().replace("rounds = 4", "rounds = 7"))
-    more = _nodes(paths)
-    _run(more)
+    more = memory_nodes(paths)
+    run_nodes(more)
     for node, before in zip(more, spent, strict=True):
         assert node.dp is not None and node.dp.rows[0].steps_taken == 7
         assert node.eps_spent > before

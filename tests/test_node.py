@@ -24,15 +24,10 @@ from sim.consortium import ConsortiumSpec, write_consortium
 from sim.faults import parse_crash
 from sim.prep import FederatedData
 from sim.process import run_processes
+from tests.node_kit import subset
 from topology import build_topology
 
 TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16)
-
-
-def _subset(data: FederatedData, n: int) -> FederatedData:
-    return FederatedData(
-        data.train[:n], data.test[:n], data.node_names[:n], data.n_features, data.n_classes
-    )
 
 
 def _nodes(
@@ -56,7 +51,7 @@ def _nodes(
 def test_memory_ring_learns_and_running_sums_stay_exact(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
-    data = _subset(wisconsin16, 4)
+    data = subset(wisconsin16, 4)
     paths = write_consortium(tmp_path, data, ConsortiumSpec(rounds=30, train=TRAIN))
     nodes = _nodes(paths, MemoryNetwork())
 
@@ -69,7 +64,7 @@ def test_memory_ring_learns_and_running_sums_stay_exact(
 
 
 def test_restart_resumes_from_the_checkpoint(wisconsin16: FederatedData, tmp_path: Path) -> None:
-    data = _subset(wisconsin16, 3)
+    data = subset(wisconsin16, 3)
     paths = write_consortium(tmp_path, data, ConsortiumSpec(rounds=10, train=TRAIN))
 
     async def run(nodes: list[Node]) -> None:
@@ -90,7 +85,7 @@ def test_restart_resumes_from_the_checkpoint(wisconsin16: FederatedData, tmp_pat
 def test_bad_frames_are_counted_and_the_node_goes_on(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
-    data = _subset(wisconsin16, 3)
+    data = subset(wisconsin16, 3)
     paths = write_consortium(tmp_path, data, ConsortiumSpec(rounds=8, train=TRAIN))
     network = MemoryNetwork()
     nodes = _nodes(paths, network)
@@ -124,7 +119,7 @@ def test_eight_processes_over_libp2p_match_in_process(
     from node.compress import parse_compressor
     from sim.engine import RunSpec, Simulation
 
-    data = _subset(wisconsin16, 8)
+    data = subset(wisconsin16, 8)
     rounds = 60
     spec = ConsortiumSpec(rounds=rounds, train=TRAIN, eval_every=rounds)
     networked = run_processes(tmp_path / "fault-free", data, spec, [])
@@ -169,7 +164,7 @@ async def _reload_at(node: Node, round: int, config: NodeConfig) -> None:
 def test_removing_a_site_by_reload_reweights_and_stays_exact(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
-    data = _subset(wisconsin16, 5)
+    data = subset(wisconsin16, 5)
     paths = write_consortium(tmp_path, data, ConsortiumSpec(rounds=30, train=TRAIN))
     nodes = _nodes(paths, MemoryNetwork())
     members = nodes[0].config.members
@@ -198,7 +193,7 @@ def test_removing_a_site_by_reload_reweights_and_stays_exact(
 def test_rewiring_by_reload_resynchronises_changed_links(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
-    data = _subset(wisconsin16, 4)
+    data = subset(wisconsin16, 4)
     paths = write_consortium(tmp_path, data, ConsortiumSpec(rounds=20, train=TRAIN))
     nodes = _nodes(paths, MemoryNetwork())
     everyone = {m: n.config.listen for m, n in zip(nodes[0].config.members, nodes, strict=True)}
@@ -219,7 +214,7 @@ def test_rewiring_by_reload_resynchronises_changed_links(
 def test_membership_change_while_down_is_applied_on_restart(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
-    data = _subset(wisconsin16, 4)
+    data = subset(wisconsin16, 4)
     paths = write_consortium(tmp_path, data, ConsortiumSpec(rounds=12, train=TRAIN))
 
     async def run(nodes: list[Node]) -> None:
@@ -245,7 +240,7 @@ def test_builtin_data_gives_each_member_its_own_shard(
 ) -> None:
     from sim.builtin import materialize
 
-    paths = write_consortium(tmp_path, _subset(wisconsin16, 3), ConsortiumSpec(rounds=15))
+    paths = write_consortium(tmp_path, subset(wisconsin16, 3), ConsortiumSpec(rounds=15))
 
     def builtin(config: NodeConfig) -> NodeConfig:
         edited = replace(config, source="builtin:breast-cancer", eval_source=None, split="iid")

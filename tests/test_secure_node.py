@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -14,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from crypto.identity import load_key
 from node.config import load_config
 from node.errors import ConfigError, KeyPinError
 from node.frames import decode, seal
-from node.memory_transport import MemoryNetwork, MemoryTransport
+from node.memory_transport import MemoryTransport
 from node.runtime import Node
 from node.secure_exchange import SecureExchange
 from node.trainer import TrainConfig
@@ -26,6 +24,7 @@ from sim.consortium import ConsortiumSpec, write_consortium
 from sim.faults import Crash
 from sim.prep import FederatedData
 from sim.process import run_processes
+from tests.node_kit import events, log_of, memory_nodes, run_nodes, subset
 from topology import build_topology
 
 TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16)
@@ -42,12 +41,6 @@ class RecordingTransport(MemoryTransport):
         RecordingTransport.sent.append((self.peer_id, peer, body))
 
 
-def _subset(data: FederatedData, n: int) -> FederatedData:
-    return FederatedData(
-        data.train[:n], data.test[:n], data.node_names[:n], data.n_features, data.n_classes
-    )
-
-
 def _secure_nodes(
     data: FederatedData, tmp_path: Path, rounds: int, drop: float = 0.0, secure: str = "plain"
 ) -> list[Node]:
@@ -59,25 +52,7 @@ def _secure_nodes(
         deadline_s=1.0,
         drop=drop,
     )
-    network = MemoryNetwork()
-    nodes = []
-    for path in write_consortium(tmp_path, data, spec):
-        config = load_config(path)
-        transport = RecordingTransport(network, load_key(config.key), config.listen)
-        nodes.append(Node(config, transport, log=io.StringIO(), status=io.StringIO()))
-    return nodes
-
-
-def _run(nodes: list[Node]) -> list[dict[str, object]]:
-    async def run() -> list[dict[str, object]]:
-        return list(await asyncio.gather(*(n.run() for n in nodes)))
-
-    return asyncio.run(run())
-
-
-def _log(node: Node) -> str:
-    assert isinstance(node.log_stream, io.StringIO)
-    return node.log_stream.getvalue()
+    return memory_nodes(write_consortium(tmp_path, data, spec), RecordingTransport)
 
 
 def _exchange(node: Node) -> SecureExchange:
@@ -115,8 +90,8 @@ def test_secure_ring_learns_and_sums_stay_exact(
     wisconsin16: FederatedData, tmp_path: Path, secure: str
 ) -> None:
     RecordingTransport.sent = []
-    nodes = _secure_nodes(_subset(wisconsin16, 5), tmp_path, rounds=25, secure=secure)
-    results = _run(nodes)
+    nodes = _secure_nodes(subset(wisconsin16, 5), tmp_path, rounds=25, secure=secure)
+    results = run_nodes(nodes)
     assert all(float(r["accuracy"]) > 0.85 for r in results)  # type: ignore[arg-type]
     _sums_match_the_link_copies(nodes)
     # The copies follow x̂ closely: what is still owed is a small part of the model.
@@ -135,9 +110,9 @@ def test_missed_contributions_are_delivered_later_and_sums_stay_exact(
     wisconsin16: FederatedData, tmp_path: Path, secure: str
 ) -> None:
     RecordingTransport.sent = []
-    nodes = _secure_nodes(_subset(wisconsin16, 5), tmp_path, rounds=25, drop=0.15, secure=secure)
-    _run(nodes)
-    events = "".join(_log(n) for n in nodes)
+    nodes = _secure_nodes(subset(wisconsin16, 5), tmp_path, rounds=25, drop=0.15, secure=secure)
+    run_nodes(nodes)
+    events = "".join(log_of(n) for n in nodes)
     assert '"event": "sum_withheld"' in events or '"missed": 1' in events
     _sums_match_the_link_copies(nodes)
 
@@ -147,8 +122,8 @@ def test_receiver_never_holds_a_single_neighbours_ciphertext(
     wisconsin16: FederatedData, tmp_path: Path, secure: str
 ) -> None:
     RecordingTransport.sent = []
-    nodes = _secure_nodes(_subset(wisconsin16, 5), tmp_path, rounds=6, secure=secure)
-    _run(nodes)
+    nodes = _secure_nodes(subset(wisconsin16, 5), tmp_path, rounds=6, secure=secure)
+    run_nodes(nodes)
     key_of = {n.identity.peer_id: _exchange(n).secret.public.key_id for n in nodes}
     topics: dict[str, int] = defaultdict(int)
     for _sender, dest, body in RecordingTransport.sent:
@@ -165,17 +140,13 @@ def test_receiver_never_holds_a_single_neighbours_ciphertext(
     assert topics["contrib"] > 0 and topics["sum"] > 0 and topics["receipt"] > 0
 
 
-def _events(node: Node, kind: str) -> list[dict[str, object]]:
-    return [e for e in map(json.loads, _log(node).splitlines()) if e["event"] == kind]
-
-
 def test_a_site_that_starts_late_is_keyed_before_the_first_round(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
     """Sites exchange keys both ways before round 0, so one that comes up late costs no
     round: without that, its neighbours' first contributions skip it and every site
     starting apart stays out of step."""
-    nodes = _secure_nodes(_subset(wisconsin16, 4), tmp_path, rounds=6)
+    nodes = _secure_nodes(subset(wisconsin16, 4), tmp_path, rounds=6)
 
     async def run() -> None:
         early = [asyncio.create_task(n.run()) for n in nodes[:3]]
@@ -184,10 +155,10 @@ def test_a_site_that_starts_late_is_keyed_before_the_first_round(
 
     asyncio.run(run())
     for node in nodes:
-        (joined,) = _events(node, "joined")
+        (joined,) = events(node, "joined")
         assert joined["unkeyed"] == []
-        assert [e["missed"] for e in _events(node, "round")] == [0] * 6
-    assert float(_events(nodes[0], "joined")[0]["waited_s"]) > 1.0  # type: ignore[arg-type]
+        assert [e["missed"] for e in events(node, "round")] == [0] * 6
+    assert float(events(nodes[0], "joined")[0]["waited_s"]) > 1.0  # type: ignore[arg-type]
 
 
 def test_aggregator_holds_a_partial_sum_until_its_receiver_waits(
@@ -196,8 +167,8 @@ def test_aggregator_holds_a_partial_sum_until_its_receiver_waits(
     """A partial sum leaves half a deadline after its receiver's receipt for the round says
     it is waiting, not half a deadline after the first contribution: sites a round apart
     would otherwise miss every round, each sum leaving just before the late contributor."""
-    nodes = _secure_nodes(_subset(wisconsin16, 4), tmp_path, rounds=2)
-    _run(nodes)
+    nodes = _secure_nodes(subset(wisconsin16, 4), tmp_path, rounds=2)
+    run_nodes(nodes)
     aggregator, receiver = _exchange(nodes[0]), _exchange(nodes[1])
     r, late_round = receiver.me, 50
     values = np.full(len(aggregator.indices(late_round)), 0.5)
@@ -218,13 +189,13 @@ def test_aggregator_holds_a_partial_sum_until_its_receiver_waits(
 
     held, flushed = asyncio.run(scenario())
     assert held and flushed
-    withheld = _events(nodes[0], "sum_withheld")
+    withheld = events(nodes[0], "sum_withheld")
     assert withheld[-1]["round"] == late_round and withheld[-1]["contributors"] == 1
 
 
 def test_a_changed_encryption_key_is_refused(wisconsin16: FederatedData, tmp_path: Path) -> None:
-    nodes = _secure_nodes(_subset(wisconsin16, 3), tmp_path, rounds=3)
-    _run(nodes)
+    nodes = _secure_nodes(subset(wisconsin16, 3), tmp_path, rounds=3)
+    run_nodes(nodes)
     victim, neighbour = _exchange(nodes[0]), nodes[1]
     other = victim.cipher.generate()
     payload = msgpack.packb({"cipher": "plain", "key": other.public.data})
@@ -234,7 +205,7 @@ def test_a_changed_encryption_key_is_refused(wisconsin16: FederatedData, tmp_pat
 
 def test_secure_mode_needs_seeded_slots(wisconsin16: FederatedData, tmp_path: Path) -> None:
     spec = ConsortiumSpec(rounds=3, train=TRAIN, compressor="top-k:0.1", secure="ckks")
-    path = write_consortium(tmp_path, _subset(wisconsin16, 3), spec)[0]
+    path = write_consortium(tmp_path, subset(wisconsin16, 3), spec)[0]
     with pytest.raises(ConfigError, match="needs compressor block-k:F or rand-k:F"):
         load_config(path)
     text = path.read_text().replace('secure = "ckks"', 'secure = "rsa"')
@@ -249,7 +220,7 @@ def test_ckks_consortium_over_libp2p(wisconsin16: FederatedData, tmp_path: Path)
     spec = ConsortiumSpec(
         rounds=12, train=TRAIN, compressor="block-k:0.3:64", secure="ckks", eval_every=12
     )
-    result = run_processes(tmp_path, _subset(wisconsin16, 4), spec, [])
+    result = run_processes(tmp_path, subset(wisconsin16, 4), spec, [])
     assert float(result.final["accuracy_mean"] or 0) > 0.8
     events = [json.loads(x) for x in (tmp_path / "timeline.jsonl").read_text().splitlines()]
     pinned = [e for e in events if e["event"] == "key_pinned"]
@@ -276,7 +247,7 @@ def test_ckks_consortium_gets_back_in_step_after_a_crash(
     spec = ConsortiumSpec(
         rounds=300, train=TRAIN, compressor="block-k:0.3:64", secure="ckks", eval_every=300
     )
-    result = run_processes(tmp_path, _subset(wisconsin16, 4), spec, [Crash(1, 8, 14)])
+    result = run_processes(tmp_path, subset(wisconsin16, 4), spec, [Crash(1, 8, 14)])
     assert float(result.final["accuracy_mean"] or 0) > 0.85
     events = [json.loads(x) for x in (tmp_path / "timeline.jsonl").read_text().splitlines()]
     assert [e["resumed"] for e in events if e["event"] == "start" and e["node"] == 1] == [
