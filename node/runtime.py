@@ -109,7 +109,6 @@ class Node:
         self.round = 0
         self.phase = "mixed"
         self.bytes_sent = 0
-        self.eps_spent = 0.0
         self._budget_reported = False
         self.rejected: Counter[str] = Counter()
         self._heard_event = asyncio.Event()
@@ -281,7 +280,6 @@ class Node:
         self.links = Links.restore(self.identity.peer_id, saved["links"], self.state.xhat[0])
         self.bytes_sent = int(saved["bytes_sent"])
         self.trainer.load_state_dict(saved["trainer"])
-        self.eps_spent = float(saved["eps_spent"]) if self.dp is None else self.dp.epsilon()
         if self.secure is not None and saved.get("secure") is not None:
             self.secure.restore(saved["secure"])
         self.guard.advance(self.round)
@@ -319,10 +317,6 @@ class Node:
         """Runs in a worker thread: local training, then step 1–2 of CHOCO for this node."""
         self.trainer.set_progress(t / self.config.rounds)
         stats = self.trainer.train()
-        if self.dp is not None:
-            # Once the budget is spent no gradient touches the records again; gossip of the
-            # already-private model (mixing, relaying, aggregating) is post-processing.
-            self.eps_spent = self.dp.epsilon()
         if self.config.faults.slow > 1:
             time.sleep(stats.seconds * (self.config.faults.slow - 1))
         with torch.no_grad():
@@ -556,6 +550,13 @@ class Node:
         )
         self.status_stream.write(line + "\n")
         self.status_stream.flush()
+
+    @property
+    def eps_spent(self) -> float:
+        """ε this site has spent, read off its accountant (which the checkpoint restores).
+        Once the budget is spent no gradient touches the records again; gossip of the
+        already-private model (mixing, relaying, aggregating) is post-processing."""
+        return 0.0 if self.dp is None else self.dp.epsilon()
 
     def _eps_text(self) -> str:
         if self.config.dp is None:
