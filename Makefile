@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.network
 	$(PY) -m benchmarks.crypto
 	$(PY) -m benchmarks.secure
+	$(PY) -m benchmarks.dp
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -22,8 +22,11 @@ target = "label"                       # or builtin:breast-cancer / builtin:ncct
 [train]     # model, optimizer, lr, batch_size, local_steps, rounds, lr_schedule
 [gossip]    # compressor, gamma ("auto" or a number), deadline_s, max_frame_bytes,
             # secure = "off" | "ckks" | "plain" (secure aggregation; needs block-k or rand-k)
-[privacy]   # epsilon, delta (< 1/local records), clip = 1.0; optional noise_multiplier
-            # (else derived from ε, δ and rounds), accountant = "rdp" | "prv", secure_mode
+[privacy]   # epsilon, delta (< 1/local records), clip = 1.0; rounds (the budget is spread
+            # over these, default all), weight = "records" (needs mean_records: the
+            # consortium's mean records per site, set alike everywhere) | "equal";
+            # optional noise_multiplier (else derived from ε, δ and the DP rounds),
+            # accountant = "rdp" | "prv", secure_mode
 [telemetry] # mqtt = "mqtt://127.0.0.1:1883" (or mqtts://), topic = "murmur"
 [faults]    # simulator only: drop, delay_ms, slow, partition ("A|B@R1:R2")
 ```
@@ -362,6 +365,16 @@ def _privacy(r: _Reader) -> DpConfig | None:
     if epsilon is None or delta is None or math.isinf(epsilon):
         return None
     noise = r.get("privacy", "noise_multiplier", (int, float), None)
+    rounds = r.get("privacy", "rounds", int, None)
+    mean_records = r.get("privacy", "mean_records", (int, float), None)
+    weight = str(r.get("privacy", "weight", str, "records"))
+    if weight == "records" and mean_records is None:
+        r.problems.append(
+            '[privacy] weight = "records" (the default) needs mean_records: the consortium\'s '
+            "mean number of training records per site, the same figure at every site; "
+            'or set weight = "equal"'
+        )
+        return None
     try:
         return DpConfig(
             epsilon=float(epsilon),
@@ -370,6 +383,9 @@ def _privacy(r: _Reader) -> DpConfig | None:
             noise_multiplier=None if noise is None else float(noise),
             accountant=str(r.get("privacy", "accountant", str, "rdp")),
             secure_mode=bool(r.get("privacy", "secure_mode", bool, False)),
+            rounds=rounds,
+            weight=weight,
+            mean_records=None if mean_records is None else float(mean_records),
         )
     except ConfigError as exc:
         r.problems.append(f"[privacy] {exc}")

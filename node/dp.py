@@ -229,7 +229,12 @@ def _optimizer(module: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
 
 
 class DpTrainer:
-    """DP-SGD for each row of ``inner.params``; prediction and the lr schedule are inner's."""
+    """DP-SGD for each row of ``inner.params``; prediction and the lr schedule are inner's.
+
+    ``planned_rounds`` is the collaboration's length; the budget is spread over
+    ``dp.rounds`` of them when that is set. Under ``dp.weight = "records"`` each row's
+    learning rate is scaled by its records over ``mean_records`` (``dp.mean_records``
+    unless given here: the simulator passes its pooled size for ``central``)."""
 
     def __init__(
         self,
@@ -238,6 +243,7 @@ class DpTrainer:
         dp: DpConfig,
         planned_rounds: int,
         seed: int = 0,
+        mean_records: float | None = None,
     ) -> None:
         if inner.config.prox_mu > 0:
             raise ConfigError("dp with FedProx (prox_mu > 0) is not supported; set prox_mu = 0")
@@ -245,13 +251,23 @@ class DpTrainer:
         self.inner, self.dp, self.config = inner, dp, inner.config
         self.params = inner.params
         self.model = inner.model
-        steps = planned_rounds * inner.config.local_steps
+        steps = (dp.rounds or planned_rounds) * inner.config.local_steps
         device = inner.params.device
         self.rows = [
             _Row(inner.model, (x.to(device), y.to(device)), inner.config, dp, steps, seed + 7 * k)
             for k, (x, y) in enumerate(parts)
         ]
         self.spent = [False] * len(self.rows)
+        self.weights = [1.0] * len(self.rows)
+        if dp.weight == "records":
+            mean = mean_records if mean_records is not None else dp.mean_records
+            if mean is None:
+                raise ConfigError(
+                    'dp weight = "records" needs mean_records: the consortium\'s mean training '
+                    'records per site, the same figure at every site; or weight = "equal"'
+                )
+            self.weights = [len(y) / mean for _, y in parts]
+        self.set_progress(0.0)
 
     @property
     def noise_multiplier(self) -> float:
@@ -266,9 +282,9 @@ class DpTrainer:
     def set_progress(self, fraction: float) -> None:
         self.inner.set_progress(fraction)
         lr = float(self.inner.optimizer.param_groups[0]["lr"])
-        for row in self.rows:
+        for row, weight in zip(self.rows, self.weights, strict=True):
             for group in row.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * weight
 
     def train(self, active: torch.Tensor | None = None) -> TrainStats:
         """One round for each active row whose budget allows it; the others are untouched."""

@@ -4,16 +4,30 @@ the simulator. Plain data, no Opacus: only :mod:`node.dp` imports that, when DP 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from node.errors import ConfigError
 
 ACCOUNTANTS = ("rdp", "prv")
+WEIGHTS = ("records", "equal")
 
 
 @dataclass(frozen=True)
 class DpConfig:
-    """A site's privacy budget and how DP-SGD spends it."""
+    """A site's privacy budget and how DP-SGD spends it.
+
+    ``rounds`` is how many rounds the budget is spread over (None: every planned round).
+    Fewer DP rounds need less noise per step; after them the site stops training and goes
+    on mixing, relaying and aggregating the already-private model until the last round.
+
+    ``weight = "records"`` scales a site's DP step by its training records over
+    ``mean_records``, the consortium's mean records per site (one public figure every
+    site sets alike; the simulator computes it). Opacus divides each site's noised
+    gradient sum by that site's own batch size and gossip averages sites equally, so
+    without it a 3-record site puts ten times the noise of a 30-record one into the
+    consensus and the smallest sites' noise dominates; weighted by records, as FedAvg
+    weights sites, each record counts once. ``"equal"`` is Opacus' plain rule.
+    """
 
     epsilon: float
     delta: float
@@ -21,6 +35,9 @@ class DpConfig:
     noise_multiplier: float | None = None  # None: derived from (ε, δ) and the planned steps
     accountant: str = "rdp"
     secure_mode: bool = False
+    rounds: int | None = None  # rounds the budget is spread over; None: all planned rounds
+    weight: str = "records"
+    mean_records: float | None = None  # consortium mean; the simulator computes it
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:
@@ -31,15 +48,29 @@ class DpConfig:
             raise ConfigError(f"dp clip (per-sample gradient norm) must be > 0, got {self.clip}")
         if self.noise_multiplier is not None and not self.noise_multiplier > 0:
             raise ConfigError(f"dp noise multiplier must be > 0, got {self.noise_multiplier}")
+        if self.rounds is not None and self.rounds < 1:
+            raise ConfigError(f"dp rounds must be at least 1, got {self.rounds}")
+        if self.weight not in WEIGHTS:
+            raise ConfigError(f"dp weight must be one of {', '.join(WEIGHTS)}: {self.weight!r}")
+        if self.mean_records is not None and not self.mean_records > 0:
+            raise ConfigError(f"dp mean_records must be > 0, got {self.mean_records}")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(
                 f"dp accountant must be one of {', '.join(ACCOUNTANTS)}: {self.accountant!r}"
             )
 
 
+def for_sites(dp: DpConfig, records: list[int]) -> DpConfig:
+    """``dp`` with ``mean_records`` filled in from every site's record count, for the
+    simulator and consortium writer, which hold every site's data (a node does not)."""
+    if dp.weight != "records" or dp.mean_records is not None:
+        return dp
+    return replace(dp, mean_records=sum(records) / len(records))
+
+
 def parse_dp(text: str) -> DpConfig | None:
-    """``epsilon=3,delta=1e-5,clip=1.0[,noise=σ][,accountant=prv][,secure_mode=1]``;
-    ``epsilon=inf`` (or ``off``) means no DP."""
+    """``epsilon=3,delta=1e-5,clip=1.0[,rounds=30][,weight=records|equal][,noise=σ]
+    [,accountant=prv][,secure_mode=1]``; ``epsilon=inf`` (or ``off``) means no DP."""
     if text.strip().lower() in ("off", "none", "inf", "epsilon=inf"):
         return None
     fields: dict[str, str] = {}
@@ -48,7 +79,17 @@ def parse_dp(text: str) -> DpConfig | None:
         if not sep or not value.strip():
             raise ConfigError(f"bad --dp item {part!r}: expected key=value")
         fields[key.strip().lower()] = value.strip()
-    known = {"epsilon", "delta", "clip", "noise", "accountant", "secure_mode"}
+    known = {
+        "epsilon",
+        "delta",
+        "clip",
+        "noise",
+        "accountant",
+        "secure_mode",
+        "rounds",
+        "weight",
+        "mean_records",
+    }
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ConfigError(f"unknown --dp keys {unknown}; accepted: {', '.join(sorted(known))}")
@@ -65,6 +106,9 @@ def parse_dp(text: str) -> DpConfig | None:
             noise_multiplier=float(fields["noise"]) if "noise" in fields else None,
             accountant=fields.get("accountant", "rdp"),
             secure_mode=fields.get("secure_mode", "0").lower() in ("1", "true", "yes"),
+            rounds=int(fields["rounds"]) if "rounds" in fields else None,
+            weight=fields.get("weight", "records"),
+            mean_records=float(fields["mean_records"]) if "mean_records" in fields else None,
         )
     except ValueError as exc:
         raise ConfigError(f"bad --dp value: {exc}") from None

@@ -413,7 +413,13 @@ class Node:
             gone = {p for p in live if self.links.heard[p] >= t + 2}
             covered = self.secure.covered(t)
             return [p for p in live if p not in covered | gone]
-        return [p for p in self.links.neighbours if self.links.heard[p] < t and p not in suspected]
+        behind = [p for p in self.links.neighbours if self.links.heard[p] < t]
+        if suspected.issuperset(self.links.neighbours):
+            # Cut off from every neighbour (not yet started, or down): keep to one round per
+            # deadline instead of racing to the last round alone, so that the site is near
+            # the others' round when they appear and they catch up with it.
+            return behind
+        return [p for p in behind if p not in suspected]
 
     async def _wait_for_round(self, t: int) -> list[str]:
         """Wait for this round's part from every neighbour not suspected to be down."""
@@ -479,6 +485,8 @@ class Node:
                 await self.secure.aclose()
             await self.transport.aclose()
         result = {"round": self.round, "accuracy": self._accuracy(), "bytes_sent": self.bytes_sent}
+        if self.dp is not None:
+            result.update(eps_spent=self.eps_spent, dp_budget_spent=self.dp.spent[0])
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.emit(
             "finish", **result, rss_bytes=rss, rejected=dict(self.guard.rejected | self.rejected)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from crypto.identity import SiteIdentity, write_key
-from node.privacy import DpConfig
+from node.privacy import DpConfig, for_sites
 from node.trainer import TrainConfig
 from sim.prep import FederatedData
 
@@ -83,6 +83,7 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
     addresses = {m: f"/ip4/127.0.0.1/tcp/{p}" for m, p in zip(members, ports, strict=True)}
     test_x, test_y = data.pooled("test")
     save_shard(out / "eval.npz", test_x, test_y, data.n_classes)
+    dp = None if spec.dp is None else for_sites(spec.dp, [len(y) for _, y in data.train])
     paths = []
     for i, identity in enumerate(identities):
         node_dir = out / f"node-{i}"
@@ -119,7 +120,7 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
                 "deadline_s": spec.deadline_s,
                 "secure": spec.secure,
             },
-            **({} if spec.dp is None else {"privacy": _privacy_table(spec.dp)}),
+            **({} if dp is None else {"privacy": _privacy_table(dp)}),
             "faults": {
                 "drop": spec.drop,
                 "delay_ms": spec.delay_ms,
@@ -144,7 +145,12 @@ def _privacy_table(dp: DpConfig) -> dict[str, Any]:
         "clip": dp.clip,
         "accountant": dp.accountant,
         "secure_mode": dp.secure_mode,
+        "weight": dp.weight,
     }
     if dp.noise_multiplier is not None:
         table["noise_multiplier"] = dp.noise_multiplier
+    if dp.rounds is not None:
+        table["rounds"] = dp.rounds
+    if dp.mean_records is not None:
+        table["mean_records"] = dp.mean_records
     return table

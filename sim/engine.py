@@ -28,7 +28,7 @@ from node.gossip import (
     mix_step,
 )
 from node.models import build_model
-from node.privacy import DpConfig
+from node.privacy import DpConfig, for_sites
 from node.trainer import BatchedTrainer, LocalTrainer, StackedData, TrainConfig
 from sim.faults import FaultConfig, FaultModel
 from sim.metrics import accuracy, auc
@@ -98,7 +98,10 @@ class Simulation:
             return plain
         from node.dp import DpTrainer  # Opacus loads only when DP is asked for
 
-        return DpTrainer(plain, parts, self.spec.dp, self.spec.rounds, self.spec.seed)
+        dp = for_sites(self.spec.dp, [len(y) for _, y in self.data.train])
+        pooled = len(parts) == 1 and self.n > 1  # central: its one row weighs 1
+        mean = float(len(parts[0][1])) if pooled else dp.mean_records
+        return DpTrainer(plain, parts, dp, self.spec.rounds, self.spec.seed, mean)
 
     def _record(self, result: MethodResult, trainer: LocalTrainer, t: int, sent: float) -> None:
         acc = accuracy(trainer.predict_proba(self.test_x), self.test_y)

@@ -201,4 +201,7 @@ def _result(
         "round_latency_median_s": float(np.median(latencies)) if latencies else None,
         "frames_rejected": sum(sum(e.get("rejected", {}).values()) for e in finals),
     }
+    if spec.dp is not None:  # as the in-process simulator reports it
+        result.final["eps_spent"] = max((float(e["eps_spent"]) for e in finals), default=None)
+        result.final["dp_sites_spent"] = sum(bool(e["dp_budget_spent"]) for e in finals)
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dp",
         type=_dp_arg,
         default=None,
-        help="DP-SGD per site, e.g. epsilon=3,delta=1e-5,clip=1.0 (also noise=σ, "
-        "accountant=rdp|prv, secure_mode=1); central trains DP-SGD on the pooled data",
+        help="DP-SGD per site, e.g. epsilon=3,delta=1e-5,clip=1.0,rounds=30 (rounds: spread "
+        "the budget over the first R rounds, then only mix; also weight=records|equal, "
+        "noise=σ, accountant=rdp|prv, secure_mode=1); central trains DP-SGD on the pooled data",
     )
     add(
         "--dp-sweep",
@@ -224,7 +226,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         return run_sweep(args, data, topology, compressor, spec, console)
     sim = Simulation(data, topology, spec)
     config = {
-        k: (str(v) if isinstance(v, Path) else v)
+        k: (str(v) if isinstance(v, Path) else asdict(v) if isinstance(v, DpConfig) else v)
         for k, v in vars(args).items()
         if k not in ("func", "command")
     }

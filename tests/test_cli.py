@@ -85,3 +85,54 @@ def test_sim_writes_summary_and_plots(tmp_path: Path) -> None:
     )
     for png in ("accuracy_vs_round.png", "accuracy_vs_bytes.png", "consensus_vs_round.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_sim_with_dp_records_the_budget_spent(tmp_path: Path) -> None:
+    code = main(
+        [
+            "sim",
+            "--nodes",
+            "4",
+            "--rounds",
+            "6",
+            "--methods",
+            "central,murmur",
+            "--dp",
+            "epsilon=2,delta=1e-3,rounds=3",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["dp"]["rounds"] == 3 and summary["config"]["dp"]["epsilon"] == 2
+    for method in ("central", "murmur"):
+        assert 1.9 <= summary["methods"][method]["eps_spent"] <= 2.0
+    assert summary["methods"]["murmur"]["dp_sites_spent"] == 4
+
+
+def test_dp_sweep_writes_rows_and_a_plot(tmp_path: Path) -> None:
+    code = main(
+        [
+            "sim",
+            "--nodes",
+            "4",
+            "--rounds",
+            "5",
+            "--dp",
+            "epsilon=3,delta=1e-3,rounds=2",
+            "--dp-sweep",
+            "inf,2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    sweep = json.loads((tmp_path / "dp_sweep.json").read_text())
+    runs = {(r["method"], r["epsilon"]): r for r in sweep["runs"]}
+    assert set(runs) == {("murmur", 2.0), ("central", 2.0), ("murmur", None), ("central", None)}
+    assert runs["murmur", 2.0]["dp_rounds"] == 2 and runs["central", 2.0]["dp_rounds"] is None
+    for method in ("murmur", "central"):
+        assert 1.9 <= runs[method, 2.0]["eps_spent"] <= 2.0
+        assert runs[method, None]["eps_spent"] is None
+    assert (tmp_path / "accuracy_vs_epsilon.png").stat().st_size > 1000

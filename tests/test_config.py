@@ -68,3 +68,16 @@ def test_unknown_builtin_dataset_is_explained(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("npz:data.npz", "builtin:mnist"))
     with pytest.raises(ConfigError, match="builtin:NAME with NAME one of breast-cancer"):
         load_config(path)
+
+
+def test_privacy_needs_the_consortium_mean_for_records_weighting(tmp_path: Path) -> None:
+    privacy = "[privacy]\nepsilon = 3\ndelta = 1e-5\nrounds = 30\n"
+    with pytest.raises(ConfigError, match=r"needs mean_records.*or set weight = \"equal\""):
+        load_config(_write(tmp_path, "", privacy))
+    config = load_config(_write(tmp_path, "", privacy + "mean_records = 28.5\n"))
+    assert config.dp is not None
+    assert (config.dp.rounds, config.dp.weight, config.dp.mean_records) == (30, "records", 28.5)
+    config = load_config(_write(tmp_path, "", privacy + 'weight = "equal"\n'))
+    assert config.dp is not None and config.dp.mean_records is None
+    with pytest.raises(ConfigError, match=r"\[privacy\] dp rounds must be at least 1"):
+        load_config(_write(tmp_path, "", privacy.replace("30", "0") + 'weight = "equal"\n'))

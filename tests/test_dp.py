@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,9 @@ from node.models import build_model
 from node.privacy import DpConfig, parse_dp
 from node.trainer import BatchedTrainer, StackedData, TrainConfig
 from sim.consortium import ConsortiumSpec, write_consortium
+from sim.faults import Crash
 from sim.prep import FederatedData
+from sim.process import run_processes
 from tests.node_kit import events, memory_nodes, run_nodes, subset
 
 TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, lr_schedule="constant")
@@ -30,7 +34,8 @@ def _dp_trainer(
     x0 = FlatLayout.of(model).to_vector(model).detach()
     params = x0.unsqueeze(0).repeat(len(parts), 1).contiguous()
     plain = BatchedTrainer(model, params, StackedData.from_parts(parts, torch.device("cpu")), TRAIN)
-    return DpTrainer(plain, parts, dp, rounds, seed=1)
+    mean = sum(len(y) for _, y in parts) / len(parts)
+    return DpTrainer(plain, parts, dp, rounds, seed=1, mean_records=mean)
 
 
 def test_reported_epsilon_equals_opacus_accountant(wisconsin16: FederatedData) -> None:
@@ -65,6 +70,58 @@ def test_noise_is_derived_so_the_planned_rounds_spend_the_budget(
     stats = trainer.train()  # a 31st round would overspend: the row is not trained
     assert trainer.spent[0] and torch.isnan(stats.loss[0])
     assert torch.equal(trainer.params, before)
+
+
+def test_the_budget_is_spread_over_the_dp_rounds_only(wisconsin16: FederatedData) -> None:
+    """``rounds = 10`` of a 40-round plan: the noise is derived for 10 rounds (less of it),
+    those spend the budget, and the row trains no more after them."""
+    part = wisconsin16.train[9]
+    model = build_model("logistic", wisconsin16.n_features, 2)
+    whole = _dp_trainer([part], DpConfig(epsilon=2.0, delta=1e-5), 40, model)
+    early = _dp_trainer([part], DpConfig(epsilon=2.0, delta=1e-5, rounds=10), 40, model)
+    assert early.noise_multiplier < 0.8 * whole.noise_multiplier
+    trained = 0
+    for _ in range(40):
+        before = early.params.clone()
+        early.train()
+        trained += int(not torch.equal(before, early.params))
+    assert trained == 10 and early.spent[0]
+    assert 2.0 * 0.98 <= early.epsilon() <= 2.0
+
+
+def test_records_weight_scales_each_sites_step_by_its_records(
+    wisconsin16: FederatedData,
+) -> None:
+    """Under weight = records a site's DP step is its records / the consortium mean times
+    the step of equal weighting, through the whole lr schedule; without a mean it is refused."""
+    parts = wisconsin16.train[:4]
+    sizes = [len(y) for _, y in parts]
+    mean = sum(sizes) / len(sizes)
+    model = build_model("logistic", wisconsin16.n_features, 2)
+    dp = DpConfig(epsilon=3, delta=1e-3)
+    weighted = _dp_trainer(parts, dp, 10, model)
+    equal = _dp_trainer(parts, replace(dp, weight="equal"), 10, model)
+    for fraction in (0.0, 0.5):
+        weighted.set_progress(fraction)
+        equal.set_progress(fraction)
+        for k, size in enumerate(sizes):
+            base = equal.rows[k].optimizer.param_groups[0]["lr"]
+            assert base == equal.rows[0].optimizer.param_groups[0]["lr"]
+            lr = weighted.rows[k].optimizer.param_groups[0]["lr"]
+            assert lr == pytest.approx(base * size / mean)
+    # Same seeds, same noise and batches: the weighted step is the equal step scaled.
+    x0 = equal.params.clone()
+    weighted.set_progress(0.0)
+    equal.set_progress(0.0)
+    weighted.train()
+    equal.train()
+    for k, size in enumerate(sizes):
+        torch.testing.assert_close(
+            weighted.params[k] - x0[k], (equal.params[k] - x0[k]) * size / mean
+        )
+    plain = BatchedTrainer(model, x0.clone(), StackedData.from_parts(parts, x0.device), TRAIN)
+    with pytest.raises(ConfigError, match="needs mean_records"):
+        DpTrainer(plain, parts, dp, 10)
 
 
 def test_training_stops_exactly_when_the_budget_is_reached(
@@ -110,6 +167,8 @@ def test_incompatible_model_and_bad_delta_are_refused(wisconsin16: FederatedData
 def test_dp_option_parsing() -> None:
     dp = parse_dp("epsilon=3,delta=1e-5,clip=0.5,accountant=prv")
     assert dp == DpConfig(epsilon=3, delta=1e-5, clip=0.5, accountant="prv")
+    dp = parse_dp("epsilon=3,delta=1e-5,rounds=30,weight=equal")
+    assert dp == DpConfig(epsilon=3, delta=1e-5, rounds=30, weight="equal")
     assert parse_dp("epsilon=inf,delta=1e-5") is None
     for bad, message in [
         ("epsilon=3", "needs epsilon"),
@@ -117,6 +176,8 @@ def test_dp_option_parsing() -> None:
         ("epsilon=-1,delta=1e-5", "epsilon must be > 0"),
         ("epsilon=3,delta=1e-5,sigma=2", "unknown --dp keys"),
         ("epsilon=3,delta=1e-5,accountant=gdp", "accountant must be one of"),
+        ("epsilon=3,delta=1e-5,rounds=0", "rounds must be at least 1"),
+        ("epsilon=3,delta=1e-5,weight=size", "weight must be one of"),
     ]:
         with pytest.raises(ConfigError, match=message):
             parse_dp(bad)
@@ -184,3 +245,36 @@ def test_epsilon_survives_a_restart(wisconsin16: FederatedData, tmp_path: Path) 
         assert node.dp is not None and node.dp.rows[0].steps_taken == 7
         assert node.eps_spent > before
         assert node.eps_spent == pytest.approx(node.dp.rows[0].ledger.epsilon(7))
+
+
+@pytest.mark.slow
+def test_dp_consortium_of_processes_keeps_its_budget_across_a_kill(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Four real node processes over libp2p with DP; site 1 is killed (SIGKILL) at round 3
+    and restarted from its checkpoint. It continues from the ε it had spent, never from
+    zero; every site spends its budget over its DP rounds and no more, and keeps gossiping
+    to the last round."""
+    dp = DpConfig(epsilon=3.0, delta=1e-3, clip=1.0, rounds=8)
+    spec = ConsortiumSpec(
+        rounds=20, train=TRAIN, compressor="block-k:0.3:64", dp=dp, deadline_s=2.0, eval_every=20
+    )
+    result = run_processes(tmp_path, subset(wisconsin16, 4), spec, [Crash(1, 3, 6)])
+    assert result.final["dp_sites_spent"] == 4
+    assert 3.0 * 0.97 <= float(result.final["eps_spent"] or 0) <= 3.0
+    timeline = [json.loads(x) for x in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    starts = [e["resumed"] for e in timeline if e["event"] == "start" and e["node"] == 1]
+    assert starts == [False, True]
+    for node in range(4):
+        spent = [e["eps_spent"] for e in timeline if e["event"] == "round" and e["node"] == node]
+        assert spent == sorted(spent) and spent[0] > 0 and spent[-1] <= 3.0
+        finish = [e for e in timeline if e["event"] == "finish" and e["node"] == node]
+        assert finish[-1]["round"] == 20 and finish[-1]["dp_budget_spent"]
+    for node in (0, 2, 3):  # never killed: after spending, still mixing with a neighbour
+        (budget,) = [e for e in timeline if e["event"] == "dp_budget_spent" and e["node"] == node]
+        after = [
+            e["missed"]
+            for e in timeline
+            if e["event"] == "round" and e["node"] == node and e["round"] >= budget["round"]
+        ]
+        assert after and max(after) <= 1

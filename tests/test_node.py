@@ -24,7 +24,7 @@ from sim.consortium import ConsortiumSpec, write_consortium
 from sim.faults import parse_crash
 from sim.prep import FederatedData
 from sim.process import run_processes
-from tests.node_kit import subset
+from tests.node_kit import events, subset
 from topology import build_topology
 
 TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16)
@@ -61,6 +61,29 @@ def test_memory_ring_learns_and_running_sums_stay_exact(
     results = asyncio.run(run())
     assert all(float(r["accuracy"]) > 0.85 for r in results)  # type: ignore[arg-type]
     _exact_sums(nodes, "ring")
+
+
+def test_a_site_cut_off_from_every_neighbour_keeps_pace_instead_of_racing(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Site 0 comes up 1.5 s (7 deadlines) before the others. Alone, it goes on at one round
+    per deadline, so the others find it a few rounds ahead, catch up, and every site mixes
+    with both neighbours from then on. Racing on alone, it used to finish all its rounds
+    before they started and never mixed at all."""
+    data = subset(wisconsin16, 4)
+    spec = ConsortiumSpec(rounds=30, train=TRAIN, deadline_s=0.2)
+    nodes = _nodes(write_consortium(tmp_path, data, spec), MemoryNetwork())
+
+    async def run() -> None:
+        first = asyncio.create_task(nodes[0].run())
+        await asyncio.sleep(1.5)
+        await asyncio.gather(first, *(n.run() for n in nodes[1:]))
+
+    asyncio.run(run())
+    alone = [e for e in events(nodes[0], "round") if e["missed"] == 2]
+    assert 3 <= len(alone) <= 10
+    for node in nodes:
+        assert [e["missed"] for e in events(node, "round")][-10:] == [0] * 10
 
 
 def test_restart_resumes_from_the_checkpoint(wisconsin16: FederatedData, tmp_path: Path) -> None:
