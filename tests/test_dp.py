@@ -277,4 +277,6 @@ def test_dp_consortium_of_processes_keeps_its_budget_across_a_kill(
             for e in timeline
             if e["event"] == "round" and e["node"] == node and e["round"] >= budget["round"]
         ]
-        assert after and max(after) <= 1
+        # One round may miss both while the killed site is not yet suspected and the
+        # other neighbour's frame is late; the rest mix with at least one neighbour.
+        assert len(after) >= 8 and sum(m <= 1 for m in after) >= len(after) - 1
