@@ -38,6 +38,16 @@ def _dp_trainer(
     return DpTrainer(plain, parts, dp, rounds, seed=1, mean_records=mean)
 
 
+def _rounds_that_train(trainer: DpTrainer, rounds: int) -> int:
+    """Run ``rounds`` rounds; count those that changed the parameters."""
+    trained = 0
+    for _ in range(rounds):
+        before = trainer.params.clone()
+        trainer.train()
+        trained += int(not torch.equal(before, trainer.params))
+    return trained
+
+
 def test_reported_epsilon_equals_opacus_accountant(wisconsin16: FederatedData) -> None:
     part = wisconsin16.train[9]  # the largest site: 139 records, sample rate 1/9
     model = build_model("logistic", wisconsin16.n_features, 2)
@@ -80,12 +90,7 @@ def test_the_budget_is_spread_over_the_dp_rounds_only(wisconsin16: FederatedData
     whole = _dp_trainer([part], DpConfig(epsilon=2.0, delta=1e-5), 40, model)
     early = _dp_trainer([part], DpConfig(epsilon=2.0, delta=1e-5, rounds=10), 40, model)
     assert early.noise_multiplier < 0.8 * whole.noise_multiplier
-    trained = 0
-    for _ in range(40):
-        before = early.params.clone()
-        early.train()
-        trained += int(not torch.equal(before, early.params))
-    assert trained == 10 and early.spent[0]
+    assert _rounds_that_train(early, 40) == 10 and early.spent[0]
     assert 2.0 * 0.98 <= early.epsilon() <= 2.0
 
 
@@ -133,12 +138,7 @@ def test_training_stops_exactly_when_the_budget_is_reached(
     model = build_model("logistic", wisconsin16.n_features, 2)
     dp = DpConfig(epsilon=budget, delta=1e-5, noise_multiplier=1.5)
     trainer = _dp_trainer([part], dp, 100, model)
-    trained = 0
-    for _ in range(20):
-        before = trainer.params.clone()
-        trainer.train()
-        trained += int(not torch.equal(before, trainer.params))
-    assert trained == 12 and trainer.spent[0]
+    assert _rounds_that_train(trainer, 20) == 12 and trainer.spent[0]
     assert trainer.epsilon() == pytest.approx(ledger.epsilon(12)) and trainer.epsilon() <= budget
     assert ledger.max_steps(budget) == 12
 
