@@ -51,7 +51,7 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
 def _payload(rng: random.Random) -> bytes:
     k = rng.randint(0, 40)
     idx = torch.tensor(rng.sample(range(DIM), k), dtype=torch.int64)
-    items = [Item(seq, idx, torch.randn(k), 8.0 * k) for seq in range(rng.randint(0, 3))]
+    items = [Item(seq, idx, torch.randn(k)) for seq in range(rng.randint(0, 3))]
     return encode_update(DIM, rng.randint(-1, 50), items)
 
 

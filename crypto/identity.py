@@ -27,6 +27,9 @@ SIGNATURE_BYTES = 64
 _PROTO_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
 # identity multihash (code 0x00) of the 36-byte protobuf.
 _MULTIHASH_PREFIX = bytes([0x00, len(_PROTO_PREFIX) + SEED_BYTES])
+# Every Ed25519 peer ID has this many base58 characters (the fixed prefix sets the
+# magnitude); byte counts of frames, which carry the sender's ID, rely on it.
+PEER_ID_CHARS = 52
 
 
 def peer_id_from_public_key(public_key: bytes) -> str:

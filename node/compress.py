@@ -11,8 +11,9 @@ ratio F·H_i/log C from the entropy H_i of the node's label distribution); any o
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -37,6 +38,10 @@ class Compressor(Protocol):
     name: str
 
     def compress(self, vectors: torch.Tensor, round: int) -> Sparse: ...
+
+    def kept_fraction(self, dim: int) -> float:
+        """The expected share of a ``dim``-vector's coordinates one round sends."""
+        ...
 
 
 def _as_batch(vectors: torch.Tensor) -> torch.Tensor:
@@ -63,6 +68,9 @@ class Identity:
         x = _as_batch(vectors)
         return Sparse(x.clone(), None, x.shape[1], _kept(x.shape[0], x.shape[1], x.device))
 
+    def kept_fraction(self, dim: int) -> float:
+        return 1.0
+
 
 def keep_count(fraction: float, dim: int) -> int:
     return max(1, min(dim, round(fraction * dim)))
@@ -80,6 +88,9 @@ class TopK:
         k = keep_count(self.fraction, x.shape[1])
         _, idx = torch.topk(x.abs(), k, dim=1, sorted=False)
         return Sparse(torch.gather(x, 1, idx), idx, x.shape[1], _kept(x.shape[0], k, x.device))
+
+    def kept_fraction(self, dim: int) -> float:
+        return keep_count(self.fraction, dim) / dim
 
 
 class AdaptiveTopK:
@@ -120,6 +131,13 @@ class AdaptiveTopK:
         keep = torch.arange(k_max, device=x.device).unsqueeze(0) < ks.unsqueeze(1)
         return Sparse(vals * keep, idx, d, ks)
 
+    def row_fractions(self, dim: int) -> list[float]:
+        """Each node's own kept share (the nodes' ratios differ)."""
+        return [keep_count(float(r), dim) / dim for r in self.ratios]
+
+    def kept_fraction(self, dim: int) -> float:
+        return sum(self.row_fractions(dim)) / len(self.ratios)
+
 
 class SharedIndexCompressor:
     """Compressors whose index set comes from the public round seed alone."""
@@ -127,14 +145,22 @@ class SharedIndexCompressor:
     def indices(self, dim: int, round: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def kept_fraction(self, dim: int) -> float:
+        """The probability that a coordinate is in a round's index set (the same for
+        every coordinate): E‖C(x) − x‖² = (1 − kept_fraction)‖x‖² exactly."""
+        raise NotImplementedError
+
     def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
         x = _as_batch(vectors)
         idx = self.indices(x.shape[1], round).to(x.device)
-        return self.compress_columns(x[:, idx], idx, x.shape[1])
+        return self.compress_columns(x[:, idx], idx, x.shape[1], round)
 
-    def compress_columns(self, columns: torch.Tensor, idx: torch.Tensor, dim: int) -> Sparse:
+    def compress_columns(
+        self, columns: torch.Tensor, idx: torch.Tensor, dim: int, round: int
+    ) -> Sparse:
         """The compressed form when the caller already gathered this round's columns."""
-        return Sparse(columns, idx, dim, _kept(columns.shape[0], idx.numel(), columns.device))
+        kept = _kept(columns.shape[0], idx.numel(), columns.device)
+        return Sparse(columns, idx, dim, kept, shared_round=round)
 
 
 class RandK(SharedIndexCompressor):
@@ -150,26 +176,76 @@ class RandK(SharedIndexCompressor):
         perm = torch.randperm(dim, generator=round_generator(self.seed, round, 1))
         return perm[:k].sort().values
 
+    def kept_fraction(self, dim: int) -> float:
+        return keep_count(self.fraction, dim) / dim
+
+
+CKKS_SLOTS = 4096  # values one CKKS ciphertext holds (N = 8192)
+MIN_BLOCKS = 4
+
+
+def block_size(fraction: float, dim: int) -> int:
+    """The default block length for keeping ``fraction`` of a ``dim``-vector.
+
+    The largest power of two that still leaves at least MIN_BLOCKS blocks a round (so the
+    kept share is within about 1/(2·MIN_BLOCKS) of ``fraction``), capped at the 4,096
+    slots of one CKKS ciphertext. Powers of two up to 4,096 divide the slot count, so a
+    large model's contribution of whole 4,096-blocks fills whole ciphertexts.
+    """
+    target = max(1.0, fraction * dim / MIN_BLOCKS)
+    return int(min(CKKS_SLOTS, 2 ** math.floor(math.log2(target))))
+
 
 class BlockK(SharedIndexCompressor):
-    """Random contiguous blocks from the public round seed: cheap gathers, aligned slots."""
+    """Random contiguous blocks from the public round seed: cheap gathers, aligned slots.
 
-    def __init__(self, fraction: float, seed: int, block: int = 256) -> None:
-        if block < 1:
+    ``block`` None sizes blocks from the dimension and the CKKS packing
+    (:func:`block_size`); every coordinate is in a round's blocks with the same
+    probability, blocks taken over blocks in all.
+    """
+
+    def __init__(self, fraction: float, seed: int, block: int | None = None) -> None:
+        if block is not None and block < 1:
             raise UnknownCompressorError(f"block size must be positive, got {block}")
         self.fraction = fraction
         self.seed = seed
         self.block = block
-        self.name = f"block-k:{fraction:g}:{block}"
+        self.name = f"block-k:{fraction:g}" + ("" if block is None else f":{block}")
 
-    def indices(self, dim: int, round: int) -> torch.Tensor:
-        block = min(self.block, dim)
+    def block_for(self, dim: int) -> int:
+        return min(self.block or block_size(self.fraction, dim), dim)
+
+    def _blocks(self, dim: int) -> tuple[int, int, int]:
+        """(block length, blocks in all, blocks taken a round)."""
+        block = self.block_for(dim)
         n_blocks = math.ceil(dim / block)
         take = max(1, min(n_blocks, round_half(keep_count(self.fraction, dim) / block)))
+        return block, n_blocks, take
+
+    def indices(self, dim: int, round: int) -> torch.Tensor:
+        block, n_blocks, take = self._blocks(dim)
         chosen = torch.randperm(n_blocks, generator=round_generator(self.seed, round, 2))[:take]
         starts = chosen.sort().values * block
         idx = (starts.unsqueeze(1) + torch.arange(block).unsqueeze(0)).reshape(-1)
         return idx[idx < dim]
+
+    def kept_fraction(self, dim: int) -> float:
+        _, n_blocks, take = self._blocks(dim)
+        return take / n_blocks
+
+
+def shared_indices(compressor: Compressor, dim: int) -> Callable[[int], torch.Tensor] | None:
+    """Round → index set of a shared-index compressor (8-bit or not), cached; None for
+    compressors whose indices are sent. A receiver draws the sender's slots with it."""
+    inner = compressor.inner if isinstance(compressor, Quantized) else compressor
+    if not isinstance(inner, SharedIndexCompressor):
+        return None
+
+    @functools.lru_cache(maxsize=64)
+    def indices(round: int) -> torch.Tensor:
+        return inner.indices(dim, round)
+
+    return indices
 
 
 def round_half(value: float) -> int:
@@ -210,7 +286,7 @@ def parse_compressor(
         inner = RandK(_fraction(args[0], spec), seed)
     elif name == "block-k" and len(args) in (1, 2):
         try:
-            block = int(args[1]) if len(args) == 2 else 256
+            block = int(args[1]) if len(args) == 2 else None
         except ValueError:
             raise UnknownCompressorError(
                 f"bad compressor {spec!r}: block size must be an integer"

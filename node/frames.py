@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import msgpack
 
 from crypto.errors import BadSignatureError
-from crypto.identity import SiteIdentity, public_key_from_peer_id, verify
+from crypto.identity import SIGNATURE_BYTES, SiteIdentity, public_key_from_peer_id, verify
 from node.errors import (
     ForgedFrameError,
     FrameError,
@@ -32,6 +32,7 @@ from node.errors import (
     StaleFrameError,
     UnknownSenderError,
 )
+from node.msgsize import N, array_header, bin_size, int_size, str_size
 
 VERSION = 1
 PREFIX_BYTES = 4
@@ -69,6 +70,22 @@ def seal(identity: SiteIdentity, round: int, topic: str, payload: bytes) -> byte
         [VERSION, frame.sender, frame.round, frame.nonce, frame.topic, frame.payload, signature]
     )
     return body
+
+
+def frame_size(sender_chars: int, round: N, topic: str, payload: N) -> N:
+    """Bytes on the wire of a sealed frame — length prefix, envelope, signature — whose
+    payload has ``payload`` bytes, as :func:`seal` and :func:`length_prefix` write it."""
+    return (
+        PREFIX_BYTES
+        + array_header(7)
+        + int_size(VERSION)
+        + str_size(sender_chars)
+        + int_size(round)
+        + bin_size(NONCE_BYTES)
+        + str_size(len(topic.encode()))
+        + bin_size(payload)
+        + bin_size(SIGNATURE_BYTES)
+    )
 
 
 def length_prefix(body: bytes) -> bytes:
@@ -119,6 +136,10 @@ def decode(body: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame:
         raise MalformedFrameError("topic must be a short string")
     if not isinstance(payload, bytes) or not isinstance(signature, bytes):
         raise MalformedFrameError("payload and signature must be bytes")
+    if msgpack.packb(fields) != body:
+        # msgpack has several encodings of one value (an int8 1 is also version 1); the
+        # signature covers the values, so only the canonical bytes of a frame are one.
+        raise MalformedFrameError("frame is not in canonical msgpack form")
     return Frame(sender, round_, nonce, topic, payload, signature)
 
 

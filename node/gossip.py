@@ -14,7 +14,7 @@ is dense D-PSGD: x̂ = x and x_i ← Σ_j W_ij x_j.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -56,29 +56,19 @@ def compress_step(
     if isinstance(compressor, SharedIndexCompressor):
         # Shared-seed index set: only those columns of x − x̂ are needed (no (K, d) temporary).
         idx = compressor.indices(state.x.shape[1], round).to(state.x.device)
-        q = compressor.compress_columns(state.x[:, idx] - state.xhat[:, idx], idx, state.x.shape[1])
+        columns = state.x[:, idx] - state.xhat[:, idx]
+        q = compressor.compress_columns(columns, idx, state.x.shape[1], round)
     else:
         q = compressor.compress(state.x - state.xhat, round)
     if active is not None:
-        mask = active.to(q.values.dtype).unsqueeze(1)
-        q = Sparse(
-            q.values * mask, q.indices, q.dim, q.kept * active, q.value_bytes, q.header_bytes
-        )
+        q = replace(q.scaled_rows(active.to(q.values.dtype)), kept=q.kept * active)
     q.add_into(state.xhat)
     return q
 
 
 def add_self_contribution(state: ChocoState, q: Sparse, self_weights: torch.Tensor) -> None:
     """Step 2 for the node's own term: s_i += W_ii q_i."""
-    scaled = Sparse(
-        q.values * self_weights.to(q.values.dtype).unsqueeze(1),
-        q.indices,
-        q.dim,
-        q.kept,
-        q.value_bytes,
-        q.header_bytes,
-    )
-    scaled.add_into(state.s)
+    q.scaled_rows(self_weights).add_into(state.s)
 
 
 def mix_step(state: ChocoState, gamma: float, active: torch.Tensor | None = None) -> None:

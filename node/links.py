@@ -87,7 +87,8 @@ class Links:
                 p: {
                     "next_seq": o.next_seq,
                     "pending": [
-                        [i.seq, i.indices, i.values, i.wire_bytes, i.reset] for i in o.pending
+                        [i.seq, i.indices, i.values, i.reset, i.shared_round, i.quantum]
+                        for i in o.pending
                     ],
                 }
                 for p, o in self.out.items()
@@ -103,7 +104,8 @@ class Links:
             out = links.out[peer]
             out.next_seq = int(raw["next_seq"])
             out.pending.extend(
-                Item(int(a), b, c, float(d), bool(e)) for a, b, c, d, e in raw["pending"]
+                Item(int(seq), idx, values, bool(reset), shared, quantum)
+                for seq, idx, values, reset, shared, quantum in raw["pending"]
             )
         for peer, applied in saved["applied"].items():
             links.inbound[peer].applied = links.acked[peer] = int(applied)

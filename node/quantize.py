@@ -2,7 +2,12 @@
 
 Each row's kept values are scaled by their max magnitude onto 127 levels and rounded
 up or down at random with the probability that makes E[Q(v)] = v (stochastic rounding),
-so quantization adds variance but no bias. Wire cost: 1 byte per value + a 4-byte scale.
+so quantization adds variance but no bias. On the wire: one signed byte a value and one
+float32 quantum a row (:mod:`node.wire`).
+
+As a compressor: ‖Q(v) − v‖² ≤ k·(max|v|/127)²/4 ≤ ‖v‖²·k/(4·127²), so quantizing the
+output of a δ-contraction gives a δ(1 − k/(4·127²))-contraction in expectation
+(:func:`node.step_size.contraction`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from node.sparse import FLOAT_BYTES, Sparse
+from node.sparse import Sparse
 
 if TYPE_CHECKING:
     from node.compress import Compressor
@@ -20,13 +25,20 @@ if TYPE_CHECKING:
 LEVELS = 127
 
 
-def stochastic_quantize(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Quantize (K, k) values row-wise to 8 bits and return the dequantized values."""
+def stochastic_levels(
+    values: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, k) values → integer levels in [-127, 127] (as floats) and the (K,) quantum."""
     scale = values.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(values.dtype).tiny)
     level = values / scale * LEVELS
     noise = torch.rand(values.shape, generator=generator, dtype=values.dtype).to(values.device)
-    q = torch.floor(level + noise).clamp_(-LEVELS, LEVELS)
-    return q * scale / LEVELS
+    return torch.floor(level + noise).clamp_(-LEVELS, LEVELS), (scale / LEVELS).squeeze(1)
+
+
+def stochastic_quantize(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Quantize (K, k) values row-wise to 8 bits and return the dequantized values."""
+    levels, quantum = stochastic_levels(values, generator)
+    return levels * quantum.unsqueeze(1)
 
 
 class Quantized:
@@ -41,6 +53,8 @@ class Quantized:
         from node.compress import round_generator
 
         sparse = self.inner.compress(vectors, round)
-        values = stochastic_quantize(sparse.values, round_generator(self.seed, round, 3))
-        # Each 4-byte float becomes 1 byte; one 4-byte scale per row.
-        return replace(sparse, values=values, value_bytes=1, header_bytes=FLOAT_BYTES)
+        levels, quantum = stochastic_levels(sparse.values, round_generator(self.seed, round, 3))
+        return replace(sparse, values=levels * quantum.unsqueeze(1), quantum=quantum)
+
+    def kept_fraction(self, dim: int) -> float:
+        return self.inner.kept_fraction(dim)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import resource
 import signal
@@ -33,12 +32,12 @@ from crypto.cipher import cipher_by_name
 from crypto.identity import SiteIdentity, load_key
 from node import checkpoint
 from node.backlog import Item
-from node.compress import SharedIndexCompressor, parse_compressor
+from node.compress import SharedIndexCompressor, parse_compressor, shared_indices
 from node.config import NodeConfig, load_config
 from node.errors import ConfigError, FrameError, TransportError
 from node.faults import FaultyTransport
 from node.flat import FlatLayout
-from node.frames import FrameGuard, seal
+from node.frames import PREFIX_BYTES, FrameGuard, seal
 from node.gossip import ChocoState, add_self_contribution, auto_gamma, compress_step, mix_step
 from node.links import Links
 from node.membership import Membership
@@ -49,7 +48,7 @@ from node.site_data import load_site_data
 from node.telemetry import MqttTelemetry
 from node.trainer import BatchedTrainer, LocalTrainer, StackedData
 from node.transport import Transport
-from node.wire import decode_update, encode_update
+from node.wire import decode_update, encode_update, encoded_item_size, link_item_values
 
 if TYPE_CHECKING:
     from node.dp import DpTrainer
@@ -102,6 +101,7 @@ class Node:
             self.trainer = self.dp
         self.state = ChocoState.start(self.trainer.params, x0)
         self.compressor = parse_compressor(config.compressor, config.seed, [data.label_counts])
+        self._shared_indices = shared_indices(self.compressor, self.layout.dim)
         self.gamma = config.gamma or auto_gamma(self.compressor, self.layout.dim)
         self.links = Links(me, membership, self.state.xhat[0], weight)
         self.peer_set = set(self.links.neighbours)
@@ -148,11 +148,8 @@ class Node:
             self.config.state_dir.mkdir(parents=True, exist_ok=True)
             secret = cipher.generate()
             cipher.save(secret, path)
-        compressor, dim = self.compressor, self.layout.dim
-
-        @functools.lru_cache(maxsize=8)
-        def indices(round: int) -> torch.Tensor:
-            return compressor.indices(dim, round)
+        indices = self._shared_indices
+        assert indices is not None  # a shared-index compressor, checked above
 
         exchange = SecureExchange(
             self.identity,
@@ -171,7 +168,7 @@ class Node:
 
     async def _send_body(self, peer: str, body: bytes) -> None:
         await self.transport.send(peer, body)
-        self.bytes_sent += len(body)
+        self.bytes_sent += PREFIX_BYTES + len(body)
 
     @staticmethod
     def _check_addresses(config: NodeConfig, peers: Iterable[str], me: str) -> None:
@@ -303,7 +300,9 @@ class Node:
                     continue
                 if frame.topic != "update" or frame.sender not in self.links.inbound:
                     raise FrameError(f"unexpected {frame.topic!r} frame from {frame.sender}")
-                update = decode_update(frame.payload, self.layout.dim)
+                update = decode_update(
+                    frame.payload, self.layout.dim, self._shared_indices, frame.round
+                )
             except FrameError as exc:
                 self.rejected[exc.reason] += 1
                 self.emit("rejected", reason=exc.reason, peer=received.peer, detail=str(exc))
@@ -329,28 +328,35 @@ class Node:
             row = q.row(0)
             idx = None if row.indices is None else row.indices.reshape(-1).clone()
             for peer in self.links.neighbours:
-                values = (row.values.reshape(-1) * self.links.weight[peer]).clone()
-                self.links.out[peer].push(idx, values, float(row.wire_bytes[0]))
+                values, quantum = link_item_values(row, self.links.weight[peer])
+                self.links.out[peer].push(idx, values.clone(), row.shared_round, quantum)
         return float(stats.loss.mean())
 
-    async def _send_all(self, t: int) -> None:
+    async def _send_all(self, t: int, clock: int | None = None) -> None:
+        """Send each neighbour this round's frame: new backlog items (the whole backlog
+        when its oldest item went unacknowledged, :mod:`node.backlog`) and our ack.
+        ``clock`` is the round the backlog's resend rule counts from (default ``t``)."""
         budget = self.config.max_frame_bytes // 2
 
         async def one(peer: str) -> None:
+            link = self.links.out[peer]
             items: list[Item] = []
-            size = 0.0
-            for item in self.links.out[peer].frame():
-                if items and size + item.wire_bytes > budget:
+            size = 0
+            for item in link.frame(t if clock is None else clock):
+                item_bytes = encoded_item_size(item)
+                if items and size + item_bytes > budget:
                     break  # the rest goes next round: the receiver applies in order
                 items.append(item)
-                size += item.wire_bytes
+                size += item_bytes
             payload = encode_update(self.layout.dim, self.links.acked[peer], items)
             body = seal(self.identity, t, "update", payload)
             try:
                 await self.transport.send(peer, body)
-                self.bytes_sent += len(body)
             except TransportError as exc:
                 self.emit("send_failed", peer=peer, round=t, detail=str(exc))
+                return
+            self.bytes_sent += PREFIX_BYTES + len(body)
+            link.mark_sent(items, t if clock is None else clock)
 
         await asyncio.gather(*(one(p) for p in self.links.neighbours))
 
@@ -576,7 +582,9 @@ class Node:
         """Keep answering for a while so neighbours still finishing get our last frames."""
         end = asyncio.get_running_loop().time() + 2 * self.config.deadline_s
         last = self.config.rounds - 1
+        clock = last
         while asyncio.get_running_loop().time() < end and not self._stop.is_set():
+            clock += 1
             if self.secure is not None:
                 # Receipts close the neighbours' last rounds; our own close with theirs. We
                 # stay until each live neighbour acknowledges our verdicts: a last receipt
@@ -588,11 +596,14 @@ class Node:
                 pending = any(box.pending for box in self.secure.outbox.values())
                 unresolved = pending or bool(unacked)
             else:
-                await self._send_all(last)
                 unresolved = False
             behind = [p for p in self.links.neighbours if self.links.heard[p] < last]
             if not behind and not unresolved:
                 return
+            if self.secure is None:
+                # A neighbour still behind waits for our frames; what it lost goes again
+                # on the backlog's own schedule, one linger step counting as a round.
+                await self._send_all(last, clock=clock)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.5)
 

@@ -1,8 +1,10 @@
-"""``Sparse``: a batch of compressed update vectors and what they cost on the wire.
+"""``Sparse``: a batch of compressed update vectors, as a node holds them before encoding.
 
 Rows are nodes (K = 1 on a site, K = N in the in-process simulator). Indices are either
 per-row (top-k: they must be sent) or shared by every row (rand-k, block-k: every node
-derives them from the public round seed, so they cost nothing and reveal nothing).
+derives them from the public round seed, so they cost nothing and reveal nothing; the
+codec sends only the round they belong to). What a row costs on the wire is not stored
+here: :mod:`node.wire` sizes the frame that carries it.
 """
 
 from __future__ import annotations
@@ -10,9 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-
-FLOAT_BYTES = 4
-INDEX_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -22,22 +21,18 @@ class Sparse:
     ``values`` is (K, k). ``indices`` is (K, k) for per-row index sets, (k,) when shared,
     or None for a dense vector (then k = dim). ``kept`` is (K,) how many values each row
     really sends (top-k:adaptive keeps fewer than k in some rows, the rest are zero).
-    ``value_bytes`` is 4 for float32 values, 1 after 8-bit quantization (plus a 4-byte
-    scale per row, ``header_bytes``).
+    ``quantum`` is (K,) for 8-bit quantized rows: every value is an integer level in
+    [-127, 127] times its row's quantum, which is what the codec sends (one byte a value
+    and one float32 a row). ``shared_round`` is the round whose public seed gave shared
+    indices.
     """
 
     values: torch.Tensor
     indices: torch.Tensor | None
     dim: int
     kept: torch.Tensor
-    value_bytes: int = FLOAT_BYTES
-    header_bytes: int = 0
-
-    @property
-    def wire_bytes(self) -> torch.Tensor:
-        """(K,) payload bytes of each row: values, per-row indices, header."""
-        per_value = self.value_bytes + (0 if self.shared else INDEX_BYTES)
-        return self.kept.to(torch.float64) * per_value + self.header_bytes
+    quantum: torch.Tensor | None = None
+    shared_round: int | None = None
 
     @property
     def rows(self) -> int:
@@ -69,7 +64,17 @@ class Sparse:
         idx = self.indices
         if idx is not None and idx.dim() == 2:
             idx = idx[r : r + 1]
-        return replace(self, values=self.values[r : r + 1], indices=idx, kept=self.kept[r : r + 1])
+        quantum = None if self.quantum is None else self.quantum[r : r + 1]
+        return replace(
+            self,
+            values=self.values[r : r + 1],
+            indices=idx,
+            kept=self.kept[r : r + 1],
+            quantum=quantum,
+        )
 
-    def scaled(self, factor: float) -> Sparse:
-        return replace(self, values=self.values * factor)
+    def scaled_rows(self, factors: torch.Tensor) -> Sparse:
+        """Row r times ``factors[r]`` (its quantum too, so levels stay integers)."""
+        column = factors.to(self.values.dtype).unsqueeze(1)
+        quantum = None if self.quantum is None else self.quantum * factors.to(self.quantum.dtype)
+        return replace(self, values=self.values * column, quantum=quantum)

@@ -1,14 +1,22 @@
-"""The payload of an ``update`` frame: backlog items for one link plus an acknowledgement.
+"""The payload of an ``update`` frame — backlog items for one link plus an acknowledgement —
+and its exact size, the one source of the byte counts a node and both simulators report.
 
-``{"dim": d, "ack": n, "items": [[seq, indices | nil, values, reset], ...]}`` with indices
-as little-endian int32 bytes, values as little-endian float32 bytes and ``reset`` true for
-a dense item that replaces the link's total (:mod:`node.backlog`). Everything is
-validated (types, lengths, index range, finite values) before a single value is applied,
-so a bad payload changes nothing.
+``{"dim": d, "ack": n, "items": [[seq, index, values, reset], ...]}`` where ``index`` is
+nil for a dense item, the int32 little-endian bytes of explicit indices (top-k), or the
+round whose public seed drew a shared index set (rand-k, block-k: the receiver draws the
+same set, so no index is sent); ``values`` is float32 little-endian bytes, or for 8-bit
+quantized items ``[quantum, levels]`` with one float32 quantum and one signed byte a
+value. ``reset`` is true for a dense item that replaces the link's total
+(:mod:`node.backlog`). Everything is validated (types, lengths, index range, rounds,
+finite values) before a single value is applied, so a bad payload changes nothing.
+
+:func:`payload_size` and :func:`item_size` give the encoded length without encoding;
+``tests/test_wire.py`` pins them to ``len(encode_update(...))``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
@@ -17,8 +25,13 @@ import torch
 
 from node.backlog import Item
 from node.errors import MalformedFrameError
+from node.msgsize import BOOL, NIL, N, array_header, bin_size, int_size, map_header, str_size
+from node.sparse import Sparse
 
 MAX_ITEMS = 4096
+LEVELS = 127
+
+SharedIndices = Callable[[int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -28,18 +41,37 @@ class Update:
     items: list[Item]
 
 
+def _index_field(item: Item) -> bytes | int | None:
+    if item.indices is None:
+        return None
+    if item.shared_round is not None:
+        return item.shared_round
+    return item.indices.to(torch.int32).numpy().astype("<i4").tobytes()
+
+
+def _values_field(item: Item) -> bytes | list[bytes]:
+    values = item.values.detach().to("cpu", torch.float32)
+    if item.quantum is None:
+        return values.numpy().astype("<f4").tobytes()
+    levels = torch.round(values / item.quantum).clamp_(-LEVELS, LEVELS).to(torch.int8)
+    return [np.float32(item.quantum).astype("<f4").tobytes(), levels.numpy().tobytes()]
+
+
 def encode_update(dim: int, ack: int, items: list[Item]) -> bytes:
-    packed = []
-    for item in items:
-        idx = None if item.indices is None else item.indices.to(torch.int32).numpy().tobytes()
-        values = item.values.to(torch.float32).numpy().tobytes()
-        packed.append([item.seq, idx, values, item.reset])
+    packed = [[i.seq, _index_field(i), _values_field(i), i.reset] for i in items]
     out: bytes = msgpack.packb({"dim": dim, "ack": ack, "items": packed})
     return out
 
 
-def decode_update(payload: bytes, dim: int) -> Update:
-    """Parse and validate an update for a model of ``dim`` parameters."""
+def decode_update(
+    payload: bytes,
+    dim: int,
+    shared_indices: SharedIndices | None = None,
+    max_round: int | None = None,
+) -> Update:
+    """Parse and validate an update for a model of ``dim`` parameters. Items with shared
+    indices get them from ``shared_indices(round)``; their round may not pass
+    ``max_round`` (the frame's own, signed round)."""
     try:
         msg = msgpack.unpackb(
             payload, raw=False, max_array_len=MAX_ITEMS, max_map_len=8, max_ext_len=0
@@ -55,34 +87,143 @@ def decode_update(payload: bytes, dim: int) -> Update:
         raise MalformedFrameError("ack must be an integer ≥ -1")
     if not isinstance(msg["items"], list):
         raise MalformedFrameError("items must be a list")
-    items = [_item(raw, dim) for raw in msg["items"]]
+    items = [_item(raw, dim, shared_indices, max_round) for raw in msg["items"]]
     return Update(dim, ack, items)
 
 
-def _item(raw: object, dim: int) -> Item:
+def _values(raw: object) -> tuple[np.ndarray, float | None]:
+    if isinstance(raw, bytes):
+        if len(raw) % 4:
+            raise MalformedFrameError("item values must be float32 bytes")
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32), None
+    if (
+        not isinstance(raw, list)
+        or len(raw) != 2
+        or not isinstance(raw[0], bytes)
+        or len(raw[0]) != 4
+        or not isinstance(raw[1], bytes)
+    ):
+        raise MalformedFrameError("8-bit item values are [float32 quantum, int8 levels]")
+    quantum = float(np.frombuffer(raw[0], dtype="<f4")[0])
+    if not np.isfinite(quantum) or quantum < 0:
+        raise MalformedFrameError("8-bit item quantum must be finite and non-negative")
+    levels = np.frombuffer(raw[1], dtype=np.int8)
+    if len(levels) and int(levels.min()) < -LEVELS:
+        raise MalformedFrameError(f"8-bit item levels lie in [-{LEVELS}, {LEVELS}]")
+    q = np.float32(quantum)
+    return levels.astype(np.float32) * q, quantum
+
+
+def _item(
+    raw: object, dim: int, shared_indices: SharedIndices | None, max_round: int | None
+) -> Item:
     if not isinstance(raw, list) or len(raw) != 4:
-        raise MalformedFrameError("an item is [seq, indices, values, reset]")
-    seq, idx_bytes, value_bytes, reset = raw
-    if not isinstance(reset, bool) or (reset and idx_bytes is not None):
+        raise MalformedFrameError("an item is [seq, index, values, reset]")
+    seq, index, value_field, reset = raw
+    if not isinstance(reset, bool) or (reset and index is not None):
         raise MalformedFrameError("item reset must be a boolean, and reset items are dense")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise MalformedFrameError("item seq must be a non-negative integer")
-    if not isinstance(value_bytes, bytes) or len(value_bytes) % 4:
-        raise MalformedFrameError("item values must be float32 bytes")
-    values = np.frombuffer(value_bytes, dtype="<f4")
+    values, quantum = _values(value_field)
+    if reset and quantum is not None:
+        raise MalformedFrameError("reset items carry float32 values")
     if not np.isfinite(values).all():
         raise MalformedFrameError("item values must be finite")
     indices: torch.Tensor | None
-    if idx_bytes is None:
+    shared_round: int | None = None
+    if index is None:
         if len(values) != dim:
             raise MalformedFrameError(f"a dense item has {dim} values, got {len(values)}")
         indices = None
+    elif isinstance(index, int) and not isinstance(index, bool):
+        if shared_indices is None:
+            raise MalformedFrameError("a shared-index item, but our compressor draws none")
+        if index < 0 or (max_round is not None and index > max_round):
+            raise MalformedFrameError(f"shared-index round {index} outside [0, {max_round}]")
+        indices = shared_indices(index)
+        shared_round = index
+        if len(indices) != len(values):
+            raise MalformedFrameError(
+                f"round {index} draws {len(indices)} indices, the item has {len(values)} values"
+            )
     else:
-        if not isinstance(idx_bytes, bytes) or len(idx_bytes) != 4 * len(values):
+        if not isinstance(index, bytes) or len(index) != 4 * len(values):
             raise MalformedFrameError("item indices must be one int32 per value")
-        idx = np.frombuffer(idx_bytes, dtype="<i4")
+        idx = np.frombuffer(index, dtype="<i4")
         if len(idx) and (idx.min() < 0 or idx.max() >= dim):
             raise MalformedFrameError(f"item indices outside [0, {dim})")
         indices = torch.from_numpy(idx.astype(np.int64))
-    tensor = torch.from_numpy(values.copy())
-    return Item(seq, indices, tensor, float(len(value_bytes) + len(idx_bytes or b"")), reset)
+    return Item(seq, indices, torch.from_numpy(values), reset, shared_round, quantum)
+
+
+def link_item_values(row: Sparse, weight: float) -> tuple[torch.Tensor, float | None]:
+    """W_ij times a one-row compressed update, as the receiver will decode it: for 8-bit
+    rows the weighted quantum (a float32) times the integer levels, so sender and
+    receiver add the very same floats."""
+    values = row.values.reshape(-1).detach()
+    if row.quantum is None:
+        return values * weight, None
+    step = float(row.quantum.reshape(-1)[0])
+    levels = torch.round(values / step) if step > 0 else torch.zeros_like(values)
+    quantum = float(np.float32(step * weight))
+    return levels * quantum, quantum
+
+
+# -- sizes ------------------------------------------------------------------------------
+
+
+def values_size(count: N, quantized: bool) -> N:
+    """Encoded bytes of an item's ``values`` field holding ``count`` values."""
+    if quantized:
+        return array_header(2) + bin_size(4) + bin_size(count)
+    return bin_size(4 * count)
+
+
+def index_size(count: N, kind: str, shared_round: int = 0) -> N:
+    """Encoded bytes of an item's ``index`` field: ``dense``, ``explicit`` or ``shared``."""
+    if kind == "dense":
+        return count * 0 + NIL
+    if kind == "shared":
+        return count * 0 + int_size(shared_round)
+    return bin_size(4 * count)
+
+
+def item_size(seq: N, count: N, kind: str, quantized: bool, shared_round: int = 0) -> N:
+    """Encoded bytes of one ``[seq, index, values, reset]`` item."""
+    return (
+        array_header(4)
+        + int_size(seq)
+        + index_size(count, kind, shared_round)
+        + values_size(count, quantized)
+        + BOOL
+    )
+
+
+def index_kind(item: Item) -> str:
+    if item.indices is None:
+        return "dense"
+    return "shared" if item.shared_round is not None else "explicit"
+
+
+def encoded_item_size(item: Item) -> int:
+    return item_size(
+        item.seq,
+        int(item.values.numel()),
+        index_kind(item),
+        item.quantum is not None,
+        item.shared_round or 0,
+    )
+
+
+def payload_size(dim: int, ack: N, items_bytes: N, n_items: N) -> N:
+    """Encoded bytes of an update payload whose items take ``items_bytes`` together."""
+    return (
+        map_header(3)
+        + str_size(3)
+        + int_size(dim)
+        + str_size(3)
+        + int_size(ack)
+        + str_size(5)
+        + array_header(n_items)
+        + items_bytes
+    )

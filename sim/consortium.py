@@ -9,6 +9,7 @@ as in the in-process simulator.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,11 +88,12 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
     paths = []
     for i, identity in enumerate(identities):
         node_dir = out / f"node-{i}"
-        node_dir.mkdir(exist_ok=True)
-        key = node_dir / "site.key"
-        if key.exists():
-            key.unlink()
-        write_key(key, identity)
+        if node_dir.exists():
+            # A new consortium (new keys): a checkpoint or log of an earlier run in the
+            # same directory would be resumed or read as this one's.
+            shutil.rmtree(node_dir)
+        node_dir.mkdir()
+        write_key(node_dir / "site.key", identity)
         x, y = data.train[i]
         save_shard(node_dir / "data.npz", x, y, data.n_classes)
         me = members[i]

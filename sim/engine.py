@@ -32,7 +32,7 @@ from node.privacy import DpConfig, for_sites
 from node.trainer import BatchedTrainer, LocalTrainer, StackedData, TrainConfig
 from sim.faults import FaultConfig, FaultModel
 from sim.metrics import accuracy, auc
-from sim.network import SimNetwork
+from sim.network import SimNetwork, dense_frame_bytes
 from sim.prep import FederatedData
 from sim.secure_network import SecureSimNetwork
 from topology import MatchingSchedule, StaticTopology
@@ -200,7 +200,7 @@ class Simulation:
                 with torch.no_grad():
                     average = (sizes.unsqueeze(1) * trainer.params).sum(0) / sizes.sum()
                     trainer.params.copy_(average.expand_as(trainer.params))
-                sent += 4.0 * self.layout.dim  # each node uploads its model once per round
+                sent += dense_frame_bytes(self.layout.dim, t)  # each node uploads its model
             if self._due(t):
                 self._record(result, trainer, t, sent)
             if tick:
@@ -240,7 +240,7 @@ class Simulation:
                 q = compress_step(state, compressor, t, active)
                 add_self_contribution(state, q, network.self_weight)
                 if secure is None:
-                    traffic = network.exchange(q, state.s, working, alive)
+                    traffic = network.exchange(q, state.s, working, alive, t)
                 else:
                     assert q.indices is not None and q.indices.dim() == 1
                     traffic = secure.exchange(state.xhat, state.s, q.indices, t, working, alive)
@@ -293,7 +293,7 @@ class Simulation:
             with torch.no_grad():
                 trainer.params.copy_(w @ trainer.params)
             degree = float((w > 0).sum() - self.n) / self.n
-            sent += degree * 4.0 * self.layout.dim
+            sent += degree * dense_frame_bytes(self.layout.dim, t)
             if self._due(t):
                 self._record(result, trainer, t, sent)
             if tick:

@@ -3,8 +3,14 @@
 Every directed edge j→i carries W_ij q_j each round. Frames that make the deadline on a
 link with an empty backlog take a vectorised fast path (one sparse product for all of
 them); every other link goes through :mod:`node.backlog`, exactly as a real site would:
-numbered items, retransmitted until applied, applied once and in order. Bytes are
-counted for every frame put on the wire, retransmissions and lost frames included.
+numbered items, sent once, resent when unacknowledged, applied once and in order.
+
+Bytes are those of the frames a node would put on the wire for the same traffic —
+length prefix, signed envelope, item headers, values, indices (none for shared-index
+compressors: the round is sent instead), the acknowledgement — sized by the codec's own
+functions (:mod:`node.wire`, :mod:`node.frames`), for every frame sent, retransmissions
+and lost frames included. Acknowledgements are delivered with the frame here; on a node
+they ride on the next frame, which the backlog's resend rule allows for.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from crypto.identity import PEER_ID_CHARS
 from node.backlog import InboundLink, OutboundLink
+from node.frames import frame_size
 from node.sparse import Sparse
+from node.wire import encoded_item_size, item_size, link_item_values, payload_size
 from sim.faults import FaultModel
 
 
@@ -27,6 +36,19 @@ class Traffic:
     missed: int
     round_ms: float
     backlog_items: int
+
+
+def update_frame_bytes(dim: int, round: int, ack: int, items_bytes: int, n_items: int) -> int:
+    """Wire bytes of one node's ``update`` frame (what :class:`node.runtime.Node` sends)."""
+    payload = payload_size(dim, ack, items_bytes, n_items)
+    return int(frame_size(PEER_ID_CHARS, round, "update", payload))
+
+
+def dense_frame_bytes(dim: int, round: int) -> int:
+    """Wire bytes of a frame carrying one whole model (dense references: FedAvg's upload,
+    time-varying D-PSGD), in the node's codec."""
+    items = item_size(round, dim, "dense", False)
+    return update_frame_bytes(dim, round, round - 1, items, 1)
 
 
 class SimNetwork:
@@ -43,6 +65,9 @@ class SimNetwork:
         self.src = src.astype(np.int64)
         self.dst = dst.astype(np.int64)
         self.w = off[dst, src]
+        pairs = list(zip(self.src.tolist(), self.dst.tolist(), strict=True))
+        edge = {pair: e for e, pair in enumerate(pairs)}
+        self.reverse = np.array([edge[(i, j)] for j, i in pairs], dtype=np.int64)
         self.self_weight = torch.tensor(np.diag(weights).copy(), dtype=torch.float64, device=device)
         self.faults = faults
         self.device = device
@@ -52,10 +77,6 @@ class SimNetwork:
         self.outbound = [OutboundLink() for _ in range(len(src))]
         self.inbound = [InboundLink() for _ in range(len(src))]
         self.has_backlog = np.zeros(len(src), dtype=bool)
-
-    @property
-    def degree(self) -> NDArray[np.int64]:
-        return np.bincount(self.src, minlength=self.n)
 
     def _mixing(self, edges: NDArray[np.bool_]) -> torch.Tensor:
         """Sparse N×N matrix with W_ij at (i, j) for the chosen edges."""
@@ -84,8 +105,24 @@ class SimNetwork:
             0, flat_index.reshape(-1), (w.unsqueeze(1) * q.values[src]).reshape(-1)
         )
 
+    def _fast_bytes(
+        self, q: Sparse, round: int, edges: NDArray[np.int64], acks: NDArray[np.int64]
+    ) -> NDArray[np.int64]:
+        """Wire bytes of the one-item frames on ``edges`` (vectorised over edges)."""
+        seq = np.array([self.outbound[e].next_seq for e in edges], dtype=np.int64)
+        count = q.kept.cpu().numpy().astype(np.int64)[self.src[edges]]
+        kind = "dense" if q.indices is None else ("shared" if q.shared else "explicit")
+        items = item_size(seq, count, kind, q.quantum is not None, q.shared_round or 0)
+        payload = payload_size(q.dim, acks, items, np.ones_like(seq))
+        return frame_size(PEER_ID_CHARS, np.full_like(seq, round), "update", payload)
+
     def exchange(
-        self, q: Sparse, s: torch.Tensor, working: NDArray[np.bool_], alive: NDArray[np.bool_]
+        self,
+        q: Sparse,
+        s: torch.Tensor,
+        working: NDArray[np.bool_],
+        alive: NDArray[np.bool_],
+        round: int,
     ) -> Traffic:
         """Send this round's q (rows of non-working nodes are ignored) and fold arrivals into s."""
         if self.faults is not None:
@@ -95,20 +132,33 @@ class SimNetwork:
         fresh = working[self.src]
         sending = alive[self.src] & (fresh | self.has_backlog)
         fast = sending & fresh & on_time & ~self.has_backlog
-        wire = q.wire_bytes.cpu().numpy()
-        bytes_sent = np.bincount(
-            self.src[fast], weights=wire[self.src[fast]], minlength=self.n
-        ).astype(np.float64)
+        # The ack on j→i is what j has applied of i's items when the round starts.
+        acks = np.array([link.applied for link in self.inbound], dtype=np.int64)[self.reverse]
+        bytes_sent = np.zeros(self.n)
+        fast_edges = np.flatnonzero(fast)
+        if len(fast_edges):
+            frames = self._fast_bytes(q, round, fast_edges, acks[fast_edges])
+            np.add.at(bytes_sent, self.src[fast_edges], frames.astype(np.float64))
+            for e in fast_edges:  # sent and applied, as on a node: numbering moves on
+                self.outbound[e].next_seq += 1
+                self.inbound[e].applied += 1
         self._fast(q, s, fast)
         for e in np.flatnonzero(sending & ~fast):
             j, i = int(self.src[e]), int(self.dst[e])
             link = self.outbound[e]
             if fresh[e]:
-                row_idx = None if q.indices is None else (q.indices if q.shared else q.indices[j])
-                link.push(row_idx, float(self.w[e]) * q.values[j].clone(), float(wire[j]))
-            bytes_sent[j] += link.backlog_bytes
+                row = q.row(j)
+                idx = None if row.indices is None else row.indices.reshape(-1)
+                values, quantum = link_item_values(row, float(self.w[e]))
+                if idx is not None:
+                    idx = idx.to(s.device)
+                link.push(idx, values.to(s.device, s.dtype), row.shared_round, quantum)
+            items = link.frame(round)
+            size = sum(encoded_item_size(item) for item in items)
+            bytes_sent[j] += update_frame_bytes(q.dim, round, int(acks[e]), size, len(items))
+            link.mark_sent(items, round)
             if on_time[e]:
-                link.ack(self.inbound[e].accept(link.frame(), s[i]))
+                link.ack(self.inbound[e].accept(items, s[i]))
             self.has_backlog[e] = bool(link.pending)
         return Traffic(
             bytes_sent=bytes_sent,
@@ -124,5 +174,5 @@ class SimNetwork:
         """Deliver every backlog (used by tests and at the end of a run to check consistency)."""
         for e in np.flatnonzero(self.has_backlog):
             link = self.outbound[e]
-            link.ack(self.inbound[e].accept(link.frame(), s[int(self.dst[e])]))
+            link.ack(self.inbound[e].accept(list(link.pending), s[int(self.dst[e])]))
             self.has_backlog[e] = bool(link.pending)

@@ -12,21 +12,24 @@ Faults use the same seeded model as the plaintext network: each contribution (j 
 each forward (a → i) is one frame that can be dropped or miss the deadline. Receipts are
 delivered at once here; on a real site they are frames too and a lost one only delays a
 correction. Bytes counted are the sealed envelopes and contributor records sent between
-different sites, and the receipts.
+different sites, and the receipts, each as the node's whole frame (envelope, signature,
+payload fields) sized by the codec; a node's extra receipts while it waits are not.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
-import msgpack
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from crypto.cipher import Cipher, PublicKey, Sealed, SecretKey, open_envelope
-from crypto.identity import SiteIdentity
+from crypto.identity import PEER_ID_CHARS, SiteIdentity
+from node.frames import frame_size
 from node.outbox import Outbox
+from node.sealed_wire import pack
 from node.secure import pick_aggregator, sign_contributors, verify_contributors
 from sim.faults import FaultModel
 from sim.network import Traffic
@@ -97,7 +100,8 @@ class SecureSimNetwork:
                 self.cipher_seconds["encrypt"] += time.perf_counter() - began
                 data = sealed.to_bytes()
                 if j != a:
-                    bytes_sent[j] += len(data)
+                    contrib = {"to": self.identities[i].peer_id, "sealed": data}
+                    bytes_sent[j] += self._frame(round, "contrib", contrib)
                     ok = bool(on_time[hop])
                     hop += 1
                 else:
@@ -109,8 +113,9 @@ class SecureSimNetwork:
             )
             for j in contributors:
                 self.outbox[(j, i)].resolve(round, j in included)
-                receipt: bytes = msgpack.packb([[round, j in included]])
-                bytes_sent[i] += len(receipt)
+            for j in self.neighbours[i]:
+                receipt = self._receipt(j, round, j in included)
+                bytes_sent[i] += self._frame(round, "receipt", receipt)
             delivered += len(included)
             missed += len(contributors) - len(included)
         return Traffic(
@@ -149,7 +154,8 @@ class SecureSimNetwork:
             data,
         )
         self.cipher_seconds["aggregate"] += time.perf_counter() - began
-        bytes_sent[a] += len(data) + len(record.message()) + len(record.signature)
+        body = {"bitmap": record.bitmap, "digest": record.sum_digest, "sig": record.signature}
+        bytes_sent[a] += self._frame(round, "sum", {**body, "sealed": data})
         if not forward_ok:
             return set()
         began = time.perf_counter()
@@ -161,6 +167,24 @@ class SecureSimNetwork:
         self.cipher_seconds["decrypt"] += time.perf_counter() - began
         s[i, idx.to(s.device)] += torch.from_numpy(values).to(s.device, s.dtype)
         return set(arrived)
+
+    @staticmethod
+    def _frame(round: int, topic: str, fields: dict[str, Any]) -> int:
+        """Wire bytes of the node's frame with this payload (:mod:`node.sealed_wire`)."""
+        return int(frame_size(PEER_ID_CHARS, round, topic, len(pack(fields))))
+
+    def _receipt(self, j: int, round: int, included: bool) -> dict[str, Any]:
+        """The receipt a site sends neighbour j each round, in the node's form (one a round
+        here; a node also sends them while it waits, and resends unacknowledged verdicts)."""
+        return {
+            "included": [round] if included else [],
+            "through": round,
+            "ack": round - 1,
+            "key": self.public[j].key_id,
+            "absent": [],
+            "ready": True,
+            "waiting": False,
+        }
 
     def _deliveries(
         self, hops: list[tuple[int, int]], alive: NDArray[np.bool_]

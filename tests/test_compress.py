@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from node.compress import AdaptiveTopK, parse_compressor
+from node.compress import AdaptiveTopK, BlockK, parse_compressor
 from node.errors import UnknownCompressorError
 from node.quantize import stochastic_quantize
 
@@ -43,7 +43,7 @@ def test_shared_seed_gives_identical_indices_on_every_node(spec: str) -> None:
         assert qa.indices is not None and qb.indices is not None
         assert torch.equal(qa.indices, qb.indices)
     assert not torch.equal(a.compress(x, 0).indices, a.compress(x, 1).indices)  # type: ignore[arg-type]
-    assert a.compress(x, 0).wire_bytes[0] == 4 * a.compress(x, 0).values.shape[1]  # no index bytes
+    assert a.compress(x, 3).shared_round == 3  # the codec sends this round, not the indices
 
 
 def test_quantizer_is_unbiased() -> None:
@@ -56,12 +56,12 @@ def test_quantizer_is_unbiased() -> None:
     assert (single - values).abs().max() <= scale + 1e-12
 
 
-def test_q8_wire_bytes() -> None:
-    x = torch.randn(2, 1000)
-    plain = parse_compressor("top-k:0.1").compress(x, 0)
-    q8 = parse_compressor("top-k:0.1+q8").compress(x, 0)
-    assert float(plain.wire_bytes[0]) == 100 * 8
-    assert float(q8.wire_bytes[0]) == 100 * (1 + 4) + 4
+def test_q8_values_are_integer_levels_of_a_row_quantum() -> None:
+    q8 = parse_compressor("top-k:0.1+q8").compress(torch.randn(2, 1000), 0)
+    assert q8.quantum is not None
+    levels = q8.values / q8.quantum.unsqueeze(1)
+    torch.testing.assert_close(levels, levels.round())
+    assert float(levels.abs().max()) <= 127
 
 
 def test_adaptive_top_k_follows_label_entropy() -> None:
@@ -79,3 +79,22 @@ def test_adaptive_top_k_follows_label_entropy() -> None:
 def test_bad_compressor_specs(spec: str) -> None:
     with pytest.raises(UnknownCompressorError):
         parse_compressor(spec)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "dim", "block"), [(0.1, 1058, 16), (0.01, 1058, 2), (0.01, 5_000_000, 4096)]
+)
+def test_block_size_follows_dimension_and_packing(fraction: float, dim: int, block: int) -> None:
+    """Blocks leave at least four a round, are powers of two, and stop at 4,096 slots."""
+    comp = parse_compressor(f"block-k:{fraction}")
+    assert isinstance(comp, BlockK)
+    assert comp.block_for(dim) == block
+    assert abs(comp.kept_fraction(dim) - fraction) <= 0.15 * fraction  # half a block of four
+
+
+def test_block_k_fractions_differ_on_a_small_model() -> None:
+    """With fixed 256-blocks a 1,058-parameter model kept one block (24%) at 5% and at 10%."""
+    dim = 1058
+    kept = [parse_compressor(f"block-k:{f}").kept_fraction(dim) for f in (0.05, 0.1)]
+    assert kept[0] < kept[1]
+    assert parse_compressor("block-k:0.1:256").kept_fraction(dim) == pytest.approx(1 / 5)

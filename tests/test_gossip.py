@@ -34,7 +34,7 @@ def _gossip(
     for t in range(rounds):
         q = compress_step(state, comp, t)
         add_self_contribution(state, q, net.self_weight)
-        net.exchange(q, state.s, up, up)
+        net.exchange(q, state.s, up, up, t)
         mix_step(state, gamma)
         errors.append(float(((state.x - mean) ** 2).sum()))
     return state, net, errors
@@ -54,7 +54,7 @@ def test_choco_identity_gamma_one_equals_dense_dpsgd() -> None:
         reference += drift
         q = compress_step(state, Identity(), t)
         add_self_contribution(state, q, net.self_weight.double())
-        net.exchange(q, state.s, up, up)
+        net.exchange(q, state.s, up, up, t)
         mix_step(state, 1.0)
         reference = wt @ reference
         assert torch.allclose(state.x, reference, atol=1e-10)
@@ -90,7 +90,7 @@ def test_backlog_keeps_every_running_sum_exact_under_drops() -> None:
         state.x.add_(0.1 * torch.randn(n, 40, dtype=torch.float64))
         q = compress_step(state, comp, t)
         add_self_contribution(state, q, net.self_weight.double())
-        missed += net.exchange(q, state.s, up, up).missed
+        missed += net.exchange(q, state.s, up, up, t).missed
         mix_step(state, 0.3)
     assert missed > 50  # the fault model really dropped frames
     expected = torch.from_numpy(w) @ state.xhat

@@ -1,0 +1,116 @@
+"""The update codec: exact sizes (the simulator's byte counts), round trips, rejections."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crypto.identity import PEER_ID_CHARS, SiteIdentity
+from node.backlog import Item
+from node.errors import MalformedFrameError
+from node.frames import frame_size, length_prefix, seal
+from node.wire import decode_update, encode_update, encoded_item_size, payload_size
+
+DIM = 300
+
+
+def _shared(round: int) -> torch.Tensor:
+    return torch.arange(round % 7, DIM, 7)[: 10 + round % 5]
+
+
+@st.composite
+def items(draw: st.DrawFn) -> Item:
+    seq = draw(st.integers(0, 2**40))
+    kind = draw(st.sampled_from(["dense", "explicit", "shared", "reset"]))
+    quantized = kind != "reset" and draw(st.booleans())
+    shared_round = None
+    if kind in ("dense", "reset"):
+        indices = None
+        count = DIM
+    elif kind == "shared":
+        shared_round = draw(st.integers(0, 70_000))
+        indices = _shared(shared_round)
+        count = len(indices)
+    else:
+        count = draw(st.integers(0, 40))
+        indices = torch.tensor(
+            draw(st.lists(st.integers(0, DIM - 1), min_size=count, max_size=count))
+        )
+    quantum = draw(st.floats(2.0**-20, 10.0, width=32)) if quantized else None
+    if quantum is not None:
+        ints = draw(st.lists(st.integers(-127, 127), min_size=count, max_size=count))
+        values = torch.tensor(ints, dtype=torch.float32) * float(np.float32(quantum))
+    else:
+        raw = draw(st.lists(st.floats(-1e6, 1e6, width=32), min_size=count, max_size=count))
+        values = torch.tensor(raw, dtype=torch.float32)
+    return Item(seq, indices, values, kind == "reset", shared_round, quantum)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(items(), max_size=4), st.integers(-1, 2**33))
+def test_payload_size_is_the_encoded_length(batch: list[Item], ack: int) -> None:
+    payload = encode_update(DIM, ack, batch)
+    total = sum(encoded_item_size(item) for item in batch)
+    assert payload_size(DIM, ack, total, len(batch)) == len(payload)
+    decoded = decode_update(payload, DIM, _shared, max_round=70_000)
+    assert decoded.ack == ack
+    for sent, got in zip(batch, decoded.items, strict=True):
+        assert (got.seq, got.reset, got.shared_round) == (sent.seq, sent.reset, sent.shared_round)
+        assert torch.equal(got.values, sent.values)  # 8-bit values too: bit for bit
+        if sent.indices is None:
+            assert got.indices is None
+        else:
+            assert got.indices is not None and torch.equal(got.indices, sent.indices)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(0, 2**40),
+    st.sampled_from(["update", "receipt", "sum", "key"]),
+    st.binary(max_size=70_000),
+)
+def test_frame_size_is_the_sealed_length(round: int, topic: str, payload: bytes) -> None:
+    identity = SiteIdentity.generate()
+    assert len(identity.peer_id) == PEER_ID_CHARS
+    body = seal(identity, round, topic, payload)
+    assert frame_size(PEER_ID_CHARS, round, topic, len(payload)) == len(length_prefix(body) + body)
+
+
+def test_shared_indices_and_q8_cost_what_they_should() -> None:
+    """Shared-index items send their round, not their indices; 8-bit items one byte a
+    value plus a float32 quantum."""
+    idx = _shared(3)
+    k = len(idx)
+    values = torch.ones(k)
+    explicit = encoded_item_size(Item(0, idx, values))
+    shared = encoded_item_size(Item(0, idx, values, shared_round=3))
+    q8 = encoded_item_size(Item(0, idx, values, shared_round=3, quantum=1.0))
+    assert explicit - shared == 4 * k + 1  # the int32 indices and their bin header, less the round
+    assert shared - q8 == 3 * k - 7  # 4k float32 bytes → k levels + [4-byte quantum] framing
+
+
+@pytest.mark.parametrize(
+    ("item", "match"),
+    [
+        ([0, 5, b"\x00" * 4, False], "outside"),  # a round past the frame's own
+        ([0, 1, b"\x00" * 4, False], "draws"),  # count mismatch with the round's set
+        ([0, None, [b"\x00\x00\xc0\x7f", b"\x01" * DIM], False], "finite"),  # NaN quantum
+        ([0, None, [b"\x00\x00\x80\x3f", b"\x80" + b"\x01" * (DIM - 1)], False], "levels"),
+        ([0, None, [b"\x00\x00\x80\x3f", b"\x01" * DIM], True], "reset items carry float32"),
+        ([0, None, [b"\x00\x00\x80\x3f"], False], r"\[float32 quantum, int8 levels\]"),
+    ],
+)
+def test_bad_items_are_malformed(item: list[object], match: str) -> None:
+    payload = msgpack.packb({"dim": DIM, "ack": -1, "items": [item]})
+    with pytest.raises(MalformedFrameError, match=match):
+        decode_update(payload, DIM, _shared, max_round=3)
+
+
+def test_shared_item_without_a_shared_compressor_is_malformed() -> None:
+    payload = msgpack.packb({"dim": DIM, "ack": -1, "items": [[0, 0, b"", False]]})
+    with pytest.raises(MalformedFrameError, match="draws none"):
+        decode_update(payload, DIM, None, max_round=3)
