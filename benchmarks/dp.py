@@ -49,8 +49,8 @@ MODELS = ("logistic", "mlp:32")
 SEEDS = (0, 1, 2)
 COMPRESSOR = "block-k:0.1"
 ABLATIONS = {
-    "equal weights, all 200 rounds": replace(DP, weight="equal", rounds=None),
-    "records, all 200 rounds": replace(DP, rounds=None),
+    "equal weights, all 200 rounds": replace(DP, weight="equal", rounds=200),
+    "records, all 200 rounds": replace(DP, rounds=200),
     "equal weights, 30 rounds": replace(DP, weight="equal"),
 }
 
@@ -96,7 +96,7 @@ def overhead(steps: int = 200, blocks: int = 5) -> dict[str, float]:
         return BatchedTrainer(model, x0.unsqueeze(0).clone(), stacked, TRAIN)
 
     plain = trainer()
-    dp = replace(DP, epsilon=1e9, noise_multiplier=1.0, rounds=None, weight="equal")
+    dp = replace(DP, epsilon=1e9, noise_multiplier=1.0, rounds=steps * blocks, weight="equal")
     private = DpTrainer(trainer(), [part], dp, steps * blocks)
     times: dict[str, list[float]] = {"plain": [], "dp": []}
     for _ in range(blocks):  # interleaved, so drift in machine load hits both alike

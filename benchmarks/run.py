@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from node.compress import parse_compressor
-from node.gossip import auto_gamma
+from node.step_size import auto_gammas
 from node.trainer import TrainConfig
 from sim.data import load_dataset
 from sim.engine import RunSpec, Simulation
@@ -59,7 +59,7 @@ def gamma_sweep(rounds: int) -> list[dict[str, Any]]:
     rows = []
     for name in ("top-k:0.01", "top-k:0.1"):
         comp = parse_compressor(name)
-        auto = auto_gamma(comp, sim.layout.dim)
+        (auto,) = auto_gammas(comp, sim.layout.dim, sim.topology.matrix(0))
         others = [g for g in (0.05, 0.1, 0.2, 0.3, 0.5, 0.7) if abs(g - auto) > 1e-3]
         for gamma in sorted([*others, auto]):
             sim.spec = replace(base, gamma=gamma)

@@ -142,6 +142,8 @@ class AdaptiveTopK:
 class SharedIndexCompressor:
     """Compressors whose index set comes from the public round seed alone."""
 
+    name: str
+
     def indices(self, dim: int, round: int) -> torch.Tensor:
         raise NotImplementedError
 
@@ -232,6 +234,64 @@ class BlockK(SharedIndexCompressor):
     def kept_fraction(self, dim: int) -> float:
         _, n_blocks, take = self._blocks(dim)
         return take / n_blocks
+
+
+class StackedIndex(SharedIndexCompressor):
+    """A shared-index compressor over ``parts`` stacked length-d vectors (the model and
+    gradient tracker of ``murmur-gt``): the same slots of each part, from one round seed."""
+
+    def __init__(self, inner: SharedIndexCompressor, parts: int) -> None:
+        self.inner = inner
+        self.parts = parts
+        self.name = inner.name
+
+    def indices(self, dim: int, round: int) -> torch.Tensor:
+        part = dim // self.parts
+        base = self.inner.indices(part, round)
+        return torch.cat([base + k * part for k in range(self.parts)])
+
+    def kept_fraction(self, dim: int) -> float:
+        return self.inner.kept_fraction(dim // self.parts)
+
+
+class Stacked:
+    """Any per-row compressor applied to each of ``parts`` stacked length-d vectors."""
+
+    def __init__(self, inner: Compressor, parts: int) -> None:
+        self.inner = inner
+        self.parts = parts
+        self.name = inner.name
+
+    def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
+        x = _as_batch(vectors)
+        part = x.shape[1] // self.parts
+        pieces = [
+            self.inner.compress(x[:, k * part : (k + 1) * part], round) for k in range(self.parts)
+        ]
+        if any(p.indices is None for p in pieces):
+            return Sparse(x.clone(), None, x.shape[1], _kept(x.shape[0], x.shape[1], x.device))
+        indices = [p.indices + k * part for k, p in enumerate(pieces) if p.indices is not None]
+        return Sparse(
+            torch.cat([p.values for p in pieces], 1),
+            torch.cat(indices, -1),
+            x.shape[1],
+            sum((p.kept for p in pieces), torch.zeros_like(pieces[0].kept)),
+        )
+
+    def kept_fraction(self, dim: int) -> float:
+        return self.inner.kept_fraction(dim // self.parts)
+
+
+def stacked(compressor: Compressor, parts: int) -> Compressor:
+    """``compressor`` for ``parts`` stacked vectors; 8-bit quantization stays outermost (one
+    quantum a row), shared-index compressors stay shared-index (secure aggregation)."""
+    if parts == 1 or isinstance(compressor, Identity):
+        return compressor
+    if isinstance(compressor, Quantized):
+        return Quantized(stacked(compressor.inner, parts), compressor.seed)
+    if isinstance(compressor, SharedIndexCompressor):
+        return StackedIndex(compressor, parts)
+    return Stacked(compressor, parts)
 
 
 def shared_indices(compressor: Compressor, dim: int) -> Callable[[int], torch.Tensor] | None:

@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from node.errors import ConfigError
-from node.privacy import DpConfig
+from node.privacy import DpConfig, dp_rounds
 from node.trainer import BatchedTrainer, TrainConfig, TrainStats
 
 # Opacus' RDP conversion warns when the best order is its largest; the bound it returns
@@ -232,7 +232,7 @@ class DpTrainer:
     """DP-SGD for each row of ``inner.params``; prediction and the lr schedule are inner's.
 
     ``planned_rounds`` is the collaboration's length; the budget is spread over
-    ``dp.rounds`` of them when that is set. Under ``dp.weight = "records"`` each row's
+    :func:`node.privacy.dp_rounds` of them. Under ``dp.weight = "records"`` each row's
     learning rate is scaled by its records over ``mean_records`` (``dp.mean_records``
     unless given here: the simulator passes its pooled size for ``central``)."""
 
@@ -251,7 +251,7 @@ class DpTrainer:
         self.inner, self.dp, self.config = inner, dp, inner.config
         self.params = inner.params
         self.model = inner.model
-        steps = (dp.rounds or planned_rounds) * inner.config.local_steps
+        steps = dp_rounds(dp, planned_rounds) * inner.config.local_steps
         device = inner.params.device
         self.rows = [
             _Row(inner.model, (x.to(device), y.to(device)), inner.config, dp, steps, seed + 7 * k)

@@ -18,8 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from node.compress import AdaptiveTopK, Compressor, Identity, SharedIndexCompressor, TopK
-from node.quantize import Quantized
+from node.compress import Compressor, SharedIndexCompressor
 from node.sparse import Sparse
 
 
@@ -71,40 +70,23 @@ def add_self_contribution(state: ChocoState, q: Sparse, self_weights: torch.Tens
     q.scaled_rows(self_weights).add_into(state.s)
 
 
-def mix_step(state: ChocoState, gamma: float, active: torch.Tensor | None = None) -> None:
-    """Step 3: x_i += γ (s_i − x̂_i) for active rows."""
-    if active is None:
+def mix_step(
+    state: ChocoState, gamma: float | torch.Tensor, active: torch.Tensor | None = None
+) -> None:
+    """Step 3: x_i += γ_i (s_i − x̂_i) for active rows (γ one value, or (K,) per row)."""
+    if active is None and not isinstance(gamma, torch.Tensor):
         state.x.add_(state.s, alpha=gamma).sub_(state.xhat, alpha=gamma)
         return
     delta = state.s - state.xhat
-    delta.mul_(active.to(delta.dtype).unsqueeze(1))
-    state.x.add_(delta, alpha=gamma)
+    if isinstance(gamma, torch.Tensor):
+        delta.mul_(gamma.to(delta.dtype).unsqueeze(1))
+    else:
+        delta.mul_(gamma)
+    if active is not None:
+        delta.mul_(active.to(delta.dtype).unsqueeze(1))
+    state.x.add_(delta)
 
 
 def consensus_distance(x: torch.Tensor) -> float:
     """Mean squared distance of the rows to their average: 0 exactly at consensus."""
     return float(((x - x.mean(0, keepdim=True)) ** 2).sum(1).mean())
-
-
-def auto_gamma(compressor: Compressor, dim: int) -> float:
-    """The default consensus step γ for a compressor on a ``dim``-parameter model.
-
-    γ has to shrink with the compressor's contraction δ or the public copies lag behind and
-    the nodes drift apart. Seed-chosen indices (rand-k, block-k) contract by exactly their
-    kept fraction, so γ = kept/dim. Top-k contracts far better than its fraction on real
-    updates (the mass sits in few coordinates); γ = 0.1·(100·F)^0.65 is the curve through
-    the best stable values of the γ sweep in ``make bench`` (0.1 at 1%, 0.45 at 10%),
-    capped at γ = 1 (dense D-PSGD) from F ≈ 35%. Quantization keeps the inner compressor's γ.
-    """
-    inner = compressor.inner if isinstance(compressor, Quantized) else compressor
-    if isinstance(inner, Identity):
-        return 1.0
-    if isinstance(inner, SharedIndexCompressor):
-        return max(1, inner.indices(dim, 0).numel()) / dim
-    if isinstance(inner, AdaptiveTopK):
-        fraction = float(inner.ratios.mean())
-    elif isinstance(inner, TopK):
-        fraction = inner.fraction
-    else:
-        raise TypeError(f"no default γ for compressor {compressor.name!r}: pass --gamma")
-    return float(min(1.0, 0.1 * (100.0 * fraction) ** 0.65))

@@ -23,6 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from node.config import NodeConfig, consortium_topology
 from node.errors import ConfigError
 
@@ -38,12 +41,16 @@ class Membership:
     def of(cls, config: NodeConfig) -> Membership:
         return cls(config.members, config.topology, config.edges, config.seed)
 
+    def matrix(self) -> NDArray[np.float64]:
+        """The whole Metropolis–Hastings W, which every member derives alike."""
+        return consortium_topology(self.members, self.topology, self.edges, self.seed).matrix(0)
+
     def weights(self, me: str) -> dict[str, float]:
         """Row ``me`` of W as {peer: weight} for the node itself and its neighbours."""
         if me not in self.members:
             raise ConfigError(f"this site's peer ID {me} is not in [consortium] members")
         i = self.members.index(me)
-        matrix = consortium_topology(self.members, self.topology, self.edges, self.seed).matrix(0)
+        matrix = self.matrix()
         return {
             m: float(matrix[i, j]) for j, m in enumerate(self.members) if j == i or matrix[i, j] > 0
         }

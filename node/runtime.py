@@ -38,13 +38,14 @@ from node.errors import ConfigError, FrameError, TransportError
 from node.faults import FaultyTransport
 from node.flat import FlatLayout
 from node.frames import PREFIX_BYTES, FrameGuard, seal
-from node.gossip import ChocoState, add_self_contribution, auto_gamma, compress_step, mix_step
+from node.gossip import ChocoState, add_self_contribution, mix_step
 from node.links import Links
 from node.membership import Membership
 from node.models import build_model
 from node.sealed_wire import SECURE_TOPICS
 from node.secure_exchange import SecureExchange
 from node.site_data import load_site_data
+from node.step_size import StepGuard, guarded_compress, step_guard
 from node.telemetry import MqttTelemetry
 from node.trainer import BatchedTrainer, LocalTrainer, StackedData
 from node.transport import Transport
@@ -102,7 +103,14 @@ class Node:
         self.state = ChocoState.start(self.trainer.params, x0)
         self.compressor = parse_compressor(config.compressor, config.seed, [data.label_counts])
         self._shared_indices = shared_indices(self.compressor, self.layout.dim)
-        self.gamma = config.gamma or auto_gamma(self.compressor, self.layout.dim)
+        # γ from the public graph, the compressor and the dimension, and a guard that
+        # halves it if this site's residuals grow (node.step_size); a configured γ is kept.
+        self.guard_step: StepGuard | None = None
+        if config.gamma is None:
+            self.guard_step = step_guard(self.compressor, self.layout.dim, membership.matrix(), 1)
+            self.gamma = float(self.guard_step.gamma[0])
+        else:
+            self.gamma = config.gamma
         self.links = Links(me, membership, self.state.xhat[0], weight)
         self.peer_set = set(self.links.neighbours)
         self.guard = FrameGuard(config.members)
@@ -256,6 +264,7 @@ class Node:
             "eps_spent": self.eps_spent,
             "trainer": self.trainer.state_dict(),
             "secure": None if self.secure is None else self.secure.snapshot(),
+            "step": None if self.guard_step is None else self.guard_step.state_dict(),
         }
 
     def save(self) -> None:
@@ -279,6 +288,9 @@ class Node:
         self.trainer.load_state_dict(saved["trainer"])
         if self.secure is not None and saved.get("secure") is not None:
             self.secure.restore(saved["secure"])
+        if self.guard_step is not None and saved.get("step") is not None:
+            self.guard_step.load_state_dict(saved["step"])
+            self.gamma = float(self.guard_step.gamma[0])
         self.guard.advance(self.round)
         if self.links.membership != Membership.of(self.config):
             self.apply_membership(self.config)  # the config was edited while the node was down
@@ -319,7 +331,7 @@ class Node:
         if self.config.faults.slow > 1:
             time.sleep(stats.seconds * (self.config.faults.slow - 1))
         with torch.no_grad():
-            q = compress_step(self.state, self.compressor, t)
+            q = guarded_compress(self.state, self.compressor, t, None, self.guard_step)
             add_self_contribution(
                 self.state, q, torch.tensor([self.links.weight[self.identity.peer_id]])
             )
@@ -531,6 +543,7 @@ class Node:
                 included = await self.secure.resolve(t, self.state.s[0])
             missed = [p for p in self.links.neighbours if p not in included]
         with torch.no_grad():
+            self._guard_step(t)
             mix_step(self.state, self.gamma)
         ahead = max(self.links.heard.values(), default=t)
         self.round = max(t + 1, ahead)  # a node that fell behind (restart) catches up
@@ -553,6 +566,24 @@ class Node:
             eps_spent=self.eps_spent,
         )
         self._status(t + 1, loss, len(self.links.neighbours) - len(missed))
+
+    def _guard_step(self, t: int) -> None:
+        """Feed this round's residuals to the step guard; log a back-off."""
+        if self.guard_step is None:
+            return
+        state = self.state
+        residual = StepGuard.residuals(state.x, state.xhat, state.s)
+        before = self.gamma
+        backed = bool(self.guard_step.observe(residual)[0])
+        self.gamma = float(self.guard_step.gamma[0])
+        if backed:
+            self.emit(
+                "step_backoff",
+                round=t + 1,
+                gamma_from=before,
+                gamma_to=self.gamma,
+                residual=float(residual[0]),
+            )
 
     def _status(self, t: int, loss: float | None, peers: int) -> None:
         """One human-readable line per round for whoever watches the site's terminal."""

@@ -49,15 +49,17 @@ def sweep(
     epsilons: list[float],
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (method, ε). ``central`` DP-SGD spreads its budget over every round
-    (``rounds`` unset): sampling 16 of its pooled records a step, it gains from
+    """One row per (method, ε). ``central`` DP-SGD spreads its budget over every round:
+    sampling 16 of its pooled records a step, it gains from
     subsampling what small sites cannot, so it is the stronger reference that way."""
     base = spec.dp or DpConfig(epsilon=1.0, delta=1e-5)
     rows: list[dict[str, Any]] = []
     for eps in epsilons:
         dp = None if math.isinf(eps) else replace(base, epsilon=eps, noise_multiplier=None)
         for method in SWEEP_METHODS:
-            method_dp = dp if dp is None or method != "central" else replace(dp, rounds=None)
+            method_dp = (
+                dp if dp is None or method != "central" else replace(dp, rounds=spec.rounds)
+            )
             result = Simulation(data, topology, replace(spec, dp=method_dp)).run(method, compressor)
             rows.append(
                 {

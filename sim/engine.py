@@ -10,34 +10,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from crypto.cipher import cipher_by_name
-from node.compress import Compressor, Identity, SharedIndexCompressor
+from node.compress import Compressor, Identity, SharedIndexCompressor, stacked
 from node.errors import ConfigError
 from node.flat import FlatLayout
-from node.gossip import (
-    ChocoState,
-    add_self_contribution,
-    auto_gamma,
-    compress_step,
-    consensus_distance,
-    mix_step,
-)
+from node.gossip import ChocoState, add_self_contribution, consensus_distance, mix_step
 from node.models import build_model
 from node.privacy import DpConfig, for_sites
+from node.step_size import StepGuard, guarded_compress, step_guard
+from node.tracking import GradientTracker
 from node.trainer import BatchedTrainer, LocalTrainer, StackedData, TrainConfig
 from sim.faults import FaultConfig, FaultModel
 from sim.metrics import accuracy, auc
 from sim.network import SimNetwork, dense_frame_bytes
 from sim.prep import FederatedData
+from sim.references import majority, pooled_logreg, train_central
 from sim.secure_network import SecureSimNetwork
 from topology import MatchingSchedule, StaticTopology
 
-METHOD_NAMES = ("central", "local", "fedavg", "dpsgd", "murmur")
+METHOD_NAMES = ("central", "local", "fedavg", "dpsgd", "murmur", "murmur-gt")
 
 
 @dataclass(frozen=True)
@@ -47,7 +43,7 @@ class RunSpec:
     rounds: int
     model: str
     train: TrainConfig
-    gamma: float | None  # None: auto_gamma(compressor, dim)
+    gamma: float | None  # None: node.step_size's γ per site, with its runtime guard
     seed: int
     device: torch.device
     eval_every: int = 1
@@ -101,6 +97,9 @@ class Simulation:
         dp = for_sites(self.spec.dp, [len(y) for _, y in self.data.train])
         pooled = len(parts) == 1 and self.n > 1  # central: its one row weighs 1
         mean = float(len(parts[0][1])) if pooled else dp.mean_records
+        if pooled and dp.rounds is None:
+            # Central DP-SGD has no mixing to wait for: every round is its better setting.
+            dp = replace(dp, rounds=self.spec.rounds)
         return DpTrainer(plain, parts, dp, self.spec.rounds, self.spec.seed, mean)
 
     def _record(self, result: MethodResult, trainer: LocalTrainer, t: int, sent: float) -> None:
@@ -163,16 +162,57 @@ class Simulation:
             return self._run_independent(method, tick)
         if method == "dpsgd":
             return self._run_gossip(method, Identity(), 1.0, tick)
-        if method == "murmur":
+        if method in ("murmur", "murmur-gt"):
             if compressor is None:
-                raise ConfigError("method 'murmur' needs a compressor")
-            gamma = self.spec.gamma
-            if gamma is None:
-                gamma = auto_gamma(compressor, self.layout.dim)
-            return self._run_gossip(method, compressor, gamma, tick)
+                raise ConfigError(f"method {method!r} needs a compressor")
+            tracking = method == "murmur-gt"
+            return self._run_gossip(method, stacked(compressor, 2 if tracking else 1), None, tick)
         raise ConfigError(f"unknown method {method!r}; accepted: {', '.join(METHOD_NAMES)}")
 
     def _run_central(self, tick: Tick | None) -> MethodResult:
+        """The pooled model: trained to convergence with early stopping (sim.references);
+        with DP, central DP-SGD over the run's rounds (validation on private rows would
+        spend budget that no site has)."""
+        if self.spec.dp is not None:
+            return self._run_central_dp(tick)
+        began = time.perf_counter()
+        features, labels = self.data.pooled("train")
+        fit = train_central(
+            self.model, self.x0, features, labels, self.spec.train, self.spec.seed, self.spec.device
+        )
+        result = MethodResult("central")
+        if self.spec.evaluate:
+            acc = float(accuracy(fit.trainer.predict_proba(self.test_x), self.test_y)[0])
+            # Drawn as a flat reference line over the run's rounds.
+            result.rounds = [1, self.spec.rounds]
+            result.accuracy_mean = result.accuracy_min = [acc, acc]
+            result.bytes_per_node = result.consensus = [0.0, 0.0]
+        if tick:
+            for _ in range(self.spec.rounds):
+                tick()
+        return self._finish(
+            result, fit.trainer, began, epochs=fit.epochs, best_epoch=fit.best_epoch
+        )
+
+    def references(self) -> list[MethodResult]:
+        """``pooled-logreg`` and ``majority`` on the same pooled split (sim.references)."""
+        train_x, train_y = self.data.pooled("train")
+        out = []
+        for name, ref in (
+            ("pooled-logreg", pooled_logreg(train_x, train_y, self.test_x, self.test_y)),
+            ("majority", majority(train_y, self.test_y)),
+        ):
+            result = MethodResult(name)
+            result.final = {
+                "accuracy_mean": ref.accuracy,
+                "accuracy_min": ref.accuracy,
+                "auc_mean": ref.auc,
+                "bytes_per_node": 0.0,
+            }
+            out.append(result)
+        return out
+
+    def _run_central_dp(self, tick: Tick | None) -> MethodResult:
         began = time.perf_counter()
         trainer = self._trainer([self.data.pooled("train")])
         result = MethodResult("central")
@@ -208,8 +248,10 @@ class Simulation:
         return self._finish(result, trainer, began)
 
     def _run_gossip(
-        self, method: str, compressor: Compressor, gamma: float, tick: Tick | None
+        self, method: str, compressor: Compressor, gamma: float | None, tick: Tick | None
     ) -> MethodResult:
+        """dpsgd (γ = 1, identity), murmur (CHOCO) or murmur-gt (CHOCO with gradient
+        tracking: the state is [x | v], ``compressor`` already stacked for it)."""
         if not self.topology.static:
             if method != "dpsgd":
                 raise ConfigError(
@@ -219,32 +261,50 @@ class Simulation:
             return self._run_time_varying(tick)
         began = time.perf_counter()
         trainer = self._trainer(self.data.train)
-        state = ChocoState.start(trainer.params, self.x0)
+        tracker = GradientTracker(trainer.params, self.x0) if method == "murmur-gt" else None
+        state = tracker.state if tracker else ChocoState.start(trainer.params, self.x0)
+        dim = state.x.shape[1]
+        guard = None
+        if gamma is None and self.spec.gamma is not None:
+            gamma = self.spec.gamma
+        elif gamma is None:
+            guard = step_guard(compressor, dim, self.topology.matrix(0), self.n)
         faults = (
             FaultModel(self.spec.faults, self.n, self.spec.seed) if self.spec.faults.any else None
         )
-        secure = self._secure_network(compressor, faults) if method == "murmur" else None
+        secure = None
+        if method != "dpsgd":
+            secure = self._secure_network(compressor, faults, state.xhat[0])
         network = SimNetwork(self.topology.matrix(0), faults, self.spec.device)
         result = MethodResult(method)
         sent = np.zeros(self.n)
         virtual_ms = 0.0
         missed = 0
         train_s = 0.0
+        trace: list[float] = []
         for t in range(self.spec.rounds):
             alive = faults.alive(t) if faults else np.ones(self.n, dtype=bool)
             working = faults.working(t, alive) if faults else alive
             active = torch.from_numpy(working).to(self.spec.device) if faults else None
             trainer.set_progress(t / self.spec.rounds)
-            train_s += trainer.train(active).seconds
+            stats = tracker.train(trainer, active) if tracker else trainer.train(active)
+            train_s += stats.seconds
             with torch.no_grad():
-                q = compress_step(state, compressor, t, active)
+                q = guarded_compress(state, compressor, t, active, guard)
                 add_self_contribution(state, q, network.self_weight)
                 if secure is None:
                     traffic = network.exchange(q, state.s, working, alive, t)
                 else:
                     assert q.indices is not None and q.indices.dim() == 1
                     traffic = secure.exchange(state.xhat, state.s, q.indices, t, working, alive)
-                mix_step(state, gamma, active)
+                if guard is not None:
+                    guard.observe(StepGuard.residuals(state.x, state.xhat, state.s))
+                step = guard.gamma.to(state.x.device) if guard is not None else gamma
+                assert step is not None
+                mix_step(state, step, active)
+                if tracker:
+                    tracker.sync(trainer)
+                trace.append(consensus_distance(trainer.params))
             sent += traffic.bytes_sent
             virtual_ms += traffic.round_ms
             missed += traffic.missed
@@ -255,6 +315,8 @@ class Simulation:
         self.last_network, self.last_state, self.last_secure = network, state, secure
         loop_s = time.perf_counter() - began
         cipher_s = {} if secure is None else {f"{k}_s": v for k, v in secure.cipher_seconds.items()}
+        steps = {} if guard is None else _step_summary(guard)
+        steps.update(_stability(result, trace))
         return self._finish(
             result,
             trainer,
@@ -263,11 +325,12 @@ class Simulation:
             frames_missed=missed,
             loop_s=loop_s,
             train_s=train_s,
+            **steps,
             **cipher_s,
         )
 
     def _secure_network(
-        self, compressor: Compressor, faults: FaultModel | None
+        self, compressor: Compressor, faults: FaultModel | None, start: torch.Tensor
     ) -> SecureSimNetwork | None:
         """The secure aggregation network for ``spec.secure``, or None in plaintext mode."""
         if self.spec.secure == "off":
@@ -279,7 +342,7 @@ class Simulation:
                 "must fill the same slots, and per-site indices would leak"
             )
         cipher = cipher_by_name(self.spec.secure)
-        return SecureSimNetwork(self.topology.matrix(0), faults, cipher, self.x0, self.spec.seed)
+        return SecureSimNetwork(self.topology.matrix(0), faults, cipher, start, self.spec.seed)
 
     def _run_time_varying(self, tick: Tick | None) -> MethodResult:
         began = time.perf_counter()
@@ -299,3 +362,34 @@ class Simulation:
             if tick:
                 tick()
         return self._finish(result, trainer, began)
+
+
+def _step_summary(guard: StepGuard) -> dict[str, float]:
+    """The consensus steps the sites ended with and how often they backed off."""
+    return {
+        "gamma_min": float(guard.gamma.min()),
+        "gamma_max": float(guard.gamma.max()),
+        "step_backoffs": int(guard.backoffs.sum()),
+    }
+
+
+def _stability(result: MethodResult, trace: list[float]) -> dict[str, float]:
+    """Consensus distance after round 1, at round 50, at its peak and at the end (from every
+    round's value), and how far mean accuracy fell below its best in the run's last half."""
+    if not trace:
+        return {}
+    out = {
+        "consensus_first": trace[0],
+        "consensus_50": trace[min(49, len(trace) - 1)],
+        "consensus_max": max(trace),
+        "consensus_end": trace[-1],
+    }
+    if result.accuracy_mean:
+        half = [
+            a
+            for r, a in zip(result.rounds, result.accuracy_mean, strict=True)
+            if r > result.rounds[-1] / 2
+        ]
+        out["accuracy_best"] = max(result.accuracy_mean)
+        out["late_drop"] = max(result.accuracy_mean) - min(half or result.accuracy_mean[-1:])
+    return out

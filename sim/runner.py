@@ -23,8 +23,8 @@ from node.compress import parse_compressor
 from node.config import SECURE_MODES, parse_partition
 from node.device import pick_device
 from node.errors import ConfigError
-from node.gossip import auto_gamma
 from node.privacy import DpConfig, parse_dp
+from node.step_size import auto_gammas
 from node.trainer import TrainConfig
 from sim import partition
 from sim.data import load_dataset
@@ -105,7 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gamma",
         type=gamma_arg,
         default=None,
-        help="CHOCO consensus step γ in (0, 1] for murmur; default: chosen from the compressor",
+        help="CHOCO consensus step γ in (0, 1] for murmur; default auto: derived from the "
+        "graph's spectrum, the compressor's contraction and the dimension, with a per-site "
+        "back-off when its residuals grow",
     )
     add(
         "--secure",
@@ -235,7 +237,10 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         node_names=data.node_names,
         model_parameters=sim.layout.dim,
         spectral_gap=spectral_gap(topology.matrix(0)),
-        gamma=args.gamma if args.gamma is not None else auto_gamma(compressor, sim.layout.dim),
+        gamma=args.gamma
+        if args.gamma is not None
+        else auto_gammas(compressor, sim.layout.dim, topology.matrix(0)),
+        kept_fraction=compressor.kept_fraction(sim.layout.dim),
         device=str(spec.device),
     )
     console.print(
@@ -261,10 +266,12 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
             def tick(task: TaskID = task) -> None:
                 progress.advance(task)
 
-            if args.backend == "process" and method in ("murmur", "dpsgd"):
+            if args.backend == "process" and method in ("murmur", "murmur-gt", "dpsgd"):
                 results.append(_run_networked(args, data, train, method, faults, progress, task))
             else:
                 results.append(sim.run(method, compressor, tick))
+    if "central" in methods:
+        results[methods.index("central") + 1 : methods.index("central") + 1] = sim.references()
     table = with_targets(results)
     config["total_wall_s"] = time.perf_counter() - began
     path = write_summary(args.out, config, table)

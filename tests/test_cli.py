@@ -66,7 +66,15 @@ def test_sim_writes_summary_and_plots(tmp_path: Path) -> None:
     )
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["methods"]) == {"central", "local", "fedavg", "dpsgd", "murmur"}
+    assert set(summary["methods"]) == {
+        "central",
+        "pooled-logreg",
+        "majority",
+        "local",
+        "fedavg",
+        "dpsgd",
+        "murmur",
+    }
     for key in (
         "accuracy_mean",
         "accuracy_min",
@@ -131,7 +139,7 @@ def test_dp_sweep_writes_rows_and_a_plot(tmp_path: Path) -> None:
     sweep = json.loads((tmp_path / "dp_sweep.json").read_text())
     runs = {(r["method"], r["epsilon"]): r for r in sweep["runs"]}
     assert set(runs) == {("murmur", 2.0), ("central", 2.0), ("murmur", None), ("central", None)}
-    assert runs["murmur", 2.0]["dp_rounds"] == 2 and runs["central", 2.0]["dp_rounds"] is None
+    assert runs["murmur", 2.0]["dp_rounds"] == 2 and runs["central", 2.0]["dp_rounds"] == 5
     for method in ("murmur", "central"):
         assert 1.9 <= runs[method, 2.0]["eps_spent"] <= 2.0
         assert runs[method, None]["eps_spent"] is None

@@ -17,7 +17,7 @@ from node.dp import DpTrainer, Ledger
 from node.errors import ConfigError
 from node.flat import FlatLayout
 from node.models import build_model
-from node.privacy import DpConfig, parse_dp
+from node.privacy import DEFAULT_DP_SHARE, DpConfig, dp_rounds, parse_dp
 from node.trainer import BatchedTrainer, StackedData, TrainConfig
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.faults import Crash
@@ -51,7 +51,7 @@ def _rounds_that_train(trainer: DpTrainer, rounds: int) -> int:
 def test_reported_epsilon_equals_opacus_accountant(wisconsin16: FederatedData) -> None:
     part = wisconsin16.train[9]  # the largest site: 139 records, sample rate 1/9
     model = build_model("logistic", wisconsin16.n_features, 2)
-    trainer = _dp_trainer([part], DpConfig(epsilon=3.0, delta=1e-5), 20, model)
+    trainer = _dp_trainer([part], DpConfig(epsilon=3.0, delta=1e-5, rounds=20), 20, model)
     for _ in range(7):
         trainer.train()
     row = trainer.rows[0]
@@ -71,7 +71,7 @@ def test_noise_is_derived_so_the_planned_rounds_spend_the_budget(
 ) -> None:
     part = wisconsin16.train[9]
     model = build_model("logistic", wisconsin16.n_features, 2)
-    trainer = _dp_trainer([part], DpConfig(epsilon=2.0, delta=1e-5), 30, model)
+    trainer = _dp_trainer([part], DpConfig(epsilon=2.0, delta=1e-5, rounds=30), 30, model)
     for _ in range(30):
         trainer.train()
     assert not trainer.spent[0]
@@ -87,11 +87,25 @@ def test_the_budget_is_spread_over_the_dp_rounds_only(wisconsin16: FederatedData
     those spend the budget, and the row trains no more after them."""
     part = wisconsin16.train[9]
     model = build_model("logistic", wisconsin16.n_features, 2)
-    whole = _dp_trainer([part], DpConfig(epsilon=2.0, delta=1e-5), 40, model)
+    whole = _dp_trainer([part], DpConfig(epsilon=2.0, delta=1e-5, rounds=40), 40, model)
     early = _dp_trainer([part], DpConfig(epsilon=2.0, delta=1e-5, rounds=10), 40, model)
     assert early.noise_multiplier < 0.8 * whole.noise_multiplier
     assert _rounds_that_train(early, 40) == 10 and early.spent[0]
     assert 2.0 * 0.98 <= early.epsilon() <= 2.0
+
+
+def test_by_default_the_budget_goes_into_the_first_share_of_the_rounds(
+    wisconsin16: FederatedData,
+) -> None:
+    """Without ``rounds`` the first 15% of the planned rounds spend the budget, at any
+    horizon, and the rest only mix."""
+    part = wisconsin16.train[9]
+    model = build_model("logistic", wisconsin16.n_features, 2)
+    for planned in (40, 100):
+        trainer = _dp_trainer([part], DpConfig(epsilon=2.0, delta=1e-5), planned, model)
+        assert _rounds_that_train(trainer, planned) == dp_rounds(trainer.dp, planned)
+        assert dp_rounds(trainer.dp, planned) == round(DEFAULT_DP_SHARE * planned)
+        assert trainer.spent[0] and 2.0 * 0.98 <= trainer.epsilon() <= 2.0
 
 
 def test_records_weight_scales_each_sites_step_by_its_records(

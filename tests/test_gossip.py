@@ -7,7 +7,6 @@ from node.compress import Identity, parse_compressor
 from node.gossip import (
     ChocoState,
     add_self_contribution,
-    auto_gamma,
     compress_step,
     mix_step,
 )
@@ -99,12 +98,3 @@ def test_backlog_keeps_every_running_sum_exact_under_drops() -> None:
     assert torch.allclose(state.s, expected, atol=1e-9)
 
 
-def test_auto_gamma_follows_the_compressor() -> None:
-    dim = 10_000
-    assert auto_gamma(Identity(), dim) == 1.0
-    assert auto_gamma(parse_compressor("rand-k:0.05"), dim) == 0.05
-    assert auto_gamma(parse_compressor("block-k:0.1:100"), dim) == 0.1
-    top = [auto_gamma(parse_compressor(f"top-k:{f}"), dim) for f in (0.01, 0.1, 0.5, 1.0)]
-    assert top == sorted(top) and top[-1] == 1.0
-    assert abs(top[0] - 0.1) < 0.01 and abs(top[1] - 0.45) < 0.01
-    assert auto_gamma(parse_compressor("top-k:0.1+q8"), dim) == top[1]

@@ -50,10 +50,11 @@ def _torus(n: int, _seed: int, _args: list[str]) -> nx.Graph[int]:
     while n % rows:
         rows -= 1
     cols = n // rows
-    if rows < 3 or cols < 3:
+    if rows < 2 or cols < 3:
         raise UnknownTopologyError(
-            f"torus needs N = R x C with R, C >= 3 (got N={n}); use a ring for this N"
+            f"torus needs N = R x C with R >= 2 and C >= 3 (got N={n}); use a ring for this N"
         )
+    # R = 2 wraps each column onto itself: the prism C_C x K_2, degree 3.
     graph = nx.grid_2d_graph(rows, cols, periodic=True)
     return _int_graph(nx.convert_node_labels_to_integers(graph, ordering="sorted"))
 

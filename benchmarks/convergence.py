@@ -1,0 +1,563 @@
+"""``make bench``: the convergence matrix — does gossip hold on every graph, compressor,
+horizon and dataset?
+
+Cells: topologies × compressors × horizons (200 and 2,000 rounds) on Wisconsin (16 sites,
+Dirichlet α = 0.5) and NCCTG lung (18 real institutions), every one with ``--gamma auto``,
+plus DP ε = 3 (δ = 1e-5, nothing else set) rows and a drift-control comparison (murmur,
+murmur with FedProx, murmur-gt). Each cell reports mean and worst node accuracy and AUC on
+the pooled held-out rows, the consensus distance after round 1, at round 50, its peak and
+at the end, the fall of mean accuracy below its best in the run's last half, and bytes to
+99% of central's accuracy as real encoded frames. The references — central trained to
+convergence with early stopping, pooled scikit-learn logistic regression, the majority
+class, and dense D-PSGD on the same graph — come from the same split.
+
+Writes ``benchmarks/results/convergence.{json,md}`` and ``convergence.png``; runs the cells
+on two worker processes (one thread each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+TOPOLOGIES = (
+    "ring",
+    "torus",
+    "exponential",
+    "regular:4",
+    "erdos-renyi:0.3",
+    "watts-strogatz:4:0.2",
+)
+COMPRESSORS = (
+    "top-k:0.01",
+    "top-k:0.1",
+    "rand-k:0.1",
+    "block-k:0.01",
+    "block-k:0.1",
+    "block-k:0.1+q8",
+)
+HORIZONS = (200, 2000)
+DATASETS = ("breast-cancer", "ncctg-lung")
+DP_CELLS = (("ring", "block-k:0.1"), ("exponential", "top-k:0.1"))
+DP_HORIZONS = (100, 200, 2000)
+DP_MODELS = ("logistic", "mlp:32")
+DRIFT_CELLS = (("ring", "top-k:0.01"), ("exponential", "block-k:0.1"))
+FEDPROX_MU = 0.1
+
+Task = dict[str, Any]
+
+
+def _simulation(task: Task) -> Any:
+    import torch
+
+    from node.privacy import DpConfig
+    from node.trainer import TrainConfig
+    from sim.data import load_dataset
+    from sim.engine import RunSpec, Simulation
+    from sim.partition import dirichlet, natural
+    from sim.prep import prepare
+    from topology import build_topology
+
+    dataset, rounds = task["dataset"], task["rounds"]
+    table = load_dataset(dataset)
+    if table.sites is not None:
+        parts, names = natural(table.sites)
+    else:
+        parts = dirichlet(table.labels, 16, 0.5, np.random.default_rng(0))
+        names = [f"node-{i}" for i in range(16)]
+    data = prepare(table, parts, names, 0)
+    train = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, prox_mu=task.get("prox_mu", 0.0))
+    spec = RunSpec(
+        rounds,
+        task.get("model", "mlp:32"),
+        train,
+        None,
+        0,
+        torch.device("cpu"),
+        eval_every=5 if rounds <= 200 else 10,
+        dp=DpConfig(epsilon=3.0, delta=1e-5) if task["dp"] else None,
+    )
+    return Simulation(data, build_topology(task["topology"], len(parts), 0), spec)
+
+
+def run_task(task: Task) -> Task:
+    """One cell in this worker process: a method on one dataset, graph, compressor, horizon."""
+    import torch
+
+    torch.set_num_threads(1)
+    from node.compress import parse_compressor
+
+    sim = _simulation(task)
+    began = time.perf_counter()
+    if task["method"] == "references":
+        results = [sim.run("central"), *sim.references()]
+    else:
+        spec = task["compressor"] or "identity"  # dpsgd
+        compressor = parse_compressor(spec, 0, sim.data.label_counts())
+        result = sim.run(task["method"], compressor)
+        results = [result]
+        task["kept_fraction"] = compressor.kept_fraction(sim.layout.dim)
+    task["results"] = [
+        {
+            "method": r.method,
+            "final": r.final,
+            "rounds": r.rounds,
+            "accuracy_mean": r.accuracy_mean,
+            "bytes_per_node": r.bytes_per_node,
+        }
+        for r in results
+    ]
+    task["seconds"] = time.perf_counter() - began
+    return task
+
+
+def tasks(quick: bool) -> list[Task]:
+    topologies = TOPOLOGIES[:2] if quick else TOPOLOGIES
+    compressors = COMPRESSORS[:2] if quick else COMPRESSORS
+    horizons = (50, 200) if quick else HORIZONS
+    out: list[Task] = []
+    base = {"dp": False, "compressor": None}
+    for dataset in DATASETS:
+        out.append(
+            {
+                **base,
+                "dataset": dataset,
+                "topology": "ring",
+                "rounds": horizons[0],
+                "method": "references",
+                "section": "references",
+            }
+        )
+        for rounds in horizons:
+            for topology in topologies:
+                out.append(
+                    {
+                        **base,
+                        "dataset": dataset,
+                        "topology": topology,
+                        "rounds": rounds,
+                        "method": "dpsgd",
+                        "section": "matrix",
+                    }
+                )
+                for compressor in compressors:
+                    out.append(
+                        {
+                            **base,
+                            "dataset": dataset,
+                            "topology": topology,
+                            "rounds": rounds,
+                            "method": "murmur",
+                            "compressor": compressor,
+                            "section": "matrix",
+                        }
+                    )
+            for topology, compressor in DRIFT_CELLS if not quick else DRIFT_CELLS[:1]:
+                for method, mu in (("murmur-gt", 0.0), ("murmur", FEDPROX_MU)):
+                    out.append(
+                        {
+                            **base,
+                            "dataset": dataset,
+                            "topology": topology,
+                            "rounds": rounds,
+                            "method": method,
+                            "compressor": compressor,
+                            "prox_mu": mu,
+                            "section": "drift",
+                        }
+                    )
+        for model in DP_MODELS:
+            for rounds in (50,) if quick else DP_HORIZONS:
+                for topology, compressor in DP_CELLS[:1] if quick else DP_CELLS:
+                    for dp in (True, False):
+                        out.append(
+                            {
+                                **base,
+                                "dataset": dataset,
+                                "topology": topology,
+                                "rounds": rounds,
+                                "method": "murmur",
+                                "model": model,
+                                "compressor": compressor,
+                                "dp": dp,
+                                "section": "dp",
+                            }
+                        )
+    return out
+
+
+def _target_hit(rounds: list[int], acc: list[float], sent: list[float], target: float) -> Any:
+    hit = next((k for k, a in enumerate(acc) if a >= target), None)
+    return (None, None) if hit is None else (rounds[hit], sent[hit])
+
+
+def summarise(done: list[Task]) -> dict[str, Any]:
+    refs = {
+        t["dataset"]: {r["method"]: r["final"] for r in t["results"]}
+        for t in done
+        if t["method"] == "references"
+    }
+    cells = []
+    for t in done:
+        if t["method"] == "references":
+            continue
+        (r,) = t["results"]
+        central = refs[t["dataset"]]["central"]
+        target = 0.99 * float(central["accuracy_mean"])
+        hit_round, hit_bytes = _target_hit(
+            r["rounds"], r["accuracy_mean"], r["bytes_per_node"], target
+        )
+        final = r["final"]
+        cells.append(
+            {
+                "dataset": t["dataset"],
+                "topology": t["topology"],
+                "compressor": t["compressor"],
+                "rounds": t["rounds"],
+                "method": t["method"],
+                "dp": t["dp"],
+                "model": t.get("model", "mlp:32"),
+                "section": t["section"],
+                "prox_mu": t.get("prox_mu", 0.0),
+                "kept_fraction": t.get("kept_fraction"),
+                "accuracy_mean": final["accuracy_mean"],
+                "accuracy_min": final["accuracy_min"],
+                "auc_mean": final["auc_mean"],
+                "bytes_per_node": final["bytes_per_node"],
+                "consensus_first": final.get("consensus_first"),
+                "consensus_50": final.get("consensus_50"),
+                "consensus_max": final.get("consensus_max"),
+                "consensus_end": final.get("consensus_end"),
+                "late_drop": final.get("late_drop"),
+                "step_backoffs": final.get("step_backoffs"),
+                "gamma_min": final.get("gamma_min"),
+                "gamma_max": final.get("gamma_max"),
+                "rounds_to_target": hit_round,
+                "bytes_to_target": hit_bytes,
+                "seconds": t["seconds"],
+                "eps_spent": final.get("eps_spent"),
+            }
+        )
+    for c in cells:
+        dense = next(
+            (
+                d
+                for d in cells
+                if d["method"] == "dpsgd"
+                and d["section"] == "matrix"
+                and d["dataset"] == c["dataset"]
+                and d["topology"] == c["topology"]
+                and d["rounds"] == c["rounds"]
+            ),
+            None,
+        )
+        c["dpsgd_bytes_to_target"] = None if dense is None else dense["bytes_to_target"]
+        central = refs[c["dataset"]]["central"]
+        c["auc_gap"] = None if c["auc_mean"] is None else central["auc_mean"] - c["auc_mean"]
+        c["worst_gap"] = central["accuracy_mean"] - c["accuracy_min"]
+        c["stable"] = bool(
+            c["consensus_end"] is not None
+            and c["consensus_end"] <= c["consensus_50"]
+            and c["consensus_max"] <= 10 * c["consensus_first"]
+            and (c["late_drop"] or 0.0) <= 0.01
+        )
+    return {"references": refs, "cells": cells}
+
+
+def _f(v: Any, pct: bool = False, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if pct:
+        return f"{100 * v:.1f}"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _bytes(v: Any) -> str:
+    if v is None:
+        return "—"
+    return f"{v / 1000:,.1f} KB" if v < 1e6 else f"{v / 1e6:,.2f} MB"
+
+
+def checks(report: dict[str, Any]) -> dict[str, Any]:
+    cells = [c for c in report["cells"] if c["section"] == "matrix" and c["method"] == "murmur"]
+    long = [c for c in cells if c["rounds"] == max(x["rounds"] for x in cells)]
+    ratio_cells = [c for c in long if c["compressor"] in ("top-k:0.01", "block-k:0.01")]
+    ratios = [
+        c["dpsgd_bytes_to_target"] / c["bytes_to_target"]
+        for c in ratio_cells
+        if c["bytes_to_target"] and c["dpsgd_bytes_to_target"]
+    ]
+    return {
+        "cells": len(cells),
+        "stable": sum(c["stable"] for c in cells),
+        "auc_within_0.01_long": sum(
+            c["auc_gap"] is not None and c["auc_gap"] <= 0.01 for c in long
+        ),
+        "worst_within_2pt_long": sum(c["worst_gap"] <= 0.02 for c in long),
+        "long_cells": len(long),
+        "bytes_ratio_cells": len(ratio_cells),
+        "bytes_ratio_reached": len(ratios),
+        "bytes_ratio_min": min(ratios) if ratios else None,
+        "bytes_ratio_median": float(np.median(ratios)) if ratios else None,
+        "bytes_ratio_ge_10": sum(r >= 10 for r in ratios),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Convergence matrix",
+        "",
+        f"Measured {report['date']} on {report['machine']} "
+        f"in {report['wall_s']:.0f} s. `--gamma auto` everywhere; model mlp:32, SGD lr 0.3, "
+        "batch 16, one local step a round, cosine schedule over the horizon.",
+        "",
+    ]
+    lines += [
+        "## References (pooled held-out rows)",
+        "",
+        "| dataset | method | acc % | AUC | note |",
+        "|---|---|---|---|---|",
+    ]
+    for ds, refs in report["references"].items():
+        for name, r in refs.items():
+            note = (
+                f"early-stopped: best epoch {r.get('best_epoch')} of {r.get('epochs')}"
+                if name == "central"
+                else ""
+            )
+            lines.append(
+                f"| {ds} | {name} | {_f(r['accuracy_mean'], True)} | {_f(r['auc_mean'])} | {note} |"
+            )
+    ck = report["checks"]
+    lines += [
+        "",
+        "## Targets",
+        "",
+        f"- stable (consensus end ≤ round 50, peak ≤ 10× round 1, late drop ≤ 1 pt): "
+        f"**{ck['stable']} / {ck['cells']}** cells",
+        f"- at {max(HORIZONS)} rounds, mean AUC within 0.01 of central: "
+        f"**{ck['auc_within_0.01_long']} / {ck['long_cells']}**; worst node within 2 points "
+        f"of central: **{ck['worst_within_2pt_long']} / {ck['long_cells']}**",
+        f"- bytes to 99% of central, top-k:0.01 and block-k:0.01 vs dpsgd: reached in "
+        f"{ck['bytes_ratio_reached']} / {ck['bytes_ratio_cells']} cells; ratio ≥ 10× in "
+        f"{ck['bytes_ratio_ge_10']}; min {_f(ck['bytes_ratio_min'])}×, median "
+        f"{_f(ck['bytes_ratio_median'])}×",
+        "",
+    ]
+    cells = report["cells"]
+    for ds in DATASETS:
+        for rounds in sorted(
+            {c["rounds"] for c in cells if c["dataset"] == ds and c["section"] == "matrix"}
+        ):
+            rows = [
+                c
+                for c in cells
+                if c["dataset"] == ds and c["rounds"] == rounds and c["section"] == "matrix"
+            ]
+            if not rows:
+                continue
+            lines += [
+                f"## {ds}, {rounds} rounds",
+                "",
+                "| topology | compressor | kept | acc mean / worst % | AUC (gap) | "
+                "consensus r1 · r50 · max · end | late drop | γ | bytes→99% (dpsgd ÷) | ok |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for c in rows:
+                comp = c["compressor"] or "dpsgd (identity)"
+                ratio = (
+                    c["dpsgd_bytes_to_target"] / c["bytes_to_target"]
+                    if c["bytes_to_target"] and c["dpsgd_bytes_to_target"]
+                    else None
+                )
+                gamma = (
+                    "1"
+                    if c["method"] == "dpsgd"
+                    else f"{_f(c['gamma_min'], digits=2)}–{_f(c['gamma_max'], digits=2)}"
+                    + (f" ({c['step_backoffs']} back-offs)" if c["step_backoffs"] else "")
+                )
+                lines.append(
+                    f"| {c['topology']} | {comp} | {_f(c['kept_fraction'], digits=2)} | "
+                    f"{_f(c['accuracy_mean'], True)} / {_f(c['accuracy_min'], True)} | "
+                    f"{_f(c['auc_mean'])} ({_f(c['auc_gap'], digits=2)}) | "
+                    f"{_f(c['consensus_first'], digits=2)} · {_f(c['consensus_50'], digits=2)} · "
+                    f"{_f(c['consensus_max'], digits=2)} · {_f(c['consensus_end'], digits=2)} | "
+                    f"{_f(c['late_drop'], True)} | {gamma} | {_bytes(c['bytes_to_target'])}"
+                    f"{'' if ratio is None else f' ({ratio:.1f}×)'} | "
+                    f"{'✓' if c['stable'] else 'GROWS'} |"
+                )
+            lines.append("")
+    dp = [c for c in cells if c["section"] == "dp" and c["dp"]]
+    if dp:
+        lines += [
+            "## DP ε = 3, δ = 1e-5 (defaults only)",
+            "",
+            "| dataset | model | topology | compressor | rounds | acc mean / worst % | "
+            "non-private % | gap | ε spent | consensus max · end | ok |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in dp:
+            twin = next(
+                p
+                for p in cells
+                if p["section"] == "dp"
+                and not p["dp"]
+                and all(
+                    p[k] == c[k] for k in ("dataset", "model", "topology", "compressor", "rounds")
+                )
+            )
+            c["nonprivate_gap"] = twin["accuracy_mean"] - c["accuracy_mean"]
+            lines.append(
+                f"| {c['dataset']} | {c['model']} | {c['topology']} | {c['compressor']} | "
+                f"{c['rounds']} | {_f(c['accuracy_mean'], True)} / {_f(c['accuracy_min'], True)} | "
+                f"{_f(twin['accuracy_mean'], True)} | {_f(c['nonprivate_gap'], True)} | "
+                f"{_f(c['eps_spent'])} | "
+                f"{_f(c['consensus_max'], digits=2)} · {_f(c['consensus_end'], digits=2)} | "
+                f"{'✓' if c['stable'] else 'GROWS'} |"
+            )
+        lines.append("")
+    drift = [c for c in cells if c["section"] == "drift"]
+    if drift:
+        lines += [
+            "## Drift control: murmur vs FedProx (μ = 0.1) vs murmur-gt",
+            "",
+            "| dataset | topology | compressor | rounds | murmur | + FedProx | murmur-gt |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        keys = sorted({(c["dataset"], c["topology"], c["compressor"], c["rounds"]) for c in drift})
+        for ds, topo, comp, rounds in keys:
+
+            def pick(
+                method: str,
+                mu: float,
+                ds: str = ds,
+                topo: str = topo,
+                comp: str = comp,
+                rounds: int = rounds,
+            ) -> str:
+                c = next(
+                    (
+                        x
+                        for x in cells
+                        if x["method"] == method
+                        and x["prox_mu"] == mu
+                        and x["section"] in ("matrix", "drift")
+                        and (x["dataset"], x["topology"], x["compressor"], x["rounds"])
+                        == (ds, topo, comp, rounds)
+                    ),
+                    None,
+                )
+                if c is None:
+                    return "—"
+                return (
+                    f"{_f(c['accuracy_mean'], True)} / {_f(c['accuracy_min'], True)}, "
+                    f"AUC {_f(c['auc_mean'])}"
+                )
+
+            lines.append(
+                f"| {ds} | {topo} | {comp} | {rounds} | {pick('murmur', 0.0)} | "
+                f"{pick('murmur', FEDPROX_MU)} | {pick('murmur-gt', 0.0)} |"
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def heatmap(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [c for c in report["cells"] if c["section"] == "matrix" and c["method"] == "murmur"]
+    panels = sorted({(c["dataset"], c["rounds"]) for c in cells})
+    topologies = list(dict.fromkeys(c["topology"] for c in cells))
+    compressors = list(dict.fromkeys(c["compressor"] for c in cells))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
+    for ax, (ds, rounds) in zip(axes[0], panels, strict=True):
+        grid = np.full((len(topologies), len(compressors)), np.nan)
+        for c in cells:
+            if (c["dataset"], c["rounds"]) == (ds, rounds):
+                grid[topologies.index(c["topology"]), compressors.index(c["compressor"])] = (
+                    100 * c["worst_gap"]
+                )
+        im = ax.imshow(grid, cmap="RdYlGn_r", vmin=-2, vmax=10)
+        for (i, j), v in np.ndenumerate(grid):
+            c = next(
+                x
+                for x in cells
+                if (x["dataset"], x["rounds"], x["topology"], x["compressor"])
+                == (ds, rounds, topologies[i], compressors[j])
+            )
+            ax.text(
+                j,
+                i,
+                f"{v:.1f}" + ("" if c["stable"] else "\n!"),
+                ha="center",
+                va="center",
+                fontsize=7,
+            )
+        ax.set_xticks(range(len(compressors)), compressors, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(topologies)), topologies, fontsize=7)
+        ax.set_title(f"{ds}, {rounds} rounds", fontsize=9)
+    fig.colorbar(
+        im,
+        ax=axes[0].tolist(),
+        shrink=0.8,
+        label="central acc − worst node acc (points); ! = consensus grew",
+    )
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="a few small cells, for a smoke check")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    import platform
+
+    import torch
+
+    todo = tasks(args.quick)
+    began = time.perf_counter()
+    done: list[Task] = []
+    # Longest first, so the two workers finish together.
+    todo.sort(key=lambda t: -t["rounds"] * (3 if t["dp"] else 1))
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for k, task in enumerate(pool.map(run_task, todo), start=1):
+            done.append(task)
+            print(
+                f"[{k}/{len(todo)}] {task['dataset']} {task['topology']} {task['method']} "
+                f"{task['compressor'] or ''} {task['rounds']} rounds"
+                f"{' dp' if task['dp'] else ''}: {task['seconds']:.1f} s",
+                flush=True,
+            )
+    report = summarise(done)
+    report.update(
+        date=time.strftime("%Y-%m-%d"),
+        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{args.workers} workers, torch {torch.__version__}",
+        wall_s=time.perf_counter() - began,
+    )
+    report["checks"] = checks(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "convergence.json").write_text(json.dumps(report, indent=2))
+    (args.out / "convergence.md").write_text(markdown(report))
+    heatmap(report, args.out / "convergence.png")
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""The CHOCO consensus step γ, derived from what every site knows, and its runtime guard.
+
+Why γ matters. CHOCO-SGD (Koloskova, Stich & Jaggi, "Decentralized Stochastic Optimization
+and Gossip Algorithms with Compressed Communication", ICML 2019) mixes with public copies:
+x̂_i += C(x_i − x̂_i), then x_i += γ Σ_j W_ij (x̂_j − x̂_i). Too large a γ and the public
+copies lag the models they stand for; the lag feeds back and the consensus distance grows
+exponentially (seen on a torus with top-k 1% and γ = 0.1: ×10⁴ over 1,000 rounds). Their
+Theorem 2 gives a γ that is safe for every δ-contraction C,
+γ* = ρ²δ / (16ρ + ρ² + 4β² + 2ρβ² − 8ρδ) with ρ the spectral gap and β = ‖I − W‖₂, but it
+is far too small to use (3·10⁻⁶ on a 16-site ring at δ = 0.01: no consensus in any run).
+
+What we use instead: the exact mean-square dynamics of compressed gossip. For the
+shared-index compressors (rand-k, block-k) every site keeps the same coordinates in a
+round, each coordinate with the same probability p per round, independently across rounds.
+Then gossip without training decouples exactly into the eigenmodes of W (μ = 1 − λ, the
+eigenvalues of I − W) and the coordinates: per mode, (x, h) with h the public copy moves as
+
+    kept (prob. p):     h' = x,  x' = (1 − γμ) x
+    not kept (1 − p):   h' = h,  x' = x − γμ h
+
+and the second moments v = (E x², E xh, E h²) evolve linearly, v' = M(γ, μ, p) v with
+
+    M = p [[a², 0, 0], [a, 0, 0], [1, 0, 0]] + (1 − p) [[1, −2c, c²], [0, 1, −c], [0, 0, 1]],
+    a = 1 − γμ, c = γμ.
+
+The consensus error's second moment contracts per round by the spectral radius
+r(γ) = max over the non-zero modes μ of ρ(M(γ, μ, p)): mean-square stable exactly when
+r < 1. r(γ) is flat near its minimum on the small-γ side and rises steeply past it into
+instability, so we take the smallest γ whose decay 1 − r is 80% of the best decay: 20%
+slower consensus than the optimum, for a margin of 25–65% below the stability edge
+(16-site ring at p = 0.01: γ = 0.0054, optimum 0.0067, edge 0.0075).
+
+The contraction p each compressor brings (:func:`contraction`): exact for rand-k (k/d) and
+block-k (blocks taken over blocks: every coordinate has that probability); for top-k the
+worst case k/d (top-k keeps at least that share of the residual's energy every round, and
+keeps the largest coordinates, which only helps); 8-bit quantization multiplies it by
+1 − k/(4·127²) (stochastic rounding adds at most a quarter level² per value, unbiased);
+identity is dense D-PSGD, γ = min(1, 2/(μ_min + μ_max)). Each site computes the same γ
+from the public graph, the compressor spec and the model's dimension.
+
+Beyond the analysis: training and DP noise, top-k's data-dependent index sets and
+heterogeneous sites are not in it, so each site also watches its own residuals
+‖x_i − x̂_i‖² + ‖s_i − x̂_i‖² (:class:`StepGuard`) and halves its γ when their mean over a
+window of rounds climbs past four times the lowest window mean since the last change.
+Healthy runs stay under 2.6× on every graph and compressor of the convergence matrix; an
+unstable γ crosses 4× within a few hundred rounds. A site that backs off mixes a little
+less than its neighbours, which moves the consensus point slightly but keeps it stable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from node.compress import (
+    AdaptiveTopK,
+    Compressor,
+    Identity,
+    SharedIndexCompressor,
+    Stacked,
+    StackedIndex,
+    TopK,
+    keep_count,
+)
+from node.gossip import ChocoState, compress_step
+from node.quantize import LEVELS, Quantized
+from node.sparse import Sparse
+
+DECAY_SHARE = 0.8  # accept 80% of the best decay rate, taking the smallest such γ
+
+
+def contraction(compressor: Compressor, dim: int) -> list[float]:
+    """The mean-square contraction δ of ``compressor`` on a ``dim``-vector: one value, or one
+    per site for top-k:adaptive (each site keeps its own share)."""
+    total = dim
+    inner = compressor.inner if isinstance(compressor, Quantized) else compressor
+    if isinstance(inner, Stacked | StackedIndex):  # murmur-gt: model and tracker, each d
+        dim //= inner.parts
+        inner = inner.inner
+    if isinstance(inner, Identity):
+        deltas = [1.0]
+    elif isinstance(inner, SharedIndexCompressor):
+        deltas = [inner.kept_fraction(dim)]
+    elif isinstance(inner, AdaptiveTopK):
+        deltas = inner.row_fractions(dim)
+    elif isinstance(inner, TopK):
+        deltas = [keep_count(inner.fraction, dim) / dim]
+    else:
+        raise TypeError(f"no contraction known for compressor {compressor.name!r}: pass --gamma")
+    if isinstance(compressor, Quantized):  # k = δ·total values share one row's quantum
+        deltas = [d * (1.0 - min(1.0, d * total / (4.0 * LEVELS**2))) for d in deltas]
+    return deltas
+
+
+def mixing_modes(weights: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The non-zero eigenvalues μ of I − W (the consensus modes) of a symmetric W."""
+    mu = 1.0 - np.linalg.eigvalsh(weights)
+    return np.asarray(mu[mu > 1e-9], dtype=np.float64)
+
+
+def second_moment_rate(
+    gammas: NDArray[np.float64], modes: NDArray[np.float64], p: float
+) -> NDArray[np.float64]:
+    """r(γ): the per-round contraction of the consensus error's second moment, for each γ."""
+    g = gammas[:, None]
+    c = g * modes[None, :]
+    a = 1.0 - c
+    m = np.zeros((*c.shape, 3, 3))
+    m[..., 0, 0] = p * a * a + (1 - p)
+    m[..., 0, 1] = -2 * (1 - p) * c
+    m[..., 0, 2] = (1 - p) * c * c
+    m[..., 1, 0] = p * a
+    m[..., 1, 1] = 1 - p
+    m[..., 1, 2] = -(1 - p) * c
+    m[..., 2, 0] = p
+    m[..., 2, 2] = 1 - p
+    radius: NDArray[np.float64] = np.abs(np.linalg.eigvals(m)).max(axis=-1).max(axis=-1)
+    return radius
+
+
+@dataclass(frozen=True)
+class StepChoice:
+    gamma: float
+    rate: float  # r(γ): per-round second-moment contraction at the chosen γ
+    edge: float  # the largest mean-square stable γ (≥ gamma)
+
+
+def choose_gamma(weights: NDArray[np.float64], delta: float) -> StepChoice:
+    """The consensus step for mixing matrix ``weights`` and contraction ``delta``."""
+    return _choose(tuple(np.round(mixing_modes(weights), 12)), round(delta, 12))
+
+
+@lru_cache(maxsize=256)
+def _choose(modes_key: tuple[float, ...], delta: float) -> StepChoice:
+    modes = np.array(modes_key)
+    if not len(modes):  # a single site: nothing to mix
+        return StepChoice(1.0, 0.0, 1.0)
+    if delta >= 1.0:
+        gamma = min(1.0, 2.0 / (float(modes.min()) + float(modes.max())))
+        rate = float(np.abs(1.0 - gamma * modes).max() ** 2)
+        return StepChoice(gamma, rate, min(1.0, 2.0 / float(modes.max())))
+    hi = min(1.0, 4.0 * delta)
+    gammas = np.geomspace(delta / 1000.0, hi, 400)
+    rates = second_moment_rate(gammas, modes, delta)
+    best = int(np.argmin(rates))
+    # Refine around the optimum on a fine linear grid, then take the smallest γ whose decay
+    # reaches DECAY_SHARE of the best.
+    lo_g = gammas[max(best - 1, 0)]
+    hi_g = gammas[min(best + 1, len(gammas) - 1)]
+    fine = np.linspace(lo_g, hi_g, 200)
+    fine_rates = second_moment_rate(fine, modes, delta)
+    top = float(1.0 - fine_rates.min())
+    grid = np.concatenate([gammas[gammas < lo_g], fine])
+    grid_rates = np.concatenate([rates[gammas < lo_g], fine_rates])
+    ok = np.flatnonzero(1.0 - grid_rates >= DECAY_SHARE * top)
+    gamma = float(grid[ok[0]])
+    stable = gammas[rates < 1.0]
+    edge = float(stable.max()) if len(stable) else gamma
+    return StepChoice(gamma, float(grid_rates[ok[0]]), max(edge, gamma))
+
+
+def auto_gammas(compressor: Compressor, dim: int, weights: NDArray[np.float64]) -> list[float]:
+    """γ per contraction of :func:`contraction` (one value, or one per site)."""
+    return [choose_gamma(weights, d).gamma for d in contraction(compressor, dim)]
+
+
+def theorem_gamma(weights: NDArray[np.float64], delta: float) -> float:
+    """CHOCO-SGD's Theorem 2 step, for comparison only (far too small to use)."""
+    modes = mixing_modes(weights)
+    rho = float(modes.min())
+    beta = float(modes.max())
+    return rho**2 * delta / (16 * rho + rho**2 + 4 * beta**2 + 2 * rho * beta**2 - 8 * rho * delta)
+
+
+def realized_contraction(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """1 − ‖e − C(e)‖²/‖e‖² per row from the residual energies before and after a
+    compression step (0 where the residual was already zero)."""
+    ratio = after / before.clamp_min(torch.finfo(before.dtype).tiny)
+    return torch.where(before > 0, 1.0 - ratio, torch.zeros_like(ratio)).clamp(0.0, 1.0)
+
+
+def _grid_down(delta: float) -> float:
+    """δ rounded down onto a grid of 32 steps a decade, so γ is computed for few values."""
+    return float(10 ** (math.floor(math.log10(max(delta, 1e-12)) * 32) / 32))
+
+
+@dataclass
+class StepGuard:
+    """Each site's γ (K sites at once): from its contraction, learned where it is only
+    bounded, and halved when the site's own residuals keep growing.
+
+    ``bound`` is each site's contraction known before the first round (:func:`contraction`).
+    With ``learn`` (top-k, whose k/d is only a worst case) a site measures the contraction
+    its compressor realises on the residual it compresses, every round
+    (:meth:`observe_contraction`), and once a window of rounds has shown it, uses the
+    lowest window mean seen so far (never below the bound) in its place: γ can grow once,
+    from the worst case to what the data shows, and only shrink after that.
+
+    :meth:`observe` takes ‖x_i − x̂_i‖² + ‖s_i − x̂_i‖² per site each round. Every
+    ``window`` rounds the window's mean is compared with the lowest window mean since the
+    site's last back-off (the first ``warmup`` windows after a start or a back-off only set
+    that floor: residuals start from zero). Past ``limit`` times the floor, γ_i halves.
+    """
+
+    weights: NDArray[np.float64]
+    bound: torch.Tensor  # (K,) float64
+    learn: bool = False
+    window: int = 10
+    warmup: int = 2
+    limit: float = 4.0
+    factor: float = 0.5
+    gamma: torch.Tensor = field(init=False)
+    backoffs: torch.Tensor = field(init=False)
+    _learned: torch.Tensor = field(init=False)
+    _delta_sum: torch.Tensor = field(init=False)
+    _sum: torch.Tensor = field(init=False)
+    _floor: torch.Tensor = field(init=False)
+    _windows: torch.Tensor = field(init=False)
+    _count: int = 0
+
+    def __post_init__(self) -> None:
+        k = self.bound.shape[0]
+        self.bound = self.bound.to(torch.float64).clone()
+        self._learned = torch.full((k,), math.inf, dtype=torch.float64)
+        self._delta_sum = torch.zeros(k, dtype=torch.float64)
+        self._sum = torch.zeros(k, dtype=torch.float64)
+        self._floor = torch.full((k,), math.inf, dtype=torch.float64)
+        self._windows = torch.zeros(k, dtype=torch.int64)
+        self.backoffs = torch.zeros(k, dtype=torch.int64)
+        self.gamma = self._gammas()
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """(K,) the contraction each site's γ is computed for now."""
+        return torch.maximum(self.bound, torch.where(self._learned.isinf(), 0.0, self._learned))
+
+    def _gammas(self) -> torch.Tensor:
+        base = [choose_gamma(self.weights, _grid_down(d)).gamma for d in self.delta.tolist()]
+        scale = self.factor ** self.backoffs.to(torch.float64)
+        return torch.tensor(base, dtype=torch.float64) * scale
+
+    @staticmethod
+    def residuals(x: torch.Tensor, xhat: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """‖x_i − x̂_i‖² + ‖s_i − x̂_i‖² per row, as float64 on the CPU."""
+        lag = ((x - xhat) ** 2).sum(1) + ((s - xhat) ** 2).sum(1)
+        return lag.detach().to("cpu", torch.float64)
+
+    def observe_contraction(self, realized: torch.Tensor) -> None:
+        """Feed this round's realized contraction per site (used with ``learn``)."""
+        if self.learn:
+            self._delta_sum += realized.detach().to("cpu", torch.float64)
+
+    def observe(self, residual: torch.Tensor) -> torch.Tensor:
+        """Feed one round's residuals; returns the (K,) mask of sites that backed off now."""
+        self._sum += residual.to(torch.float64)
+        self._count += 1
+        backed = torch.zeros_like(self._windows, dtype=torch.bool)
+        if self._count < self.window:
+            return backed
+        mean = self._sum / self._count
+        if self.learn:
+            self._learned = torch.minimum(self._learned, self._delta_sum / self._count)
+            self._delta_sum.zero_()
+        self._sum.zero_()
+        self._count = 0
+        armed = self._windows >= self.warmup
+        backed = armed & (mean > self.limit * self._floor)
+        self.backoffs[backed] += 1
+        self._windows[backed] = 0
+        self._floor[backed] = math.inf
+        keep = ~backed
+        self._windows[keep] += 1
+        update = keep & (self._windows > self.warmup)
+        self._floor[update] = torch.minimum(self._floor[update], mean[update])
+        self.gamma = self._gammas()
+        return backed
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "learned": self._learned.clone(),
+            "delta_sum": self._delta_sum.clone(),
+            "sum": self._sum.clone(),
+            "floor": self._floor.clone(),
+            "windows": self._windows.clone(),
+            "count": self._count,
+            "backoffs": self.backoffs.clone(),
+        }
+
+    def load_state_dict(self, saved: dict[str, object]) -> None:
+        for name in ("learned", "delta_sum", "sum", "floor", "windows"):
+            value = saved[name]
+            assert isinstance(value, torch.Tensor)
+            setattr(self, f"_{name}", value.clone())
+        backoffs, count = saved["backoffs"], saved["count"]
+        assert isinstance(backoffs, torch.Tensor) and isinstance(count, int)
+        self.backoffs = backoffs.clone()
+        self._count = count
+        self.gamma = self._gammas()
+
+
+def step_guard(
+    compressor: Compressor, dim: int, weights: NDArray[np.float64], sites: int
+) -> StepGuard:
+    """The guard for ``sites`` rows of ``compressor`` on ``weights``: learning for top-k."""
+    deltas = contraction(compressor, dim)
+    bound = torch.tensor(deltas if len(deltas) == sites else deltas * sites, dtype=torch.float64)
+    return StepGuard(weights, bound, learn=_bounded_only(compressor))
+
+
+def _bounded_only(compressor: Compressor) -> bool:
+    """True for compressors whose contraction is only bounded in advance (top-k)."""
+    inner = compressor.inner if isinstance(compressor, Quantized) else compressor
+    if isinstance(inner, Stacked | StackedIndex):
+        inner = inner.inner
+    return isinstance(inner, TopK | AdaptiveTopK)
+
+
+def residual_energy(state: ChocoState) -> torch.Tensor:
+    return ((state.x - state.xhat) ** 2).sum(1)
+
+
+def guarded_compress(
+    state: ChocoState,
+    compressor: Compressor,
+    round: int,
+    active: torch.Tensor | None,
+    guard: StepGuard | None,
+) -> Sparse:
+    """CHOCO step 1, feeding the realized contraction to a learning guard."""
+    if guard is None or not guard.learn:
+        return compress_step(state, compressor, round, active)
+    before = residual_energy(state)
+    q = compress_step(state, compressor, round, active)
+    guard.observe_contraction(realized_contraction(before, residual_energy(state)))
+    return q
