@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import resource
 import signal
 import sys
@@ -106,6 +107,9 @@ class Node:
         # γ from the public graph, the compressor and the dimension, and a guard that
         # halves it if this site's residuals grow (node.step_size); a configured γ is kept.
         self.guard_step: StepGuard | None = None
+        # Each neighbour's last announced (stamp, γ), and what each link last carried.
+        self.neighbour_step: dict[str, tuple[int, float]] = {}
+        self._announced: dict[str, tuple[int, float]] = {}
         if config.gamma is None:
             self.guard_step = step_guard(self.compressor, self.layout.dim, membership.matrix(), 1)
             self.gamma = float(self.guard_step.gamma[0])
@@ -264,7 +268,13 @@ class Node:
             "eps_spent": self.eps_spent,
             "trainer": self.trainer.state_dict(),
             "secure": None if self.secure is None else self.secure.snapshot(),
-            "step": None if self.guard_step is None else self.guard_step.state_dict(),
+            "step": None
+            if self.guard_step is None
+            else {
+                "guard": self.guard_step.state_dict(),
+                "heard": dict(self.neighbour_step),
+                "announced": dict(self._announced),
+            },
         }
 
     def save(self) -> None:
@@ -289,7 +299,13 @@ class Node:
         if self.secure is not None and saved.get("secure") is not None:
             self.secure.restore(saved["secure"])
         if self.guard_step is not None and saved.get("step") is not None:
-            self.guard_step.load_state_dict(saved["step"])
+            self.guard_step.load_state_dict(saved["step"]["guard"])
+            self.neighbour_step = {
+                p: (int(g), float(v)) for p, (g, v) in saved["step"]["heard"].items()
+            }
+            self._announced = {
+                p: (int(g), float(v)) for p, (g, v) in saved["step"]["announced"].items()
+            }
             self.gamma = float(self.guard_step.gamma[0])
         self.guard.advance(self.round)
         if self.links.membership != Membership.of(self.config):
@@ -319,6 +335,8 @@ class Node:
                 self.rejected[exc.reason] += 1
                 self.emit("rejected", reason=exc.reason, peer=received.peer, detail=str(exc))
                 continue
+            if update.step is not None:
+                self.neighbour_step[frame.sender] = update.step
             self.links.inbound[frame.sender].accept(update.items, self.state.s[0])
             self.links.out[frame.sender].ack(update.ack)
             self.links.heard[frame.sender] = max(self.links.heard[frame.sender], frame.round)
@@ -360,7 +378,13 @@ class Node:
                     break  # the rest goes next round: the receiver applies in order
                 items.append(item)
                 size += item_bytes
-            payload = encode_update(self.layout.dim, self.links.acked[peer], items)
+            step = None
+            if self.guard_step is not None:
+                stamp, agreed = self.guard_step.announcement()
+                mine = (stamp, float(agreed[0]))
+                if self._announced.get(peer) != mine:
+                    step = mine  # min-gossip of the consensus step (node.step_size)
+            payload = encode_update(self.layout.dim, self.links.acked[peer], items, step)
             body = seal(self.identity, t, "update", payload)
             try:
                 await self.transport.send(peer, body)
@@ -369,6 +393,8 @@ class Node:
                 return
             self.bytes_sent += PREFIX_BYTES + len(body)
             link.mark_sent(items, t if clock is None else clock)
+            if step is not None:
+                self._announced[peer] = step
 
         await asyncio.gather(*(one(p) for p in self.links.neighbours))
 
@@ -575,6 +601,12 @@ class Node:
         residual = StepGuard.residuals(state.x, state.xhat, state.s)
         before = self.gamma
         backed = bool(self.guard_step.observe(residual)[0])
+        heard = [
+            value
+            for p, (stamp, value) in self.neighbour_step.items()
+            if p in self.links.inbound and stamp == self.guard_step.stamp
+        ]
+        self.guard_step.agree(torch.tensor([min(heard, default=math.inf)]))
         self.gamma = float(self.guard_step.gamma[0])
         if backed:
             self.emit(
@@ -584,6 +616,8 @@ class Node:
                 gamma_to=self.gamma,
                 residual=float(residual[0]),
             )
+        elif self.gamma != before:  # learned contraction, or a neighbour's step
+            self.emit("step", round=t + 1, gamma_from=before, gamma_to=self.gamma)
 
     def _status(self, t: int, loss: float | None, peers: int) -> None:
         """One human-readable line per round for whoever watches the site's terminal."""

@@ -43,8 +43,10 @@ heterogeneous sites are not in it, so each site also watches its own residuals
 ‖x_i − x̂_i‖² + ‖s_i − x̂_i‖² (:class:`StepGuard`) and halves its γ when their mean over a
 window of rounds climbs past four times the lowest window mean since the last change.
 Healthy runs stay under 2.6× on every graph and compressor of the convergence matrix; an
-unstable γ crosses 4× within a few hundred rounds. A site that backs off mixes a little
-less than its neighbours, which moves the consensus point slightly but keeps it stable.
+unstable γ crosses 4× within a few hundred rounds. Sites agree on one γ: each window's
+proposals are min-gossiped (frames announce the sender's smallest known) and all sites
+switch together once the minimum has crossed the graph (:class:`StepGuard`), so the
+models' average stays exactly where W puts it, and a back-off anywhere slows every site.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import networkx as nx
 import numpy as np
 import torch
 from numpy.typing import NDArray
@@ -192,19 +195,28 @@ def _grid_down(delta: float) -> float:
 @dataclass
 class StepGuard:
     """Each site's γ (K sites at once): from its contraction, learned where it is only
-    bounded, and halved when the site's own residuals keep growing.
+    bounded, halved when the site's own residuals keep growing, and agreed across the
+    consortium so that every site mixes with the same γ.
 
     ``bound`` is each site's contraction known before the first round (:func:`contraction`).
     With ``learn`` (top-k, whose k/d is only a worst case) a site measures the contraction
     its compressor realises on the residual it compresses, every round
-    (:meth:`observe_contraction`), and once a window of rounds has shown it, uses the
-    lowest window mean seen so far (never below the bound) in its place: γ can grow once,
-    from the worst case to what the data shows, and only shrink after that.
+    (:meth:`observe_contraction`), and once a window of rounds has shown it uses the lowest
+    window mean seen so far (never below the bound) in its place.
 
     :meth:`observe` takes ‖x_i − x̂_i‖² + ‖s_i − x̂_i‖² per site each round. Every
     ``window`` rounds the window's mean is compared with the lowest window mean since the
     site's last back-off (the first ``warmup`` windows after a start or a back-off only set
-    that floor: residuals start from zero). Past ``limit`` times the floor, γ_i halves.
+    that floor: residuals start from zero). Past ``limit`` times the floor, the site's
+    proposal halves.
+
+    Agreement: each window ends (in the same round at every site) with a new proposal and
+    a new *stamp*. Sites gossip the smallest proposal of the current stamp they know
+    (:meth:`agree`, one hop a round, announced in their frames) and all switch to it
+    ``lag`` rounds after the window ended, ``lag`` being the public graph's diameter: by
+    then the minimum has reached every site, so one γ holds everywhere at all times (the
+    models' average stays where W puts it), and a back-off anywhere slows every site, as
+    an unstable mode is the whole graph's.
     """
 
     weights: NDArray[np.float64]
@@ -214,14 +226,19 @@ class StepGuard:
     warmup: int = 2
     limit: float = 4.0
     factor: float = 0.5
-    gamma: torch.Tensor = field(init=False)
+    gamma: torch.Tensor = field(init=False)  # (K,) the γ in use
+    proposal: torch.Tensor = field(init=False)  # (K,) each site's own, at the last stamp
+    agreed: torch.Tensor = field(init=False)  # (K,) smallest known for the current stamp
     backoffs: torch.Tensor = field(init=False)
+    stamp: int = 0
+    lag: int = field(init=False)
     _learned: torch.Tensor = field(init=False)
     _delta_sum: torch.Tensor = field(init=False)
     _sum: torch.Tensor = field(init=False)
     _floor: torch.Tensor = field(init=False)
     _windows: torch.Tensor = field(init=False)
     _count: int = 0
+    _since: int = 0  # rounds since the current stamp began
 
     def __post_init__(self) -> None:
         k = self.bound.shape[0]
@@ -232,11 +249,22 @@ class StepGuard:
         self._floor = torch.full((k,), math.inf, dtype=torch.float64)
         self._windows = torch.zeros(k, dtype=torch.int64)
         self.backoffs = torch.zeros(k, dtype=torch.int64)
-        self.gamma = self._gammas()
+        adjacency = self.weights > 0
+        graph = nx.from_numpy_array(
+            adjacency.astype(np.int64) - np.eye(len(adjacency), dtype=np.int64)
+        )
+        self.lag = int(nx.diameter(graph)) if len(adjacency) > 1 else 0
+        self.window = max(self.window, self.lag + 1)
+        self.proposal = self._gammas()
+        # Every site derives the same starting γ from public facts; min-gossip covers the
+        # exception (top-k:adaptive, whose bound is each site's own).
+        self.agreed = self.proposal.clone()
+        self.gamma = self.proposal.clone()
+        self._since = self.lag
 
     @property
     def delta(self) -> torch.Tensor:
-        """(K,) the contraction each site's γ is computed for now."""
+        """(K,) the contraction each site's proposal is computed for now."""
         return torch.maximum(self.bound, torch.where(self._learned.isinf(), 0.0, self._learned))
 
     def _gammas(self) -> torch.Tensor:
@@ -254,6 +282,10 @@ class StepGuard:
         """Feed this round's realized contraction per site (used with ``learn``)."""
         if self.learn:
             self._delta_sum += realized.detach().to("cpu", torch.float64)
+
+    def announcement(self) -> tuple[int, torch.Tensor]:
+        """(stamp, smallest known proposal per site): what this round's frames carry."""
+        return self.stamp, self.agreed.clone()
 
     def observe(self, residual: torch.Tensor) -> torch.Tensor:
         """Feed one round's residuals; returns the (K,) mask of sites that backed off now."""
@@ -277,8 +309,20 @@ class StepGuard:
         self._windows[keep] += 1
         update = keep & (self._windows > self.warmup)
         self._floor[update] = torch.minimum(self._floor[update], mean[update])
-        self.gamma = self._gammas()
+        self.proposal = self._gammas()
+        self.stamp += 1
+        self.agreed = self.proposal.clone()
+        self._since = 0
         return backed
+
+    def agree(self, heard: torch.Tensor) -> None:
+        """Take the neighbours' smallest announced proposal of the current stamp (``heard``,
+        inf where none came); ``lag`` rounds into a stamp, switch to the agreed γ. Call once
+        a round, after :meth:`observe`."""
+        self.agreed = torch.minimum(self.agreed, heard.to(torch.float64))
+        if self._since == self.lag:
+            self.gamma = self.agreed.clone()
+        self._since += 1
 
     def state_dict(self) -> dict[str, object]:
         return {
@@ -287,20 +331,26 @@ class StepGuard:
             "sum": self._sum.clone(),
             "floor": self._floor.clone(),
             "windows": self._windows.clone(),
-            "count": self._count,
             "backoffs": self.backoffs.clone(),
+            "agreed": self.agreed.clone(),
+            "gamma": self.gamma.clone(),
+            "count": self._count,
+            "since": self._since,
+            "stamp": self.stamp,
         }
 
     def load_state_dict(self, saved: dict[str, object]) -> None:
-        for name in ("learned", "delta_sum", "sum", "floor", "windows"):
+        tensors = ("learned", "delta_sum", "sum", "floor", "windows", "backoffs", "agreed", "gamma")
+        for name in tensors:
             value = saved[name]
             assert isinstance(value, torch.Tensor)
-            setattr(self, f"_{name}", value.clone())
-        backoffs, count = saved["backoffs"], saved["count"]
-        assert isinstance(backoffs, torch.Tensor) and isinstance(count, int)
-        self.backoffs = backoffs.clone()
-        self._count = count
-        self.gamma = self._gammas()
+            attr = name if name in ("backoffs", "agreed", "gamma") else f"_{name}"
+            setattr(self, attr, value.clone())
+        for name, attr in (("count", "_count"), ("since", "_since"), ("stamp", "stamp")):
+            value = saved[name]
+            assert isinstance(value, int)
+            setattr(self, attr, value)
+        self.proposal = self._gammas()
 
 
 def step_guard(

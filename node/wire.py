@@ -39,6 +39,7 @@ class Update:
     dim: int
     ack: int
     items: list[Item]
+    step: tuple[int, float] | None = None  # sender's (stamp, γ) when changed (step_size)
 
 
 def _index_field(item: Item) -> bytes | int | None:
@@ -57,9 +58,14 @@ def _values_field(item: Item) -> bytes | list[bytes]:
     return [np.float32(item.quantum).astype("<f4").tobytes(), levels.numpy().tobytes()]
 
 
-def encode_update(dim: int, ack: int, items: list[Item]) -> bytes:
+def encode_update(
+    dim: int, ack: int, items: list[Item], step: tuple[int, float] | None = None
+) -> bytes:
     packed = [[i.seq, _index_field(i), _values_field(i), i.reset] for i in items]
-    out: bytes = msgpack.packb({"dim": dim, "ack": ack, "items": packed})
+    fields: dict[str, object] = {"dim": dim, "ack": ack, "items": packed}
+    if step is not None:
+        fields["step"] = [int(step[0]), float(step[1])]
+    out: bytes = msgpack.packb(fields)
     return out
 
 
@@ -78,8 +84,8 @@ def decode_update(
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise MalformedFrameError(f"update payload is not msgpack: {type(exc).__name__}") from None
-    if not isinstance(msg, dict) or set(msg) != {"dim", "ack", "items"}:
-        raise MalformedFrameError("update payload needs exactly dim, ack and items")
+    if not isinstance(msg, dict) or set(msg) - {"step"} != {"dim", "ack", "items"}:
+        raise MalformedFrameError("update payload needs exactly dim, ack, items (and step)")
     if type(msg["dim"]) is not int or msg["dim"] != dim:
         raise MalformedFrameError(f"update for a {msg['dim']}-parameter model; ours has {dim}")
     ack = msg["ack"]
@@ -87,8 +93,20 @@ def decode_update(
         raise MalformedFrameError("ack must be an integer ≥ -1")
     if not isinstance(msg["items"], list):
         raise MalformedFrameError("items must be a list")
+    step = msg.get("step")
+    if step is not None:
+        if (
+            not isinstance(step, list)
+            or len(step) != 2
+            or type(step[0]) is not int
+            or not 0 <= step[0] < 2**32
+            or type(step[1]) is not float
+            or not 0.0 < step[1] <= 1.0
+        ):
+            raise MalformedFrameError("update step must be [stamp, γ in (0, 1]]")
+        step = (step[0], step[1])
     items = [_item(raw, dim, shared_indices, max_round) for raw in msg["items"]]
-    return Update(dim, ack, items)
+    return Update(dim, ack, items, step)
 
 
 def _values(raw: object) -> tuple[np.ndarray, float | None]:
@@ -215,8 +233,14 @@ def encoded_item_size(item: Item) -> int:
     )
 
 
+def step_bytes(stamp: int) -> int:
+    """Encoded bytes of the ``"step": [stamp, float64]`` entry of an update payload."""
+    return str_size(4) + array_header(2) + int_size(stamp) + 9
+
+
 def payload_size(dim: int, ack: N, items_bytes: N, n_items: N) -> N:
-    """Encoded bytes of an update payload whose items take ``items_bytes`` together."""
+    """Encoded bytes of an update payload whose items take ``items_bytes`` together
+    (plus :func:`step_bytes` where it announces the sender's step)."""
     return (
         map_header(3)
         + str_size(3)

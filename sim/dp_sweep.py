@@ -57,9 +57,7 @@ def sweep(
     for eps in epsilons:
         dp = None if math.isinf(eps) else replace(base, epsilon=eps, noise_multiplier=None)
         for method in SWEEP_METHODS:
-            method_dp = (
-                dp if dp is None or method != "central" else replace(dp, rounds=spec.rounds)
-            )
+            method_dp = dp if dp is None or method != "central" else replace(dp, rounds=spec.rounds)
             result = Simulation(data, topology, replace(spec, dp=method_dp)).run(method, compressor)
             rows.append(
                 {

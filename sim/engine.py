@@ -8,6 +8,7 @@ averages all models at a server each round (a reference, not something Murmur de
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -292,13 +293,20 @@ class Simulation:
             with torch.no_grad():
                 q = guarded_compress(state, compressor, t, active, guard)
                 add_self_contribution(state, q, network.self_weight)
+                announced = None
+                if guard is not None:  # what this round's frames carry: (stamp, agreed)
+                    stamp, agreed = guard.announcement()
+                    announced = np.stack([np.full(self.n, float(stamp)), agreed.numpy()], 1)
                 if secure is None:
-                    traffic = network.exchange(q, state.s, working, alive, t)
+                    traffic = network.exchange(q, state.s, working, alive, t, announced)
                 else:
                     assert q.indices is not None and q.indices.dim() == 1
                     traffic = secure.exchange(state.xhat, state.s, q.indices, t, working, alive)
                 if guard is not None:
                     guard.observe(StepGuard.residuals(state.x, state.xhat, state.s))
+                    assert announced is not None  # a new stamp drops the old one's values
+                    heard = network.neighbour_min(torch.from_numpy(announced[:, 1]))
+                    guard.agree(heard if guard.stamp == stamp else torch.full_like(heard, math.inf))
                 step = guard.gamma.to(state.x.device) if guard is not None else gamma
                 assert step is not None
                 mix_step(state, step, active)

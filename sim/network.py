@@ -15,6 +15,7 @@ they ride on the next frame, which the backlog's resend rule allows for.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,13 @@ from crypto.identity import PEER_ID_CHARS
 from node.backlog import InboundLink, OutboundLink
 from node.frames import frame_size
 from node.sparse import Sparse
-from node.wire import encoded_item_size, item_size, link_item_values, payload_size
+from node.wire import (
+    encoded_item_size,
+    item_size,
+    link_item_values,
+    payload_size,
+    step_bytes,
+)
 from sim.faults import FaultModel
 
 
@@ -77,6 +84,15 @@ class SimNetwork:
         self.outbound = [OutboundLink() for _ in range(len(src))]
         self.inbound = [InboundLink() for _ in range(len(src))]
         self.has_backlog = np.zeros(len(src), dtype=bool)
+        self.announced = np.full((len(src), 2), np.nan)  # (stamp, step) a link last carried
+        adjacency = torch.zeros(n, n, dtype=torch.bool)
+        adjacency[torch.from_numpy(self.dst), torch.from_numpy(self.src)] = True
+        self.adjacency = adjacency
+
+    def neighbour_min(self, values: torch.Tensor) -> torch.Tensor:
+        """(N,) the smallest of each node's neighbours' ``values`` (inf for none)."""
+        spread = torch.where(self.adjacency, values.unsqueeze(0), math.inf)
+        return spread.min(1).values
 
     def _mixing(self, edges: NDArray[np.bool_]) -> torch.Tensor:
         """Sparse N×N matrix with W_ij at (i, j) for the chosen edges."""
@@ -123,8 +139,11 @@ class SimNetwork:
         working: NDArray[np.bool_],
         alive: NDArray[np.bool_],
         round: int,
+        step: NDArray[np.float64] | None = None,
     ) -> Traffic:
-        """Send this round's q (rows of non-working nodes are ignored) and fold arrivals into s."""
+        """Send this round's q (rows of non-working nodes are ignored) and fold arrivals into s.
+        ``step`` is each node's (stamp, smallest known step), (N, 2): a frame announces
+        it when it changed (node.step_size)."""
         if self.faults is not None:
             on_time, round_ms = self.faults.deliveries(self.src, self.dst, alive)
         else:
@@ -135,6 +154,10 @@ class SimNetwork:
         # The ack on j→i is what j has applied of i's items when the round starts.
         acks = np.array([link.applied for link in self.inbound], dtype=np.int64)[self.reverse]
         bytes_sent = np.zeros(self.n)
+        if step is not None:
+            announce = sending & (step[self.src] != self.announced).any(1)
+            np.add.at(bytes_sent, self.src[announce], float(step_bytes(int(step[0, 0]))))
+            self.announced[announce] = step[self.src[announce]]
         fast_edges = np.flatnonzero(fast)
         if len(fast_edges):
             frames = self._fast_bytes(q, round, fast_edges, acks[fast_edges])

@@ -7,9 +7,10 @@ share of the pooled rows stops improving: constant learning rate, one check per 
 stopped after PATIENCE epochs without improvement (at most MAX_EPOCHS). The epoch with the
 best validation loss is then trained again from the same start on every pooled row, so
 the reference sees all the data the sites hold, as the scikit-learn one does. It does not
-depend on the number of gossip rounds: a longer run is compared with the same reference. ``pooled-logreg`` is what a user would try first with
-two lines of scikit-learn on the same pooled rows (``LogisticRegressionCV``: the inverse
-regularisation chosen by 5-fold cross-validation on log-loss). ``majority`` always
+depend on the number of gossip rounds: a longer run is compared with the same reference.
+``pooled-logreg`` is what a user would try first with two lines of scikit-learn on the
+same pooled rows (``LogisticRegressionCV``: the inverse regularisation chosen by 5-fold
+cross-validation on log-loss). ``majority`` always
 predicts the pooled training set's most frequent class: accuracy below it means a model
 learned nothing.
 """
@@ -47,7 +48,7 @@ def validation_split(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, tor
     y = labels.cpu().numpy()
     for c in np.unique(y):
         rows = rng.permutation(np.flatnonzero(y == c))
-        n_val = int(round(VALIDATION_SHARE * len(rows))) if len(rows) > 1 else 0
+        n_val = round(VALIDATION_SHARE * len(rows)) if len(rows) > 1 else 0
         held.extend(rows[:n_val].tolist())
         fit.extend(rows[n_val:].tolist())
     return torch.tensor(sorted(fit)), torch.tensor(sorted(held))

@@ -268,10 +268,19 @@ def test_dp_consortium_of_processes_keeps_its_budget_across_a_kill(
     """Four real node processes over libp2p with DP; site 1 is killed (SIGKILL) at round 3
     and restarted from its checkpoint. It continues from the ε it had spent, never from
     zero; every site spends its budget over its DP rounds and no more, and keeps gossiping
-    to the last round."""
+    to the last round. Frames take 250 ms on average, so that 40 rounds outlast site 1's
+    restart: a DP node takes seconds to start (Opacus, σ), and without the delay the
+    others, done training, ran their mixing rounds at compute speed and had finished
+    before it was back, leaving it no round to spend its budget in."""
     dp = DpConfig(epsilon=3.0, delta=1e-3, clip=1.0, rounds=8)
     spec = ConsortiumSpec(
-        rounds=20, train=TRAIN, compressor="block-k:0.3:64", dp=dp, deadline_s=2.0, eval_every=20
+        rounds=40,
+        train=TRAIN,
+        compressor="block-k:0.3:64",
+        dp=dp,
+        deadline_s=2.0,
+        eval_every=40,
+        delay_ms=250.0,
     )
     result = run_processes(tmp_path, subset(wisconsin16, 4), spec, [Crash(1, 3, 6)])
     assert result.final["dp_sites_spent"] == 4
@@ -283,7 +292,7 @@ def test_dp_consortium_of_processes_keeps_its_budget_across_a_kill(
         spent = [e["eps_spent"] for e in timeline if e["event"] == "round" and e["node"] == node]
         assert spent == sorted(spent) and spent[0] > 0 and spent[-1] <= 3.0
         finish = [e for e in timeline if e["event"] == "finish" and e["node"] == node]
-        assert finish[-1]["round"] == 20 and finish[-1]["dp_budget_spent"]
+        assert finish[-1]["round"] == 40 and finish[-1]["dp_budget_spent"]
     for node in (0, 2, 3):  # never killed: after spending, still mixing with a neighbour
         (budget,) = [e for e in timeline if e["event"] == "dp_budget_spent" and e["node"] == node]
         after = [

@@ -96,5 +96,3 @@ def test_backlog_keeps_every_running_sum_exact_under_drops() -> None:
     assert not torch.allclose(state.s, expected, atol=1e-9)  # backlogs still in flight
     net.flush_pending(state.s)
     assert torch.allclose(state.s, expected, atol=1e-9)
-
-
