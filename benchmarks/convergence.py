@@ -52,6 +52,7 @@ DP_HORIZONS = (100, 200, 2000)
 DP_MODELS = ("logistic", "mlp:32")
 DRIFT_CELLS = (("ring", "top-k:0.01"), ("exponential", "block-k:0.1"))
 FEDPROX_MU = 0.1
+DRIFT_LOCAL_STEPS = 5
 
 Task = dict[str, Any]
 
@@ -75,7 +76,13 @@ def _simulation(task: Task) -> Any:
         parts = dirichlet(table.labels, 16, 0.5, np.random.default_rng(0))
         names = [f"node-{i}" for i in range(16)]
     data = prepare(table, parts, names, 0)
-    train = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, prox_mu=task.get("prox_mu", 0.0))
+    train = TrainConfig(
+        optimizer="sgd",
+        lr=0.3,
+        batch_size=16,
+        prox_mu=task.get("prox_mu", 0.0),
+        local_steps=task.get("local_steps", 1),
+    )
     spec = RunSpec(
         rounds,
         task.get("model", "mlp:32"),
@@ -90,6 +97,14 @@ def _simulation(task: Task) -> Any:
 
 
 def run_task(task: Task) -> Task:
+    """One cell in this worker process; a cell that fails is reported, not fatal."""
+    try:
+        return _run_task(task)
+    except Exception as exc:  # the matrix goes on; the table names the failed cell
+        return {**task, "error": f"{type(exc).__name__}: {exc}", "results": [], "seconds": 0.0}
+
+
+def _run_task(task: Task) -> Task:
     """One cell in this worker process: a method on one dataset, graph, compressor, horizon."""
     import torch
 
@@ -162,7 +177,8 @@ def tasks(quick: bool) -> list[Task]:
                         }
                     )
             for topology, compressor in DRIFT_CELLS if not quick else DRIFT_CELLS[:1]:
-                for method, mu in (("murmur-gt", 0.0), ("murmur", FEDPROX_MU)):
+                # FedProx acts only between a round's local steps: five of them a round.
+                for method, mu in (("murmur", 0.0), ("murmur", FEDPROX_MU), ("murmur-gt", 0.0)):
                     out.append(
                         {
                             **base,
@@ -172,6 +188,7 @@ def tasks(quick: bool) -> list[Task]:
                             "method": method,
                             "compressor": compressor,
                             "prox_mu": mu,
+                            "local_steps": DRIFT_LOCAL_STEPS,
                             "section": "drift",
                         }
                     )
@@ -207,8 +224,10 @@ def summarise(done: list[Task]) -> dict[str, Any]:
         if t["method"] == "references"
     }
     cells = []
+    keys = ("dataset", "topology", "compressor", "rounds", "method", "error")
+    errors = [{k: t.get(k) for k in keys} for t in done if "error" in t]
     for t in done:
-        if t["method"] == "references":
+        if t["method"] == "references" or "error" in t:
             continue
         (r,) = t["results"]
         central = refs[t["dataset"]]["central"]
@@ -270,7 +289,7 @@ def summarise(done: list[Task]) -> dict[str, Any]:
             and c["consensus_max"] <= 10 * c["consensus_first"]
             and (c["late_drop"] or 0.0) <= 0.01
         )
-    return {"references": refs, "cells": cells}
+    return {"references": refs, "cells": cells, "errors": errors}
 
 
 def _f(v: Any, pct: bool = False, digits: int = 3) -> str:
@@ -355,6 +374,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{_f(ck['bytes_ratio_median'])}×",
         "",
     ]
+    for e in report.get("errors", []):
+        lines.append(f"- FAILED cell {e}")
     cells = report["cells"]
     for ds in DATASETS:
         for rounds in sorted(

@@ -106,6 +106,10 @@ class NodeConfig:
     telemetry_prefix: str = "murmur"
     secure: str = "off"  # off, ckks or plain: see node.secure_exchange
     dp: DpConfig | None = None  # [privacy]: DP-SGD with this budget (node.dp)
+    method: str = "murmur"  # or murmur-gt: CHOCO with gradient tracking (node.tracking)
+
+
+GOSSIP_METHODS = ("murmur", "murmur-gt")
 
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
@@ -262,6 +266,11 @@ def load_config(path: Path) -> NodeConfig:
             f"[gossip] secure = {secure!r} needs compressor block-k:F or rand-k:F (slots from "
             f"the public round seed, the same at every contributor), not {compressor!r}",
         )
+    method = r.get("gossip", "method", str, "murmur")
+    r.check(
+        method in GOSSIP_METHODS,
+        f"[gossip] method must be one of {', '.join(GOSSIP_METHODS)}, got {method!r}",
+    )
     gamma_raw = r.get("gossip", "gamma", (str, float, int), "auto")
     gamma = None if gamma_raw == "auto" else gamma_raw
     r.check(
@@ -315,6 +324,7 @@ def load_config(path: Path) -> NodeConfig:
         faults=faults,
         telemetry_url=telemetry_url,
         telemetry_prefix=telemetry_prefix or "murmur",
+        method=method or "murmur",
     )
 
 
@@ -351,9 +361,15 @@ def _train_config(r: _Reader) -> TrainConfig:
         batch_size=batch if batch and batch > 0 else 16,
         local_steps=steps if steps and steps > 0 else 1,
         momentum=float(r.get("train", "momentum", (int, float), 0.0) or 0.0),
+        nesterov=bool(r.get("train", "nesterov", bool, False)),
+        time_budget_s=_positive_or_none(r.get("train", "time_budget_s", (int, float), None)),
         prox_mu=float(r.get("train", "prox_mu", (int, float), 0.0) or 0.0),
         lr_schedule=schedule if schedule in ("cosine", "constant") else "cosine",
     )
+
+
+def _positive_or_none(value: float | None) -> float | None:
+    return None if value is None or value <= 0 else float(value)
 
 
 def _privacy(r: _Reader) -> DpConfig | None:

@@ -9,8 +9,10 @@ from dataclasses import dataclass, replace
 from node.errors import ConfigError
 
 ACCOUNTANTS = ("rdp", "prv")
-# Without [privacy] rounds, the budget is spread over this share of the planned rounds.
+# Without [privacy] rounds, the budget is spread over this share of the planned rounds,
+# and over at most DEFAULT_DP_CAP of them (see DpConfig).
 DEFAULT_DP_SHARE = 0.15
+DEFAULT_DP_CAP = 40
 WEIGHTS = ("records", "equal")
 
 
@@ -19,15 +21,16 @@ class DpConfig:
     """A site's privacy budget and how DP-SGD spends it.
 
     ``rounds`` is how many rounds the budget is spread over; None (the default) is the
-    first DEFAULT_DP_SHARE of the planned rounds (:func:`dp_rounds`). After them the site
-    stops training and goes on mixing, relaying and aggregating the already-private model
-    until the last round. Why not every round: each site's DP noise is only averaged away
-    once gossip has mixed it with the others', and noise added until the last round is
-    never mixed; at a fixed ε the signal-to-noise ratio of a site's summed steps hardly
-    depends on how many steps carry the budget, so the budget goes into the first 15% and
-    the other 85% of the run mix (Wisconsin, 16-site ring, block-k 10%, 200 rounds:
-    budget over all rounds 88.4% logistic / 73.0% mlp:32; over the first 10% 92.0 / 86.1;
-    15-20% 93.4 / 86.3; see benchmarks/results/convergence.md for every horizon).
+    first DEFAULT_DP_SHARE of the planned rounds, at most DEFAULT_DP_CAP (:func:`dp_rounds`).
+    After them the site stops training and goes on mixing, relaying and aggregating the
+    already-private model until the last round. Why: each site's DP noise is averaged
+    away only once gossip has mixed it with the others', and noise added until the last
+    round is never mixed; and small sites (a batch of 16 from 28 records) get no privacy
+    amplification from subsampling, so more DP rounds mean proportionally more noise per
+    step without more signal. Measured on Wisconsin, 16 sites, ε = 3, ring block-k 10% and
+    exponential top-k 10%, logistic and mlp:32, 100 / 200 / 2,000 rounds: every round 73–
+    89%; 10 rounds 81–92%; 20–40 rounds best at every horizon (92.8–94.7% at 2,000); 15% of
+    2,000 (300 rounds) 83–93%. benchmarks/results/convergence.md has the DP rows.
 
     ``weight = "records"`` scales a site's DP step by its training records over
     ``mean_records``, the consortium's mean records per site (one public figure every
@@ -73,7 +76,7 @@ def dp_rounds(dp: DpConfig, planned: int) -> int:
     """The rounds the budget is spread over for a run of ``planned`` rounds."""
     if dp.rounds is not None:
         return dp.rounds
-    return max(1, round(DEFAULT_DP_SHARE * planned))
+    return max(1, min(DEFAULT_DP_CAP, round(DEFAULT_DP_SHARE * planned)))
 
 
 def for_sites(dp: DpConfig, records: list[int]) -> DpConfig:

@@ -33,7 +33,7 @@ from crypto.cipher import cipher_by_name
 from crypto.identity import SiteIdentity, load_key
 from node import checkpoint
 from node.backlog import Item
-from node.compress import SharedIndexCompressor, parse_compressor, shared_indices
+from node.compress import SharedIndexCompressor, parse_compressor, shared_indices, stacked
 from node.config import NodeConfig, load_config
 from node.errors import ConfigError, FrameError, TransportError
 from node.faults import FaultyTransport
@@ -48,6 +48,7 @@ from node.secure_exchange import SecureExchange
 from node.site_data import load_site_data
 from node.step_size import StepGuard, guarded_compress, step_guard
 from node.telemetry import MqttTelemetry
+from node.tracking import GradientTracker
 from node.trainer import BatchedTrainer, LocalTrainer, StackedData
 from node.transport import Transport
 from node.wire import decode_update, encode_update, encoded_item_size, link_item_values
@@ -101,9 +102,18 @@ class Node:
                 plain, [(data.x, data.y)], config.dp, config.rounds, config.seed * 7919 + self.index
             )
             self.trainer = self.dp
-        self.state = ChocoState.start(self.trainer.params, x0)
-        self.compressor = parse_compressor(config.compressor, config.seed, [data.label_counts])
-        self._shared_indices = shared_indices(self.compressor, self.layout.dim)
+        # murmur-gt gossips the stacked [x | v] (node.tracking): twice the model's length.
+        self.tracker = (
+            GradientTracker(self.trainer.params, x0) if config.method == "murmur-gt" else None
+        )
+        self.state = (
+            self.tracker.state if self.tracker else ChocoState.start(self.trainer.params, x0)
+        )
+        self.dim = self.state.x.shape[1]
+        parts = 2 if self.tracker else 1
+        parsed = parse_compressor(config.compressor, config.seed, [data.label_counts])
+        self.compressor = stacked(parsed, parts)
+        self._shared_indices = shared_indices(self.compressor, self.dim)
         # γ from the public graph, the compressor and the dimension, and a guard that
         # halves it if this site's residuals grow (node.step_size); a configured γ is kept.
         self.guard_step: StepGuard | None = None
@@ -111,7 +121,7 @@ class Node:
         self.neighbour_step: dict[str, tuple[int, float]] = {}
         self._announced: dict[str, tuple[int, float]] = {}
         if config.gamma is None:
-            self.guard_step = step_guard(self.compressor, self.layout.dim, membership.matrix(), 1)
+            self.guard_step = step_guard(self.compressor, self.dim, membership.matrix(), 1)
             self.gamma = float(self.guard_step.gamma[0])
         else:
             self.gamma = config.gamma
@@ -267,6 +277,7 @@ class Node:
             "bytes_sent": self.bytes_sent,
             "eps_spent": self.eps_spent,
             "trainer": self.trainer.state_dict(),
+            "tracker": None if self.tracker is None else self.tracker.previous.clone(),
             "secure": None if self.secure is None else self.secure.snapshot(),
             "step": None
             if self.guard_step is None
@@ -296,6 +307,9 @@ class Node:
         self.links = Links.restore(self.identity.peer_id, saved["links"], self.state.xhat[0])
         self.bytes_sent = int(saved["bytes_sent"])
         self.trainer.load_state_dict(saved["trainer"])
+        if self.tracker is not None:
+            self.tracker.previous.copy_(saved["tracker"])
+            self.tracker.sync(self.trainer)
         if self.secure is not None and saved.get("secure") is not None:
             self.secure.restore(saved["secure"])
         if self.guard_step is not None and saved.get("step") is not None:
@@ -328,9 +342,7 @@ class Node:
                     continue
                 if frame.topic != "update" or frame.sender not in self.links.inbound:
                     raise FrameError(f"unexpected {frame.topic!r} frame from {frame.sender}")
-                update = decode_update(
-                    frame.payload, self.layout.dim, self._shared_indices, frame.round
-                )
+                update = decode_update(frame.payload, self.dim, self._shared_indices, frame.round)
             except FrameError as exc:
                 self.rejected[exc.reason] += 1
                 self.emit("rejected", reason=exc.reason, peer=received.peer, detail=str(exc))
@@ -345,7 +357,7 @@ class Node:
     def _train_and_push(self, t: int) -> float:
         """Runs in a worker thread: local training, then step 1–2 of CHOCO for this node."""
         self.trainer.set_progress(t / self.config.rounds)
-        stats = self.trainer.train()
+        stats = self.tracker.train(self.trainer) if self.tracker else self.trainer.train()
         if self.config.faults.slow > 1:
             time.sleep(stats.seconds * (self.config.faults.slow - 1))
         with torch.no_grad():
@@ -384,7 +396,7 @@ class Node:
                 mine = (stamp, float(agreed[0]))
                 if self._announced.get(peer) != mine:
                     step = mine  # min-gossip of the consensus step (node.step_size)
-            payload = encode_update(self.layout.dim, self.links.acked[peer], items, step)
+            payload = encode_update(self.dim, self.links.acked[peer], items, step)
             body = seal(self.identity, t, "update", payload)
             try:
                 await self.transport.send(peer, body)
@@ -571,6 +583,8 @@ class Node:
         with torch.no_grad():
             self._guard_step(t)
             mix_step(self.state, self.gamma)
+            if self.tracker:
+                self.tracker.sync(self.trainer)
         ahead = max(self.links.heard.values(), default=t)
         self.round = max(t + 1, ahead)  # a node that fell behind (restart) catches up
         self.phase = "mixed"

@@ -41,9 +41,10 @@ from the public graph, the compressor spec and the model's dimension.
 Beyond the analysis: training and DP noise, top-k's data-dependent index sets and
 heterogeneous sites are not in it, so each site also watches its own residuals
 ‖x_i − x̂_i‖² + ‖s_i − x̂_i‖² (:class:`StepGuard`) and halves its γ when their mean over a
-window of rounds climbs past four times the lowest window mean since the last change.
-Healthy runs stay under 2.6× on every graph and compressor of the convergence matrix; an
-unstable γ crosses 4× within a few hundred rounds. Sites agree on one γ: each window's
+window of rounds climbs past four times the lowest window mean (which then doubles: a
+halved γ settles at about twice the disagreement). An unstable γ crosses that within a
+few hundred rounds (top-k 1% on a torus at γ = 0.1); benchmarks/results/convergence.md
+counts the back-offs of every cell. Sites agree on one γ: each window's
 proposals are min-gossiped (frames announce the sender's smallest known) and all sites
 switch together once the minimum has crossed the graph (:class:`StepGuard`), so the
 models' average stays exactly where W puts it, and a back-off anywhere slows every site.
@@ -205,10 +206,10 @@ class StepGuard:
     window mean seen so far (never below the bound) in its place.
 
     :meth:`observe` takes ‖x_i − x̂_i‖² + ‖s_i − x̂_i‖² per site each round. Every
-    ``window`` rounds the window's mean is compared with the lowest window mean since the
-    site's last back-off (the first ``warmup`` windows after a start or a back-off only set
-    that floor: residuals start from zero). Past ``limit`` times the floor, the site's
-    proposal halves.
+    ``window`` rounds the window's mean is compared with the lowest window mean seen (the
+    first ``warmup`` windows only start it: residuals start from zero). Past ``limit``
+    times that floor, the site's proposal halves and the floor doubles (the settling
+    level of a smaller γ).
 
     Agreement: each window ends (in the same round at every site) with a new proposal and
     a new *stamp*. Sites gossip the smallest proposal of the current stamp they know
@@ -303,11 +304,13 @@ class StepGuard:
         armed = self._windows >= self.warmup
         backed = armed & (mean > self.limit * self._floor)
         self.backoffs[backed] += 1
-        self._windows[backed] = 0
-        self._floor[backed] = math.inf
-        keep = ~backed
-        self._windows[keep] += 1
-        update = keep & (self._windows > self.warmup)
+        # A smaller γ mixes less, so a stable site's disagreement settles higher (about
+        # 1/factor times): the floor moves up with it, and only growth beyond that — a
+        # mode still unstable — halves again. (Re-measuring the floor from scratch made
+        # each back-off's own settling trigger the next one.)
+        self._floor[backed] = self._floor[backed] / self.factor
+        self._windows += 1
+        update = ~backed & (self._windows > self.warmup)
         self._floor[update] = torch.minimum(self._floor[update], mean[update])
         self.proposal = self._gammas()
         self.stamp += 1

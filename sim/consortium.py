@@ -41,6 +41,7 @@ class ConsortiumSpec:
     eval_every: int = 1
     secure: str = "off"
     dp: DpConfig | None = None
+    method: str = "murmur"  # or murmur-gt
 
 
 def free_ports(n: int) -> list[int]:
@@ -114,10 +115,19 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
                 "batch_size": spec.train.batch_size,
                 "local_steps": spec.train.local_steps,
                 "lr_schedule": spec.train.lr_schedule,
+                "momentum": spec.train.momentum,
+                "nesterov": spec.train.nesterov,
+                "prox_mu": spec.train.prox_mu,
+                **(
+                    {}
+                    if spec.train.time_budget_s is None
+                    else {"time_budget_s": spec.train.time_budget_s}
+                ),
                 "eval_every": spec.eval_every,
             },
             "gossip": {
                 "compressor": spec.compressor,
+                "method": spec.method,
                 "gamma": "auto" if spec.gamma is None else spec.gamma,
                 "deadline_s": spec.deadline_s,
                 "secure": spec.secure,

@@ -313,6 +313,7 @@ def _run_networked(
         eval_every=args.eval_every,
         secure="off" if method == "dpsgd" else args.secure,
         dp=args.dp,
+        method="murmur-gt" if method == "murmur-gt" else "murmur",
     )
 
     def tick(round_: int) -> None:

@@ -17,7 +17,7 @@ from node.dp import DpTrainer, Ledger
 from node.errors import ConfigError
 from node.flat import FlatLayout
 from node.models import build_model
-from node.privacy import DEFAULT_DP_SHARE, DpConfig, dp_rounds, parse_dp
+from node.privacy import DEFAULT_DP_CAP, DEFAULT_DP_SHARE, DpConfig, dp_rounds, parse_dp
 from node.trainer import BatchedTrainer, StackedData, TrainConfig
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.faults import Crash
@@ -97,8 +97,8 @@ def test_the_budget_is_spread_over_the_dp_rounds_only(wisconsin16: FederatedData
 def test_by_default_the_budget_goes_into_the_first_share_of_the_rounds(
     wisconsin16: FederatedData,
 ) -> None:
-    """Without ``rounds`` the first 15% of the planned rounds spend the budget, at any
-    horizon, and the rest only mix."""
+    """Without ``rounds`` the first 15% of the planned rounds, at most 40, spend the
+    budget, at any horizon, and the rest only mix."""
     part = wisconsin16.train[9]
     model = build_model("logistic", wisconsin16.n_features, 2)
     for planned in (40, 100):
@@ -106,6 +106,7 @@ def test_by_default_the_budget_goes_into_the_first_share_of_the_rounds(
         assert _rounds_that_train(trainer, planned) == dp_rounds(trainer.dp, planned)
         assert dp_rounds(trainer.dp, planned) == round(DEFAULT_DP_SHARE * planned)
         assert trainer.spent[0] and 2.0 * 0.98 <= trainer.epsilon() <= 2.0
+    assert dp_rounds(DpConfig(epsilon=2.0, delta=1e-5), 2000) == DEFAULT_DP_CAP
 
 
 def test_records_weight_scales_each_sites_step_by_its_records(

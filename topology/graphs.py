@@ -76,9 +76,19 @@ def _regular(n: int, seed: int, args: list[str]) -> nx.Graph[int]:
     return _int_graph(nx.random_regular_graph(degree, n, seed=seed))
 
 
+REDRAWS = 100
+
+
 def _erdos_renyi(n: int, seed: int, args: list[str]) -> nx.Graph[int]:
+    """G(n, p) from the seed; a disconnected draw is redrawn from seed + 1, seed + 2, …
+    (the same sequence at every site), up to REDRAWS times."""
     p = _float_arg(args, 0, "erdos-renyi:P")
-    return _int_graph(nx.gnp_random_graph(n, p, seed=seed))
+    graph = _int_graph(nx.gnp_random_graph(n, p, seed=seed))
+    for k in range(1, REDRAWS):
+        if nx.is_connected(graph):
+            break
+        graph = _int_graph(nx.gnp_random_graph(n, p, seed=seed + k))
+    return graph
 
 
 def _watts_strogatz(n: int, seed: int, args: list[str]) -> nx.Graph[int]:
