@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.murmur-installed
 OUT ?= runs/demo
 
-.PHONY: demo test lint typecheck bench system-deps clean
+.PHONY: demo test lint typecheck bench system-deps clean lock
 
 # Debian packages: gcc and GMP build fastecdsa (libp2p); mosquitto is the MQTT broker
 # that the telemetry tests start on loopback.
@@ -17,12 +17,12 @@ system-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory system-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and exactly: 2.13.0 is the CPU build on the project machines.
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -45,6 +45,13 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.crypto
 	$(PY) -m benchmarks.secure
 	$(PY) -m benchmarks.dp
+	$(PY) -m benchmarks.convergence
+
+# Re-resolve the pinned versions after changing dependencies in pyproject.toml.
+lock: $(STAMP)
+	@{ echo "# pip constraints: the versions every install resolves to (make lock regenerates)."; \
+	  $(PY) -m pip freeze --exclude-editable --disable-pip-version-check | grep -v '^murmur' \
+	  | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > constraints.txt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

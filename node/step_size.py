@@ -41,13 +41,16 @@ from the public graph, the compressor spec and the model's dimension.
 Beyond the analysis: training and DP noise, top-k's data-dependent index sets and
 heterogeneous sites are not in it, so each site also watches its own residuals
 ‖x_i − x̂_i‖² + ‖s_i − x̂_i‖² (:class:`StepGuard`) and halves its γ when their mean over a
-window of rounds climbs past four times the lowest window mean (which then doubles: a
-halved γ settles at about twice the disagreement). An unstable γ crosses that within a
-few hundred rounds (top-k 1% on a torus at γ = 0.1); benchmarks/results/convergence.md
-counts the back-offs of every cell. Sites agree on one γ: each window's
-proposals are min-gossiped (frames announce the sender's smallest known) and all sites
-switch together once the minimum has crossed the graph (:class:`StepGuard`), so the
-models' average stays exactly where W puts it, and a back-off anywhere slows every site.
+window of rounds climbs past four times the lowest window mean, counted only once the γ
+in use has had two mixing times of the analysis to settle (a healthy slow-mixing run's
+residuals rise for that long as training pulls the equal starting models apart). An
+unstable γ crosses it within a few hundred rounds (top-k 1% on a torus at γ = 0.1);
+benchmarks/results/convergence.md counts the back-offs of every cell.
+
+Sites agree on one γ: each window's proposals are min-gossiped (frames announce the
+sender's smallest known) and all sites switch together once the minimum has crossed the
+graph (:class:`StepGuard`), so the models' average stays exactly where W puts it, and a
+back-off anywhere slows every site.
 """
 
 from __future__ import annotations
@@ -206,10 +209,14 @@ class StepGuard:
     window mean seen so far (never below the bound) in its place.
 
     :meth:`observe` takes ‖x_i − x̂_i‖² + ‖s_i − x̂_i‖² per site each round. Every
-    ``window`` rounds the window's mean is compared with the lowest window mean seen (the
-    first ``warmup`` windows only start it: residuals start from zero). Past ``limit``
-    times that floor, the site's proposal halves and the floor doubles (the settling
-    level of a smaller γ).
+    ``window`` rounds the window's mean is compared with the lowest window mean since the
+    guard was armed; past ``limit`` times that floor, the site's proposal halves. The guard
+    arms only once the γ in use has had time to settle the residuals: two mixing times
+    2/(1 − r(γ)) of the analysis (at least ``warmup`` windows) after the start and after
+    every change of γ. Residuals rise for that long in a healthy run too — the sites start
+    equal and training pulls them apart until mixing balances it, later the slower γ is —
+    and comparing them before would read that rise as instability (on slow-mixing graphs
+    each back-off's own settling set off the next).
 
     Agreement: each window ends (in the same round at every site) with a new proposal and
     a new *stamp*. Sites gossip the smallest proposal of the current stamp they know
@@ -237,7 +244,7 @@ class StepGuard:
     _delta_sum: torch.Tensor = field(init=False)
     _sum: torch.Tensor = field(init=False)
     _floor: torch.Tensor = field(init=False)
-    _windows: torch.Tensor = field(init=False)
+    _settled: torch.Tensor = field(init=False)  # (K,) rounds since γ last changed
     _count: int = 0
     _since: int = 0  # rounds since the current stamp began
 
@@ -248,7 +255,7 @@ class StepGuard:
         self._delta_sum = torch.zeros(k, dtype=torch.float64)
         self._sum = torch.zeros(k, dtype=torch.float64)
         self._floor = torch.full((k,), math.inf, dtype=torch.float64)
-        self._windows = torch.zeros(k, dtype=torch.int64)
+        self._settled = torch.zeros(k, dtype=torch.int64)
         self.backoffs = torch.zeros(k, dtype=torch.int64)
         adjacency = self.weights > 0
         graph = nx.from_numpy_array(
@@ -292,7 +299,8 @@ class StepGuard:
         """Feed one round's residuals; returns the (K,) mask of sites that backed off now."""
         self._sum += residual.to(torch.float64)
         self._count += 1
-        backed = torch.zeros_like(self._windows, dtype=torch.bool)
+        self._settled += 1
+        backed = torch.zeros_like(self._settled, dtype=torch.bool)
         if self._count < self.window:
             return backed
         mean = self._sum / self._count
@@ -301,16 +309,10 @@ class StepGuard:
             self._delta_sum.zero_()
         self._sum.zero_()
         self._count = 0
-        armed = self._windows >= self.warmup
+        armed = self._settled >= self._settling()
         backed = armed & (mean > self.limit * self._floor)
         self.backoffs[backed] += 1
-        # A smaller γ mixes less, so a stable site's disagreement settles higher (about
-        # 1/factor times): the floor moves up with it, and only growth beyond that — a
-        # mode still unstable — halves again. (Re-measuring the floor from scratch made
-        # each back-off's own settling trigger the next one.)
-        self._floor[backed] = self._floor[backed] / self.factor
-        self._windows += 1
-        update = ~backed & (self._windows > self.warmup)
+        update = armed & ~backed
         self._floor[update] = torch.minimum(self._floor[update], mean[update])
         self.proposal = self._gammas()
         self.stamp += 1
@@ -324,8 +326,27 @@ class StepGuard:
         a round, after :meth:`observe`."""
         self.agreed = torch.minimum(self.agreed, heard.to(torch.float64))
         if self._since == self.lag:
+            changed = self.agreed != self.gamma
             self.gamma = self.agreed.clone()
+            self._settled[changed] = 0  # the guard re-arms once the new γ has settled
+            self._floor[changed] = math.inf
         self._since += 1
+
+    def _settling(self) -> torch.Tensor:
+        """(K,) rounds the γ in use needs to settle: two mixing times of the analysis."""
+        modes = mixing_modes(self.weights)
+        out = []
+        for gamma, delta in zip(self.gamma.tolist(), self.delta.tolist(), strict=True):
+            rate = (
+                1.0
+                if not len(modes)
+                else float(
+                    second_moment_rate(np.array([gamma]), modes, min(1.0, _grid_down(delta)))[0]
+                )
+            )
+            settle = 2.0 / (1.0 - rate) if rate < 1.0 else 0.0
+            out.append(max(self.warmup * self.window, math.ceil(settle)))
+        return torch.tensor(out, dtype=torch.int64)
 
     def state_dict(self) -> dict[str, object]:
         return {
@@ -333,7 +354,7 @@ class StepGuard:
             "delta_sum": self._delta_sum.clone(),
             "sum": self._sum.clone(),
             "floor": self._floor.clone(),
-            "windows": self._windows.clone(),
+            "settled": self._settled.clone(),
             "backoffs": self.backoffs.clone(),
             "agreed": self.agreed.clone(),
             "gamma": self.gamma.clone(),
@@ -343,7 +364,7 @@ class StepGuard:
         }
 
     def load_state_dict(self, saved: dict[str, object]) -> None:
-        tensors = ("learned", "delta_sum", "sum", "floor", "windows", "backoffs", "agreed", "gamma")
+        tensors = ("learned", "delta_sum", "sum", "floor", "settled", "backoffs", "agreed", "gamma")
         for name in tensors:
             value = saved[name]
             assert isinstance(value, torch.Tensor)
