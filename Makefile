@@ -26,9 +26,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/murmur sim --nodes 16 --topology ring --compressor top-k:0.01 --rounds 200 \
+	$(VENV)/bin/murmur sim --nodes 16 --topology ring --compressor top-k:0.1+q8 --rounds 200 \
 		--dataset breast-cancer --alpha 0.5 --seed 0 --out $(OUT) \
-		--methods central,local,fedavg,dpsgd,murmur
+		--methods central,local,fedavg,dpsgd,murmur,murmur-gt
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check node crypto topology sim tests benchmarks

@@ -317,9 +317,17 @@ def checks(report: dict[str, Any]) -> dict[str, Any]:
         for c in ratio_cells
         if c["bytes_to_target"] and c["dpsgd_bytes_to_target"]
     ]
+    dense = [c for c in report["cells"] if c["section"] == "matrix" and c["method"] == "dpsgd"]
     return {
         "cells": len(cells),
         "stable": sum(c["stable"] for c in cells),
+        "end_le_r50": sum(c["consensus_end"] <= c["consensus_50"] for c in cells),
+        "peak_le_10x_r1": sum(c["consensus_max"] <= 10 * c["consensus_first"] for c in cells),
+        "late_drop_le_1pt": sum((c["late_drop"] or 0.0) <= 0.01 for c in cells),
+        "with_backoffs": sum(bool(c["step_backoffs"]) for c in cells),
+        "dense_cells": len(dense),
+        "dense_peak_le_10x_r1": sum(c["consensus_max"] <= 10 * c["consensus_first"] for c in dense),
+        "dense_late_drop_le_1pt": sum((c["late_drop"] or 0.0) <= 0.01 for c in dense),
         "auc_within_0.01_long": sum(
             c["auc_gap"] is not None and c["auc_gap"] <= 0.01 for c in long
         ),
@@ -364,7 +372,13 @@ def markdown(report: dict[str, Any]) -> str:
         "## Targets",
         "",
         f"- stable (consensus end ≤ round 50, peak ≤ 10× round 1, late drop ≤ 1 pt): "
-        f"**{ck['stable']} / {ck['cells']}** cells",
+        f"**{ck['stable']} / {ck['cells']}** cells. Apart: consensus at the end ≤ at round 50 in "
+        f"{ck['end_le_r50']}; peak ≤ 10× round 1 in {ck['peak_le_10x_r1']} (dense D-PSGD, "
+        f"γ = 1: {ck['dense_peak_le_10x_r1']} / {ck['dense_cells']}: models start equal and "
+        "training pulls them apart until mixing balances it); late drop ≤ 1 point in "
+        f"{ck['late_drop_le_1pt']} (dense: {ck['dense_late_drop_le_1pt']} / "
+        f"{ck['dense_cells']}; one held-out row is 0.9 points on Wisconsin, 2.8 on lung); "
+        f"cells where the step guard backed off: {ck['with_backoffs']}",
         f"- at {max(HORIZONS)} rounds, mean AUC within 0.01 of central: "
         f"**{ck['auc_within_0.01_long']} / {ck['long_cells']}**; worst node within 2 points "
         f"of central: **{ck['worst_within_2pt_long']} / {ck['long_cells']}**",
@@ -504,7 +518,9 @@ def heatmap(report: dict[str, Any], path: Path) -> None:
     panels = sorted({(c["dataset"], c["rounds"]) for c in cells})
     topologies = list(dict.fromkeys(c["topology"] for c in cells))
     compressors = list(dict.fromkeys(c["compressor"] for c in cells))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels) + 1.5, 4.4), squeeze=False, sharey=True
+    )
     for ax, (ds, rounds) in zip(axes[0], panels, strict=True):
         grid = np.full((len(topologies), len(compressors)), np.nan)
         for c in cells:
@@ -520,10 +536,11 @@ def heatmap(report: dict[str, Any], path: Path) -> None:
                 if (x["dataset"], x["rounds"], x["topology"], x["compressor"])
                 == (ds, rounds, topologies[i], compressors[j])
             )
+            growing = c["consensus_end"] > c["consensus_50"]
             ax.text(
                 j,
                 i,
-                f"{v:.1f}" + ("" if c["stable"] else "\n!"),
+                f"{v:.1f}" + ("\n!" if growing else ""),
                 ha="center",
                 va="center",
                 fontsize=7,
@@ -535,7 +552,8 @@ def heatmap(report: dict[str, Any], path: Path) -> None:
         im,
         ax=axes[0].tolist(),
         shrink=0.8,
-        label="central acc − worst node acc (points); ! = consensus grew",
+        label="central − worst node accuracy (points)\n"
+        "! = consensus higher at the end than at round 50",
     )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -546,7 +564,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few small cells, for a smoke check")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--render", action="store_true", help="rewrite the table and heatmap from the JSON"
+    )
     args = parser.parse_args()
+    if args.render:
+        report = json.loads((args.out / "convergence.json").read_text())
+        report["checks"] = checks(report)
+        (args.out / "convergence.json").write_text(json.dumps(report, indent=2))
+        (args.out / "convergence.md").write_text(markdown(report))
+        heatmap(report, args.out / "convergence.png")
+        return
     import platform
 
     import torch

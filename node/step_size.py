@@ -56,6 +56,7 @@ back-off anywhere slows every site.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -79,6 +80,9 @@ from node.quantize import LEVELS, Quantized
 from node.sparse import Sparse
 
 DECAY_SHARE = 0.8  # accept 80% of the best decay rate, taking the smallest such γ
+# A site halves its own γ at most this many times, and no neighbour's announcement takes
+# it lower than that either: a member cannot stall the others' mixing with a tiny step.
+MAX_BACKOFFS = 8
 
 
 def contraction(compressor: Compressor, dim: int) -> list[float]:
@@ -247,6 +251,7 @@ class StepGuard:
     _settled: torch.Tensor = field(init=False)  # (K,) rounds since γ last changed
     _count: int = 0
     _since: int = 0  # rounds since the current stamp began
+    _modes: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         k = self.bound.shape[0]
@@ -263,6 +268,7 @@ class StepGuard:
         )
         self.lag = int(nx.diameter(graph)) if len(adjacency) > 1 else 0
         self.window = max(self.window, self.lag + 1)
+        self._modes = tuple(np.round(mixing_modes(self.weights), 12))  # W is fixed
         self.proposal = self._gammas()
         # Every site derives the same starting γ from public facts; min-gossip covers the
         # exception (top-k:adaptive, whose bound is each site's own).
@@ -275,10 +281,13 @@ class StepGuard:
         """(K,) the contraction each site's proposal is computed for now."""
         return torch.maximum(self.bound, torch.where(self._learned.isinf(), 0.0, self._learned))
 
+    def _base(self) -> torch.Tensor:
+        """(K,) the analysed γ for each site's contraction, before any back-off."""
+        base = [_choose(self._modes, round(_grid_down(d), 12)).gamma for d in self.delta.tolist()]
+        return torch.tensor(base, dtype=torch.float64)
+
     def _gammas(self) -> torch.Tensor:
-        base = [choose_gamma(self.weights, _grid_down(d)).gamma for d in self.delta.tolist()]
-        scale = self.factor ** self.backoffs.to(torch.float64)
-        return torch.tensor(base, dtype=torch.float64) * scale
+        return self._base() * self.factor ** self.backoffs.to(torch.float64)
 
     @staticmethod
     def residuals(x: torch.Tensor, xhat: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -310,7 +319,7 @@ class StepGuard:
         self._sum.zero_()
         self._count = 0
         armed = self._settled >= self._settling()
-        backed = armed & (mean > self.limit * self._floor)
+        backed = armed & (mean > self.limit * self._floor) & (self.backoffs < MAX_BACKOFFS)
         self.backoffs[backed] += 1
         update = armed & ~backed
         self._floor[update] = torch.minimum(self._floor[update], mean[update])
@@ -324,7 +333,8 @@ class StepGuard:
         """Take the neighbours' smallest announced proposal of the current stamp (``heard``,
         inf where none came); ``lag`` rounds into a stamp, switch to the agreed γ. Call once
         a round, after :meth:`observe`."""
-        self.agreed = torch.minimum(self.agreed, heard.to(torch.float64))
+        lowest = self._base() * self.factor**MAX_BACKOFFS
+        self.agreed = torch.minimum(self.agreed, torch.maximum(heard.to(torch.float64), lowest))
         if self._since == self.lag:
             changed = self.agreed != self.gamma
             self.gamma = self.agreed.clone()
@@ -332,9 +342,23 @@ class StepGuard:
             self._floor[changed] = math.inf
         self._since += 1
 
+    def step(
+        self,
+        state: ChocoState,
+        neighbour_min: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """A vectorised round's bookkeeping after the exchange (the simulators): observe
+        the K sites' residuals, agree through ``neighbour_min`` (each site's smallest
+        neighbour announcement, which a new stamp voids), and return the γ to mix with."""
+        stamp, announced = self.announcement()
+        self.observe(StepGuard.residuals(state.x, state.xhat, state.s))
+        heard = neighbour_min(announced)
+        self.agree(heard if self.stamp == stamp else torch.full_like(heard, math.inf))
+        return self.gamma
+
     def _settling(self) -> torch.Tensor:
         """(K,) rounds the γ in use needs to settle: two mixing times of the analysis."""
-        modes = mixing_modes(self.weights)
+        modes = np.array(self._modes)
         out = []
         for gamma, delta in zip(self.gamma.tolist(), self.delta.tolist(), strict=True):
             rate = (

@@ -8,7 +8,6 @@ averages all models at a server each round (a reference, not something Murmur de
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -303,10 +302,7 @@ class Simulation:
                     assert q.indices is not None and q.indices.dim() == 1
                     traffic = secure.exchange(state.xhat, state.s, q.indices, t, working, alive)
                 if guard is not None:
-                    guard.observe(StepGuard.residuals(state.x, state.xhat, state.s))
-                    assert announced is not None  # a new stamp drops the old one's values
-                    heard = network.neighbour_min(torch.from_numpy(announced[:, 1]))
-                    guard.agree(heard if guard.stamp == stamp else torch.full_like(heard, math.inf))
+                    guard.step(state, network.neighbour_min)
                 step = guard.gamma.to(state.x.device) if guard is not None else gamma
                 assert step is not None
                 mix_step(state, step, active)

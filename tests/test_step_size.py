@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from node.compress import parse_compressor
 from node.gossip import ChocoState, add_self_contribution, consensus_distance, mix_step
 from node.step_size import (
+    MAX_BACKOFFS,
     StepGuard,
     choose_gamma,
     contraction,
@@ -46,10 +47,7 @@ def _mix(
         add_self_contribution(state, q, net.self_weight)
         net.exchange(q, state.s, up, up, t)
         if guard is not None:
-            stamp, announced = guard.announcement()
-            guard.observe(StepGuard.residuals(state.x, state.xhat, state.s))
-            heard = net.neighbour_min(announced)
-            guard.agree(heard if guard.stamp == stamp else torch.full_like(heard, math.inf))
+            guard.step(state, net.neighbour_min)
         mix_step(state, guard.gamma if guard is not None else float(gamma or 0.0))
         distances.append(consensus_distance(state.x))
         means.append(state.x.mean(0))
@@ -154,10 +152,7 @@ def test_guard_rescues_a_step_that_is_too_large() -> None:
         q = guarded_compress(state, comp, t, None, guard)
         add_self_contribution(state, q, net.self_weight)
         net.exchange(q, state.s, up, up, t)
-        stamp, announced = guard.announcement()
-        guard.observe(StepGuard.residuals(state.x, state.xhat, state.s))
-        heard = net.neighbour_min(announced)
-        guard.agree(heard if guard.stamp == stamp else torch.full_like(heard, math.inf))
+        guard.step(state, net.neighbour_min)
         assert torch.all(guard.gamma == guard.gamma[0])  # one γ at every site, always
         mix_step(state, guard.gamma)
         distances.append(consensus_distance(state.x))
@@ -181,3 +176,14 @@ def test_top_k_learns_a_contraction_above_its_worst_case() -> None:
         guard.observe(StepGuard.residuals(state.x, state.xhat, state.s))
         guard.agree(torch.full((8,), math.inf))
     assert bool((guard.delta > 0.01).all()) and bool((guard.gamma > before).all())
+
+
+def test_a_neighbours_tiny_step_cannot_stall_mixing() -> None:
+    """A member announcing γ = 1e-12 takes its neighbours at most MAX_BACKOFFS halvings
+    below their analysed step, and a site's own back-offs stop there too."""
+    w = metropolis_hastings(build_graph("ring", 4))
+    guard = StepGuard(w, torch.full((4,), 0.2, dtype=torch.float64))
+    start = guard.gamma.clone()
+    for _ in range(guard.lag + 1):
+        guard.agree(torch.full((4,), 1e-12, dtype=torch.float64))
+    assert torch.allclose(guard.gamma, start * guard.factor**MAX_BACKOFFS)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from node.config import load_config
 from node.gossip import ChocoState, add_self_contribution, mix_step
 from node.memory_transport import MemoryNetwork, MemoryTransport
 from node.runtime import Node
-from node.step_size import StepGuard, guarded_compress, step_guard
+from node.step_size import guarded_compress, step_guard
 from node.tracking import GradientTracker
 from node.trainer import TrainConfig, TrainStats
 from sim.consortium import ConsortiumSpec, write_consortium
@@ -91,10 +90,7 @@ def _run(tracking: bool, rounds: int) -> tuple[Quadratic, list[float]]:
         q = guarded_compress(state, comp, t, None, guard)
         add_self_contribution(state, q, net.self_weight)
         net.exchange(q, state.s, up, up, t)
-        stamp, announced = guard.announcement()
-        guard.observe(StepGuard.residuals(state.x, state.xhat, state.s))
-        heard = net.neighbour_min(announced)
-        guard.agree(heard if guard.stamp == stamp else torch.full_like(heard, math.inf))
+        guard.step(state, net.neighbour_min)
         mix_step(state, guard.gamma)
         if tracker:
             tracker.sync(trainer)
