@@ -308,7 +308,8 @@ class Simulation:
                 mix_step(state, step, active)
                 if tracker:
                     tracker.sync(trainer)
-                trace.append(consensus_distance(trainer.params))
+                if self.spec.evaluate:
+                    trace.append(consensus_distance(trainer.params))
             sent += traffic.bytes_sent
             virtual_ms += traffic.round_ms
             missed += traffic.missed
