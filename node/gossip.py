@@ -74,6 +74,8 @@ def mix_step(
     state: ChocoState, gamma: float | torch.Tensor, active: torch.Tensor | None = None
 ) -> None:
     """Step 3: x_i += γ_i (s_i − x̂_i) for active rows (γ one value, or (K,) per row)."""
+    if isinstance(gamma, torch.Tensor) and bool((gamma == gamma[0]).all()):
+        gamma = float(gamma[0])  # the agreed step is one value: no (K, d) temporary
     if active is None and not isinstance(gamma, torch.Tensor):
         state.x.add_(state.s, alpha=gamma).sub_(state.xhat, alpha=gamma)
         return
