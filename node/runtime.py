@@ -227,6 +227,11 @@ class Node:
         weight = membership.weights(me)
         self._check_addresses(config, weight, me)
         change = self.links.rewire(membership, weight, self.state.xhat[0], self.state.s[0])
+        if self.guard_step is not None:
+            # A new graph has another spectrum and diameter: the step is derived afresh.
+            self.guard_step.rewire(membership.matrix())
+            self.gamma = float(self.guard_step.gamma[0])
+            self.neighbour_step = {}
         self.config = replace(
             self.config,
             members=config.members,
@@ -348,7 +353,11 @@ class Node:
                 self.emit("rejected", reason=exc.reason, peer=received.peer, detail=str(exc))
                 continue
             if update.step is not None:
-                self.neighbour_step[frame.sender] = update.step
+                # The newest stamp wins, and within it the smallest step (a late, reordered
+                # frame does not undo a newer announcement).
+                old = self.neighbour_step.get(frame.sender)
+                if old is None or (update.step[0], -update.step[1]) > (old[0], -old[1]):
+                    self.neighbour_step[frame.sender] = update.step
             self.links.inbound[frame.sender].accept(update.items, self.state.s[0])
             self.links.out[frame.sender].ack(update.ack)
             self.links.heard[frame.sender] = max(self.links.heard[frame.sender], frame.round)
@@ -614,13 +623,13 @@ class Node:
         state = self.state
         residual = StepGuard.residuals(state.x, state.xhat, state.s)
         before = self.gamma
-        backed = bool(self.guard_step.observe(residual)[0])
+        backed = bool(self.guard_step.observe(residual, t)[0])
         heard = [
             value
             for p, (stamp, value) in self.neighbour_step.items()
             if p in self.links.inbound and stamp == self.guard_step.stamp
         ]
-        self.guard_step.agree(torch.tensor([min(heard, default=math.inf)]))
+        self.guard_step.agree(torch.tensor([min(heard, default=math.inf)], dtype=torch.float64))
         self.gamma = float(self.guard_step.gamma[0])
         if backed:
             self.emit(

@@ -251,7 +251,8 @@ class StepGuard:
     _floor: torch.Tensor = field(init=False)
     _settled: torch.Tensor = field(init=False)  # (K,) rounds since γ last changed
     _count: int = 0
-    _since: int = 0  # rounds since the current stamp began
+    _round: int = -1  # the last round observed
+    _switched: int = 0  # the stamp whose agreed γ is in use
     _modes: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
@@ -263,19 +264,34 @@ class StepGuard:
         self._floor = torch.full((k,), math.inf, dtype=torch.float64)
         self._settled = torch.zeros(k, dtype=torch.int64)
         self.backoffs = torch.zeros(k, dtype=torch.int64)
+        self._adopt(self.weights)
+        self.proposal = self._gammas()
+        # Every site derives the same starting γ from public facts; min-gossip covers the
+        # exception (top-k:adaptive, whose bound is each site's own).
+        self.agreed = self.proposal.clone()
+        self.gamma = self.proposal.clone()
+
+    def _adopt(self, weights: NDArray[np.float64]) -> None:
+        """Take the graph's spectrum and diameter (the agreement lag) from ``weights``."""
+        self.weights = weights
         adjacency = self.weights > 0
         graph = nx.from_numpy_array(
             adjacency.astype(np.int64) - np.eye(len(adjacency), dtype=np.int64)
         )
         self.lag = int(nx.diameter(graph)) if len(adjacency) > 1 else 0
         self.window = max(self.window, self.lag + 1)
-        self._modes = tuple(np.round(mixing_modes(self.weights), 12))  # W is fixed
+        self._modes = tuple(np.round(mixing_modes(self.weights), 12))
+
+    def rewire(self, weights: NDArray[np.float64]) -> None:
+        """A membership change: γ from the new graph's spectrum (keeping the learned
+        contraction and the back-offs), windows and stamps still at round numbers."""
+        self._adopt(weights)
+        self.stamp = self._switched = (self._round + 1) // self.window
         self.proposal = self._gammas()
-        # Every site derives the same starting γ from public facts; min-gossip covers the
-        # exception (top-k:adaptive, whose bound is each site's own).
         self.agreed = self.proposal.clone()
         self.gamma = self.proposal.clone()
-        self._since = self.lag
+        self._settled.zero_()
+        self._floor.fill_(math.inf)
 
     @property
     def delta(self) -> torch.Tensor:
@@ -310,13 +326,17 @@ class StepGuard:
         """(stamp, smallest known proposal per site): what this round's frames carry."""
         return self.stamp, self.agreed.clone()
 
-    def observe(self, residual: torch.Tensor) -> torch.Tensor:
-        """Feed one round's residuals; returns the (K,) mask of sites that backed off now."""
+    def observe(self, residual: torch.Tensor, round: int | None = None) -> torch.Tensor:
+        """Feed one round's residuals (``round``: the round they are of; default the next
+        one); returns the (K,) mask of sites that backed off now. Windows end at round
+        numbers, multiples of ``window``, the same at every site, also at one that skipped
+        rounds to catch up."""
+        self._round = self._round + 1 if round is None else round
         self._sum += residual.to(torch.float64)
         self._count += 1
         self._settled += 1
         backed = torch.zeros_like(self._settled, dtype=torch.bool)
-        if self._count < self.window:
+        if (self._round + 1) // self.window <= self.stamp:
             return backed
         mean = self._sum / self._count
         if self.learn:
@@ -330,9 +350,8 @@ class StepGuard:
         update = armed & ~backed
         self._floor[update] = torch.minimum(self._floor[update], mean[update])
         self.proposal = self._gammas()
-        self.stamp += 1
+        self.stamp = (self._round + 1) // self.window
         self.agreed = self.proposal.clone()
-        self._since = 0
         return backed
 
     def agree(self, heard: torch.Tensor) -> None:
@@ -341,12 +360,13 @@ class StepGuard:
         a round, after :meth:`observe`."""
         lowest = self._base() * self.factor**MAX_BACKOFFS
         self.agreed = torch.minimum(self.agreed, torch.maximum(heard.to(torch.float64), lowest))
-        if self._since == self.lag:
+        into = self._round + 1 - self.stamp * self.window  # rounds since the stamp's window end
+        if self._switched < self.stamp and into >= self.lag:
             changed = self.agreed != self.gamma
             self.gamma = self.agreed.clone()
             self._settled[changed] = 0  # the guard re-arms once the new γ has settled
             self._floor[changed] = math.inf
-        self._since += 1
+            self._switched = self.stamp
 
     def step(
         self,
@@ -389,7 +409,8 @@ class StepGuard:
             "agreed": self.agreed.clone(),
             "gamma": self.gamma.clone(),
             "count": self._count,
-            "since": self._since,
+            "round": self._round,
+            "switched": self._switched,
             "stamp": self.stamp,
         }
 
@@ -400,7 +421,12 @@ class StepGuard:
             assert isinstance(value, torch.Tensor)
             attr = name if name in ("backoffs", "agreed", "gamma") else f"_{name}"
             setattr(self, attr, value.clone())
-        for name, attr in (("count", "_count"), ("since", "_since"), ("stamp", "stamp")):
+        for name, attr in (
+            ("count", "_count"),
+            ("round", "_round"),
+            ("switched", "_switched"),
+            ("stamp", "stamp"),
+        ):
             value = saved[name]
             assert isinstance(value, int)
             setattr(self, attr, value)

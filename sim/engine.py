@@ -8,6 +8,7 @@ averages all models at a server each round (a reference, not something Murmur de
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -302,7 +303,9 @@ class Simulation:
                     assert q.indices is not None and q.indices.dim() == 1
                     traffic = secure.exchange(state.xhat, state.s, q.indices, t, working, alive)
                 if guard is not None:
-                    guard.step(state, network.neighbour_min)
+                    # Secure frames carry no step announcement (as on nodes): no agreement.
+                    heard = network.neighbour_min if secure is None else _nobody
+                    guard.step(state, heard)
                 step = guard.gamma.to(state.x.device) if guard is not None else gamma
                 assert step is not None
                 mix_step(state, step, active)
@@ -398,3 +401,7 @@ def _stability(result: MethodResult, trace: list[float]) -> dict[str, float]:
         out["accuracy_best"] = max(result.accuracy_mean)
         out["late_drop"] = max(result.accuracy_mean) - min(half or result.accuracy_mean[-1:])
     return out
+
+
+def _nobody(values: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(values, math.inf)

@@ -171,8 +171,11 @@ class SimNetwork:
             link = self.outbound[e]
             if fresh[e]:
                 row = q.row(j)
+                kept = int(row.kept[0])  # top-k:adaptive pads rows to the largest k
                 idx = None if row.indices is None else row.indices.reshape(-1)
                 values, quantum = link_item_values(row, float(self.w[e]))
+                if idx is not None and not q.shared:
+                    idx, values = idx[:kept], values[:kept]
                 if idx is not None:
                     idx = idx.to(s.device)
                 link.push(idx, values.to(s.device, s.dtype), row.shared_round, quantum)

@@ -24,7 +24,7 @@ from node.config import SECURE_MODES, parse_partition
 from node.device import pick_device
 from node.errors import ConfigError
 from node.privacy import DpConfig, parse_dp
-from node.step_size import auto_gammas
+from node.step_size import step_guard
 from node.trainer import TrainConfig
 from sim import partition
 from sim.data import load_dataset
@@ -239,7 +239,9 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         spectral_gap=spectral_gap(topology.matrix(0)),
         gamma=args.gamma
         if args.gamma is not None
-        else auto_gammas(compressor, sim.layout.dim, topology.matrix(0)),
+        else sorted(
+            set(step_guard(compressor, sim.layout.dim, topology.matrix(0), n).gamma.tolist())
+        ),
         kept_fraction=compressor.kept_fraction(sim.layout.dim),
         device=str(spec.device),
     )

@@ -184,6 +184,22 @@ def test_a_neighbours_tiny_step_cannot_stall_mixing() -> None:
     w = metropolis_hastings(build_graph("ring", 4))
     guard = StepGuard(w, torch.full((4,), 0.2, dtype=torch.float64))
     start = guard.gamma.clone()
-    for _ in range(guard.lag + 1):
+    for _ in range(guard.window + guard.lag + 1):
+        guard.observe(torch.ones(4, dtype=torch.float64))
         guard.agree(torch.full((4,), 1e-12, dtype=torch.float64))
     assert torch.allclose(guard.gamma, start * guard.factor**MAX_BACKOFFS)
+
+
+def test_windows_follow_round_numbers_across_a_catch_up() -> None:
+    """A site that skips rounds (catching up after a restart) still ends its windows, and
+    takes its stamps, at the same round numbers as its neighbours."""
+    w = metropolis_hastings(build_graph("ring", 6))
+    steady = StepGuard(w, torch.full((1,), 0.2, dtype=torch.float64))
+    skipping = StepGuard(w, torch.full((1,), 0.2, dtype=torch.float64))
+    one = torch.ones(1, dtype=torch.float64)
+    for t in range(60):
+        steady.observe(one, t)
+        if not 12 <= t < 27:  # down for 15 rounds, then straight to round 27
+            skipping.observe(one, t)
+        if t >= 27:
+            assert skipping.stamp == steady.stamp == (t + 1) // steady.window
