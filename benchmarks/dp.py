@@ -97,7 +97,7 @@ def overhead(steps: int = 200, blocks: int = 5) -> dict[str, float]:
 
     plain = trainer()
     dp = replace(DP, epsilon=1e9, noise_multiplier=1.0, rounds=steps * blocks, weight="equal")
-    private = DpTrainer(trainer(), [part], dp, steps * blocks)
+    private = DpTrainer(trainer(), [part], dp, steps * blocks, seed=0, reproducible=True)
     times: dict[str, list[float]] = {"plain": [], "dp": []}
     for _ in range(blocks):  # interleaved, so drift in machine load hits both alike
         for name, run in (("plain", plain), ("dp", private)):

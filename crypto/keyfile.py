@@ -23,6 +23,18 @@ def write_secret(path: Path, data: bytes, overwrite: bool = False, what: str = "
     with os.fdopen(fd, "wb") as handle:
         os.fchmod(handle.fileno(), 0o600)
         handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())  # a key lost to a power cut would lock the site out
+    sync_directory(path.parent)
+
+
+def sync_directory(path: Path) -> None:
+    """fsync a directory, so that a file just created or renamed in it survives a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_secret(path: Path, hint: str = "") -> bytes:

@@ -3,6 +3,10 @@
 Written to a temporary file in the same directory, fsynced, then renamed over the old
 checkpoint (``os.replace`` is atomic on POSIX) and the directory fsynced: a reader sees
 the old checkpoint or the new one, never a torn write.
+
+A checkpoint holds the model, decrypted neighbourhood sums, pinned keys and the DP
+generators' state, so it is created 0600 (never readable by others, not even briefly)
+in a state directory kept at 0700.
 """
 
 from __future__ import annotations
@@ -14,23 +18,28 @@ from typing import Any
 
 import torch
 
+from crypto.keyfile import sync_directory
 from node.errors import ConfigError
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if missing and make it 0700: it holds a site's secrets."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # a stale tmp file may have had another mode
         handle.write(buffer.getbuffer())
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_directory(path.parent)
 
 
 def load(path: Path) -> dict[str, Any] | None:

@@ -43,11 +43,14 @@ from node.privacy import DpConfig, dp_rounds
 from node.trainer import BatchedTrainer, TrainConfig, TrainStats
 
 # Opacus' RDP conversion warns when the best order is its largest; the bound it returns
-# is then a little loose, never too small. The engine warns about the secure RNG on every
-# construction, and autograd about hooks on a first layer whose input needs no gradient.
-QUIET = ("Optimal order is the largest alpha", "Secure RNG turned off", "Full backward hook")
+# is then a little loose, never too small; and autograd warns about hooks on a first
+# layer whose input needs no gradient. Neither is about privacy. Opacus' secure-RNG
+# warning is *not* silenced here: only a caller that seeds on purpose (the simulator,
+# ``reproducible=True``) hides it, and only while it builds its engines.
+QUIET = ("Optimal order is the largest alpha", "Full backward hook")
 for _message in QUIET:  # process-wide: training runs in worker threads
     warnings.filterwarnings("ignore", message=_message, category=UserWarning)
+SECURE_RNG_WARNING = "Secure RNG turned off"
 
 
 def check_model(model: nn.Module) -> None:
@@ -75,34 +78,47 @@ def _noise_for(epsilon: float, delta: float, sample_rate: float, steps: int, kin
 
 
 class Ledger:
-    """ε after n steps at one (σ, q): Opacus' own analysis, cached. For RDP the per-step
-    RDP curve is computed once (n steps cost n times it, as in Opacus' accountant); a
-    fresh accountant per query would cost ~0.2 s, more than a round of training."""
+    """ε of an accountant history ``[(σ, q, steps), ...]`` at δ: Opacus' own analysis,
+    cached. For RDP each (σ, q) gets its per-step RDP curve once and a history costs a
+    weighted sum of them (as in Opacus' accountant); a fresh accountant per query would
+    cost ~0.2 s, more than a round of training. The history, not today's config, is what
+    was spent: a site restarted with other settings is charged for what it really did."""
 
     def __init__(self, kind: str, noise_multiplier: float, sample_rate: float, delta: float):
         self.kind, self.sigma, self.q, self.delta = kind, noise_multiplier, sample_rate, delta
-        self._rdp_step: np.ndarray[Any, np.dtype[np.float64]] | None = None
-        if kind == "rdp":
-            orders = RDPAccountant.DEFAULT_ALPHAS
+        self._curves: dict[tuple[float, float], np.ndarray[Any, np.dtype[np.float64]]] = {}
+
+    def _curve(self, sigma: float, q: float) -> np.ndarray[Any, np.dtype[np.float64]]:
+        curve = self._curves.get((sigma, q))
+        if curve is None:
             step = rdp_analysis.compute_rdp(
-                q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=orders
+                q=q, noise_multiplier=sigma, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
             )
-            self._rdp_step = np.asarray(step, dtype=np.float64)
+            curve = self._curves[(sigma, q)] = np.asarray(step, dtype=np.float64)
+        return curve
+
+    def of_history(self, history: list[tuple[float, float, int]]) -> float:
+        """ε after every (σ, q, steps) of ``history``."""
+        history = [(float(sig), float(q), int(n)) for sig, q, n in history if int(n) > 0]
+        if not history:
+            return 0.0
+        return self._of(tuple(history))
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one ledger per row, for its life
-    def epsilon(self, steps: int) -> float:
-        if steps <= 0:
-            return 0.0
-        if self._rdp_step is not None:
+    def _of(self, history: tuple[tuple[float, float, int], ...]) -> float:
+        if self.kind == "rdp":
+            rdp = sum(self._curve(sig, q) * n for sig, q, n in history)
             eps, _ = rdp_analysis.get_privacy_spent(
-                orders=RDPAccountant.DEFAULT_ALPHAS,
-                rdp=self._rdp_step * steps,
-                delta=self.delta,
+                orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=self.delta
             )
             return float(eps)
         accountant = create_accountant(mechanism=self.kind)
-        accountant.history = [(self.sigma, self.q, steps)]
+        accountant.history = list(history)
         return float(accountant.get_epsilon(delta=self.delta))
+
+    def epsilon(self, steps: int) -> float:
+        """ε after ``steps`` steps at this ledger's own (σ, q)."""
+        return self.of_history([(self.sigma, self.q, steps)])
 
     def max_steps(self, epsilon: float) -> int:
         """The most steps whose ε stays within ``epsilon``."""
@@ -128,6 +144,7 @@ class _Row:
         dp: DpConfig,
         planned_steps: int,
         seed: int,
+        reproducible: bool,
     ) -> None:
         x, y = data
         if dp.delta >= 1.0 / len(y):
@@ -149,7 +166,10 @@ class _Row:
         module = copy.deepcopy(model).to(x.device)
         optimizer = _optimizer(module, train)
         try:
-            self.engine = PrivacyEngine(accountant=dp.accountant, secure_mode=dp.secure_mode)
+            with warnings.catch_warnings():
+                if reproducible:
+                    warnings.filterwarnings("ignore", message=SECURE_RNG_WARNING)
+                self.engine = PrivacyEngine(accountant=dp.accountant, secure_mode=dp.secure_mode)
         except ImportError as exc:
             raise ConfigError(f"dp secure_mode: {exc}") from None
         made = self.engine.make_private(
@@ -172,8 +192,24 @@ class _Row:
         return sum(int(steps) for _, _, steps in self.engine.accountant.history)
 
     def epsilon(self, extra_steps: int = 0) -> float:
-        """ε spent so far, or after ``extra_steps`` more steps at this row's settings."""
-        return self.ledger.epsilon(self.steps_taken + extra_steps)
+        """ε spent so far, read off the accountant's history (what was really done), or
+        after ``extra_steps`` more steps at this row's settings."""
+        history = [(float(sig), float(q), int(n)) for sig, q, n in self.engine.accountant.history]
+        if extra_steps:
+            history.append((self.noise_multiplier, self.sample_rate, extra_steps))
+        return self.ledger.of_history(history)
+
+    def pinned(self) -> dict[str, Any]:
+        """The DP parameters ε was spent under; a restart must keep every one of them."""
+        return {
+            "epsilon": self.dp.epsilon,
+            "delta": self.dp.delta,
+            "clip": self.dp.clip,
+            "accountant": self.dp.accountant,
+            "sample_rate": self.sample_rate,
+            "weight": self.dp.weight,
+            "mean_records": self.dp.mean_records,
+        }
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         try:
@@ -201,9 +237,25 @@ class _Row:
             "sample_gen": self.sample_gen.get_state(),
             "noise_gen": self.noise_gen.get_state(),
             "noise_multiplier": self.noise_multiplier,
+            "pinned": self.pinned(),
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
+        pinned, now = saved.get("pinned"), self.pinned()
+        if pinned is None:
+            raise ConfigError(
+                "the checkpoint does not record the DP parameters its budget was spent "
+                "under (written by an older Murmur); start a new state_dir"
+            )
+        changed = [f"{k} {pinned[k]!r} → {now[k]!r}" for k in now if pinned.get(k) != now[k]]
+        if changed:
+            raise ConfigError(
+                "DP parameters changed since this site started spending its budget ("
+                + "; ".join(changed)
+                + "): ε is only meaningful for the parameters it was spent under. Restore "
+                "them in [privacy] (and the site's data), or start a new state_dir and a new "
+                "budget"
+            )
         self.engine.accountant.load_state_dict(saved["accountant"])
         self.optimizer.original_optimizer.load_state_dict(saved["optimizer"])
         self.sample_gen.set_state(saved["sample_gen"])
@@ -234,7 +286,11 @@ class DpTrainer:
     ``planned_rounds`` is the collaboration's length; the budget is spread over
     :func:`node.privacy.dp_rounds` of them. Under ``dp.weight = "records"`` each row's
     learning rate is scaled by its records over ``mean_records`` (``dp.mean_records``
-    unless given here: the simulator passes its pooled size for ``central``)."""
+    unless given here: the simulator passes its pooled size for ``central``).
+
+    ``seed`` seeds the Poisson sampling and noise generators. A node passes its secret
+    seed (:func:`node.site_secrets.dp_seed`); only the simulator passes a public one, with
+    ``reproducible=True``, which also hides Opacus' secure-RNG warning while it builds."""
 
     def __init__(
         self,
@@ -242,8 +298,9 @@ class DpTrainer:
         parts: list[tuple[torch.Tensor, torch.Tensor]],
         dp: DpConfig,
         planned_rounds: int,
-        seed: int = 0,
+        seed: int,
         mean_records: float | None = None,
+        reproducible: bool = False,
     ) -> None:
         if inner.config.prox_mu > 0:
             raise ConfigError("dp with FedProx (prox_mu > 0) is not supported; set prox_mu = 0")
@@ -254,7 +311,15 @@ class DpTrainer:
         steps = dp_rounds(dp, planned_rounds) * inner.config.local_steps
         device = inner.params.device
         self.rows = [
-            _Row(inner.model, (x.to(device), y.to(device)), inner.config, dp, steps, seed + 7 * k)
+            _Row(
+                inner.model,
+                (x.to(device), y.to(device)),
+                inner.config,
+                dp,
+                steps,
+                seed + 7 * k,
+                reproducible,
+            )
             for k, (x, y) in enumerate(parts)
         ]
         self.spent = [False] * len(self.rows)

@@ -4,6 +4,7 @@ NodeError
 ├── ConfigError            bad user input: unknown names, values out of range
 │   ├── UnknownCompressorError
 │   └── IncompatibleModelError  a model the protocol cannot use (e.g. BatchNorm)
+├── NodeCrashedError       an internal task failed; the node stopped at a checkpoint
 ├── ProtocolError          a peer or frame that breaks the gossip protocol
 │   └── FrameError         a received frame was rejected; ``reason`` names the counter
 │       ├── MalformedFrameError   not a well-formed frame (truncated, bad msgpack, bad field)
@@ -12,6 +13,7 @@ NodeError
 │       ├── ForgedFrameError      bad signature, or sender ≠ the authenticated connection
 │       ├── ReplayedFrameError    a nonce this node has already accepted
 │       ├── StaleFrameError       a round older than the replay window, or already closed
+│       ├── FutureFrameError      a round further ahead of ours than the admitted lead
 │       ├── KeyPinError           a neighbour's encryption key differs from the pinned one
 │       └── SealedRejectedError   a ciphertext or contributor record failed its checks
 └── TransportError         sending failed; the frame was not delivered
@@ -36,6 +38,10 @@ class UnknownCompressorError(ConfigError):
 
 class IncompatibleModelError(ConfigError):
     """The model cannot be used for gossip learning as configured."""
+
+
+class NodeCrashedError(NodeError):
+    """An internal task of the node failed unexpectedly; it stopped at a round boundary."""
 
 
 class ProtocolError(NodeError):
@@ -70,6 +76,17 @@ class ReplayedFrameError(FrameError):
 
 class StaleFrameError(FrameError):
     reason = "stale"
+
+
+class FutureFrameError(FrameError):
+    """A signed frame for a round too far ahead of ours: its contents are not used, but
+    its round is a (member-signed) claim of where the sender is, for catching up."""
+
+    reason = "future"
+
+    def __init__(self, message: str, round: int) -> None:
+        super().__init__(message)
+        self.round = round
 
 
 class KeyPinError(FrameError):

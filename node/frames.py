@@ -8,7 +8,8 @@ size limits, so a hostile peer can make us allocate at most ``max_bytes``.
 The signature (the sender's Ed25519 site key) covers sender, round, nonce, topic and the
 SHA-256 of the payload, under a domain tag. :class:`FrameGuard` then admits a frame only
 from an allowlisted sender that matches the authenticated connection, with a round no
-older than the replay window and a nonce not seen before; every rejection is counted.
+older than the replay window nor further ahead than a small lead, and a nonce not seen
+before; every rejection is counted.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from crypto.identity import SIGNATURE_BYTES, SiteIdentity, public_key_from_peer_
 from node.errors import (
     ForgedFrameError,
     FrameError,
+    FutureFrameError,
     MalformedFrameError,
     OversizedFrameError,
     ReplayedFrameError,
@@ -144,13 +146,17 @@ def decode(body: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame:
 
 
 class FrameGuard:
-    """Admits frames from the consortium only, once each, within the replay window.
+    """Admits frames from the consortium only, once each, within [round − window, round + lead].
 
     ``window`` rounds of nonces are remembered per sender; a frame older than that is
     stale and refused (its contents are not lost: the backlog resends them in the
-    sender's next frame). At most ``max_per_round`` frames per sender and round, and
-    ``max_rounds`` distinct rounds per sender, are remembered, which bounds the memory a
-    flooding peer can take even with frames for rounds far in the future.
+    sender's next frame). A frame more than ``lead`` rounds ahead is refused too, as
+    :class:`~node.errors.FutureFrameError` carrying its signed round: the sender chooses
+    the round number, and a far-future one must neither be buffered nor move this node
+    (the runtime catches up only as far as its slowest live neighbour, a bounded jump at
+    a time; :meth:`node.runtime.Node._next_round`). At most ``max_per_round`` frames per
+    sender and round, and ``max_rounds`` distinct rounds per sender, are remembered,
+    which bounds the memory a flooding peer can take.
     """
 
     def __init__(
@@ -159,8 +165,10 @@ class FrameGuard:
         window: int = 4,
         max_per_round: int = 256,
         max_rounds: int = 64,
+        lead: int = 4,
     ):
         self.window = window
+        self.lead = lead
         self.max_per_round = max_per_round
         self.max_rounds = max_rounds
         self.round = 0
@@ -222,6 +230,12 @@ class FrameGuard:
         if frame.round < self.round - self.window:
             raise StaleFrameError(
                 f"round {frame.round} from {frame.sender} is older than {self.round - self.window}"
+            )
+        if frame.round > self.round + self.lead:
+            raise FutureFrameError(
+                f"round {frame.round} from {frame.sender} is more than {self.lead} rounds "
+                f"ahead of ours ({self.round})",
+                frame.round,
             )
         rounds = self._seen.setdefault(frame.sender, {})
         seen = rounds.get(frame.round)

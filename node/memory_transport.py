@@ -68,6 +68,13 @@ class MemoryTransport(Transport):
         if len(body) > target.max_frame_bytes:
             target.rejected["oversized"] += 1
             raise PeerUnreachableError(f"{peer} reset the stream: frame over its size limit")
+        # Backpressure: wait while the receiver holds its share of our unconsumed frames.
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.timeout_s
+        while not target._reserve(self.peer_id, len(body)):
+            if loop.time() > give_up or target._closed:
+                raise PeerUnreachableError(f"{peer} read nothing within {self.timeout_s:g} s")
+            await asyncio.sleep(0.002)
         target._queue.put_nowait(Received(self.peer_id, bytes(body)))
         await asyncio.sleep(0)
 

@@ -60,6 +60,8 @@ yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
 
 PROTOCOL = TProtocol("/murmur/frames/1.0.0")
 IDLE_READ_S = 600.0
+BACKPRESSURE_POLL_S = 0.005
+CHUNK_BYTES = 1 << 20
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 5.0
 
@@ -101,16 +103,30 @@ class _Backoff:
         self.next_try = 0.0
 
 
-async def _read_exactly(stream: INetStream, size: int) -> bytes:
+async def _read_exactly(stream: INetStream, size: int, timeout_s: float) -> bytes:
+    """Read ``size`` bytes, or fewer if the stream ends or stalls: each chunk must come
+    within ``timeout_s`` (a progress deadline, so a large body on a slow link arrives
+    while a stalled one is dropped). The caller checks the length; nothing of an earlier
+    read can be returned."""
     chunks = []
     remaining = size
     while remaining:
-        chunk = await stream.read(min(remaining, 1 << 20))
+        chunk = b""
+        with trio.move_on_after(timeout_s):
+            chunk = await stream.read(min(remaining, CHUNK_BYTES))
         if not chunk:
             break
         chunks.append(chunk)
         remaining -= len(chunk)
     return b"".join(chunks)
+
+
+async def _write_all(stream: INetStream, data: bytes, timeout_s: float) -> None:
+    """Write ``data`` in chunks, each within ``timeout_s`` (progress, not total, deadline)."""
+    view = memoryview(data)
+    for start in range(0, len(data), CHUNK_BYTES):
+        with trio.fail_after(timeout_s):
+            await stream.write(bytes(view[start : start + CHUNK_BYTES]))
 
 
 class P2PTransport(Transport):
@@ -155,7 +171,10 @@ class P2PTransport(Transport):
             target=self._run_trio, args=(ready,), name=f"libp2p-{self.peer_id[-6:]}", daemon=True
         )
         self._thread.start()
-        self._address = await asyncio.wait_for(ready, self.timeout_s + 20)
+        try:
+            self._address = await asyncio.wait_for(ready, self.timeout_s + 20)
+        except TimeoutError:
+            raise PeerUnreachableError(f"libp2p did not start on {self._listen}") from None
 
     def set_peers(self, peers: Mapping[str, str]) -> None:
         removed = set(self._peers) - set(peers)
@@ -168,7 +187,13 @@ class P2PTransport(Transport):
         assert self._loop is not None
         done: asyncio.Future[None] = self._loop.create_future()
         self._call_in_trio(self._send, peer, address, body, done)
-        await asyncio.wait_for(done, self.timeout_s + 5)
+        # The trio side bounds every step (connect, each chunk); this is a backstop sized to
+        # the body, so a large frame on a slow link is not cut off by a fixed deadline.
+        chunks = 1 + (len(body) + PREFIX_BYTES) // CHUNK_BYTES
+        try:
+            await asyncio.wait_for(done, self.timeout_s * (chunks + 2) + 5)
+        except TimeoutError:
+            raise PeerUnreachableError(f"{peer}: send did not finish in time") from None
 
     async def aclose(self) -> None:
         if self._closed:
@@ -298,7 +323,7 @@ class P2PTransport(Transport):
             try:
                 with trio.fail_after(self.timeout_s):
                     stream = await self._stream(peer, address)
-                    await stream.write(data)
+                await _write_all(stream, data, self.timeout_s)
                 return None
             except trio.TooSlowError:
                 self._streams.pop(peer, None)
@@ -333,18 +358,25 @@ class P2PTransport(Transport):
         peer = str(stream.muxed_conn.peer_id)
         try:
             while peer in self._peers:
-                with trio.move_on_after(IDLE_READ_S) as idle:
-                    prefix = await _read_exactly(stream, PREFIX_BYTES)
-                if idle.cancelled_caught or not prefix:
+                prefix = await _read_exactly(stream, PREFIX_BYTES, IDLE_READ_S)
+                if not prefix:
                     break
                 try:
                     size = check_length(prefix, self.max_frame_bytes)
                 except FrameError as exc:
                     self.rejected[exc.reason] += 1
                     break
-                with trio.move_on_after(self.timeout_s):
-                    body = await _read_exactly(stream, size)
+                # Backpressure: this peer's unconsumed frames hold their share of memory,
+                # so its stream is not read until ours consumes them (transport docs).
+                while not self._reserve(peer, size):
+                    await trio.sleep(BACKPRESSURE_POLL_S)
+                try:
+                    body = await _read_exactly(stream, size, self.timeout_s)
+                except BaseException:
+                    self._release(peer, size)
+                    raise
                 if len(body) != size:
+                    self._release(peer, size)
                     self.rejected["truncated"] += 1
                     break
                 self._deliver(Received(peer, body))

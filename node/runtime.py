@@ -35,10 +35,16 @@ from node import checkpoint
 from node.backlog import Item
 from node.compress import SharedIndexCompressor, parse_compressor, shared_indices, stacked
 from node.config import NodeConfig, load_config
-from node.errors import ConfigError, FrameError, TransportError
+from node.errors import (
+    ConfigError,
+    FrameError,
+    FutureFrameError,
+    NodeCrashedError,
+    TransportError,
+)
 from node.faults import FaultyTransport
 from node.flat import FlatLayout
-from node.frames import PREFIX_BYTES, FrameGuard, seal
+from node.frames import PREFIX_BYTES, Frame, FrameGuard, seal
 from node.gossip import ChocoState, add_self_contribution, mix_step
 from node.links import Links
 from node.membership import Membership
@@ -46,6 +52,8 @@ from node.models import build_model
 from node.sealed_wire import SECURE_TOPICS
 from node.secure_exchange import SecureExchange
 from node.site_data import load_site_data
+from node.site_secrets import dp_seed
+from node.sparse import Sparse
 from node.step_size import StepGuard, guarded_compress, step_guard
 from node.telemetry import MqttTelemetry
 from node.tracking import GradientTracker
@@ -57,6 +65,8 @@ if TYPE_CHECKING:
     from node.dp import DpTrainer
 
 SUSPECT_AFTER = 3
+# The most rounds one catch-up may skip (see Node._next_round).
+CATCH_UP_MAX = 16
 
 
 class Node:
@@ -98,8 +108,10 @@ class Node:
         if config.dp is not None:
             from node.dp import DpTrainer  # Opacus loads only for sites that use DP
 
+            # The noise and sampling seed is a secret from the OS CSPRNG (node.site_secrets),
+            # never the consortium's public seed: that would let any member subtract it.
             self.dp = DpTrainer(
-                plain, [(data.x, data.y)], config.dp, config.rounds, config.seed * 7919 + self.index
+                plain, [(data.x, data.y)], config.dp, config.rounds, dp_seed(config.state_dir)
             )
             self.trainer = self.dp
         # murmur-gt gossips the stacked [x | v] (node.tracking): twice the model's length.
@@ -133,9 +145,12 @@ class Node:
         self.bytes_sent = 0
         self._budget_reported = False
         self.rejected: Counter[str] = Counter()
+        self._rejections_logged: set[tuple[str | None, str]] = set()
+        self._rejections_quiet: Counter[str] = Counter()  # counted, not logged, this round
         self._heard_event = asyncio.Event()
         self.last_frame: dict[str, float] = {}  # event-loop time of each peer's last frame
         self._stop = asyncio.Event()
+        self._crash: BaseException | None = None  # a supervised task's failure
         self._reload: NodeConfig | None = None
         self._reload_requested = False
         self.ckpt_path = config.state_dir / "checkpoint.pt"
@@ -167,7 +182,7 @@ class Node:
         if path.exists():
             secret = cipher.load(path)
         else:
-            self.config.state_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.private_dir(self.config.state_dir)
             secret = cipher.generate()
             cipher.save(secret, path)
         indices = self._shared_indices
@@ -186,7 +201,15 @@ class Node:
             self.emit,
         )
         exchange.reachable = set(self.config.peers)
+        exchange.on_reject = self._count_rejection
+        exchange.arrived = self._heard_event.set
+        exchange.supervise = self._supervise
         return exchange
+
+    def _count_rejection(self, exc: FrameError, peer: str) -> None:
+        """A refusal found after admission (e.g. a sum that fails to decrypt)."""
+        self.rejected[exc.reason] += 1
+        self._note_rejection(exc, peer)
 
     async def _send_body(self, peer: str, body: bytes) -> None:
         await self.transport.send(peer, body)
@@ -337,51 +360,76 @@ class Node:
         async for received in self.transport.incoming():
             try:
                 frame = self.guard.admit(received.body, received.peer, self.config.max_frame_bytes)
-                if self.secure is not None and frame.topic in SECURE_TOPICS:
-                    self.last_frame[frame.sender] = asyncio.get_running_loop().time()
-                    self.secure.handle(frame)
-                    if frame.topic == "receipt":
-                        heard = self.links.heard
-                        heard[frame.sender] = max(heard[frame.sender], frame.round)
+            except FutureFrameError as exc:
+                # Signed by a member on its own connection, so a claim of where it is; the
+                # contents are dropped (the backlog resends them once we are in range).
+                self._note_rejection(exc, received.peer)
+                if received.peer in self.links.heard:
+                    heard = self.links.heard
+                    heard[received.peer] = max(heard[received.peer], exc.round)
                     self._heard_event.set()
-                    continue
-                if frame.topic != "update" or frame.sender not in self.links.inbound:
-                    raise FrameError(f"unexpected {frame.topic!r} frame from {frame.sender}")
-                update = decode_update(frame.payload, self.dim, self._shared_indices, frame.round)
-            except FrameError as exc:
-                self.rejected[exc.reason] += 1
-                self.emit("rejected", reason=exc.reason, peer=received.peer, detail=str(exc))
                 continue
-            if update.step is not None:
-                # The newest stamp wins, and within it the smallest step (a late, reordered
-                # frame does not undo a newer announcement).
-                old = self.neighbour_step.get(frame.sender)
-                if old is None or (update.step[0], -update.step[1]) > (old[0], -old[1]):
-                    self.neighbour_step[frame.sender] = update.step
-            self.links.inbound[frame.sender].accept(update.items, self.state.s[0])
-            self.links.out[frame.sender].ack(update.ack)
-            self.links.heard[frame.sender] = max(self.links.heard[frame.sender], frame.round)
+            except FrameError as exc:  # counted by the guard
+                self._note_rejection(exc, received.peer)
+                continue
+            try:
+                self._apply(frame)
+            except FrameError as exc:
+                self._count_rejection(exc, received.peer)
+                continue
             self._heard_event.set()
 
-    def _train_and_push(self, t: int) -> float:
-        """Runs in a worker thread: local training, then step 1–2 of CHOCO for this node."""
+    def _apply(self, frame: Frame) -> None:
+        """Use one admitted frame; a :class:`FrameError` leaves this node's state untouched."""
+        if self.secure is not None:
+            if frame.topic not in SECURE_TOPICS:
+                # Under secure aggregation no neighbour's update arrives in the clear: a
+                # plaintext update would go straight into s, outside the protocol.
+                raise FrameError(f"{frame.topic!r} frame from {frame.sender} in secure mode")
+            self.last_frame[frame.sender] = asyncio.get_running_loop().time()
+            self.secure.handle(frame)
+            if frame.topic == "receipt" and frame.sender in self.links.heard:
+                heard = self.links.heard
+                heard[frame.sender] = max(heard[frame.sender], frame.round)
+            return
+        if frame.topic != "update" or frame.sender not in self.links.inbound:
+            raise FrameError(f"unexpected {frame.topic!r} frame from {frame.sender}")
+        update = decode_update(frame.payload, self.dim, self._shared_indices, frame.round)
+        if update.step is not None:
+            # The newest stamp wins, and within it the smallest step (a late, reordered
+            # frame does not undo a newer announcement).
+            old = self.neighbour_step.get(frame.sender)
+            if old is None or (update.step[0], -update.step[1]) > (old[0], -old[1]):
+                self.neighbour_step[frame.sender] = update.step
+        self.links.inbound[frame.sender].accept(update.items, self.state.s[0])
+        self.links.out[frame.sender].ack(update.ack)
+        self.links.heard[frame.sender] = max(self.links.heard[frame.sender], frame.round)
+
+    def _train_and_compress(self, t: int) -> tuple[float, Sparse]:
+        """Runs in a worker thread: local training, then CHOCO step 1 (q, and x̂ += q).
+        It writes x and x̂ only; s, which the event loop adds neighbours' items into, is
+        touched only on the event loop (:meth:`_push`)."""
         self.trainer.set_progress(t / self.config.rounds)
         stats = self.tracker.train(self.trainer) if self.tracker else self.trainer.train()
         if self.config.faults.slow > 1:
             time.sleep(stats.seconds * (self.config.faults.slow - 1))
         with torch.no_grad():
             q = guarded_compress(self.state, self.compressor, t, None, self.guard_step)
+        return float(stats.loss.mean()), q
+
+    def _push(self, q: Sparse) -> None:
+        """CHOCO step 2 on the event loop: s += W_ii q, and W_ji q onto every out-link."""
+        with torch.no_grad():
             add_self_contribution(
                 self.state, q, torch.tensor([self.links.weight[self.identity.peer_id]])
             )
             if self.secure is not None:
-                return float(stats.loss.mean())  # contributions are taken on the event loop
+                return  # contributions are taken from x̂ by the secure exchange
             row = q.row(0)
             idx = None if row.indices is None else row.indices.reshape(-1).clone()
             for peer in self.links.neighbours:
                 values, quantum = link_item_values(row, self.links.weight[peer])
                 self.links.out[peer].push(idx, values.clone(), row.shared_round, quantum)
-        return float(stats.loss.mean())
 
     async def _send_all(self, t: int, clock: int | None = None) -> None:
         """Send each neighbour this round's frame: new backlog items (the whole backlog
@@ -452,6 +500,49 @@ class Node:
         for p in self.links.neighbours:  # one never heard from has been silent since we began
             self.last_frame.setdefault(p, began)
 
+    def _supervise(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """Own a background task's failure: an unexpected exception stops the node at the
+        next round boundary (checkpointed, nothing half-applied) with a clear error,
+        instead of leaving it running but deaf."""
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if finished.cancelled() or finished.exception() is None:
+                return
+            if self._crash is None:
+                self._crash = finished.exception()
+            self._stop.set()
+            self._heard_event.set()
+
+        task.add_done_callback(done)
+        return task
+
+    def _next_round(self, t: int) -> int:
+        """The round after t: t + 1, or further when every live neighbour is ahead (this
+        node restarted, or fell behind). It catches up to its *slowest* live neighbour,
+        at most CATCH_UP_MAX rounds at a time, so one member naming a far-future round
+        (it chooses the number it signs) cannot move this node, or through it the rest."""
+        suspected = self._suspected()
+        live = [self.links.heard[p] for p in self.links.neighbours if p not in suspected]
+        target = min(live, default=t)
+        return max(t + 1, min(target, t + 1 + CATCH_UP_MAX))
+
+    def rejections(self) -> dict[str, int]:
+        """Every refused input so far, by reason: frames the guard refused, frames refused
+        after admission, and what the transport refused below them."""
+        total = self.guard.rejected + self.rejected + self.transport.rejected
+        return dict(sorted(total.items()))
+
+    def _note_rejection(self, exc: FrameError, peer: str | None) -> None:
+        """Log a rejected frame, once per (peer, reason) and round: a member flooding bad
+        frames is counted in full (``rejected`` in the round and finish events) but cannot
+        flood the log or the telemetry broker with one line each."""
+        key = (peer, exc.reason)
+        if key in self._rejections_logged:
+            self._rejections_quiet[exc.reason] += 1
+            return
+        self._rejections_logged.add(key)
+        self.emit("rejected", reason=exc.reason, peer=peer, detail=str(exc)[:200])
+
     def _suspected(self) -> set[str]:
         """Neighbours taken to be down. In plaintext mode: SUSPECT_AFTER rounds in a row
         without their frame. Under secure aggregation a neighbour a round behind sends no
@@ -515,7 +606,7 @@ class Node:
     async def run(self) -> dict[str, Any]:
         """Run to ``rounds`` (resuming from the checkpoint), then linger to serve the
         neighbours' last frames; SIGTERM/SIGINT stop cleanly after a checkpoint."""
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.private_dir(self.config.state_dir)
         resumed = self.restore()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -537,7 +628,7 @@ class Node:
             neighbours=len(self.links.neighbours),
             gamma=self.gamma,
         )
-        receiver = asyncio.create_task(self._receive_loop())
+        receiver = self._supervise(asyncio.create_task(self._receive_loop()))
         try:
             if self.secure is not None:
                 await self._join(self.secure)
@@ -549,13 +640,18 @@ class Node:
             if self.secure is not None:
                 await self.secure.aclose()
             await self.transport.aclose()
+        if self._crash is not None:
+            detail = f"{type(self._crash).__name__}: {self._crash}"
+            self.emit("crashed", round=self.round, detail=detail)
+            raise NodeCrashedError(
+                f"node stopped at round {self.round}: an internal task failed ({detail}); "
+                "its last checkpoint is intact and a restart resumes from it"
+            ) from self._crash
         result = {"round": self.round, "accuracy": self._accuracy(), "bytes_sent": self.bytes_sent}
         if self.dp is not None:
             result.update(eps_spent=self.eps_spent, dp_budget_spent=self.dp.spent[0])
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self.emit(
-            "finish", **result, rss_bytes=rss, rejected=dict(self.guard.rejected | self.rejected)
-        )
+        self.emit("finish", **result, rss_bytes=rss, rejected=self.rejections())
         if self.telemetry is not None:
             await self.telemetry.aclose()
             if self.telemetry.dropped:
@@ -574,7 +670,8 @@ class Node:
         if self.phase == "mixed" and self._reload_requested:
             self._reload_config()
         if self.phase == "mixed":
-            loss = await asyncio.to_thread(self._train_and_push, t)
+            loss, q = await asyncio.to_thread(self._train_and_compress, t)
+            self._push(q)
             if self.secure is not None:
                 self.secure.absent = self._suspected()
                 self.secure.contribute(t, self.state.xhat[0])
@@ -586,16 +683,16 @@ class Node:
         else:
             await self.secure.send_round(t)
             await self._wait_for_round(t)
-            with torch.no_grad():
-                included = await self.secure.resolve(t, self.state.s[0])
+            # No torch.no_grad() across an await: grad mode is per thread, and another
+            # node's coroutine (tests run several in one loop) would inherit or undo it.
+            included = await self.secure.resolve(t, self.state.s[0])
             missed = [p for p in self.links.neighbours if p not in included]
         with torch.no_grad():
             self._guard_step(t)
             mix_step(self.state, self.gamma)
             if self.tracker:
                 self.tracker.sync(self.trainer)
-        ahead = max(self.links.heard.values(), default=t)
-        self.round = max(t + 1, ahead)  # a node that fell behind (restart) catches up
+        self.round = self._next_round(t)
         self.phase = "mixed"
         self.guard.advance(self.round)
         self.save()
@@ -606,15 +703,21 @@ class Node:
         self.emit(
             "round",
             round=t + 1,
-            loss=loss,
+            loss=self._public_loss(loss),
+            trained=loss is not None and not math.isnan(loss),
             accuracy=self._accuracy() if due else None,
             latency_s=round(time.perf_counter() - began, 4),
             peers=len(self.links.neighbours) - len(missed),
             missed=len(missed),
             bytes_sent=self.bytes_sent,
             eps_spent=self.eps_spent,
+            rejected=self.rejections(),
         )
-        self._status(t + 1, loss, len(self.links.neighbours) - len(missed))
+        self._rejections_logged.clear()
+        if self._rejections_quiet:
+            self.emit("rejected_unlogged", round=t + 1, counts=dict(self._rejections_quiet))
+            self._rejections_quiet.clear()
+        self._status(t + 1, self._public_loss(loss), len(self.links.neighbours) - len(missed))
 
     def _guard_step(self, t: int) -> None:
         """Feed this round's residuals to the step guard; log a back-off."""
@@ -641,6 +744,12 @@ class Node:
             )
         elif self.gamma != before:  # learned contraction, or a neighbour's step
             self.emit("step", round=t + 1, gamma_from=before, gamma_to=self.gamma)
+
+    def _public_loss(self, loss: float | None) -> float | None:
+        """The training loss is a statistic of private batches outside the DP guarantee
+        (a loss per round per site can reveal records), so a DP site logs and publishes
+        none; a site without DP has made no promise about its records and shows it."""
+        return loss if self.dp is None else None
 
     def _status(self, t: int, loss: float | None, peers: int) -> None:
         """One human-readable line per round for whoever watches the site's terminal."""

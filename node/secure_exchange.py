@@ -17,23 +17,32 @@ In every round a site plays three parts at once:
 Nothing here touches a ciphertext's contents except the receiver's own decryption.
 Receipts sent reflect only what the last checkpoint holds, so a crash never makes a
 neighbour believe a contribution was applied when it was not.
+
+Everything a peer sends is checked on receipt, in a worker thread, before it is kept: an
+aggregator parses every chunk of a contribution (so one bad part cannot spoil the sum it
+joins), and a receiver decrypts a sum when it arrives and refuses it unless every value
+is finite and within SUM_LIMIT. A refused input is counted (``on_reject``) and the node
+goes on. Our key goes to a peer whose receipt names another key at most once a deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from crypto.cipher import Cipher, PublicKey, Sealed, SecretKey, key_id_of, open_envelope
 from crypto.errors import BadSignatureError, CryptoError
 from crypto.identity import SiteIdentity, public_key_from_peer_id
 from node.errors import (
+    FrameError,
     KeyPinError,
     MalformedFrameError,
     SealedRejectedError,
@@ -54,7 +63,12 @@ from node.secure import (
 
 Send = Callable[[str, bytes], Awaitable[None]]
 Emit = Callable[..., None]
+Reject = Callable[[FrameError, str], None]
 KEEP_ROUNDS = 64
+# No coordinate of an honest neighbourhood sum comes near this: it is a sum of a few
+# weighted differences of model parameters. A decrypted value that is not finite or is
+# larger was forged (by an aggregator, or a contributor) and the whole sum is refused.
+SUM_LIMIT = 1e4
 
 
 @dataclass
@@ -100,12 +114,17 @@ class SecureExchange:
         self.seen: dict[str, tuple[int, float]] = {}  # neighbour → (round, time) of last receipt
         self.round = 0  # the round this site is in; set by the runtime
         self.started = False  # past the start-up key exchange (see unkeyed/unready)
-        self.sums: dict[int, list[tuple[Contributors, Sealed]]] = {}
+        self.sums: dict[int, list[tuple[Contributors, NDArray[np.float64]]]] = {}  # decrypted
         self.buffers: dict[tuple[str, int], Aggregation] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.sum_arrived = asyncio.Event()
         self.reachable: set[str] = set()  # peers with an address; set by the runtime
         self.absent: set[str] = set()  # neighbours this site suspects are down; set likewise
+        self.on_reject: Reject = lambda exc, peer: None  # counts refusals; set likewise
+        self.arrived: Callable[[], None] = lambda: None  # a checked sum is in; set likewise
+        # Owns our background tasks' failures (the runtime stops the node on one).
+        self.supervise: Callable[[asyncio.Task[None]], object] = lambda task: task
+        self.checking: dict[int, set[asyncio.Task[None]]] = {}  # sums being decrypted
+        self._key_sent: dict[str, float] = {}  # event-loop time our key last went to a peer
 
     # -- who talks to whom -------------------------------------------------------------------
 
@@ -278,7 +297,24 @@ class SecureExchange:
         buffer = self.buffers.get((receiver, round))
         if buffer is not None and buffer.flushed:
             raise StaleFrameError(f"contribution for {receiver} round {round} after its sum left")
-        self._take(receiver, round, sender, self._open(data, self.keys[receiver], round))
+        sealed = self._open(data, self.keys[receiver], round)
+        self._spawn(self._check_contribution(sender, round, receiver, sealed))
+
+    async def _check_contribution(
+        self, sender: str, round: int, receiver: str, sealed: Sealed
+    ) -> None:
+        """Parse every chunk before the part joins a sum: one bad part must not spoil it."""
+        key = self.keys[receiver]
+        try:
+            await asyncio.to_thread(self.cipher.add, [sealed], key)
+        except CryptoError as exc:
+            self.on_reject(SealedRejectedError(f"contribution from {sender}: {exc}"), sender)
+            return
+        buffer = self.buffers.get((receiver, round))
+        if buffer is not None and buffer.flushed:
+            self.on_reject(StaleFrameError(f"contribution for {receiver} came late"), sender)
+            return
+        self._take(receiver, round, sender, sealed)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         async def run() -> None:
@@ -287,6 +323,7 @@ class SecureExchange:
         task = asyncio.get_running_loop().create_task(run())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        self.supervise(task)
 
     def _take(self, receiver: str, round: int, sender: str, sealed: Sealed) -> None:
         key = (receiver, round)
@@ -333,7 +370,13 @@ class SecureExchange:
         if len(parts) < 2:
             self.emit("sum_withheld", receiver=receiver, round=round, contributors=len(parts))
             return
-        total = await asyncio.to_thread(self.cipher.add, list(parts.values()), self.keys[receiver])
+        try:
+            total = await asyncio.to_thread(
+                self.cipher.add, list(parts.values()), self.keys[receiver]
+            )
+        except CryptoError as exc:  # every part was parsed on receipt; this is a backstop
+            self.emit("sum_failed", receiver=receiver, round=round, detail=str(exc))
+            return
         data = total.to_bytes()
         record = sign_contributors(
             self.identity, receiver, round, parts, self.neighbours_of(receiver), data
@@ -354,10 +397,38 @@ class SecureExchange:
         except (BadSignatureError, ValueError) as exc:
             raise SealedRejectedError(f"contributor record from {sender}: {exc}") from None
         held = self.sums.setdefault(round, [])
-        if len(held) >= len(self.neighbours):
+        checking = self.checking.setdefault(round, set())
+        if len(held) + len(checking) >= len(self.neighbours):
             raise SealedRejectedError(f"more sums for round {round} than this site has neighbours")
-        held.append((record, self._open(raw["sealed"], self.secret.public, round)))
-        self.sum_arrived.set()
+        sealed = self._open(raw["sealed"], self.secret.public, round)
+        task = asyncio.get_running_loop().create_task(self._check_sum(sender, record, sealed))
+        self.supervise(task)
+        checking.add(task)
+        task.add_done_callback(checking.discard)
+
+    async def _check_sum(self, sender: str, record: Contributors, sealed: Sealed) -> None:
+        """Decrypt a sum as it arrives (off the event loop) and keep it only if every value
+        is finite and within SUM_LIMIT; see the module docstring."""
+        try:
+            values = await asyncio.to_thread(self.cipher.decrypt, sealed, self.secret)
+            values = np.asarray(values, dtype=np.float64)
+            if values.shape != (sealed.count,):
+                raise SealedRejectedError(f"sum decrypts to {values.shape}, not {sealed.count}")
+            if not np.isfinite(values).all() or np.abs(values).max(initial=0.0) > SUM_LIMIT:
+                raise SealedRejectedError(
+                    f"sum from {sender} decrypts to values that are not finite or exceed "
+                    f"{SUM_LIMIT:g}: forged"
+                )
+        except (FrameError, CryptoError, ValueError, RuntimeError) as exc:
+            # TenSEAL raises ValueError/RuntimeError on a ciphertext it cannot decrypt
+            # (e.g. "scale out of bounds"): the sender's fault, never our node's.
+            error = exc if isinstance(exc, FrameError) else SealedRejectedError(str(exc))
+            self.on_reject(error, sender)
+            return
+        if record.round <= self.through:
+            return  # resolved meanwhile without it
+        self.sums.setdefault(record.round, []).append((record, values))
+        self.arrived()
 
     def _receipt_in(self, sender: str, round: int, payload: bytes) -> None:
         receipt = decode_receipt(payload)
@@ -375,7 +446,12 @@ class SecureExchange:
             if receiver == sender:
                 buffer.changed.set()  # its flush time may have moved
         if receipt.key_id != self.secret.public.key_id:
-            self._spawn(self.send_key(sender, self.round))
+            # Our key is ~262 KB under CKKS: a receipt naming another key id must not buy a
+            # member that much of our upload each time; once a deadline is enough.
+            now = asyncio.get_running_loop().time()
+            if now - self._key_sent.get(sender, -math.inf) >= self.deadline_s:
+                self._key_sent[sender] = now
+                self._spawn(self.send_key(sender, self.round))
 
     # -- receiver ------------------------------------------------------------------------------
 
@@ -387,20 +463,25 @@ class SecureExchange:
 
     async def resolve(self, round: int, s: torch.Tensor) -> set[str]:
         """Close ``round``: decrypt its disjoint sums into s; returns who was included."""
+        pending = self.checking.pop(round, set())
+        if pending:  # sums that arrived in time and are still being checked
+            await asyncio.gather(*pending, return_exceptions=True)
         held = self.sums.pop(round, [])
         chosen = disjoint_sums([record.bitmap for record, _ in held])
         idx = self.indices(round)
         included: set[str] = set()
-        for k in chosen:
-            record, sealed = held[k]
-            values = await asyncio.to_thread(self.cipher.decrypt, sealed, self.secret)
-            s.index_add_(0, idx, torch.from_numpy(np.asarray(values)).to(s.dtype))
-            included.update(record.members(self.neighbours))
+        with torch.no_grad():
+            for k in chosen:
+                record, values = held[k]
+                s.index_add_(0, idx, torch.from_numpy(values).to(s.dtype))
+                included.update(record.members(self.neighbours))
         for peer in included:
             self.included[peer].append(round)
         self.through = max(self.through, round)
         for t in [t for t in self.sums if t <= self.through]:
             del self.sums[t]
+        for t in [t for t in self.checking if t <= self.through]:
+            del self.checking[t]
         for key in [k for k in self.buffers if k[1] < round - KEEP_ROUNDS]:
             del self.buffers[key]
         return included

@@ -15,11 +15,16 @@ Exact rules, which every implementation meets (``tests/transport_kit.py`` checks
   of the connection; it ends after ``aclose()``. One consumer at a time.
 - ``aclose()`` is idempotent. ``rejected`` counts what was dropped below the frame layer
   (oversized length prefixes, truncated streams, refused handshakes).
+- Received bodies wait for the consumer in a queue bounded *per peer* (``queue_bytes``,
+  by default two maximal frames): a peer whose frames are not consumed yet is not read
+  from (backpressure on its stream; its writes time out), so a flooding member holds at
+  most that much of our memory and cannot crowd out the other peers' frames.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -53,9 +58,14 @@ class Transport(ABC):
         self.max_frame_bytes = max_frame_bytes
         self.timeout_s = timeout_s
         self.rejected: Counter[str] = Counter()
+        self.queue_bytes = 2 * max_frame_bytes
         self._peers: dict[str, str] = {}
         self._closed = False
         self._queue: asyncio.Queue[Received | object] = asyncio.Queue()
+        # Bytes queued per peer; updated from the receiving side (maybe another thread,
+        # as libp2p's trio loop) and from the consumer, hence the lock.
+        self._queued: Counter[str] = Counter()
+        self._queued_lock = threading.Lock()
 
     @property
     @abstractmethod
@@ -84,12 +94,35 @@ class Transport(ABC):
             raise UnknownPeerError(f"peer {peer} is not in the address book")
         return address
 
+    def _reserve(self, peer: str, size: int) -> bool:
+        """Claim ``size`` bytes of ``peer``'s queue share before its body is read; False
+        when it holds its share already (one frame always fits alone). A reservation is
+        given back when the consumer takes the frame, or by ``_release`` if it never
+        arrives whole."""
+        with self._queued_lock:
+            held = self._queued[peer]
+            if held and held + size > self.queue_bytes:
+                return False
+            self._queued[peer] = held + size
+            return True
+
+    def _release(self, peer: str, size: int) -> None:
+        with self._queued_lock:
+            self._queued[peer] -= size
+            if self._queued[peer] <= 0:
+                del self._queued[peer]
+
+    def queued_bytes(self) -> int:
+        with self._queued_lock:
+            return sum(self._queued.values())
+
     async def incoming(self) -> AsyncIterator[Received]:
         while True:
             item = await self._queue.get()
             if item is _CLOSED:
                 return
             assert isinstance(item, Received)
+            self._release(item.peer, len(item.body))
             yield item
 
     def _end_incoming(self) -> None:

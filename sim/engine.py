@@ -101,7 +101,11 @@ class Simulation:
         if pooled and dp.rounds is None:
             # Central DP-SGD has no mixing to wait for: every round is its better setting.
             dp = replace(dp, rounds=self.spec.rounds)
-        return DpTrainer(plain, parts, dp, self.spec.rounds, self.spec.seed, mean)
+        # The simulator seeds DP from its public --seed on purpose: runs are reproducible,
+        # and nobody's records are at stake. Nodes use a secret seed (node.site_secrets).
+        return DpTrainer(
+            plain, parts, dp, self.spec.rounds, self.spec.seed, mean, reproducible=True
+        )
 
     def _record(self, result: MethodResult, trainer: LocalTrainer, t: int, sent: float) -> None:
         acc = accuracy(trainer.predict_proba(self.test_x), self.test_y)

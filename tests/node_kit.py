@@ -23,10 +23,13 @@ def subset(data: FederatedData, n: int) -> FederatedData:
 
 
 def memory_nodes(
-    paths: list[Path], transport: type[MemoryTransport] = MemoryTransport
+    paths: list[Path],
+    transport: type[MemoryTransport] = MemoryTransport,
+    network: MemoryNetwork | None = None,
 ) -> list[Node]:
-    """One node per config, all on a fresh memory network, logs and status kept in memory."""
-    network = MemoryNetwork()
+    """One node per config, all on one memory network (a fresh one unless given), logs
+    and status kept in memory."""
+    network = network or MemoryNetwork()
     nodes = []
     for path in paths:
         config = load_config(path)

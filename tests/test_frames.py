@@ -11,6 +11,7 @@ from crypto.identity import SiteIdentity
 from node.errors import (
     ForgedFrameError,
     FrameError,
+    FutureFrameError,
     MalformedFrameError,
     OversizedFrameError,
     ReplayedFrameError,
@@ -137,10 +138,17 @@ def test_mutated_frames_are_rejected_not_crashed(data: st.DataObject) -> None:
 
 
 def test_frames_for_far_future_rounds_cannot_grow_the_guard() -> None:
-    guard = FrameGuard([ALICE.peer_id], max_rounds=8)
+    guard = FrameGuard([ALICE.peer_id])
     for future in range(1000, 1100):
-        guard.admit(seal(ALICE, future, "update", b""), ALICE.peer_id)
-    assert guard.nonces_held() == 8
+        with pytest.raises(FutureFrameError) as caught:
+            guard.admit(seal(ALICE, future, "update", b""), ALICE.peer_id)
+        assert caught.value.round == future  # the signed claim, for catching up
+    assert guard.nonces_held() == 0 and guard.rejected["future"] == 100
+    guard.admit(seal(ALICE, guard.lead, "update", b""), ALICE.peer_id)  # within the lead
+    wide = FrameGuard([ALICE.peer_id], max_rounds=8, lead=10_000)
+    for future in range(1000, 1100):
+        wide.admit(seal(ALICE, future, "update", b""), ALICE.peer_id)
+    assert wide.nonces_held() == 8
 
 
 def test_a_boolean_version_is_not_version_one() -> None:

@@ -132,7 +132,10 @@ def test_bad_frames_are_counted_and_the_node_goes_on(
 
     asyncio.run(run())
     assert victim.round == 8
-    assert victim.rejected["malformed"] >= 2 and victim.rejected["forged"] >= 1
+    rejected = victim.rejections()
+    assert rejected["malformed"] >= 2 and rejected["forged"] >= 1
+    (finish,) = events(victim, "finish")
+    assert finish["rejected"] == rejected
 
 
 @pytest.mark.slow

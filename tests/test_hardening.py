@@ -1,0 +1,421 @@
+"""Regression tests for the security review's findings: each failed before its fix.
+
+A member site (or its stolen key) is the attacker here: it passes the Noise handshake and
+signs its frames, so everything below is about what a valid peer can do to us."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import stat
+import warnings
+from collections.abc import Coroutine
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from node import checkpoint
+from node.backlog import Item
+from node.dp import SECURE_RNG_WARNING, DpTrainer
+from node.errors import ConfigError, NodeCrashedError
+from node.flat import FlatLayout
+from node.frames import Frame, seal
+from node.memory_transport import MemoryNetwork, MemoryTransport
+from node.models import build_model
+from node.privacy import DpConfig
+from node.runtime import Node
+from node.sealed_wire import pack
+from node.secure import sign_contributors
+from node.site_secrets import SEED_FILE, dp_seed
+from node.trainer import BatchedTrainer, StackedData, TrainConfig
+from node.wire import encode_update
+from sim.consortium import ConsortiumSpec, write_consortium
+from sim.prep import FederatedData
+from tests.node_kit import events, memory_nodes, run_nodes, subset
+
+TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, lr_schedule="constant")
+DP = DpConfig(epsilon=3.0, delta=1e-3, clip=1.0, noise_multiplier=1.0, weight="equal")
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _dp_configs(data: FederatedData, out: Path, rounds: int = 2) -> list[Path]:
+    spec = ConsortiumSpec(
+        rounds=rounds, train=TRAIN, compressor="block-k:0.3:64", deadline_s=1.0, dp=DP
+    )
+    return write_consortium(out, data, spec)
+
+
+# -- 1. DP noise must not be computable from the config ------------------------------------
+
+
+def test_dp_noise_seed_is_a_csprng_secret_not_the_config_seed(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """The DP generators' seed comes from a 0600 file of CSPRNG bytes, never from
+    ``consortium.seed`` and the site's index; it persists across restarts, and two sites
+    built from identical configs get different noise."""
+    data = subset(wisconsin16, 3)
+    paths = _dp_configs(data, tmp_path / "a")
+    nodes = memory_nodes(paths)
+    for node in nodes:
+        assert node.dp is not None
+        row = node.dp.rows[0]
+        public = node.config.seed * 7919 + node.index
+        assert row.noise_gen.initial_seed() not in (public, public + 1)
+        assert row.sample_gen.initial_seed() not in (public, public + 1)
+        seed_file = node.config.state_dir / SEED_FILE
+        assert _mode(seed_file) == 0o600
+        assert str(row.sample_gen.initial_seed()) not in paths[node.index].read_text()
+    seeds = {n.dp.rows[0].noise_gen.initial_seed() for n in nodes if n.dp}
+    assert len(seeds) == 3
+    again = memory_nodes(paths)  # a restart reads the same secret
+    assert [n.dp.rows[0].noise_gen.initial_seed() for n in again if n.dp] == [
+        n.dp.rows[0].noise_gen.initial_seed() for n in nodes if n.dp
+    ]
+    # The same configs in a fresh state directory: other secrets, other noise.
+    copy = tmp_path / "b"
+    shutil.copytree(tmp_path / "a", copy)
+    for i in range(3):
+        shutil.rmtree(copy / f"node-{i}" / "state")
+    fresh = memory_nodes([copy / p.relative_to(tmp_path / "a") for p in paths])
+    assert not seeds & {n.dp.rows[0].noise_gen.initial_seed() for n in fresh if n.dp}
+
+
+def test_a_readable_or_damaged_dp_seed_file_is_refused(tmp_path: Path) -> None:
+    seed = dp_seed(tmp_path)
+    assert dp_seed(tmp_path) == seed
+    path = tmp_path / SEED_FILE
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="group/others can read"):
+        dp_seed(tmp_path)
+    path.chmod(0o600)
+    path.write_bytes(b"short")
+    with pytest.raises(ConfigError, match="damaged"):
+        dp_seed(tmp_path)
+
+
+def test_opacus_secure_rng_warning_is_not_silenced_for_nodes() -> None:
+    """Only the simulator (seeding on purpose) hides Opacus' secure-RNG warning."""
+    torch.manual_seed(0)
+    model = build_model("logistic", 4, 2)
+    x0 = FlatLayout.of(model).to_vector(model).detach().unsqueeze(0)
+    parts = [(torch.randn(40, 4), torch.randint(0, 2, (40,)))]
+    for reproducible, expected in [(False, True), (True, False)]:
+        plain = BatchedTrainer(
+            model, x0.clone(), StackedData.from_parts(parts, torch.device("cpu")), TRAIN
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            DpTrainer(plain, parts, DP, 10, seed=5, reproducible=reproducible)
+        assert any(SECURE_RNG_WARNING in str(w.message) for w in caught) == expected
+
+
+# -- 8. checkpoints and state directories are private ----------------------------------------
+
+
+def test_checkpoints_and_state_dir_are_private(wisconsin16: FederatedData, tmp_path: Path) -> None:
+    data = subset(wisconsin16, 3)
+    paths = _dp_configs(data, tmp_path)
+    nodes = memory_nodes(paths)
+    run_nodes(nodes)
+    for node in nodes:
+        state = node.config.state_dir
+        assert _mode(state) == 0o700
+        assert _mode(node.ckpt_path) == 0o600
+        assert not any(_mode(p) & 0o077 for p in state.iterdir())
+
+
+def test_a_stale_world_readable_checkpoint_tmp_file_does_not_leak(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint.pt"
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(b"old")
+    tmp.chmod(0o644)
+    checkpoint.save(target, {"x": torch.zeros(3)})
+    assert _mode(target) == 0o600
+
+
+# -- attacks by a member holding a valid key -------------------------------------------------
+
+
+def _rogue(network: MemoryNetwork, insider: Node, victim: Node) -> MemoryTransport:
+    """A second connection holding ``insider``'s site key (a member, or its stolen key)."""
+    rogue = MemoryTransport(network, insider.identity, f"/memory/rogue-{insider.index}")
+    rogue.set_peers({victim.identity.peer_id: victim.config.listen})
+    return rogue
+
+
+async def _when(node: Node, round: int) -> None:
+    while node.round < round:
+        await asyncio.sleep(0.005)
+
+
+def _run_with(nodes: list[Node], attack: Coroutine[Any, Any, None]) -> None:
+    async def run() -> None:
+        await asyncio.gather(attack, *(n.run() for n in nodes))
+
+    asyncio.run(run())
+
+
+def _rounds(node: Node) -> list[int]:
+    return [int(e["round"]) for e in events(node, "round")]  # type: ignore[call-overload]
+
+
+def test_a_far_future_round_moves_no_one(wisconsin16: FederatedData, tmp_path: Path) -> None:
+    """A member signs a frame for round 10⁶. Before, the receiver jumped to the end (and
+    its neighbours with it); now the frame is refused as ``future`` and every site runs
+    every round."""
+    rounds = 8
+    spec = ConsortiumSpec(rounds=rounds, train=TRAIN, compressor="top-k:0.1", deadline_s=1.0)
+    network = MemoryNetwork()
+    nodes = memory_nodes(write_consortium(tmp_path, subset(wisconsin16, 4), spec), network=network)
+    victim, insider = nodes[0], nodes[1]
+
+    async def attack() -> None:
+        rogue = _rogue(network, insider, victim)
+        await rogue.start()
+        await _when(victim, 2)
+        for far in (10**6, 10**9, rounds):
+            payload = encode_update(victim.dim, -1, [])
+            await rogue.send(
+                victim.identity.peer_id, seal(insider.identity, far, "update", payload)
+            )
+
+    _run_with(nodes, attack())
+    for node in nodes:
+        assert _rounds(node) == list(range(1, rounds + 1))
+    assert victim.rejections()["future"] == 3
+    (finish,) = events(victim, "finish")
+    assert finish["rejected"]["future"] == 3  # type: ignore[index]
+
+
+def test_a_restarted_site_still_catches_up_to_its_slowest_neighbour() -> None:
+    """Catching up follows the slowest live neighbour, a bounded jump at a time."""
+    from node.runtime import CATCH_UP_MAX
+
+    class Stub:
+        def __init__(self, heard: dict[str, int]) -> None:
+            self.links = type("L", (), {"heard": heard, "neighbours": list(heard)})()
+
+        def _suspected(self) -> set[str]:
+            return set()
+
+    def next_round(heard: dict[str, int], t: int) -> int:
+        return Node._next_round(Stub(heard), t)  # type: ignore[arg-type]
+
+    assert next_round({"a": 12, "b": 9}, 3) == 9
+    assert next_round({"a": 10**6, "b": 4}, 3) == 4  # one far claim moves nothing
+    assert next_round({"a": 10**6, "b": 10**6}, 3) == 4 + CATCH_UP_MAX
+    assert next_round({"a": -1, "b": 9}, 3) == 4
+
+
+def test_plaintext_updates_are_refused_in_secure_mode(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Under secure aggregation a neighbour's update never arrives in the clear; before,
+    an ``update`` frame went straight into s."""
+    spec = ConsortiumSpec(
+        rounds=4, train=TRAIN, compressor="block-k:0.3:64", secure="plain", deadline_s=1.0
+    )
+    network = MemoryNetwork()
+    nodes = memory_nodes(write_consortium(tmp_path, subset(wisconsin16, 3), spec), network=network)
+    victim, insider = nodes[0], nodes[1]
+
+    async def attack() -> None:
+        rogue = _rogue(network, insider, victim)
+        await rogue.start()
+        await _when(victim, 1)
+        row = torch.full((victim.dim,), 1e6)
+        item = Item(0, None, row, reset=True)
+        payload = encode_update(victim.dim, -1, [item])
+        await rogue.send(
+            victim.identity.peer_id, seal(insider.identity, victim.round, "update", payload)
+        )
+
+    _run_with(nodes, attack())
+    assert float(victim.state.s.abs().max()) < 1e3
+    assert _rounds(victim) == [1, 2, 3, 4]
+    assert victim.rejections()["frame"] == 1
+
+
+def _forged_sum(
+    victim: Node, insider: Node, round: int, values: np.ndarray, corrupt: bool
+) -> bytes:
+    """A sum frame as an aggregator would send it, under the victim's real key, with a
+    valid signed contributor record claiming both of the victim's neighbours."""
+    exchange = victim.secure
+    assert exchange is not None
+    sealed = exchange.cipher.encrypt(values, exchange.secret.public)
+    if corrupt:  # framing intact, ciphertext body garbled: only SEAL's parser notices
+        chunk = bytearray(sealed.chunks[0])
+        middle = len(chunk) // 2
+        chunk[middle : middle + 64] = bytes(64)
+        sealed = replace(sealed, chunks=(bytes(chunk), *sealed.chunks[1:]))
+    data = sealed.to_bytes()
+    record = sign_contributors(
+        insider.identity,
+        victim.identity.peer_id,
+        round,
+        exchange.neighbours,
+        exchange.neighbours,
+        data,
+    )
+    body = {"bitmap": record.bitmap, "digest": record.sum_digest, "sig": record.signature}
+    return seal(insider.identity, round, "sum", pack({**body, "sealed": data}))
+
+
+@pytest.mark.parametrize("secure", ["plain", "ckks"])
+def test_forged_or_malformed_sums_are_refused_and_the_node_goes_on(
+    wisconsin16: FederatedData, tmp_path: Path, secure: str
+) -> None:
+    """A member aggregator forwards sums that do not decrypt (CKKS: garbled body), hold
+    NaN, or hold 1e5 per value. Before, the first crashed the receiver's round with a raw
+    error and the others went straight into s; now each is refused and counted."""
+    rounds = 6
+    spec = ConsortiumSpec(
+        rounds=rounds, train=TRAIN, compressor="block-k:0.3:64", secure=secure, deadline_s=1.0
+    )
+    network = MemoryNetwork()
+    nodes = memory_nodes(write_consortium(tmp_path, subset(wisconsin16, 3), spec), network=network)
+    victim, insider = nodes[0], nodes[1]
+    exchange = victim.secure
+    assert exchange is not None
+    bad: list[tuple[np.ndarray, bool]] = []
+    for t in range(1, 4):
+        n = len(exchange.indices(t))
+        if secure == "ckks":
+            bad.append((np.full(n, 0.1), True))
+        else:
+            bad.append((np.full(n, np.nan), False))
+        bad.append((np.full(n, 1e5), False))
+
+    async def attack() -> None:
+        rogue = _rogue(network, insider, victim)
+        await rogue.start()
+        await _when(victim, 1)
+        for k, (values, corrupt) in enumerate(bad):
+            t = 1 + k // 2
+            body = _forged_sum(victim, insider, t, values, corrupt)
+            await rogue.send(victim.identity.peer_id, body)
+
+    _run_with(nodes, attack())
+    assert _rounds(victim) == list(range(1, rounds + 1))
+    assert bool(torch.isfinite(victim.state.s).all())
+    assert float(victim.state.s.abs().max()) < 1e3
+    assert victim.rejections()["sealed_rejected"] >= len(bad) - 1
+
+
+# -- 7. ε follows what was spent, under pinned parameters ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("delta = 0.001", "delta = 0.01", "delta"),
+        ("batch_size = 16", "batch_size = 1", "sample_rate"),
+        ("clip = 1.0", "clip = 2.0", "clip"),
+    ],
+)
+def test_dp_parameters_are_pinned_across_restarts(
+    wisconsin16: FederatedData, tmp_path: Path, old: str, new: str, field: str
+) -> None:
+    """A site restarted with a larger δ, a smaller batch (a larger sampling rate) or a
+    larger clip would have its ε recomputed too low; it is refused, naming the change."""
+    paths = _dp_configs(subset(wisconsin16, 3), tmp_path, rounds=2)
+    run_nodes(memory_nodes(paths))
+    text = paths[0].read_text()
+    assert old in text
+    paths[0].write_text(text.replace(old, new))
+    (node, *_) = memory_nodes(paths)
+    with pytest.raises(ConfigError, match=f"DP parameters changed.*{field}"):
+        node.restore()
+
+
+def test_epsilon_is_read_off_the_accountant_history(wisconsin16: FederatedData) -> None:
+    """ε is computed from the (σ, q, steps) the accountant recorded, so steps taken at
+    another σ before are charged at that σ."""
+    torch.manual_seed(0)
+    model = build_model("logistic", 4, 2)
+    x0 = FlatLayout.of(model).to_vector(model).detach().unsqueeze(0)
+    parts = [(torch.randn(64, 4), torch.randint(0, 2, (64,)))]
+    plain = BatchedTrainer(
+        model, x0.clone(), StackedData.from_parts(parts, torch.device("cpu")), TRAIN
+    )
+    trainer = DpTrainer(plain, parts, DP, 10, seed=3, reproducible=True)
+    row = trainer.rows[0]
+    trainer.train()
+    trainer.train()
+    assert row.epsilon() == pytest.approx(row.ledger.epsilon(2))
+    row.engine.accountant.history.insert(0, (0.5, row.sample_rate, 3))  # as if spent at σ=0.5
+    from opacus.accountants import RDPAccountant
+
+    reference = RDPAccountant()
+    reference.history = list(row.engine.accountant.history)
+    assert row.epsilon() == pytest.approx(reference.get_epsilon(DP.delta), rel=1e-9)
+    assert row.epsilon() > row.ledger.epsilon(5)
+
+
+# -- 11. a failing task ends the node clearly ------------------------------------------------
+
+
+def test_an_internal_failure_stops_the_node_with_a_clear_error(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Before, the receive loop was fire-and-forget: an unexpected exception in it left
+    the node running but deaf to every neighbour. Now the node stops at the next round
+    boundary, logs ``crashed`` and raises, with its checkpoint intact."""
+    spec = ConsortiumSpec(rounds=30, train=TRAIN, compressor="top-k:0.1", deadline_s=0.5)
+    nodes = memory_nodes(write_consortium(tmp_path, subset(wisconsin16, 3), spec))
+    victim = nodes[0]
+    calls = 0
+    apply = victim._apply
+
+    def failing(frame: Frame) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise RuntimeError("an unexpected bug")
+        apply(frame)
+
+    victim._apply = failing  # type: ignore[method-assign]
+    with pytest.raises(NodeCrashedError, match="an unexpected bug"):
+        run_nodes(nodes)
+    (crashed,) = events(victim, "crashed")
+    assert victim.round < 30 and crashed["round"] == victim.round
+    saved = checkpoint.load(victim.ckpt_path)
+    assert saved is not None and int(saved["round"]) == victim.round
+
+
+# -- transport-level refusals show in the events ---------------------------------------------
+
+
+def test_refused_connections_are_counted_in_round_and_finish_events(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    from crypto.identity import SiteIdentity
+    from node.errors import PeerUnreachableError
+
+    spec = ConsortiumSpec(rounds=4, train=TRAIN, compressor="top-k:0.1", deadline_s=0.5)
+    network = MemoryNetwork()
+    nodes = memory_nodes(write_consortium(tmp_path, subset(wisconsin16, 3), spec), network=network)
+    victim = nodes[0]
+
+    async def outsiders() -> None:
+        await _when(victim, 1)
+        for _ in range(20):
+            outsider = MemoryTransport(network, SiteIdentity.generate())
+            await outsider.start()
+            outsider.set_peers({victim.identity.peer_id: victim.config.listen})
+            with pytest.raises(PeerUnreachableError):
+                await outsider.send(victim.identity.peer_id, b"hello")
+
+    _run_with(nodes, outsiders())
+    (finish,) = events(victim, "finish")
+    assert finish["rejected"] == {"refused_handshake": 20}
+    assert events(victim, "round")[-1]["rejected"] == {"refused_handshake": 20}
