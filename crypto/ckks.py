@@ -81,6 +81,27 @@ def check_chunk(chunk: bytes, count: int) -> None:
         raise MalformedCiphertextError("ciphertext scale is not 2^40")
 
 
+def check_parameters(context: ts.Context) -> str | None:
+    """What is wrong with a context's parameters (N, moduli, scale), or None. A key with
+    another N makes every ciphertext another size (N = 16384 exceeds the chunk limit and
+    every contribution would be refused), other moduli another security level."""
+    data = context.seal_context().data.key_context_data()
+    parms = data.parms()
+    found = (
+        f"N = {parms.poly_modulus_degree()}, {data.chain_index() + 1} moduli of "
+        f"{data.total_coeff_modulus_bit_count()} bits, scale 2^{np.log2(context.global_scale):g}"
+    )
+    if (
+        parms.scheme().name != "CKKS"
+        or parms.poly_modulus_degree() != POLY_MODULUS
+        or data.chain_index() + 1 != len(COEFF_BITS)
+        or data.total_coeff_modulus_bit_count() != sum(COEFF_BITS)
+        or context.global_scale != SCALE
+    ):
+        return f"{found}; Murmur uses N = {POLY_MODULUS}, moduli {list(COEFF_BITS)}, scale 2^40"
+    return None
+
+
 class CkksCipher:
     """Per-site CKKS keys; encrypt under a peer's public key, add, decrypt our own sums."""
 
@@ -114,8 +135,11 @@ class CkksCipher:
             raise KeyMismatchError(f"not a CKKS public key: {exc}") from None
         if context.has_secret_key() or context.has_galois_keys() or context.has_relin_keys():
             raise KeyMismatchError("a published CKKS key must hold the public key only")
-        if not context.has_public_key() or context.global_scale != SCALE:
-            raise KeyMismatchError("CKKS public key has other parameters")
+        if not context.has_public_key():
+            raise KeyMismatchError("a published CKKS key must hold a public key")
+        wrong = check_parameters(context)
+        if wrong is not None:
+            raise KeyMismatchError(f"CKKS public key has other parameters: {wrong}")
         return PublicKey(data, key_id_of(data), handle=context)
 
     def encrypt(self, values: NDArray[np.float64], key: PublicKey) -> Sealed:
@@ -180,6 +204,9 @@ class CkksCipher:
             context = ts.context_from(data[len(SECRET_HEADER) :])
         except (ValueError, RuntimeError, TypeError) as exc:
             raise KeyFileError(f"{path}: unreadable CKKS key: {exc}") from None
-        if not context.has_secret_key() or context.global_scale != SCALE:
-            raise KeyFileError(f"{path}: not a CKKS secret key with Murmur's parameters")
+        if not context.has_secret_key():
+            raise KeyFileError(f"{path}: not a CKKS secret key")
+        wrong = check_parameters(context)
+        if wrong is not None:
+            raise KeyFileError(f"{path}: CKKS key with other parameters: {wrong}")
         return self._secret(context)

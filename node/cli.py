@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = sub.add_parser("keygen", help="create a site key (mode 0600) and print its peer ID")
     keygen.add_argument("--out", type=Path, required=True, help="key file to write")
     keygen.add_argument("--force", action="store_true", help="overwrite an existing key")
+    keys = sub.add_parser("keys", help="rotate this site's encryption key (node.key_admin)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = keys_sub.add_parser("rotate", help="retire the encryption key and make a new one")
+    rotate.add_argument("--config", type=Path, required=True, help="site.toml")
+    unpin = keys_sub.add_parser("unpin", help="accept a neighbour's rotated encryption key")
+    unpin.add_argument("--config", type=Path, required=True, help="site.toml")
+    unpin.add_argument("--peer", required=True, help="the neighbour's peer ID")
     node = sub.add_parser("node", help="run this site's node from its config file")
     node.add_argument("--config", type=Path, required=True, help="site.toml")
     node.add_argument("--check-config", action="store_true", help="validate the config and exit")
@@ -74,6 +81,21 @@ def _node(path: Path, check_only: bool) -> int:
     return run_node(config)
 
 
+def _keys(command: str, path: Path, peer: str | None) -> int:
+    from node import key_admin
+    from node.config import load_config
+
+    config = load_config(path)
+    if command == "rotate":
+        print(f"new encryption key {key_admin.rotate(config)}; now unpin it on each neighbour")
+        return 0
+    assert peer is not None
+    if not key_admin.unpin(config, peer):
+        raise ConfigError(f"no encryption key is pinned for {peer} in {config.state_dir}")
+    print(f"unpinned {peer}; its next key will be pinned")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -85,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "keygen":
             return _keygen(args.out, args.force)
+        if args.command == "keys":
+            return _keys(args.keys_command, args.config, getattr(args, "peer", None))
         if args.command == "node":
             return _node(args.config, args.check_config)
     except (ConfigError, ValueError, CryptoError, TransportError) as exc:

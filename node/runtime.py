@@ -46,6 +46,7 @@ from node.faults import FaultyTransport
 from node.flat import FlatLayout
 from node.frames import PREFIX_BYTES, Frame, FrameGuard, seal
 from node.gossip import ChocoState, add_self_contribution, mix_step
+from node.key_admin import encryption_key_path, require_key
 from node.links import Links
 from node.membership import Membership
 from node.models import build_model
@@ -178,7 +179,8 @@ class Node:
                 f"[gossip] secure needs block-k or rand-k, not {self.compressor.name}"
             )
         cipher = cipher_by_name(self.config.secure)
-        path = self.config.state_dir / "encryption.key"
+        path = encryption_key_path(self.config)
+        require_key(self.config)  # a lost key is never silently regenerated
         if path.exists():
             secret = cipher.load(path)
         else:
@@ -367,6 +369,9 @@ class Node:
                 if received.peer in self.links.heard:
                     heard = self.links.heard
                     heard[received.peer] = max(heard[received.peer], exc.round)
+                    # It is alive, too: a site catching up must not take the neighbours it
+                    # is catching up with for down (secure mode's liveness is frame time).
+                    self.last_frame[received.peer] = asyncio.get_running_loop().time()
                     self._heard_event.set()
                 continue
             except FrameError as exc:  # counted by the guard
@@ -480,6 +485,13 @@ class Node:
         secure.round = self.round
         sent_at, sent_ready = -1.0, False
         while not self._stop.is_set() and loop.time() < end:
+            if self._catch_up_target(self.round) > self.round:
+                # Restarted behind neighbours that kept going: their frames are beyond the
+                # guard's lead until this site is in their round, so it moves there first
+                # (a round it had pushed stays owed in the outboxes, as for a missed one).
+                self.round = self._catch_up_target(self.round)
+                self.guard.advance(self.round)
+                secure.round = self.round
             unkeyed, unready = secure.unkeyed(), secure.unready()
             if not unkeyed and not unready:
                 break
@@ -519,12 +531,21 @@ class Node:
     def _next_round(self, t: int) -> int:
         """The round after t: t + 1, or further when every live neighbour is ahead (this
         node restarted, or fell behind). It catches up to its *slowest* live neighbour,
-        at most CATCH_UP_MAX rounds at a time, so one member naming a far-future round
-        (it chooses the number it signs) cannot move this node, or through it the rest."""
+        so one member naming a far-future round (it chooses the number it signs) cannot
+        move this node, or through it the rest. A jump resting on one neighbour's word
+        alone (the only live one) is at most CATCH_UP_MAX rounds; with two or more, each
+        signed by its own site, it goes all the way at once (a restarted site must catch
+        neighbours that kept going)."""
+        return max(t + 1, self._catch_up_target(t))
+
+    def _catch_up_target(self, t: int) -> int:
+        """The slowest live neighbour's round (see _next_round), or t without one."""
         suspected = self._suspected()
         live = [self.links.heard[p] for p in self.links.neighbours if p not in suspected]
         target = min(live, default=t)
-        return max(t + 1, min(target, t + 1 + CATCH_UP_MAX))
+        if len(live) < 2:
+            target = min(target, t + 1 + CATCH_UP_MAX)
+        return target
 
     def rejections(self) -> dict[str, int]:
         """Every refused input so far, by reason: frames the guard refused, frames refused

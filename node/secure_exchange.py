@@ -270,7 +270,8 @@ class SecureExchange:
             if pinned.key_id != key_id_of(data):
                 raise KeyPinError(
                     f"{peer} presented an encryption key other than the one pinned for it; "
-                    "refused (a site whose key really changed must be re-admitted by config)"
+                    "refused (a site that rotated its key is accepted after `murmur keys "
+                    "unpin --peer` here; see node.key_admin)"
                 )
             return
         if cipher != self.cipher.name:

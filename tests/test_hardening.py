@@ -206,12 +206,15 @@ def test_a_restarted_site_still_catches_up_to_its_slowest_neighbour() -> None:
         def _suspected(self) -> set[str]:
             return set()
 
+        _catch_up_target = Node._catch_up_target
+
     def next_round(heard: dict[str, int], t: int) -> int:
         return Node._next_round(Stub(heard), t)  # type: ignore[arg-type]
 
     assert next_round({"a": 12, "b": 9}, 3) == 9
     assert next_round({"a": 10**6, "b": 4}, 3) == 4  # one far claim moves nothing
-    assert next_round({"a": 10**6, "b": 10**6}, 3) == 4 + CATCH_UP_MAX
+    assert next_round({"a": 500, "b": 700}, 3) == 500  # two sites say so: all the way
+    assert next_round({"a": 10**6}, 3) == 4 + CATCH_UP_MAX  # one site's word: bounded
     assert next_round({"a": -1, "b": 9}, 3) == 4
 
 
@@ -419,3 +422,75 @@ def test_refused_connections_are_counted_in_round_and_finish_events(
     (finish,) = events(victim, "finish")
     assert finish["rejected"] == {"refused_handshake": 20}
     assert events(victim, "round")[-1]["rejected"] == {"refused_handshake": 20}
+
+
+# -- 9. encryption keys: parameters, loss, rotation ------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "bits"), [(4096, [40, 40]), (16384, [60, 60]), (8192, [60, 40, 60])])
+def test_ckks_keys_with_other_parameters_are_refused(n: int, bits: list[int]) -> None:
+    """Before, only the scale was checked: an N = 16384 key was pinned, and every
+    contribution under it exceeded the chunk limit and vanished."""
+    import tenseal as ts
+
+    from crypto.ckks import SCALE, CkksCipher
+    from crypto.errors import KeyMismatchError
+
+    context = ts.context(ts.SCHEME_TYPE.CKKS, n, coeff_mod_bit_sizes=bits)
+    context.global_scale = SCALE
+    public = context.serialize(
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+    )
+    with pytest.raises(KeyMismatchError, match=f"N = {n}"):
+        CkksCipher().public_key(public)
+
+
+def _secure_paths(data: FederatedData, out: Path, rounds: int) -> list[Path]:
+    spec = ConsortiumSpec(
+        rounds=rounds, train=TRAIN, compressor="block-k:0.3:64", secure="plain", deadline_s=1.0
+    )
+    return write_consortium(out, data, spec)
+
+
+def test_a_lost_encryption_key_is_not_silently_regenerated(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    paths = _secure_paths(subset(wisconsin16, 3), tmp_path, rounds=2)
+    run_nodes(memory_nodes(paths))
+    state = tmp_path / "node-0" / "state"
+    (state / "encryption.key").unlink()
+    with pytest.raises(ConfigError, match=r"missing.*murmur keys rotate"):
+        memory_nodes(paths)
+
+
+def test_key_rotation_procedure(wisconsin16: FederatedData, tmp_path: Path) -> None:
+    """rotate on the site, unpin on its neighbours, restart: the consortium goes on with
+    the new key; without the unpin the neighbours refuse it."""
+    from node.cli import main
+
+    paths = _secure_paths(subset(wisconsin16, 3), tmp_path, rounds=2)
+    run_nodes(memory_nodes(paths))
+    old = (tmp_path / "node-0" / "state" / "encryption.key").read_bytes()
+    assert main(["keys", "rotate", "--config", str(paths[0])]) == 0
+    state = tmp_path / "node-0" / "state"
+    (retired,) = state.glob("encryption.key.retired-*")
+    assert retired.read_bytes() == old and _mode(retired) == 0o600
+    assert _mode(state / "encryption.key") == 0o600
+    for path in paths:
+        path.write_text(path.read_text().replace("rounds = 2", "rounds = 4"))
+    refused = memory_nodes(paths)
+    run_nodes(refused)
+    assert refused[1].rejections().get("key_mismatch", 0) > 0
+    peer = refused[0].identity.peer_id
+    for path in paths[1:]:
+        assert main(["keys", "unpin", "--config", str(path), "--peer", peer]) == 0
+    assert main(["keys", "unpin", "--config", str(paths[1]), "--peer", peer]) == 2  # gone
+    for path in paths:
+        path.write_text(path.read_text().replace("rounds = 4", "rounds = 7"))
+    nodes = memory_nodes(paths)
+    run_nodes(nodes)
+    new_id = nodes[0].secure.secret.public.key_id  # type: ignore[union-attr]
+    for node in nodes[1:]:
+        assert node.secure is not None and node.secure.keys[peer].key_id == new_id
+        assert "key_mismatch" not in node.rejections()
+        assert [e["missed"] for e in events(node, "round")][-2:] == [0, 0]
