@@ -42,6 +42,7 @@ test: $(STAMP) system-deps
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.network
+	$(PY) -m benchmarks.fuzz
 	$(PY) -m benchmarks.crypto
 	$(PY) -m benchmarks.secure
 	$(PY) -m benchmarks.dp

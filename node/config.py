@@ -27,7 +27,9 @@ target = "label"                       # or builtin:breast-cancer / builtin:ncct
             # consortium's mean records per site, set alike everywhere) | "equal";
             # optional noise_multiplier (else derived from ε, δ and the DP rounds),
             # accountant = "rdp" | "prv", secure_mode
-[telemetry] # mqtt = "mqtt://127.0.0.1:1883" (or mqtts://), topic = "murmur"
+[telemetry] # mqtt = "mqtt://127.0.0.1:1883" (or mqtts://), topic = "murmur";
+            # username, password_file (a 0600 file holding the password), ca_file
+            # (mqtts: trust this CA for the broker instead of the system's)
 [faults]    # simulator only: drop, delay_ms, slow, partition ("A|B@R1:R2")
 ```
 
@@ -104,6 +106,9 @@ class NodeConfig:
     faults: Faults = field(default_factory=Faults)
     telemetry_url: str | None = None
     telemetry_prefix: str = "murmur"
+    telemetry_username: str | None = None
+    telemetry_password_file: Path | None = None  # 0600, read at start (crypto.keyfile)
+    telemetry_ca_file: Path | None = None  # mqtts: the CA that signed the broker's cert
     secure: str = "off"  # off, ckks or plain: see node.secure_exchange
     dp: DpConfig | None = None  # [privacy]: DP-SGD with this budget (node.dp)
     method: str = "murmur"  # or murmur-gt: CHOCO with gradient tracking (node.tracking)
@@ -293,6 +298,21 @@ def load_config(path: Path) -> NodeConfig:
         telemetry_prefix is None or (telemetry_prefix and not set("#+") & set(telemetry_prefix)),
         "[telemetry] topic must be a non-empty MQTT topic without wildcards",
     )
+    username = r.get("telemetry", "username", str, None)
+    password_file = r.get("telemetry", "password_file", str, None)
+    ca_file = r.get("telemetry", "ca_file", str, None)
+    r.check(
+        password_file is None or username is not None,
+        "[telemetry] password_file needs username",
+    )
+    r.check(
+        ca_file is None or (telemetry_url or "").startswith("mqtts://"),
+        "[telemetry] ca_file needs an mqtts:// broker",
+    )
+    r.check(
+        ca_file is None or rel(ca_file).is_file(),
+        f"[telemetry] ca_file {ca_file!r} is not a file",
+    )
     dp = _privacy(r)
     if r.problems:
         raise ConfigError(f"{path}: " + "; ".join(r.problems))
@@ -324,6 +344,9 @@ def load_config(path: Path) -> NodeConfig:
         faults=faults,
         telemetry_url=telemetry_url,
         telemetry_prefix=telemetry_prefix or "murmur",
+        telemetry_username=username,
+        telemetry_password_file=None if password_file is None else rel(password_file),
+        telemetry_ca_file=None if ca_file is None else rel(ca_file),
         method=method or "murmur",
     )
 

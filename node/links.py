@@ -3,6 +3,16 @@
 One place holds everything that is per neighbour, so that adding or dropping a
 neighbour (a membership change, :mod:`node.membership`) touches every table at once and
 the checkpoint stores and restores them together.
+
+Incarnations: every node draws a random incarnation id when it starts without a
+checkpoint, and keeps it in its checkpoint. Each update frame carries the sender's id
+and the receiver's as the sender last heard it. A neighbour whose id changed has
+restarted from nothing: its public copy is x̂₀ again and its sequence numbers start over,
+so the running total kept for it is no longer what it holds. :meth:`Links.reincarnate`
+then takes that total out of s, puts W_ij x̂₀ in its place, expects its items from seq 0,
+and replaces our backlog to it with one dense copy of our x̂ (its own totals assume x̂₀
+of us). An ack is applied only when it echoes our current id, so acks meant for our
+previous life never drop items of this one.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ class Links:
         self.acked: dict[str, int] = {}
         self.heard: dict[str, int] = {}
         self.silent: dict[str, int] = {}
+        self.incarnation: dict[str, bytes] = {}  # each neighbour's, as last heard
         for peer in self.neighbours:
             # Every site starts from the same x₀, so s_i already holds W_ij x₀ of each link.
             self.open(peer, xhat * self.weight[peer])
@@ -53,6 +64,21 @@ class Links:
     def close(self, peer: str) -> None:
         for table in (self.out, self.inbound, self.acked, self.heard, self.silent):
             del table[peer]
+        self.incarnation.pop(peer, None)
+
+    def reincarnate(
+        self, peer: str, xhat0: torch.Tensor, xhat: torch.Tensor, s: torch.Tensor
+    ) -> None:
+        """``peer`` restarted without its checkpoint (module docstring): its total in s
+        becomes W_ij x̂₀, and it gets a dense copy of our x̂."""
+        inbound = self.inbound[peer]
+        assert inbound.total is not None
+        fresh = xhat0 * self.weight[peer]
+        with torch.no_grad():
+            s.add_(fresh - inbound.total)
+        self.inbound[peer] = type(inbound)(total=fresh)
+        self.acked[peer] = -1
+        self.out[peer].reset(xhat * self.weight[peer])
 
     def rewire(
         self,
@@ -95,6 +121,7 @@ class Links:
             },
             "applied": dict(self.acked),
             "totals": {p: link.total for p, link in self.inbound.items()},
+            "incarnation": dict(self.incarnation),
         }
 
     @classmethod
@@ -110,4 +137,7 @@ class Links:
         for peer, applied in saved["applied"].items():
             links.inbound[peer].applied = links.acked[peer] = int(applied)
             links.inbound[peer].total = saved["totals"][peer].clone()
+        links.incarnation = {
+            p: bytes(v) for p, v in saved.get("incarnation", {}).items() if p in links.inbound
+        }
         return links

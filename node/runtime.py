@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import resource
+import secrets
 import signal
 import sys
 import time
@@ -30,7 +31,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 import torch
 
 from crypto.cipher import cipher_by_name
+from crypto.errors import KeyFileError
 from crypto.identity import SiteIdentity, load_key
+from crypto.keyfile import read_secret
 from node import checkpoint
 from node.backlog import Item
 from node.compress import SharedIndexCompressor, parse_compressor, shared_indices, stacked
@@ -40,6 +43,7 @@ from node.errors import (
     FrameError,
     FutureFrameError,
     NodeCrashedError,
+    StaleFrameError,
     TransportError,
 )
 from node.faults import FaultyTransport
@@ -50,6 +54,7 @@ from node.key_admin import encryption_key_path, require_key
 from node.links import Links
 from node.membership import Membership
 from node.models import build_model
+from node.privacy_ledger import PrivacyLedger
 from node.sealed_wire import SECURE_TOPICS
 from node.secure_exchange import SecureExchange
 from node.site_data import load_site_data
@@ -60,7 +65,14 @@ from node.telemetry import MqttTelemetry
 from node.tracking import GradientTracker
 from node.trainer import BatchedTrainer, LocalTrainer, StackedData
 from node.transport import Transport
-from node.wire import decode_update, encode_update, encoded_item_size, link_item_values
+from node.wire import (
+    INCARNATION_BYTES,
+    NO_INCARNATION,
+    decode_update,
+    encode_update,
+    encoded_item_size,
+    link_item_values,
+)
 
 if TYPE_CHECKING:
     from node.dp import DpTrainer
@@ -115,6 +127,7 @@ class Node:
                 plain, [(data.x, data.y)], config.dp, config.rounds, dp_seed(config.state_dir)
             )
             self.trainer = self.dp
+        self.ledger = PrivacyLedger(config.state_dir) if config.dp is not None else None
         # murmur-gt gossips the stacked [x | v] (node.tracking): twice the model's length.
         self.tracker = (
             GradientTracker(self.trainer.params, x0) if config.method == "murmur-gt" else None
@@ -139,6 +152,11 @@ class Node:
         else:
             self.gamma = config.gamma
         self.links = Links(me, membership, self.state.xhat[0], weight)
+        # x̂₀ (every site's, from the shared seed) and this life's incarnation id: a
+        # checkpoint restores the id, a start from nothing draws a new one (node.links).
+        self.xhat0 = self.state.xhat[0].clone()
+        self.incarnation = secrets.token_bytes(INCARNATION_BYTES)
+        self._retired: dict[str, set[bytes]] = {}  # neighbours' earlier incarnations
         self.peer_set = set(self.links.neighbours)
         self.guard = FrameGuard(config.members)
         self.round = 0
@@ -156,7 +174,14 @@ class Node:
         self._reload_requested = False
         self.ckpt_path = config.state_dir / "checkpoint.pt"
         self.telemetry = (
-            MqttTelemetry(config.telemetry_url, me, config.telemetry_prefix)
+            MqttTelemetry(
+                config.telemetry_url,
+                me,
+                config.telemetry_prefix,
+                config.telemetry_username,
+                self._broker_password(config),
+                config.telemetry_ca_file,
+            )
             if config.telemetry_url
             else None
         )
@@ -212,6 +237,17 @@ class Node:
         """A refusal found after admission (e.g. a sum that fails to decrypt)."""
         self.rejected[exc.reason] += 1
         self._note_rejection(exc, peer)
+
+    @staticmethod
+    def _broker_password(config: NodeConfig) -> str | None:
+        """The MQTT password, from its 0600 file (never from the config itself)."""
+        if config.telemetry_password_file is None:
+            return None
+        try:
+            raw = read_secret(config.telemetry_password_file)
+        except KeyFileError as exc:
+            raise ConfigError(f"[telemetry] password_file: {exc}") from None
+        return raw.decode().strip()
 
     async def _send_body(self, peer: str, body: bytes) -> None:
         await self.transport.send(peer, body)
@@ -300,6 +336,7 @@ class Node:
         return {
             "round": self.round,
             "phase": self.phase,
+            "incarnation": self.incarnation,
             "x": self.state.x,
             "xhat": self.state.xhat,
             "s": self.state.s,
@@ -334,6 +371,7 @@ class Node:
             self.state.xhat.copy_(saved["xhat"])
             self.state.s.copy_(saved["s"])
         self.round, self.phase = int(saved["round"]), str(saved["phase"])
+        self.incarnation = bytes(saved.get("incarnation", self.incarnation))
         self.links = Links.restore(self.identity.peer_id, saved["links"], self.state.xhat[0])
         self.bytes_sent = int(saved["bytes_sent"])
         self.trainer.load_state_dict(saved["trainer"])
@@ -406,8 +444,22 @@ class Node:
             old = self.neighbour_step.get(frame.sender)
             if old is None or (update.step[0], -update.step[1]) > (old[0], -old[1]):
                 self.neighbour_step[frame.sender] = update.step
+        known = self.links.incarnation.get(frame.sender)
+        if update.inc in self._retired.get(frame.sender, set()):
+            raise StaleFrameError(f"frame from a previous life of {frame.sender}")
+        if known is not None and known != update.inc:
+            self._retired.setdefault(frame.sender, set()).add(known)
+            self.links.reincarnate(frame.sender, self.xhat0, self.state.xhat[0], self.state.s[0])
+            self.emit(
+                "incarnation",
+                peer=frame.sender,
+                round=frame.round,
+                detail="neighbour restarted without its checkpoint; link reset",
+            )
+        self.links.incarnation[frame.sender] = update.inc
         self.links.inbound[frame.sender].accept(update.items, self.state.s[0])
-        self.links.out[frame.sender].ack(update.ack)
+        if update.echo == self.incarnation:  # an ack for our previous life means nothing
+            self.links.out[frame.sender].ack(update.ack)
         self.links.heard[frame.sender] = max(self.links.heard[frame.sender], frame.round)
 
     def _train_and_compress(self, t: int) -> tuple[float, Sparse]:
@@ -415,12 +467,37 @@ class Node:
         It writes x and x̂ only; s, which the event loop adds neighbours' items into, is
         touched only on the event loop (:meth:`_push`)."""
         self.trainer.set_progress(t / self.config.rounds)
+        before = self._dp_history()
         stats = self.tracker.train(self.trainer) if self.tracker else self.trainer.train()
+        if self.ledger is not None and self._dp_history() != before:
+            # Recorded durably before this round's noised update can leave the site.
+            self.ledger.append(t, self._dp_history())
         if self.config.faults.slow > 1:
             time.sleep(stats.seconds * (self.config.faults.slow - 1))
         with torch.no_grad():
             q = guarded_compress(self.state, self.compressor, t, None, self.guard_step)
         return float(stats.loss.mean()), q
+
+    def _dp_history(self) -> list[tuple[float, float, int]]:
+        """This site's DP accountant history, [(σ, q, steps), ...] (empty without DP)."""
+        if self.dp is None:
+            return []
+        history = self.dp.rows[0].engine.accountant.history
+        return [(float(sig), float(q), int(n)) for sig, q, n in history]
+
+    def _reconcile_ledger(self) -> None:
+        """Check the checkpoint's budget against the privacy ledger, and continue from the
+        ledger when the checkpoint was lost (node.privacy_ledger)."""
+        if self.ledger is None or self.dp is None:
+            return
+        continued = self.ledger.check(self._dp_history())
+        if continued is not None:
+            self.dp.rows[0].engine.accountant.history = list(continued)
+            self.emit(
+                "privacy_ledger",
+                detail="no checkpoint holds this budget: ε continues from the ledger",
+                eps_spent=self.eps_spent,
+            )
 
     def _push(self, q: Sparse) -> None:
         """CHOCO step 2 on the event loop: s += W_ii q, and W_ji q onto every out-link."""
@@ -458,7 +535,8 @@ class Node:
                 mine = (stamp, float(agreed[0]))
                 if self._announced.get(peer) != mine:
                     step = mine  # min-gossip of the consensus step (node.step_size)
-            payload = encode_update(self.dim, self.links.acked[peer], items, step)
+            inc = (self.incarnation, self.links.incarnation.get(peer, NO_INCARNATION))
+            payload = encode_update(self.dim, self.links.acked[peer], items, step, inc)
             body = seal(self.identity, t, "update", payload)
             try:
                 await self.transport.send(peer, body)
@@ -629,6 +707,7 @@ class Node:
         neighbours' last frames; SIGTERM/SIGINT stop cleanly after a checkpoint."""
         checkpoint.private_dir(self.config.state_dir)
         resumed = self.restore()
+        self._reconcile_ledger()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             # Signal handlers exist only in the main thread; tests run nodes elsewhere.

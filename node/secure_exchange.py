@@ -124,6 +124,8 @@ class SecureExchange:
         # Owns our background tasks' failures (the runtime stops the node on one).
         self.supervise: Callable[[asyncio.Task[None]], object] = lambda task: task
         self.checking: dict[int, set[asyncio.Task[None]]] = {}  # sums being decrypted
+        # contributions being parsed, per (receiver, round)
+        self.checking_parts: dict[tuple[str, int], set[asyncio.Task[None]]] = {}
         self._key_sent: dict[str, float] = {}  # event-loop time our key last went to a peer
 
     # -- who talks to whom -------------------------------------------------------------------
@@ -299,7 +301,13 @@ class SecureExchange:
         if buffer is not None and buffer.flushed:
             raise StaleFrameError(f"contribution for {receiver} round {round} after its sum left")
         sealed = self._open(data, self.keys[receiver], round)
-        self._spawn(self._check_contribution(sender, round, receiver, sealed))
+        task = asyncio.get_running_loop().create_task(
+            self._check_contribution(sender, round, receiver, sealed)
+        )
+        self.supervise(task)
+        pending = self.checking_parts.setdefault((receiver, round), set())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     async def _check_contribution(
         self, sender: str, round: int, receiver: str, sealed: Sealed
@@ -362,6 +370,9 @@ class SecureExchange:
             buffer.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(buffer.changed.wait(), remaining)
+        checks = self.checking_parts.pop((receiver, round), set())
+        if checks:  # parts that arrived in time and are still being parsed join this sum
+            await asyncio.gather(*checks, return_exceptions=True)
         buffer.flushed = True
         parts = dict(buffer.parts)
         buffer.parts.clear()
@@ -485,6 +496,8 @@ class SecureExchange:
             del self.checking[t]
         for key in [k for k in self.buffers if k[1] < round - KEEP_ROUNDS]:
             del self.buffers[key]
+        for key in [k for k in self.checking_parts if k[1] < round - KEEP_ROUNDS]:
+            del self.checking_parts[key]
         return included
 
     # -- checkpoint ----------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 Telemetry must never slow or stop a round: events go into a bounded queue that a
 background task publishes; when the broker is down or slow the oldest events are
 dropped (and counted) and the task reconnects with backoff. Only the node's own
-operational events are published (round, loss, peers, bytes, ε, rejections), never
-model values or data.
+operational events are published (round, peers, bytes, ε, rejections; the training loss
+only for a site without DP), never model values or data. The broker may require a
+username and password (the password from a 0600 file) and, over mqtts, a certificate
+signed by a given CA.
 
 Topics, under the configured prefix (default ``murmur``):
 
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import ssl
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -31,9 +34,24 @@ QUEUE_LIMIT = 1000
 class MqttTelemetry:
     """Publishes events from a bounded queue in the background; see the module docstring."""
 
-    def __init__(self, url: str, peer_id: str, prefix: str = "murmur") -> None:
+    def __init__(
+        self,
+        url: str,
+        peer_id: str,
+        prefix: str = "murmur",
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | None = None,
+    ) -> None:
         self.host, self.port, tls = parse_broker(url)
-        self.tls_context = ssl.create_default_context() if tls else None
+        # mqtts verifies the broker's certificate: against ca_file when given (a
+        # consortium's own CA), else the system's trust store.
+        self.tls_context = (
+            ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+            if tls
+            else None
+        )
+        self.username, self.password = username, password
         self.base = f"{prefix}/{peer_id}"
         self.peer_id = peer_id
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
@@ -75,6 +93,8 @@ class MqttTelemetry:
                     self.port,
                     identifier=f"murmur-{self.peer_id}",
                     tls_context=self.tls_context,
+                    username=self.username,
+                    password=self.password,
                     timeout=5.0,
                 ) as client:
                     self.last_error, delay = None, 0.5

@@ -1,7 +1,10 @@
 """The payload of an ``update`` frame — backlog items for one link plus an acknowledgement —
 and its exact size, the one source of the byte counts a node and both simulators report.
 
-``{"dim": d, "ack": n, "items": [[seq, index, values, reset], ...]}`` where ``index`` is
+``{"dim": d, "ack": n, "inc": [sender, echo], "items": [[seq, index, values, reset], ...]}``
+where ``inc`` holds the sender's incarnation id and the receiver's as the sender last
+heard it (8 bytes each; :mod:`node.links`: a changed incarnation resets the link, and an
+ack counts only for the incarnation it echoes), and ``index`` is
 nil for a dense item, the int32 little-endian bytes of explicit indices (top-k), or the
 round whose public seed drew a shared index set (rand-k, block-k: the receiver draws the
 same set, so no index is sent); ``values`` is float32 little-endian bytes, or for 8-bit
@@ -30,6 +33,8 @@ from node.sparse import Sparse
 
 MAX_ITEMS = 4096
 LEVELS = 127
+INCARNATION_BYTES = 8
+NO_INCARNATION = bytes(INCARNATION_BYTES)  # "not heard from you yet"
 
 SharedIndices = Callable[[int], torch.Tensor]
 
@@ -40,6 +45,8 @@ class Update:
     ack: int
     items: list[Item]
     step: tuple[int, float] | None = None  # sender's (stamp, γ) when changed (step_size)
+    inc: bytes = NO_INCARNATION  # the sender's incarnation id
+    echo: bytes = NO_INCARNATION  # ours, as the sender last heard it (its ack is for it)
 
 
 def _index_field(item: Item) -> bytes | int | None:
@@ -59,10 +66,14 @@ def _values_field(item: Item) -> bytes | list[bytes]:
 
 
 def encode_update(
-    dim: int, ack: int, items: list[Item], step: tuple[int, float] | None = None
+    dim: int,
+    ack: int,
+    items: list[Item],
+    step: tuple[int, float] | None = None,
+    inc: tuple[bytes, bytes] = (NO_INCARNATION, NO_INCARNATION),
 ) -> bytes:
     packed = [[i.seq, _index_field(i), _values_field(i), i.reset] for i in items]
-    fields: dict[str, object] = {"dim": dim, "ack": ack, "items": packed}
+    fields: dict[str, object] = {"dim": dim, "ack": ack, "inc": list(inc), "items": packed}
     if step is not None:
         fields["step"] = [int(step[0]), float(step[1])]
     out: bytes = msgpack.packb(fields)
@@ -84,8 +95,15 @@ def decode_update(
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise MalformedFrameError(f"update payload is not msgpack: {type(exc).__name__}") from None
-    if not isinstance(msg, dict) or set(msg) - {"step"} != {"dim", "ack", "items"}:
-        raise MalformedFrameError("update payload needs exactly dim, ack, items (and step)")
+    if not isinstance(msg, dict) or set(msg) - {"step"} != {"dim", "ack", "inc", "items"}:
+        raise MalformedFrameError("update payload needs exactly dim, ack, inc, items (and step)")
+    inc = msg["inc"]
+    if (
+        not isinstance(inc, list)
+        or len(inc) != 2
+        or not all(isinstance(v, bytes) and len(v) == INCARNATION_BYTES for v in inc)
+    ):
+        raise MalformedFrameError("update inc must be two 8-byte incarnation ids")
     if type(msg["dim"]) is not int or msg["dim"] != dim:
         raise MalformedFrameError(f"update for a {msg['dim']}-parameter model; ours has {dim}")
     ack = msg["ack"]
@@ -106,7 +124,7 @@ def decode_update(
             raise MalformedFrameError("update step must be [stamp, γ in (0, 1]]")
         step = (step[0], step[1])
     items = [_item(raw, dim, shared_indices, max_round) for raw in msg["items"]]
-    return Update(dim, ack, items, step)
+    return Update(dim, ack, items, step, inc[0], inc[1])
 
 
 def _values(raw: object) -> tuple[np.ndarray, float | None]:
@@ -242,11 +260,14 @@ def payload_size(dim: int, ack: N, items_bytes: N, n_items: N) -> N:
     """Encoded bytes of an update payload whose items take ``items_bytes`` together
     (plus :func:`step_bytes` where it announces the sender's step)."""
     return (
-        map_header(3)
+        map_header(4)
         + str_size(3)
         + int_size(dim)
         + str_size(3)
         + int_size(ack)
+        + str_size(3)  # "inc": two incarnation ids
+        + array_header(2)
+        + 2 * bin_size(INCARNATION_BYTES)
         + str_size(5)
         + array_header(n_items)
         + items_bytes

@@ -81,7 +81,12 @@ def test_sparse_reset_items_are_malformed() -> None:
     import msgpack
 
     payload = msgpack.packb(
-        {"dim": 4, "ack": -1, "items": [[0, b"\x00\x00\x00\x00", b"\x00\x00\x80?", True]]}
+        {
+            "dim": 4,
+            "ack": -1,
+            "inc": [bytes(8), bytes(8)],
+            "items": [[0, b"\x00\x00\x00\x00", b"\x00\x00\x80?", True]],
+        }
     )
     with pytest.raises(MalformedFrameError, match="reset items are dense"):
         decode_update(payload, 4)

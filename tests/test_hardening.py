@@ -45,9 +45,9 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def _dp_configs(data: FederatedData, out: Path, rounds: int = 2) -> list[Path]:
+def _dp_configs(data: FederatedData, out: Path, rounds: int = 2, dp: DpConfig = DP) -> list[Path]:
     spec = ConsortiumSpec(
-        rounds=rounds, train=TRAIN, compressor="block-k:0.3:64", deadline_s=1.0, dp=DP
+        rounds=rounds, train=TRAIN, compressor="block-k:0.3:64", deadline_s=1.0, dp=dp
     )
     return write_consortium(out, data, spec)
 
@@ -494,3 +494,68 @@ def test_key_rotation_procedure(wisconsin16: FederatedData, tmp_path: Path) -> N
         assert node.secure is not None and node.secure.keys[peer].key_id == new_id
         assert "key_mismatch" not in node.rejections()
         assert [e["missed"] for e in events(node, "round")][-2:] == [0, 0]
+
+
+# -- 6. a node restarted without its checkpoint ----------------------------------------------
+
+
+def _exact(nodes: list[Node]) -> None:
+    """Every s_i equals Σ_j W_ij x̂_j (the ring of the consortium writer)."""
+    from topology import build_topology
+
+    w = torch.from_numpy(build_topology("ring", len(nodes)).matrix(0)).float()
+    expected = w @ torch.cat([n.state.xhat for n in nodes])
+    for i, node in enumerate(nodes):
+        torch.testing.assert_close(node.state.s[0], expected[i], atol=1e-5, rtol=1e-5)
+
+
+def test_a_neighbour_restarted_from_nothing_resets_its_links(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Site 1 loses its checkpoint and starts from nothing. Before, its new items (seq 0
+    again) were taken as duplicates by its neighbours, whose totals for it stayed those of
+    its previous life: every running sum was wrong from then on. Now its new incarnation
+    id resets both directions of each link and the sums are exact again."""
+    spec = ConsortiumSpec(rounds=6, train=TRAIN, compressor="top-k:0.2", deadline_s=0.5)
+    paths = write_consortium(tmp_path, subset(wisconsin16, 4), spec)
+    first = memory_nodes(paths)
+    run_nodes(first)
+    _exact(first)
+    (tmp_path / "node-1" / "state" / "checkpoint.pt").unlink()
+    for path in paths:
+        path.write_text(path.read_text().replace("rounds = 6", "rounds = 14"))
+    nodes = memory_nodes(paths)
+    run_nodes(nodes)
+    assert nodes[1].incarnation != first[1].incarnation
+    assert nodes[0].incarnation == first[0].incarnation  # restored from its checkpoint
+    for neighbour in (nodes[0], nodes[2]):
+        (reset,) = events(neighbour, "incarnation")
+        assert reset["peer"] == nodes[1].identity.peer_id
+    _exact(nodes)
+
+
+def test_dp_budget_survives_a_lost_checkpoint_and_the_ledger_is_required(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """The privacy ledger (append-only, 0600) keeps ε when the checkpoint is lost; a
+    checkpoint that spent budget without the ledger is refused."""
+    loose = replace(DP, epsilon=50.0, rounds=3)
+    paths = _dp_configs(subset(wisconsin16, 3), tmp_path, rounds=3, dp=loose)
+    first = memory_nodes(paths)
+    run_nodes(first)
+    spent = first[0].eps_spent
+    assert spent > 0
+    state = tmp_path / "node-0" / "state"
+    ledger = state / "privacy.ledger"
+    assert _mode(ledger) == 0o600 and len(ledger.read_text().splitlines()) == 3
+    (state / "checkpoint.pt").unlink()
+    again = memory_nodes(paths)
+    again[0].restore()
+    again[0]._reconcile_ledger()
+    assert again[0].eps_spent == pytest.approx(spent)  # not zero
+    moved = ledger.with_name("elsewhere")
+    (tmp_path / "node-1" / "state" / "privacy.ledger").rename(moved)
+    node = memory_nodes(paths)[1]
+    assert node.restore()
+    with pytest.raises(ConfigError, match=r"privacy ledger .* missing"):
+        node._reconcile_ledger()

@@ -13,13 +13,19 @@ import aiomqtt
 import pytest
 
 from crypto.identity import load_key
+from crypto.keyfile import write_secret
 from node.config import load_config, parse_broker
 from node.errors import ConfigError
 from node.memory_transport import MemoryNetwork, MemoryTransport
 from node.runtime import Node
+from node.telemetry import MqttTelemetry
 from node.trainer import TrainConfig
 from sim.consortium import ConsortiumSpec, free_ports, write_consortium
 from sim.prep import FederatedData
+from tests.conftest import SecureBroker
+
+ROUNDS = 6
+
 
 ROUNDS = 6
 
@@ -104,3 +110,90 @@ def test_an_unreachable_broker_never_holds_up_the_node(
 def test_bad_broker_urls_are_config_errors(url: str) -> None:
     with pytest.raises(ConfigError, match=r"\[telemetry\] mqtt"):
         parse_broker(url)
+
+
+def _secured(
+    tmp_path: Path, data: FederatedData, url: str, password: str | None, ca: Path | None
+) -> list[Node]:
+    nodes = _ring(tmp_path, data, url)
+    secret = tmp_path / "broker.password"
+    if password is not None:
+        write_secret(secret, password.encode(), overwrite=True, what="password")
+    for node in nodes:
+        node.config = replace(
+            node.config,
+            telemetry_username="site",
+            telemetry_password_file=secret if password is not None else None,
+            telemetry_ca_file=ca,
+        )
+        node.telemetry = MqttTelemetry(
+            url,
+            node.identity.peer_id,
+            "test",
+            "site",
+            Node._broker_password(node.config),
+            ca,
+        )
+    return nodes
+
+
+@pytest.mark.parametrize(
+    ("scheme", "right_password", "with_ca", "published"),
+    [
+        ("plain", True, False, True),
+        ("plain", False, False, False),
+        ("plain", None, False, False),  # username only
+        ("tls", True, True, True),
+        pytest.param(
+            "tls",
+            True,
+            False,
+            False,  # the broker's CA is not in the system trust store
+            # paho-mqtt leaves the socket of a failed TLS handshake to the garbage collector
+            marks=pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+        ),
+    ],
+)
+def test_broker_authentication_and_ca_pinned_tls(
+    secure_broker: SecureBroker,
+    wisconsin16: FederatedData,
+    tmp_path: Path,
+    scheme: str,
+    right_password: bool | None,
+    with_ca: bool,
+    published: bool,
+) -> None:
+    """A broker that wants a password (from a 0600 file) and, over mqtts, a certificate
+    from the consortium's own CA; a wrong password or an unknown CA publishes nothing and
+    the node goes on."""
+    url = secure_broker.plain_url if scheme == "plain" else secure_broker.tls_url
+    password = (
+        None if right_password is None else (secure_broker.password if right_password else "wrong")
+    )
+    ca = secure_broker.ca_file if with_ca else None
+    nodes = _secured(tmp_path, wisconsin16, url, password, ca)
+
+    async def run() -> None:
+        await asyncio.wait_for(asyncio.gather(*(n.run() for n in nodes)), 60)
+
+    asyncio.run(run())
+    for node in nodes:
+        assert node.round == ROUNDS and node.telemetry is not None
+        assert (node.telemetry.published >= ROUNDS) == published
+        if not published:
+            assert node.telemetry.published == 0 and node.telemetry.last_error
+
+
+def test_a_readable_broker_password_file_is_refused(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    secret = tmp_path / "broker.password"
+    secret.write_text("pw")
+    secret.chmod(0o644)
+    config = replace(
+        _ring(tmp_path, wisconsin16, "mqtt://127.0.0.1:1883")[0].config,
+        telemetry_username="site",
+        telemetry_password_file=secret,
+    )
+    with pytest.raises(ConfigError, match=r"password_file.*group/others can read"):
+        Node._broker_password(config)

@@ -15,6 +15,7 @@ from node.errors import MalformedFrameError
 from node.frames import frame_size, length_prefix, seal
 from node.wire import decode_update, encode_update, encoded_item_size, payload_size
 
+NO_INC = [bytes(8), bytes(8)]
 DIM = 300
 
 
@@ -105,12 +106,29 @@ def test_shared_indices_and_q8_cost_what_they_should() -> None:
     ],
 )
 def test_bad_items_are_malformed(item: list[object], match: str) -> None:
-    payload = msgpack.packb({"dim": DIM, "ack": -1, "items": [item]})
+    payload = msgpack.packb({"dim": DIM, "ack": -1, "inc": NO_INC, "items": [item]})
     with pytest.raises(MalformedFrameError, match=match):
         decode_update(payload, DIM, _shared, max_round=3)
 
 
 def test_shared_item_without_a_shared_compressor_is_malformed() -> None:
-    payload = msgpack.packb({"dim": DIM, "ack": -1, "items": [[0, 0, b"", False]]})
+    payload = msgpack.packb({"dim": DIM, "ack": -1, "inc": NO_INC, "items": [[0, 0, b"", False]]})
     with pytest.raises(MalformedFrameError, match="draws none"):
         decode_update(payload, DIM, None, max_round=3)
+
+
+@pytest.mark.parametrize(
+    "inc", [None, [bytes(8)], [bytes(8), bytes(7)], [bytes(8), "x" * 8], [bytes(8)] * 3]
+)
+def test_incarnation_ids_must_be_two_8_byte_strings(inc: object) -> None:
+    fields: dict[str, object] = {"dim": DIM, "ack": -1, "items": []}
+    if inc is not None:
+        fields["inc"] = inc
+    with pytest.raises(MalformedFrameError, match="inc"):
+        decode_update(msgpack.packb(fields), DIM)
+
+
+def test_incarnation_ids_round_trip() -> None:
+    mine, yours = b"\x01" * 8, b"\x02" * 8
+    update = decode_update(encode_update(DIM, 3, [], None, (mine, yours)), DIM)
+    assert (update.inc, update.echo, update.ack) == (mine, yours, 3)
