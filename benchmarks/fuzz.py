@@ -116,8 +116,9 @@ def _frames(rng: random.Random, n: int, crashes: list[str], out: Counter[str]) -
             framed.run(functools.partial(admit, last_valid, False))
         else:
             round_ = max(0, guard.round + rng.randint(-6, 6))
-            body = _mutate(rng, seal(alice, round_, "update", _payload(rng)))
-            framed.run(functools.partial(admit, body, True))
+            original = seal(alice, round_, "update", _payload(rng))
+            body = _mutate(rng, original)  # may be a no-op (a one-byte tail reversed)
+            framed.run(functools.partial(admit, body, body != original))
         updates.run(lambda: (decode_update(_mutate(rng, _payload(rng)), DIM), "ok")[1])
         if i % 1000 == 999:
             guard.advance(i // 1000)  # rounds move on, as in a node

@@ -157,6 +157,7 @@ class Node:
         self.xhat0 = self.state.xhat[0].clone()
         self.incarnation = secrets.token_bytes(INCARNATION_BYTES)
         self._retired: dict[str, set[bytes]] = {}  # neighbours' earlier incarnations
+        self.claimed: dict[str, int] = {}  # rounds named by neighbours' too-far frames
         self.peer_set = set(self.links.neighbours)
         self.guard = FrameGuard(config.members)
         self.round = 0
@@ -405,8 +406,10 @@ class Node:
                 # contents are dropped (the backlog resends them once we are in range).
                 self._note_rejection(exc, received.peer)
                 if received.peer in self.links.heard:
-                    heard = self.links.heard
-                    heard[received.peer] = max(heard[received.peer], exc.round)
+                    # Kept apart from ``heard`` (admitted frames): a claim alone must not
+                    # stop us waiting for the sender's real frame of our round.
+                    claimed = self.claimed
+                    claimed[received.peer] = max(claimed.get(received.peer, -1), exc.round)
                     # It is alive, too: a site catching up must not take the neighbours it
                     # is catching up with for down (secure mode's liveness is frame time).
                     self.last_frame[received.peer] = asyncio.get_running_loop().time()
@@ -619,7 +622,11 @@ class Node:
     def _catch_up_target(self, t: int) -> int:
         """The slowest live neighbour's round (see _next_round), or t without one."""
         suspected = self._suspected()
-        live = [self.links.heard[p] for p in self.links.neighbours if p not in suspected]
+        live = [
+            max(self.links.heard[p], self.claimed.get(p, -1))
+            for p in self.links.neighbours
+            if p not in suspected
+        ]
         target = min(live, default=t)
         if len(live) < 2:
             target = min(target, t + 1 + CATCH_UP_MAX)
@@ -653,6 +660,14 @@ class Node:
         limit = SUSPECT_AFTER * self.config.deadline_s
         return {p for p in self.links.neighbours if now - self.last_frame.get(p, now) > limit}
 
+    def _out_of_range(self, peer: str, t: int) -> bool:
+        """Whether ``peer`` is beyond our lead by its own signed claim and has sent no
+        admissible frame lately: its frames for our round will not come (we restarted
+        and are catching up), so it is not waited for. A member that also claims a far
+        round while gossiping normally is still waited for."""
+        far = self.claimed.get(peer, -1) > t + self.guard.lead
+        return far and self.links.heard[peer] < max(t - self.guard.window, 0)
+
     def _waiting_for(self, t: int) -> list[str]:
         """Neighbours not suspected to be down whose part of round t has not arrived: their
         frame in plaintext mode, their term in a forwarded sum under secure aggregation."""
@@ -665,10 +680,14 @@ class Node:
                 return [p for p in live if self.links.heard[p] < t]
             # A neighbour two rounds past t has long sent its part of t; what is not here
             # will not come (a restarted site catching up does not wait a deadline for it).
-            gone = {p for p in live if self.links.heard[p] >= t + 2}
+            gone = {p for p in live if self.links.heard[p] >= t + 2 or self._out_of_range(p, t)}
             covered = self.secure.covered(t)
             return [p for p in live if p not in covered | gone]
-        behind = [p for p in self.links.neighbours if self.links.heard[p] < t]
+        behind = [
+            p
+            for p in self.links.neighbours
+            if self.links.heard[p] < t and not self._out_of_range(p, t)
+        ]
         if suspected.issuperset(self.links.neighbours):
             # Cut off from every neighbour (not yet started, or down): keep to one round per
             # deadline instead of racing to the last round alone, so that the site is near

@@ -27,11 +27,14 @@ from sim.errors import SimError
 from sim.faults import Crash
 from sim.prep import FederatedData
 
+NODE_MODULE = "node.cli"
+
 
 @dataclass
 class _Proc:
     index: int
     config: Path
+    module: str = NODE_MODULE  # what runs the site; tests swap in a hostile member
     popen: subprocess.Popen[bytes] | None = None
     offset: int = 0
     round: int = 0
@@ -50,11 +53,15 @@ class _Proc:
             open(self.log_path, "ab") as log,
         ):
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "node.cli", "node", "--config", str(self.config)],
+                [sys.executable, "-m", self.module, *self._args()],
                 stdout=log,
                 stderr=stderr,
                 env=env,
             )
+
+    def _args(self) -> list[str]:
+        command = ["node"] if self.module == NODE_MODULE else []
+        return [*command, "--config", str(self.config)]
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -86,14 +93,16 @@ def run_processes(
     kills: list[Crash],
     timeout_s: float = 600.0,
     tick: Callable[[int], None] | None = None,
+    modules: dict[int, str] | None = None,
 ) -> MethodResult:
-    """Run the consortium to completion and collect its curves."""
+    """Run the consortium to completion and collect its curves. ``modules`` runs some
+    sites with another module than ``node.cli`` (taking ``--config``), for tests."""
     n = len(data.train)
     for kill in kills:
         if not 0 <= kill.node < n:
             raise SimError(f"--kill names node {kill.node}; nodes are 0..{n - 1}")
     configs = write_consortium(out / "nodes", data, spec)
-    procs = [_Proc(i, path) for i, path in enumerate(configs)]
+    procs = [_Proc(i, path, (modules or {}).get(i, NODE_MODULE)) for i, path in enumerate(configs)]
     began = time.perf_counter()
     supervisor: list[dict[str, Any]] = []
     for proc in procs:

@@ -202,6 +202,7 @@ def test_a_restarted_site_still_catches_up_to_its_slowest_neighbour() -> None:
     class Stub:
         def __init__(self, heard: dict[str, int]) -> None:
             self.links = type("L", (), {"heard": heard, "neighbours": list(heard)})()
+            self.claimed: dict[str, int] = {}
 
         def _suspected(self) -> set[str]:
             return set()
@@ -559,3 +560,55 @@ def test_dp_budget_survives_a_lost_checkpoint_and_the_ledger_is_required(
     assert node.restore()
     with pytest.raises(ConfigError, match=r"privacy ledger .* missing"):
         node._reconcile_ledger()
+
+
+# -- chaos: a member attacks for the whole run -----------------------------------------------
+
+
+def _honest_finish(
+    out: Path, hostile: int
+) -> tuple[dict[int, list[int]], list[float], dict[int, dict[str, int]]]:
+    import json
+
+    timeline = [json.loads(x) for x in (out / "timeline.jsonl").read_text().splitlines()]
+    missed: dict[int, list[int]] = {}
+    accuracy: list[float] = []
+    rejected: dict[int, dict[str, int]] = {}
+    for e in timeline:
+        if e.get("node") == hostile:
+            continue
+        if e["event"] == "round":
+            missed.setdefault(e["node"], []).append(e["missed"])
+        if e["event"] == "finish":
+            accuracy.append(float(e["accuracy"]))
+            rejected[e["node"]] = e["rejected"]
+    return missed, accuracy, rejected
+
+
+@pytest.mark.slow
+def test_chaos_one_member_attacks_all_run_and_the_others_do_not_notice(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Eight real node processes over libp2p; site 3 holds a valid key and, besides
+    gossiping, follows every frame with every attack (tests/hostile_node.py). The honest
+    sites run every round, full, and end within 1 point of the attack-free run."""
+    from sim.process import run_processes
+
+    rounds, hostile = 30, 3
+    spec = ConsortiumSpec(
+        rounds=rounds, train=TRAIN, compressor="top-k:0.1", deadline_s=2.0, eval_every=rounds
+    )
+    data = subset(wisconsin16, 8)
+    run_processes(tmp_path / "calm", data, spec, [])
+    run_processes(tmp_path / "chaos", data, spec, [], modules={hostile: "tests.hostile_node"})
+    calm_missed, calm_acc, _ = _honest_finish(tmp_path / "calm", hostile)
+    missed, acc, rejected = _honest_finish(tmp_path / "chaos", hostile)
+    assert sorted(missed) == [n for n in range(8) if n != hostile]
+    for node, per_round in missed.items():
+        assert len(per_round) == rounds, f"site {node} did not run every round"
+        assert sum(per_round[2:]) <= sum(calm_missed[node][2:]), f"site {node} missed rounds"
+    assert abs(np.mean(acc) - np.mean(calm_acc)) <= 0.01
+    for victim in (2, 4):  # the hostile site's neighbours saw, and counted, every attack
+        counts = rejected[victim]
+        for reason in ("future", "malformed", "replayed", "forged", "frame"):
+            assert counts.get(reason, 0) >= rounds // 2, (victim, reason, counts)
