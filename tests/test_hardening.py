@@ -23,7 +23,7 @@ from node.backlog import Item
 from node.dp import SECURE_RNG_WARNING, DpTrainer
 from node.errors import ConfigError, NodeCrashedError
 from node.flat import FlatLayout
-from node.frames import Frame, seal
+from node.frames import Frame, decode, seal
 from node.memory_transport import MemoryNetwork, MemoryTransport
 from node.models import build_model
 from node.privacy import DpConfig
@@ -151,6 +151,24 @@ def _rogue(network: MemoryNetwork, insider: Node, victim: Node) -> MemoryTranspo
     return rogue
 
 
+def _consortium(
+    data: FederatedData, tmp_path: Path, sites: int, spec: ConsortiumSpec
+) -> tuple[MemoryNetwork, list[Node]]:
+    network = MemoryNetwork()
+    paths = write_consortium(tmp_path, subset(data, sites), spec)
+    return network, memory_nodes(paths, network=network)
+
+
+async def _rogue_started(
+    network: MemoryNetwork, insider: Node, victim: Node, at: int
+) -> MemoryTransport:
+    """The insider's second connection, once the victim has reached round ``at``."""
+    rogue = _rogue(network, insider, victim)
+    await rogue.start()
+    await _when(victim, at)
+    return rogue
+
+
 async def _when(node: Node, round: int) -> None:
     while node.round < round:
         await asyncio.sleep(0.005)
@@ -173,14 +191,11 @@ def test_a_far_future_round_moves_no_one(wisconsin16: FederatedData, tmp_path: P
     every round."""
     rounds = 8
     spec = ConsortiumSpec(rounds=rounds, train=TRAIN, compressor="top-k:0.1", deadline_s=1.0)
-    network = MemoryNetwork()
-    nodes = memory_nodes(write_consortium(tmp_path, subset(wisconsin16, 4), spec), network=network)
+    network, nodes = _consortium(wisconsin16, tmp_path, 4, spec)
     victim, insider = nodes[0], nodes[1]
 
     async def attack() -> None:
-        rogue = _rogue(network, insider, victim)
-        await rogue.start()
-        await _when(victim, 2)
+        rogue = await _rogue_started(network, insider, victim, 2)
         for far in (10**6, 10**9, rounds):
             payload = encode_update(victim.dim, -1, [])
             await rogue.send(
@@ -227,14 +242,11 @@ def test_plaintext_updates_are_refused_in_secure_mode(
     spec = ConsortiumSpec(
         rounds=4, train=TRAIN, compressor="block-k:0.3:64", secure="plain", deadline_s=1.0
     )
-    network = MemoryNetwork()
-    nodes = memory_nodes(write_consortium(tmp_path, subset(wisconsin16, 3), spec), network=network)
+    network, nodes = _consortium(wisconsin16, tmp_path, 3, spec)
     victim, insider = nodes[0], nodes[1]
 
     async def attack() -> None:
-        rogue = _rogue(network, insider, victim)
-        await rogue.start()
-        await _when(victim, 1)
+        rogue = await _rogue_started(network, insider, victim, 1)
         row = torch.full((victim.dim,), 1e6)
         item = Item(0, None, row, reset=True)
         payload = encode_update(victim.dim, -1, [item])
@@ -285,8 +297,7 @@ def test_forged_or_malformed_sums_are_refused_and_the_node_goes_on(
     spec = ConsortiumSpec(
         rounds=rounds, train=TRAIN, compressor="block-k:0.3:64", secure=secure, deadline_s=1.0
     )
-    network = MemoryNetwork()
-    nodes = memory_nodes(write_consortium(tmp_path, subset(wisconsin16, 3), spec), network=network)
+    network, nodes = _consortium(wisconsin16, tmp_path, 3, spec)
     victim, insider = nodes[0], nodes[1]
     exchange = victim.secure
     assert exchange is not None
@@ -300,9 +311,7 @@ def test_forged_or_malformed_sums_are_refused_and_the_node_goes_on(
         bad.append((np.full(n, 1e5), False))
 
     async def attack() -> None:
-        rogue = _rogue(network, insider, victim)
-        await rogue.start()
-        await _when(victim, 1)
+        rogue = await _rogue_started(network, insider, victim, 1)
         for k, (values, corrupt) in enumerate(bad):
             t = 1 + k // 2
             body = _forged_sum(victim, insider, t, values, corrupt)
@@ -612,3 +621,78 @@ def test_chaos_one_member_attacks_all_run_and_the_others_do_not_notice(
         counts = rejected[victim]
         for reason in ("future", "malformed", "replayed", "forged", "frame"):
             assert counts.get(reason, 0) >= rounds // 2, (victim, reason, counts)
+
+
+# -- 4. memory a member can take -------------------------------------------------------------
+
+
+def test_a_flooding_peer_is_held_to_its_queue_share_and_times_out() -> None:
+    """Before, the receive queue was unbounded: a member could fill our memory faster
+    than we consume. Now each peer may hold two maximal frames in it; past that its
+    sends wait (backpressure) and then fail, and the other peers still get through."""
+    from crypto.identity import SiteIdentity
+    from node.errors import PeerUnreachableError
+
+    async def scenario() -> tuple[int, int, bool]:
+        network = MemoryNetwork()
+        keys = [SiteIdentity.generate() for _ in range(3)]
+        victim, flooder, honest = (
+            MemoryTransport(network, k, max_frame_bytes=1000, timeout_s=0.3) for k in keys
+        )
+        for t in (victim, flooder, honest):
+            await t.start()
+        victim.set_peers({flooder.peer_id: flooder.listen_addr, honest.peer_id: honest.listen_addr})
+        for t in (flooder, honest):
+            t.set_peers({victim.peer_id: victim.listen_addr})
+        sent = 0
+        with pytest.raises(PeerUnreachableError, match="read nothing"):
+            for _ in range(100):
+                await flooder.send(victim.peer_id, bytes(900))
+                sent += 1
+        await honest.send(victim.peer_id, b"still heard")  # not crowded out
+        held = victim.queued_bytes()
+        got = []
+        async for received in victim.incoming():
+            got.append(received.peer)
+            if received.peer == honest.peer_id:
+                break
+        return sent, held, honest.peer_id in got
+
+    sent, held, heard = asyncio.run(scenario())
+    assert sent == 2 and held <= 2 * 1000 + len(b"still heard") and heard
+
+
+def test_a_receipt_naming_another_key_buys_at_most_one_key_resend_per_deadline(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Before, every receipt that named a wrong key id made us send our ~262 KB CKKS
+    key again: a cheap amplification for a member."""
+    nodes = memory_nodes(_secure_paths(subset(wisconsin16, 3), tmp_path, rounds=2))
+    run_nodes(nodes)
+    victim, insider = nodes[0].secure, nodes[1]
+    assert victim is not None and insider.secure is not None
+    resent: list[str] = []
+
+    async def count(peer: str, round: int) -> None:
+        resent.append(peer)
+
+    victim.send_key = count  # type: ignore[method-assign]
+
+    async def flood() -> None:
+        payload = pack(
+            {
+                "included": [],
+                "through": -1,
+                "ack": -1,
+                "key": b"\x00" * 16,
+                "absent": [],
+                "ready": True,
+                "waiting": False,
+            }
+        )
+        for _ in range(50):
+            victim.handle(decode(seal(insider.identity, victim.round, "receipt", payload)))
+        await asyncio.sleep(0.05)
+
+    asyncio.run(flood())
+    assert resent == [insider.identity.peer_id]
