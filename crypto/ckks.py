@@ -170,7 +170,10 @@ class CkksCipher:
         total = self._load(parts[0], context)
         for part in parts[1:]:
             for acc, vector in zip(total, self._load(part, context), strict=True):
-                acc.add_(vector)
+                try:
+                    acc.add_(vector)
+                except (ValueError, RuntimeError) as exc:  # e.g. SEAL's scale mismatch
+                    raise MalformedCiphertextError(f"ciphertexts cannot be added: {exc}") from None
         chunks = tuple(v.serialize() for v in total)
         return Sealed(self.name, self.params, key.key_id, parts[0].count, chunks)
 

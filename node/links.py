@@ -66,11 +66,10 @@ class Links:
             del table[peer]
         self.incarnation.pop(peer, None)
 
-    def reincarnate(
-        self, peer: str, xhat0: torch.Tensor, xhat: torch.Tensor, s: torch.Tensor
-    ) -> None:
+    def reincarnate(self, peer: str, xhat0: torch.Tensor, s: torch.Tensor) -> None:
         """``peer`` restarted without its checkpoint (module docstring): its total in s
-        becomes W_ij x̂₀, and it gets a dense copy of our x̂."""
+        becomes W_ij x̂₀. The dense copy of our x̂ it needs is :meth:`resend_all`, which
+        the caller runs when no training thread is writing x̂."""
         inbound = self.inbound[peer]
         assert inbound.total is not None
         fresh = xhat0 * self.weight[peer]
@@ -78,6 +77,9 @@ class Links:
             s.add_(fresh - inbound.total)
         self.inbound[peer] = type(inbound)(total=fresh)
         self.acked[peer] = -1
+
+    def resend_all(self, peer: str, xhat: torch.Tensor) -> None:
+        """Replace the backlog to ``peer`` by one dense copy of our weighted x̂."""
         self.out[peer].reset(xhat * self.weight[peer])
 
     def rewire(

@@ -60,6 +60,8 @@ class PrivacyLedger:
         """Record the accountant's history after ``round``, durably, before release."""
         created = not self.path.exists()
         line = json.dumps({"round": round, "history": [list(h) for h in history]}) + "\n"
+        if not created and not self.path.read_bytes().endswith(b"\n"):
+            line = "\n" + line  # a crash tore the last line; ours must not join it
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode())

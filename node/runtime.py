@@ -80,6 +80,8 @@ if TYPE_CHECKING:
 SUSPECT_AFTER = 3
 # The most rounds one catch-up may skip (see Node._next_round).
 CATCH_UP_MAX = 16
+# Incarnations a neighbour may go through in one run of ours (see Node._apply).
+MAX_INCARNATIONS = 16
 
 
 class Node:
@@ -156,7 +158,11 @@ class Node:
         # checkpoint restores the id, a start from nothing draws a new one (node.links).
         self.xhat0 = self.state.xhat[0].clone()
         self.incarnation = secrets.token_bytes(INCARNATION_BYTES)
-        self._retired: dict[str, set[bytes]] = {}  # neighbours' earlier incarnations
+        self._retired: dict[str, list[bytes]] = {}  # neighbours' earlier incarnations
+        # Links owed a dense copy of x̂ (a neighbour restarted from nothing); sent only
+        # when no training thread is writing x̂ (see _push).
+        self._resend_due: set[str] = set()
+        self._training = False
         self.claimed: dict[str, int] = {}  # rounds named by neighbours' too-far frames
         self.peer_set = set(self.links.neighbours)
         self.guard = FrameGuard(config.members)
@@ -441,24 +447,34 @@ class Node:
         if frame.topic != "update" or frame.sender not in self.links.inbound:
             raise FrameError(f"unexpected {frame.topic!r} frame from {frame.sender}")
         update = decode_update(frame.payload, self.dim, self._shared_indices, frame.round)
-        if update.step is not None:
-            # The newest stamp wins, and within it the smallest step (a late, reordered
-            # frame does not undo a newer announcement).
-            old = self.neighbour_step.get(frame.sender)
-            if old is None or (update.step[0], -update.step[1]) > (old[0], -old[1]):
-                self.neighbour_step[frame.sender] = update.step
         known = self.links.incarnation.get(frame.sender)
-        if update.inc in self._retired.get(frame.sender, set()):
+        retired = self._retired.setdefault(frame.sender, [])
+        if update.inc in retired:
             raise StaleFrameError(f"frame from a previous life of {frame.sender}")
         if known is not None and known != update.inc:
-            self._retired.setdefault(frame.sender, set()).add(known)
-            self.links.reincarnate(frame.sender, self.xhat0, self.state.xhat[0], self.state.s[0])
+            if len(retired) >= MAX_INCARNATIONS:
+                # A real site restarts from nothing rarely; one that changes its id every
+                # frame would buy a dense copy of our x̂ each time.
+                raise StaleFrameError(f"{frame.sender} changed its incarnation too often")
+            retired.append(known)
+            self.links.reincarnate(frame.sender, self.xhat0, self.state.s[0])
+            self._resend_due.add(frame.sender)
+            if not self._training:
+                self._resend_pending()
+            for table in (self.neighbour_step, self._announced):
+                table.pop(frame.sender, None)  # a fresh site has heard no step from us
             self.emit(
                 "incarnation",
                 peer=frame.sender,
                 round=frame.round,
                 detail="neighbour restarted without its checkpoint; link reset",
             )
+        if update.step is not None:
+            # The newest stamp wins, and within it the smallest step (a late, reordered
+            # frame does not undo a newer announcement).
+            old = self.neighbour_step.get(frame.sender)
+            if old is None or (update.step[0], -update.step[1]) > (old[0], -old[1]):
+                self.neighbour_step[frame.sender] = update.step
         self.links.incarnation[frame.sender] = update.inc
         self.links.inbound[frame.sender].accept(update.items, self.state.s[0])
         if update.echo == self.incarnation:  # an ack for our previous life means nothing
@@ -488,7 +504,7 @@ class Node:
         history = self.dp.rows[0].engine.accountant.history
         return [(float(sig), float(q), int(n)) for sig, q, n in history]
 
-    def _reconcile_ledger(self) -> None:
+    def _reconcile_ledger(self, resumed: bool) -> None:
         """Check the checkpoint's budget against the privacy ledger, and continue from the
         ledger when the checkpoint was lost (node.privacy_ledger)."""
         if self.ledger is None or self.dp is None:
@@ -498,9 +514,16 @@ class Node:
             self.dp.rows[0].engine.accountant.history = list(continued)
             self.emit(
                 "privacy_ledger",
-                detail="no checkpoint holds this budget: ε continues from the ledger",
+                detail="the ledger records more than the checkpoint: ε continues from it",
                 eps_spent=self.eps_spent,
             )
+            if not resumed:
+                # Started over without a checkpoint after spending budget: the generators
+                # from the seed file would replay the first life's batches and noise on a
+                # new model, and the difference of two releases would cancel the noise.
+                row = self.dp.rows[0]
+                row.sample_gen.manual_seed(secrets.randbits(62))
+                row.noise_gen.manual_seed(secrets.randbits(62))
 
     def _push(self, q: Sparse) -> None:
         """CHOCO step 2 on the event loop: s += W_ii q, and W_ji q onto every out-link."""
@@ -513,8 +536,18 @@ class Node:
             row = q.row(0)
             idx = None if row.indices is None else row.indices.reshape(-1).clone()
             for peer in self.links.neighbours:
+                if peer in self._resend_due:
+                    continue  # its dense copy of x̂, which holds q already, goes instead
                 values, quantum = link_item_values(row, self.links.weight[peer])
                 self.links.out[peer].push(idx, values.clone(), row.shared_round, quantum)
+            self._resend_pending()
+
+    def _resend_pending(self) -> None:
+        """Send the dense copies of x̂ owed since neighbours restarted from nothing."""
+        for peer in sorted(self._resend_due):
+            if peer in self.links.out:
+                self.links.resend_all(peer, self.state.xhat[0])
+        self._resend_due.clear()
 
     async def _send_all(self, t: int, clock: int | None = None) -> None:
         """Send each neighbour this round's frame: new backlog items (the whole backlog
@@ -622,8 +655,12 @@ class Node:
     def _catch_up_target(self, t: int) -> int:
         """The slowest live neighbour's round (see _next_round), or t without one."""
         suspected = self._suspected()
+        # A claim counts only from a neighbour we hear nothing admissible from: one that
+        # also gossips normally is where its admitted frames say, whatever it claims.
         live = [
             max(self.links.heard[p], self.claimed.get(p, -1))
+            if self._out_of_range(p, t)
+            else self.links.heard[p]
             for p in self.links.neighbours
             if p not in suspected
         ]
@@ -726,7 +763,7 @@ class Node:
         neighbours' last frames; SIGTERM/SIGINT stop cleanly after a checkpoint."""
         checkpoint.private_dir(self.config.state_dir)
         resumed = self.restore()
-        self._reconcile_ledger()
+        self._reconcile_ledger(resumed)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             # Signal handlers exist only in the main thread; tests run nodes elsewhere.
@@ -789,7 +826,11 @@ class Node:
         if self.phase == "mixed" and self._reload_requested:
             self._reload_config()
         if self.phase == "mixed":
-            loss, q = await asyncio.to_thread(self._train_and_compress, t)
+            self._training = True
+            try:
+                loss, q = await asyncio.to_thread(self._train_and_compress, t)
+            finally:
+                self._training = False
             self._push(q)
             if self.secure is not None:
                 self.secure.absent = self._suspected()

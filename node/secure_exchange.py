@@ -45,6 +45,7 @@ from node.errors import (
     FrameError,
     KeyPinError,
     MalformedFrameError,
+    ReplayedFrameError,
     SealedRejectedError,
     StaleFrameError,
     TransportError,
@@ -127,6 +128,9 @@ class SecureExchange:
         # contributions being parsed, per (receiver, round)
         self.checking_parts: dict[tuple[str, int], set[asyncio.Task[None]]] = {}
         self._key_sent: dict[str, float] = {}  # event-loop time our key last went to a peer
+        self._parts_taken: set[tuple[str, int, str]] = set()  # (receiver, round, sender)
+        self._sums_from: set[tuple[str, int]] = set()  # (aggregator, round) sums taken
+        self._zeros: dict[tuple[str, int], Sealed] = {}
 
     # -- who talks to whom -------------------------------------------------------------------
 
@@ -300,7 +304,13 @@ class SecureExchange:
         buffer = self.buffers.get((receiver, round))
         if buffer is not None and buffer.flushed:
             raise StaleFrameError(f"contribution for {receiver} round {round} after its sum left")
+        part = (receiver, round, sender)
+        if part in self._parts_taken or (buffer is not None and sender in buffer.parts):
+            # One part per contributor, receiver and round: more would only park memory
+            # and parse work here (an honest contributor sends one).
+            raise ReplayedFrameError(f"a second contribution from {sender} for {receiver}")
         sealed = self._open(data, self.keys[receiver], round)
+        self._parts_taken.add(part)
         task = asyncio.get_running_loop().create_task(
             self._check_contribution(sender, round, receiver, sealed)
         )
@@ -315,7 +325,11 @@ class SecureExchange:
         """Parse every chunk before the part joins a sum: one bad part must not spoil it."""
         key = self.keys[receiver]
         try:
-            await asyncio.to_thread(self.cipher.add, [sealed], key)
+            # Added to an encryption of zero under the same key, as it will be to the
+            # other parts: a part that parses but cannot be added (another scale inside
+            # SEAL's body) is refused here instead of spoiling the sum.
+            zero = self._zero(receiver, sealed.count)
+            await asyncio.to_thread(self.cipher.add, [zero, sealed], key)
         except CryptoError as exc:
             self.on_reject(SealedRejectedError(f"contribution from {sender}: {exc}"), sender)
             return
@@ -324,6 +338,13 @@ class SecureExchange:
             self.on_reject(StaleFrameError(f"contribution for {receiver} came late"), sender)
             return
         self._take(receiver, round, sender, sealed)
+
+    def _zero(self, receiver: str, count: int) -> Sealed:
+        """An encryption of ``count`` zeros under ``receiver``'s key, made once."""
+        key = (receiver, count)
+        if key not in self._zeros:
+            self._zeros[key] = self.cipher.encrypt(np.zeros(count), self.keys[receiver])
+        return self._zeros[key]
 
     def _spawn(self, work: Awaitable[None]) -> None:
         async def run() -> None:
@@ -408,11 +429,14 @@ class SecureExchange:
                 raise SealedRejectedError("a sum of fewer than two contributors is never opened")
         except (BadSignatureError, ValueError) as exc:
             raise SealedRejectedError(f"contributor record from {sender}: {exc}") from None
+        if (sender, round) in self._sums_from:
+            raise ReplayedFrameError(f"a second sum from {sender} for round {round}")
         held = self.sums.setdefault(round, [])
         checking = self.checking.setdefault(round, set())
         if len(held) + len(checking) >= len(self.neighbours):
             raise SealedRejectedError(f"more sums for round {round} than this site has neighbours")
         sealed = self._open(raw["sealed"], self.secret.public, round)
+        self._sums_from.add((sender, round))
         task = asyncio.get_running_loop().create_task(self._check_sum(sender, record, sealed))
         self.supervise(task)
         checking.add(task)
@@ -498,6 +522,8 @@ class SecureExchange:
             del self.buffers[key]
         for key in [k for k in self.checking_parts if k[1] < round - KEEP_ROUNDS]:
             del self.checking_parts[key]
+        self._parts_taken = {k for k in self._parts_taken if k[1] >= round - KEEP_ROUNDS}
+        self._sums_from = {k for k in self._sums_from if k[1] > self.through}
         return included
 
     # -- checkpoint ----------------------------------------------------------------------------
