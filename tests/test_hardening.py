@@ -686,6 +686,7 @@ def test_a_receipt_naming_another_key_buys_at_most_one_key_resend_per_deadline(
         resent.append(peer)
 
     victim.send_key = count  # type: ignore[method-assign]
+    victim._key_sent.clear()  # the run itself may have just sent one: start the clock here
 
     async def flood() -> None:
         payload = pack(
@@ -705,3 +706,41 @@ def test_a_receipt_naming_another_key_buys_at_most_one_key_resend_per_deadline(
 
     asyncio.run(flood())
     assert resent == [insider.identity.peer_id]
+
+
+# -- 10. transport deadlines are about progress ----------------------------------------------
+
+
+class _SlowStream:
+    """A stream that yields ``chunk`` bytes every ``gap_s`` seconds, then stalls."""
+
+    def __init__(self, total: int, chunk: int, gap_s: float) -> None:
+        self.left, self.chunk, self.gap_s = total, chunk, gap_s
+
+    async def read(self, n: int) -> bytes:
+        import trio
+
+        if self.left <= 0:
+            await trio.sleep_forever()
+        await trio.sleep(self.gap_s)
+        size = min(n, self.chunk, self.left)
+        self.left -= size
+        return b"x" * size
+
+
+def test_a_large_body_on_a_slow_link_arrives_and_a_stalled_one_returns_short() -> None:
+    """Before, a whole body had to arrive within one timeout whatever its size (a dense
+    reset never made it over a slow link and was retried forever), and a read that
+    timed out could hand back the previous frame's body. Now each chunk has the timeout."""
+    import trio
+
+    from node.p2p import _read_exactly
+
+    async def scenario() -> tuple[int, int]:
+        slow = _SlowStream(total=40, chunk=4, gap_s=0.02)  # 0.2 s in all, 0.02 s a chunk
+        whole = await _read_exactly(slow, 40, timeout_s=0.1)  # type: ignore[arg-type]
+        stalled = _SlowStream(total=8, chunk=4, gap_s=0.02)
+        short = await _read_exactly(stalled, 40, timeout_s=0.1)  # type: ignore[arg-type]
+        return len(whole), len(short)
+
+    assert trio.run(scenario) == (40, 8)
