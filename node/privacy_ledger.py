@@ -60,7 +60,7 @@ class PrivacyLedger:
         """Record the accountant's history after ``round``, durably, before release."""
         created = not self.path.exists()
         line = json.dumps({"round": round, "history": [list(h) for h in history]}) + "\n"
-        if not created and not self.path.read_bytes().endswith(b"\n"):
+        if not created and not self._ends_with_newline():
             line = "\n" + line  # a crash tore the last line; ours must not join it
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -70,6 +70,15 @@ class PrivacyLedger:
             os.close(fd)
         if created:
             sync_directory(self.path.parent)
+
+    def _ends_with_newline(self) -> bool:
+        """Whether the ledger's last byte ends a line (read alone: the file only grows)."""
+        with open(self.path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return True
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
 
     def check(self, spent: History) -> History | None:
         """Reconcile with the checkpoint's accountant (``spent``, empty without one): the

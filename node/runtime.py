@@ -50,7 +50,7 @@ from node.faults import FaultyTransport
 from node.flat import FlatLayout
 from node.frames import PREFIX_BYTES, Frame, FrameGuard, seal
 from node.gossip import ChocoState, add_self_contribution, mix_step
-from node.key_admin import encryption_key_path, require_key
+from node.key_admin import CHECKPOINT_FILE, encryption_key_path, require_key
 from node.links import Links
 from node.membership import Membership
 from node.models import build_model
@@ -179,7 +179,7 @@ class Node:
         self._crash: BaseException | None = None  # a supervised task's failure
         self._reload: NodeConfig | None = None
         self._reload_requested = False
-        self.ckpt_path = config.state_dir / "checkpoint.pt"
+        self.ckpt_path = config.state_dir / CHECKPOINT_FILE
         self.telemetry = (
             MqttTelemetry(
                 config.telemetry_url,
@@ -488,9 +488,10 @@ class Node:
         self.trainer.set_progress(t / self.config.rounds)
         before = self._dp_history()
         stats = self.tracker.train(self.trainer) if self.tracker else self.trainer.train()
-        if self.ledger is not None and self._dp_history() != before:
+        after = self._dp_history()
+        if self.ledger is not None and after != before:
             # Recorded durably before this round's noised update can leave the site.
-            self.ledger.append(t, self._dp_history())
+            self.ledger.append(t, after)
         if self.config.faults.slow > 1:
             time.sleep(stats.seconds * (self.config.faults.slow - 1))
         with torch.no_grad():
@@ -599,11 +600,12 @@ class Node:
         secure.round = self.round
         sent_at, sent_ready = -1.0, False
         while not self._stop.is_set() and loop.time() < end:
-            if self._catch_up_target(self.round) > self.round:
+            target = self._catch_up_target(self.round)
+            if target > self.round:
                 # Restarted behind neighbours that kept going: their frames are beyond the
                 # guard's lead until this site is in their round, so it moves there first
                 # (a round it had pushed stays owed in the outboxes, as for a missed one).
-                self.round = self._catch_up_target(self.round)
+                self.round = target
                 self.guard.advance(self.round)
                 secure.round = self.round
             unkeyed, unready = secure.unkeyed(), secure.unready()

@@ -744,3 +744,14 @@ def test_a_large_body_on_a_slow_link_arrives_and_a_stalled_one_returns_short() -
         return len(whole), len(short)
 
     assert trio.run(scenario) == (40, 8)
+
+
+def test_a_torn_ledger_line_is_not_joined_to_the_next(tmp_path: Path) -> None:
+    from node.privacy_ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(tmp_path)
+    ledger.append(0, [(1.0, 0.5, 1)])
+    with open(ledger.path, "a") as handle:
+        handle.write('{"round": 1, "hist')  # a crash mid-append
+    ledger.append(1, [(1.0, 0.5, 2)])
+    assert ledger.last() == [(1.0, 0.5, 2)]
