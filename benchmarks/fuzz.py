@@ -42,10 +42,10 @@ from node.backlog import Item
 from node.errors import FrameError
 from node.frames import FrameGuard, decode, seal
 from node.membership import Membership
-from node.sealed_wire import pack
+from node.sealed_wire import basis, pack
 from node.secure import sign_contributors
 from node.secure_exchange import SecureExchange
-from node.wire import decode_update, encode_update
+from node.wire import INCARNATION_BYTES, decode_update, encode_update
 
 DIM = 1058
 MAX_BYTES = 64 * 1024
@@ -157,6 +157,7 @@ async def _secure(
     for peer, key in keys.items():
         exchange.keys[peer] = key.public
     receiver = sites[3].peer_id  # a neighbour of `left`? the ring 0-1-2-3-0: 1 and 3
+    exchange.bases[receiver] = basis(bytes(INCARNATION_BYTES), 0)
     neighbours = exchange.neighbours
     valid: dict[str, tuple[SiteIdentity, Callable[[int], bytes]]] = {
         "key": (left, lambda r: pack({"cipher": "plain", "key": keys[left.peer_id].public.data})),
@@ -166,10 +167,14 @@ async def _secure(
                 {
                     "to": receiver,
                     "sealed": cipher.encrypt(np.ones(SLOTS), keys[receiver].public).to_bytes(),
+                    "base": exchange.bases[receiver],
                 }
             ),
         ),
-        "sum": (left, lambda r: _sum(left, me.peer_id, r, neighbours, cipher, secret)),
+        "sum": (
+            left,
+            lambda r: _sum(left, me.peer_id, r, neighbours, cipher, secret, exchange.base),
+        ),
         "receipt": (left, lambda r: exchange._receipt(left.peer_id, rng.random() < 0.5)),
     }
     streams = {topic: _Stream(topic, crashes, out) for topic in valid}
@@ -189,7 +194,7 @@ async def _secure(
         if i % 50 == 49:
             await asyncio.sleep(0)  # let checks and aggregations run, as on a node
             s = torch.zeros(DIM)
-            await exchange.resolve(exchange.round - 2, s)
+            await exchange.resolve(exchange.round - 2, s, torch.zeros(DIM))
     await asyncio.sleep(0.2)
     await exchange.aclose()
     return {
@@ -206,14 +211,16 @@ def _sum(
     neighbours: list[str],
     cipher: Any,
     secret: Any,
+    base: bytes,
 ) -> bytes:
     data = cipher.encrypt(np.full(SLOTS, 0.1), secret.public).to_bytes()
-    record = sign_contributors(aggregator, receiver, round, neighbours, neighbours, data)
+    record = sign_contributors(aggregator, receiver, round, neighbours, neighbours, data, base)
     return pack(
         {
             "bitmap": record.bitmap,
             "digest": record.sum_digest,
             "sig": record.signature,
+            "base": record.base,
             "sealed": data,
         }
     )

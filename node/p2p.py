@@ -34,8 +34,15 @@ from typing import Any
 
 import multiaddr
 import trio
-from libp2p import create_yamux_muxer_option, new_host
-from libp2p.abc import IHost, INetStream, IRawConnection, ISecureConn, ISecureTransport
+from libp2p import new_host
+from libp2p.abc import (
+    IHost,
+    IMuxedConn,
+    INetStream,
+    IRawConnection,
+    ISecureConn,
+    ISecureTransport,
+)
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -44,6 +51,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux import yamux
 
 from crypto.identity import SiteIdentity
@@ -58,12 +66,101 @@ from node.transport import Received, Transport
 YAMUX_FRAME_BYTES = 256 * 1024
 yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
 
+# Unread bytes one connection may hold in Yamux: the one frame stream an honest peer
+# uses, at its largest window, and a few fresh streams (identify, a replaced stream).
+CONNECTION_BUFFER_BYTES = yamux.MAX_WINDOW_SIZE + 4 * yamux.DEFAULT_WINDOW_SIZE
 PROTOCOL = TProtocol("/murmur/frames/1.0.0")
 IDLE_READ_S = 600.0
 BACKPRESSURE_POLL_S = 0.005
 CHUNK_BYTES = 1 << 20
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 5.0
+
+
+class WindowExceededError(ConnectionError):
+    """A peer sent more on a Yamux stream than the receive window we granted it.
+
+    A ``ConnectionError`` (an ``OSError``), so py-libp2p's reader ends the connection, as
+    go-yamux does on this protocol error."""
+
+
+class _WindowedBuffer(bytearray):
+    """One stream's receive buffer that refuses data beyond the stream's open window.
+
+    py-libp2p's Yamux logs a peer that overruns the window and buffers the data anyway,
+    so a member that ignores flow control could grow our memory without bound while our
+    reader applies backpressure. An honest sender never has more in flight than the
+    window we granted (we raise it before we announce it), so this refuses only peers
+    that break the protocol. The connection's streams together may also hold at most one
+    fully grown window plus a few initial ones (``CONNECTION_BUFFER_BYTES``): a peer
+    that opens many streams and never lets them be read cannot park more than that."""
+
+    conn: yamux.Yamux
+    stream_id: int
+
+    def extend(self, data: Any) -> None:
+        stream = self.conn.streams.get(self.stream_id)
+        held = sum(len(b) for b in self.conn.stream_buffers.values())
+        if stream is not None and len(data) > stream.recv_window:
+            problem = f"{len(data)} bytes on stream {self.stream_id} past its window"
+        elif held + len(data) > CONNECTION_BUFFER_BYTES:
+            problem = f"{held + len(data)} bytes unread on one connection"
+        else:
+            super().extend(data)
+            return
+        on_exceeded = getattr(self.conn, "on_window_exceeded", None)
+        if on_exceeded is not None:
+            on_exceeded(str(self.conn.peer_id))
+        raise WindowExceededError(f"{self.conn.peer_id} sent {problem}")
+
+
+class _WindowedBuffers(dict[int, bytearray]):
+    """A connection's stream buffers, each a :class:`_WindowedBuffer`."""
+
+    def __init__(self, conn: yamux.Yamux) -> None:
+        super().__init__()
+        self.conn = conn
+
+    def __setitem__(self, stream_id: int, value: bytearray) -> None:
+        buffer = _WindowedBuffer(value)
+        buffer.conn, buffer.stream_id = self.conn, stream_id
+        super().__setitem__(stream_id, buffer)
+
+
+class _BoundedYamux(yamux.Yamux):
+    """Yamux whose receive buffers hold no more than the windows granted (see above)."""
+
+    def __init__(self, *args: Any, on_exceeded: Callable[[str], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_window_exceeded = on_exceeded
+        self.stream_buffers = _WindowedBuffers(self)
+
+
+class _YamuxOnly(MuxerMultistream):
+    """Muxer negotiation offering Yamux alone, built as :class:`_BoundedYamux`.
+
+    py-libp2p builds its own ``Yamux`` for the Yamux protocol whatever class it is given,
+    and would also offer Mplex, which has no flow control at all; this replaces the
+    negotiation on our host only (no global patch)."""
+
+    def __init__(self, on_exceeded: Callable[[str], None]) -> None:
+        super().__init__({TProtocol(yamux.PROTOCOL_ID): _BoundedYamux})
+        self.on_exceeded = on_exceeded
+
+    async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
+        protocol, _ = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
+
+        async def on_close() -> None:
+            pass
+
+        muxed = _BoundedYamux(
+            conn,
+            peer_id,
+            is_initiator=conn.is_initiator,
+            on_close=on_close,
+            on_exceeded=self.on_exceeded,
+        )
+        return self._annotate_connection(muxed, conn, protocol)
 
 
 class _AllowlistSecurity(ISecureTransport):
@@ -151,6 +248,7 @@ class P2PTransport(Transport):
         self._stop: trio.Event | None = None
         self._host: IHost | None = None
         self._streams: dict[str, INetStream] = {}
+        self._inbound: dict[str, INetStream] = {}  # each peer's frame stream to us
         self._locks: dict[str, trio.Lock] = {}
         self._backoff: dict[str, _Backoff] = {}
 
@@ -245,6 +343,9 @@ class P2PTransport(Transport):
     def _refused(self) -> None:
         self.rejected["refused_handshake"] += 1
 
+    def _window_exceeded(self, peer: str) -> None:
+        self.rejected["window_exceeded"] += 1
+
     async def _main(self, ready: asyncio.Future[str]) -> None:
         key_pair = create_new_key_pair(self.identity.seed)
         noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
@@ -252,8 +353,9 @@ class P2PTransport(Transport):
         host = new_host(
             key_pair=key_pair,
             sec_opt={NOISE_PROTOCOL_ID: security},
-            muxer_opt=create_yamux_muxer_option(),
+            muxer_opt={TProtocol(yamux.PROTOCOL_ID): _BoundedYamux},
         )
+        host.get_network().upgrader.muxer_multistream = _YamuxOnly(self._window_exceeded)  # type: ignore[attr-defined]
         self._host = host
         self._stop = trio.Event()
         try:
@@ -356,6 +458,13 @@ class P2PTransport(Transport):
 
     async def _handle(self, stream: INetStream) -> None:
         peer = str(stream.muxed_conn.peer_id)
+        # One inbound frame stream per peer: an honest peer opens a new one only after its
+        # old one failed, so the old one is reset (a member opening many cannot make us
+        # read, or hold buffers for, more than one).
+        previous, self._inbound[peer] = self._inbound.get(peer), stream
+        if previous is not None:
+            with trio.move_on_after(1):
+                await previous.reset()
         try:
             while peer in self._peers:
                 prefix = await _read_exactly(stream, PREFIX_BYTES, IDLE_READ_S)
@@ -383,7 +492,10 @@ class P2PTransport(Transport):
                 # It is up (a restarted site, say): our next send need not sit out a backoff.
                 self._backoff.pop(peer, None)
         except Exception:
-            self.rejected["stream_error"] += 1
+            if self._inbound.get(peer) is stream:  # not one we reset for its successor
+                self.rejected["stream_error"] += 1
         finally:
+            if self._inbound.get(peer) is stream:
+                del self._inbound[peer]
             with trio.move_on_after(1):
                 await stream.reset()

@@ -57,6 +57,7 @@ from node.models import build_model
 from node.privacy_ledger import PrivacyLedger
 from node.sealed_wire import SECURE_TOPICS
 from node.secure_exchange import SecureExchange
+from node.send_slots import SendSlots
 from node.site_data import load_site_data
 from node.site_secrets import dp_seed
 from node.sparse import Sparse
@@ -67,6 +68,7 @@ from node.trainer import BatchedTrainer, LocalTrainer, StackedData
 from node.transport import Transport
 from node.wire import (
     INCARNATION_BYTES,
+    MAX_INCARNATIONS,
     NO_INCARNATION,
     decode_update,
     encode_update,
@@ -81,7 +83,6 @@ SUSPECT_AFTER = 3
 # The most rounds one catch-up may skip (see Node._next_round).
 CATCH_UP_MAX = 16
 # Incarnations a neighbour may go through in one run of ours (see Node._apply).
-MAX_INCARNATIONS = 16
 
 
 class Node:
@@ -177,6 +178,8 @@ class Node:
         self.last_frame: dict[str, float] = {}  # event-loop time of each peer's last frame
         self._stop = asyncio.Event()
         self._crash: BaseException | None = None  # a supervised task's failure
+        # Our update frame to each neighbour; a round waits for one at most a deadline.
+        self.sends = SendSlots(config.deadline_s, self._supervise)
         self._reload: NodeConfig | None = None
         self._reload_requested = False
         self.ckpt_path = config.state_dir / CHECKPOINT_FILE
@@ -233,6 +236,7 @@ class Node:
             self.state.xhat[0],
             self._send_body,
             self.emit,
+            self.incarnation,
         )
         exchange.reachable = set(self.config.peers)
         exchange.on_reject = self._count_rejection
@@ -387,6 +391,7 @@ class Node:
             self.tracker.sync(self.trainer)
         if self.secure is not None and saved.get("secure") is not None:
             self.secure.restore(saved["secure"])
+            self.secure.inc = self.incarnation
         if self.guard_step is not None and saved.get("step") is not None:
             self.guard_step.load_state_dict(saved["step"]["guard"])
             self.neighbour_step = {
@@ -556,7 +561,7 @@ class Node:
         ``clock`` is the round the backlog's resend rule counts from (default ``t``)."""
         budget = self.config.max_frame_bytes // 2
 
-        async def one(peer: str) -> None:
+        async def one(peer: str) -> bool:
             link = self.links.out[peer]
             items: list[Item] = []
             size = 0
@@ -579,13 +584,16 @@ class Node:
                 await self.transport.send(peer, body)
             except TransportError as exc:
                 self.emit("send_failed", peer=peer, round=t, detail=str(exc))
-                return
+                return False
             self.bytes_sent += PREFIX_BYTES + len(body)
             link.mark_sent(items, t if clock is None else clock)
             if step is not None:
                 self._announced[peer] = step
+            return True
 
-        await asyncio.gather(*(one(p) for p in self.links.neighbours))
+        # A slow reader's send goes on past the deadline without holding the round; until
+        # it ends that neighbour gets no new frame, and its items wait in the backlog.
+        await asyncio.gather(*(self.sends.run(p, one(p)) for p in self.links.neighbours))
 
     async def _join(self, secure: SecureExchange) -> None:
         """Secure mode: before the first round, exchange encryption keys both ways with every
@@ -795,6 +803,7 @@ class Node:
             await self._linger()
         finally:
             receiver.cancel()
+            await self.sends.aclose()
             if self.secure is not None:
                 await self.secure.aclose()
             await self.transport.aclose()
@@ -847,7 +856,7 @@ class Node:
             await self._wait_for_round(t)
             # No torch.no_grad() across an await: grad mode is per thread, and another
             # node's coroutine (tests run several in one loop) would inherit or undo it.
-            included = await self.secure.resolve(t, self.state.s[0])
+            included = await self.secure.resolve(t, self.state.s[0], self.state.xhat[0])
             missed = [p for p in self.links.neighbours if p not in included]
         with torch.no_grad():
             self._guard_step(t)

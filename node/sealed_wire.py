@@ -3,12 +3,16 @@
 - ``key``: ``{"cipher": name, "key": public key bytes}``, a site's encryption key, sent to
   each neighbour; the frame signature binds it to the sender's peer ID, and the receiver
   pins it.
-- ``contrib``: ``{"to": receiver, "sealed": envelope}``, one contribution for ``to`` in
-  the frame's round, sent to that round's aggregator.
-- ``sum``: ``{"bitmap": int, "digest": bytes, "sig": bytes, "sealed": envelope}``, the
-  aggregator's forwarded sum and its signed contributor record.
+- ``contrib``: ``{"to": receiver, "sealed": envelope, "base": basis}``, one contribution
+  for ``to`` in the frame's round, made against ``to``'s basis, sent to that round's
+  aggregator.
+- ``sum``: ``{"bitmap": int, "digest": bytes, "sig": bytes, "base": basis, "sealed":
+  envelope}``, the aggregator's forwarded sum and its signed contributor record.
 - ``receipt``: ``{"included": [rounds], "through": r, "ack": r, "key": key id | nil,
-  "absent": [peers], "ready": bool, "waiting": bool}``, each round to each neighbour:
+  "absent": [peers], "ready": bool, "waiting": bool, "base": basis, "echo": id | nil}``,
+  each round to each neighbour; ``base`` is the sender's basis (its incarnation id and
+  rebase epoch, :mod:`node.secure_exchange`), ``echo`` the addressee's incarnation id as
+  the sender knows it; and
   which of its contributions up to round ``through`` reached a decrypted sum, how far we
   have processed its receipts, the key id we pinned for it, the neighbours we currently
   consider down, whether we hold keys both ways with all our neighbours (sites start
@@ -28,9 +32,22 @@ from typing import Any
 import msgpack
 
 from node.errors import MalformedFrameError
+from node.wire import INCARNATION_BYTES
 
 SECURE_TOPICS = ("key", "contrib", "sum", "receipt")
 MAX_LIST = 4096
+BASE_BYTES = INCARNATION_BYTES + 4  # incarnation id, then the rebase epoch (big-endian)
+
+
+def basis(incarnation: bytes, epoch: int) -> bytes:
+    """A receiver's basis: its incarnation id and how often it has rebased its sum."""
+    return incarnation + epoch.to_bytes(4, "big")
+
+
+def check_basis(value: bytes, topic: str) -> bytes:
+    if len(value) != BASE_BYTES:
+        raise MalformedFrameError(f"{topic} basis must be {BASE_BYTES} bytes")
+    return value
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,8 @@ class Receipt:
     absent: list[str]
     ready: bool
     waiting: bool
+    base: bytes = bytes(12)
+    echo: bytes | None = None
 
 
 def pack(fields: dict[str, Any]) -> bytes:
@@ -56,7 +75,7 @@ def unpack(payload: bytes, topic: str, fields: Fields) -> dict[str, Any]:
     """Unpack a map with exactly ``fields`` of exactly these types (bool is not an int)."""
     try:
         raw = msgpack.unpackb(
-            payload, raw=False, max_array_len=MAX_LIST, max_map_len=8, max_ext_len=0
+            payload, raw=False, max_array_len=MAX_LIST, max_map_len=16, max_ext_len=0
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise MalformedFrameError(f"{topic} payload is not msgpack: {type(exc).__name__}") from None
@@ -89,10 +108,15 @@ def decode_receipt(payload: bytes) -> Receipt:
             "absent": list,
             "ready": bool,
             "waiting": bool,
+            "base": bytes,
+            "echo": (bytes, type(None)),
         },
     )
     if raw["through"] < -1 or raw["ack"] < -1:
         raise MalformedFrameError("receipt through and ack must be ≥ -1")
+    check_basis(raw["base"], "receipt")
+    if raw["echo"] is not None and len(raw["echo"]) != INCARNATION_BYTES:
+        raise MalformedFrameError(f"receipt echo must be {INCARNATION_BYTES} bytes")
     if not all(isinstance(p, str) for p in raw["absent"]):
         raise MalformedFrameError("receipt absent must list peer IDs")
     included = _rounds(raw["included"], "receipt")
@@ -104,4 +128,6 @@ def decode_receipt(payload: bytes) -> Receipt:
         list(raw["absent"]),
         raw["ready"],
         raw["waiting"],
+        raw["base"],
+        raw["echo"],
     )

@@ -7,14 +7,17 @@ When it is absent, the next one in the same seeded order takes over. The aggrega
 forwards the sum with a *contributor bitmap* over i's sorted neighbours, signed by the
 aggregator over (receiver, round, bitmap, hash of the sum): i learns whose terms the sum
 holds, so it can acknowledge exactly those, and decrypts it only if the bitmap names at
-least two contributors (a sum of one is that neighbour's update in the clear).
+least two contributors (a sum of one is that neighbour's update in the clear). The record
+also names the receiver's *basis* the contributions were made against (its incarnation
+and rebase epoch, :mod:`node.secure_exchange`), so a sum made against a basis the receiver
+has left is never added to its running sum.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgpack
 
@@ -56,10 +59,18 @@ class Contributors:
     bitmap: int
     sum_digest: bytes
     signature: bytes = b""
+    base: bytes = b""  # the receiver's basis the contributions were made against
 
     def message(self) -> bytes:
         packed: bytes = msgpack.packb(
-            [b"murmur-contributors-v1", self.receiver, self.round, self.bitmap, self.sum_digest]
+            [
+                b"murmur-contributors-v2",
+                self.receiver,
+                self.round,
+                self.bitmap,
+                self.sum_digest,
+                self.base,
+            ]
         )
         return packed
 
@@ -80,16 +91,16 @@ def sign_contributors(
     contributors: Collection[str],
     neighbours: Sequence[str],
     sum_bytes: bytes,
+    base: bytes = b"",
 ) -> Contributors:
     ordered = sorted(neighbours)
     unknown = set(contributors) - set(ordered)
     if unknown:
         raise ValueError(f"contributors {sorted(unknown)} are not neighbours of {receiver}")
     bitmap = sum(1 << ordered.index(p) for p in contributors)
-    unsigned = Contributors(receiver, round, bitmap, hashlib.sha256(sum_bytes).digest())
-    return Contributors(
-        receiver, round, bitmap, unsigned.sum_digest, aggregator.sign(unsigned.message())
-    )
+    digest = hashlib.sha256(sum_bytes).digest()
+    unsigned = Contributors(receiver, round, bitmap, digest, base=base)
+    return replace(unsigned, signature=aggregator.sign(unsigned.message()))
 
 
 def verify_contributors(record: Contributors, aggregator_key: bytes, sum_bytes: bytes) -> None:

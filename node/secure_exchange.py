@@ -4,7 +4,9 @@ In every round a site plays three parts at once:
 
 - **contributor** to each neighbour r: takes ``(x̂ − c_{→r})[I_t]`` from its outbox
   (:mod:`node.outbox`), scales it by W_r,me, encrypts it under r's pinned public key and
-  sends it to r's aggregator of the round (never r itself);
+  sends it to r's aggregator of the round (never r itself): the first neighbour of r, in
+  the round's seeded order, that this site itself has no evidence of being down; r's
+  own claims about who is absent never enter that choice, so r cannot pick it;
 - **aggregator** for the neighbours whose seeded pick names it: adds the ciphertexts it
   receives for r (plus its own), and once every expected neighbour of r has contributed,
   or half a deadline after r said (in its receipt) that it is waiting for the round,
@@ -17,6 +19,19 @@ In every round a site plays three parts at once:
 Nothing here touches a ciphertext's contents except the receiver's own decryption.
 Receipts sent reflect only what the last checkpoint holds, so a crash never makes a
 neighbour believe a contribution was applied when it was not.
+
+**A site restarted from nothing** (a new incarnation id, its checkpoint lost) holds none of
+the copies its neighbours' running sums were built from. Every receipt carries the sender's
+*basis*, its incarnation id and a rebase epoch, and echoes the addressee's incarnation id.
+A neighbour i that sees r's id change rebases its own sum at its next resolve,
+``s_i = W_ii x̂_i + Σ_j W_ij x̂₀`` (every copy back at the shared x̂₀), and bumps its epoch;
+each contributor that sees a receiver's basis change sets its copy for it back to x̂₀ and
+drops what was pending, so the next contributions at each slot carry the whole difference
+and the sums are exact again once every slot has come up, through sums only (no one
+learns a single neighbour's model). Contributions and sums name the basis they were made
+against; an aggregator adds only parts of the receiver's current basis, a receiver adds only
+sums of its own, and a site contributes to a neighbour only once that neighbour's receipts
+echo its current id. A neighbour may change its id at most ``MAX_INCARNATIONS`` times.
 
 Everything a peer sends is checked on receipt, in a worker thread, before it is kept: an
 aggregator parses every chunk of a contribution (so one bad part cannot spoil the sum it
@@ -53,7 +68,7 @@ from node.errors import (
 from node.frames import Frame, seal
 from node.membership import Membership
 from node.outbox import Outbox
-from node.sealed_wire import Receipt, decode_receipt, pack, unpack
+from node.sealed_wire import Receipt, basis, check_basis, decode_receipt, pack, unpack
 from node.secure import (
     Contributors,
     disjoint_sums,
@@ -61,6 +76,8 @@ from node.secure import (
     sign_contributors,
     verify_contributors,
 )
+from node.send_slots import SendSlots
+from node.wire import INCARNATION_BYTES, MAX_INCARNATIONS, NO_INCARNATION
 
 Send = Callable[[str, bytes], Awaitable[None]]
 Emit = Callable[..., None]
@@ -70,6 +87,9 @@ KEEP_ROUNDS = 64
 # weighted differences of model parameters. A decrypted value that is not finite or is
 # larger was forged (by an aggregator, or a contributor) and the whole sum is refused.
 SUM_LIMIT = 1e4
+# A peer a send failed to is passed over as an aggregator for this many rounds, then tried
+# again (it may be back; the transport's own backoff keeps retries cheap meanwhile).
+DOWN_ROUNDS = 3
 
 
 @dataclass
@@ -77,6 +97,7 @@ class Aggregation:
     """Contributions for one receiver and round held by its aggregator."""
 
     opened: float  # event-loop time of the first contribution
+    base: bytes  # the receiver's basis its parts were made against
     parts: dict[str, Sealed] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # a part or receipt came
     complete: bool = False
@@ -98,6 +119,7 @@ class SecureExchange:
         xhat: torch.Tensor,
         send: Send,
         emit: Emit,
+        incarnation: bytes = NO_INCARNATION,
     ) -> None:
         self.me = identity.peer_id
         self.identity, self.cipher, self.secret = identity, cipher, secret
@@ -106,7 +128,13 @@ class SecureExchange:
         self.weight = membership.weights(self.me)
         self.neighbours = sorted(p for p in self.weight if p != self.me)
         self.keys: dict[str, PublicKey] = {}
-        self.outbox = {p: Outbox(xhat.detach().clone()) for p in self.neighbours}
+        self.x0 = xhat.detach().clone()  # the shared x̂₀ every copy starts from
+        self.outbox = {p: Outbox(self.x0.clone()) for p in self.neighbours}
+        self.inc, self.epoch = incarnation, 0  # our basis (the runtime sets inc on restore)
+        self.rebase_due = False  # a neighbour started over: rebase s at the next resolve
+        self.incs: dict[str, bytes] = {}  # each neighbour's incarnation id as we know it
+        self.retired: dict[str, list[bytes]] = {}  # ids each neighbour had before
+        self.bases: dict[str, bytes] = {}  # each neighbour's basis, from its receipts
         self.included: dict[str, list[int]] = {p: [] for p in self.neighbours}
         self.through = -1  # highest round this site has resolved as a receiver
         self.processed: dict[str, int] = dict.fromkeys(self.neighbours, -1)
@@ -120,6 +148,7 @@ class SecureExchange:
         self.tasks: set[asyncio.Task[None]] = set()
         self.reachable: set[str] = set()  # peers with an address; set by the runtime
         self.absent: set[str] = set()  # neighbours this site suspects are down; set likewise
+        self.down: dict[str, int] = {}  # peer → round a send to it last failed
         self.on_reject: Reject = lambda exc, peer: None  # counts refusals; set likewise
         self.arrived: Callable[[], None] = lambda: None  # a checked sum is in; set likewise
         # Owns our background tasks' failures (the runtime stops the node on one).
@@ -131,6 +160,8 @@ class SecureExchange:
         self._parts_taken: set[tuple[str, int, str]] = set()  # (receiver, round, sender)
         self._sums_from: set[tuple[str, int]] = set()  # (aggregator, round) sums taken
         self._zeros: dict[tuple[str, int], Sealed] = {}
+        # One frame in flight per peer; each waits at most a deadline (node.send_slots).
+        self.sends = SendSlots(deadline_s, lambda task: self.supervise(task))
 
     # -- who talks to whom -------------------------------------------------------------------
 
@@ -146,9 +177,16 @@ class SecureExchange:
         return out
 
     def aggregator(self, receiver: str, round: int) -> str | None:
-        absent = set(self._absent_at(receiver))
-        absent |= {p for p in self.neighbours_of(receiver) if p != self.me} - self.reachable
-        return pick_aggregator(receiver, self.neighbours_of(receiver), round, self.seed, absent)
+        """The first of ``receiver``'s neighbours, in the round's seeded order, that this
+        site has no evidence of being down. Only our own evidence counts: neighbours we
+        suspect (``absent``), peers without an address, and peers a send to failed in the
+        last ``DOWN_ROUNDS`` rounds. The receiver's receipts list whom *it* thinks is
+        absent, but following that list let a receiver pick its own aggregator (name the
+        others absent), so it is not used here."""
+        down = self.absent | {p for p, t in self.down.items() if round - t < DOWN_ROUNDS}
+        down |= {p for p in self.neighbours_of(receiver) if p != self.me} - self.reachable
+        down.discard(self.me)
+        return pick_aggregator(receiver, self.neighbours_of(receiver), round, self.seed, down)
 
     # -- contributor ---------------------------------------------------------------------------
 
@@ -167,8 +205,19 @@ class SecureExchange:
         what stays owed goes out once it can."""
         idx = self.indices(round)
         for r in self.neighbours:
-            if r not in self.absent and r in self.keys and len(self.live_contributors(r)) >= 2:
+            live = len(self.live_contributors(r)) >= 2
+            if r not in self.absent and r in self.keys and live and self.knows_us(r):
                 self.outbox[r].contribute(xhat, idx, round)
+
+    def knows_us(self, receiver: str) -> bool:
+        """Whether ``receiver``'s receipts echo our current incarnation: it has seen this
+        life and rebased for it, so a contribution made against a fresh copy fits its sum."""
+        view = self.views.get(receiver)
+        return view is not None and view.echo == self.inc and receiver in self.bases
+
+    @property
+    def base(self) -> bytes:
+        return basis(self.inc, self.epoch)
 
     async def send_round(self, round: int) -> None:
         """Encrypt and send this round's contributions, then a receipt to every neighbour:
@@ -183,13 +232,21 @@ class SecureExchange:
             if entry is None or r not in self.keys:
                 continue
             values = (entry[1].double() * self.weight[r]).numpy()
+            base = self.bases[r]  # the outbox is replaced whenever this changes
             sealed = await asyncio.to_thread(self.cipher.encrypt, values, self.keys[r])
-            agg = self.aggregator(r, round)
-            if agg == self.me:
-                self._take(r, round, self.me, sealed)
-            elif agg is not None:
-                body = pack({"to": r, "sealed": sealed.to_bytes()})
-                await self._send(agg, round, "contrib", body)
+            if self.outbox[r].pending.get(round) is not entry:
+                continue  # r's basis changed while we encrypted: that part is void
+            body = pack({"to": r, "sealed": sealed.to_bytes(), "base": base})
+            # A failed send marks that aggregator down (for us) and the part goes to the
+            # next one in the seeded order at once; every contributor whose send fails
+            # does the same, so they meet at the same next aggregator.
+            while (agg := self.aggregator(r, round)) is not None:
+                if agg == self.me:
+                    self._take(r, round, self.me, sealed, base)
+                    break
+                if await self._send(agg, round, "contrib", body):
+                    break
+                self.down[agg] = round
 
     async def send_receipts(self, round: int, waiting: bool = False) -> None:
         for p in self.neighbours:
@@ -197,12 +254,16 @@ class SecureExchange:
 
     def unkeyed(self) -> list[str]:
         """Neighbours not yet keyed both ways: we lack their key, or their last receipt did
-        not name ours. Until both hold, contributions to or from them cannot flow."""
+        not name ours or did not echo this life's id. Until all hold, contributions to or
+        from them cannot flow."""
         mine = self.secret.public.key_id
         return [
             p
             for p in self.neighbours
-            if p not in self.keys or p not in self.views or self.views[p].key_id != mine
+            if p not in self.keys
+            or p not in self.views
+            or self.views[p].key_id != mine
+            or not self.knows_us(p)
         ]
 
     def unacknowledged(self) -> list[str]:
@@ -217,10 +278,14 @@ class SecureExchange:
         return [p for p in self.neighbours if p not in self.views or not self.views[p].ready]
 
     async def handshake(self, unkeyed: list[str]) -> None:
-        """Send our key to ``unkeyed`` and a receipt (naming the key we hold for each, and
-        whether we are ready) to every neighbour."""
+        """Send our key to those of ``unkeyed`` that lack it, and a receipt (naming the key
+        we hold for each, our basis, and whether we are ready) to every neighbour. A
+        missing echo alone needs only the receipt: our key is ~262 KB under CKKS."""
+        mine = self.secret.public.key_id
         for p in unkeyed:
-            await self.send_key(p, self.round)
+            view = self.views.get(p)
+            if p not in self.keys or view is None or view.key_id != mine:
+                await self.send_key(p, self.round)
         await self.send_receipts(self.round)
 
     def _receipt(self, peer: str, waiting: bool = False) -> bytes:
@@ -234,14 +299,29 @@ class SecureExchange:
                 "absent": sorted(self.absent),
                 "ready": self.started or not self.unkeyed(),
                 "waiting": waiting,
+                "base": self.base,
+                "echo": self.incs.get(peer),
             }
         )
 
-    async def _send(self, peer: str, round: int, topic: str, payload: bytes) -> None:
-        try:
-            await self.send(peer, seal(self.identity, round, topic, payload))
-        except TransportError as exc:
-            self.emit("send_failed", peer=peer, round=round, topic=topic, detail=str(exc))
+    async def _send(self, peer: str, round: int, topic: str, payload: bytes) -> bool:
+        """Send one signed frame; False (and a ``send_failed`` event) when it did not go, or
+        is still going after a deadline (a slow reader: it goes on, but we go on too)."""
+
+        async def go() -> bool:
+            try:
+                await self.send(peer, seal(self.identity, round, topic, payload))
+            except TransportError as exc:
+                self.emit("send_failed", peer=peer, round=round, topic=topic, detail=str(exc))
+                return False
+            return True
+
+        sent = await self.sends.run(peer, go(), queue=True)
+        if sent is None:
+            self.emit("send_failed", peer=peer, round=round, topic=topic, detail="slow reader")
+        elif sent:
+            self.down.pop(peer, None)
+        return bool(sent)
 
     async def send_key(self, peer: str, round: int) -> None:
         body = pack({"cipher": self.cipher.name, "key": self.secret.public.data})
@@ -253,8 +333,9 @@ class SecureExchange:
         """Admit one secure-aggregation frame (already signature-checked) or raise FrameError."""
         sender, round = frame.sender, frame.round
         if frame.topic == "contrib":
-            raw = unpack(frame.payload, "contrib", {"to": str, "sealed": bytes})
-            self._contribution(sender, round, raw["to"], raw["sealed"])
+            raw = unpack(frame.payload, "contrib", {"to": str, "sealed": bytes, "base": bytes})
+            base = check_basis(raw["base"], "contrib")
+            self._contribution(sender, round, raw["to"], raw["sealed"], base)
             return
         if sender not in self.outbox:
             raise MalformedFrameError(f"{frame.topic!r} frame from non-neighbour {sender}")
@@ -296,7 +377,9 @@ class SecureExchange:
         except CryptoError as exc:
             raise SealedRejectedError(str(exc)) from None
 
-    def _contribution(self, sender: str, round: int, receiver: str, data: bytes) -> None:
+    def _contribution(
+        self, sender: str, round: int, receiver: str, data: bytes, base: bytes
+    ) -> None:
         if receiver not in self.keys:
             raise SealedRejectedError(f"contribution for {receiver}, whose key this site lacks")
         if sender == receiver or sender not in self.neighbours_of(receiver):
@@ -304,6 +387,11 @@ class SecureExchange:
         buffer = self.buffers.get((receiver, round))
         if buffer is not None and buffer.flushed:
             raise StaleFrameError(f"contribution for {receiver} round {round} after its sum left")
+        expected = self.bases.get(receiver) if buffer is None else buffer.base
+        if base != expected:
+            # Made against a basis the receiver has left (or not reached): in one sum with
+            # current parts it would spoil all of them.
+            raise StaleFrameError(f"contribution for {receiver} against another basis")
         part = (receiver, round, sender)
         if part in self._parts_taken or (buffer is not None and sender in buffer.parts):
             # One part per contributor, receiver and round: more would only park memory
@@ -312,7 +400,7 @@ class SecureExchange:
         sealed = self._open(data, self.keys[receiver], round)
         self._parts_taken.add(part)
         task = asyncio.get_running_loop().create_task(
-            self._check_contribution(sender, round, receiver, sealed)
+            self._check_contribution(sender, round, receiver, sealed, base)
         )
         self.supervise(task)
         pending = self.checking_parts.setdefault((receiver, round), set())
@@ -320,7 +408,7 @@ class SecureExchange:
         task.add_done_callback(pending.discard)
 
     async def _check_contribution(
-        self, sender: str, round: int, receiver: str, sealed: Sealed
+        self, sender: str, round: int, receiver: str, sealed: Sealed, base: bytes
     ) -> None:
         """Parse every chunk before the part joins a sum: one bad part must not spoil it."""
         key = self.keys[receiver]
@@ -337,7 +425,10 @@ class SecureExchange:
         if buffer is not None and buffer.flushed:
             self.on_reject(StaleFrameError(f"contribution for {receiver} came late"), sender)
             return
-        self._take(receiver, round, sender, sealed)
+        if buffer is not None and buffer.base != base:
+            self.on_reject(StaleFrameError(f"contribution for {receiver}: old basis"), sender)
+            return
+        self._take(receiver, round, sender, sealed, base)
 
     def _zero(self, receiver: str, count: int) -> Sealed:
         """An encryption of ``count`` zeros under ``receiver``'s key, made once."""
@@ -346,7 +437,7 @@ class SecureExchange:
             self._zeros[key] = self.cipher.encrypt(np.zeros(count), self.keys[receiver])
         return self._zeros[key]
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Awaitable[object]) -> None:
         async def run() -> None:
             await work
 
@@ -355,12 +446,14 @@ class SecureExchange:
         task.add_done_callback(self.tasks.discard)
         self.supervise(task)
 
-    def _take(self, receiver: str, round: int, sender: str, sealed: Sealed) -> None:
+    def _take(self, receiver: str, round: int, sender: str, sealed: Sealed, base: bytes) -> None:
         key = (receiver, round)
         if key not in self.buffers:
-            self.buffers[key] = Aggregation(asyncio.get_running_loop().time())
+            self.buffers[key] = Aggregation(asyncio.get_running_loop().time(), base)
             self._spawn(self._aggregate(receiver, round))
         buffer = self.buffers[key]
+        if buffer.base != base:
+            return  # our own part, made against a basis the others' parts have left
         buffer.parts.setdefault(sender, sealed)
         buffer.complete = self.live_contributors(receiver) <= set(buffer.parts)
         buffer.changed.set()
@@ -412,17 +505,26 @@ class SecureExchange:
             return
         data = total.to_bytes()
         record = sign_contributors(
-            self.identity, receiver, round, parts, self.neighbours_of(receiver), data
+            self.identity, receiver, round, parts, self.neighbours_of(receiver), data, buffer.base
         )
-        body = {"bitmap": record.bitmap, "digest": record.sum_digest, "sig": record.signature}
+        body = {
+            "bitmap": record.bitmap,
+            "digest": record.sum_digest,
+            "sig": record.signature,
+            "base": record.base,
+        }
         await self._send(receiver, round, "sum", pack({**body, "sealed": data}))
 
     def _sum(self, sender: str, round: int, payload: bytes) -> None:
-        fields = {"bitmap": int, "digest": bytes, "sig": bytes, "sealed": bytes}
+        fields = {"bitmap": int, "digest": bytes, "sig": bytes, "base": bytes, "sealed": bytes}
         raw = unpack(payload, "sum", fields)
         if round <= self.through:
             raise StaleFrameError(f"sum for round {round}, already resolved")
-        record = Contributors(self.me, round, raw["bitmap"], raw["digest"], raw["sig"])
+        if check_basis(raw["base"], "sum") != self.base:
+            raise StaleFrameError(f"sum for round {round} made against a basis we have left")
+        record = Contributors(
+            self.me, round, raw["bitmap"], raw["digest"], raw["sig"], base=raw["base"]
+        )
         try:
             verify_contributors(record, public_key_from_peer_id(sender), raw["sealed"])
             if raw["bitmap"] < 0 or not record.decryptable(self.neighbours):
@@ -461,13 +563,14 @@ class SecureExchange:
             error = exc if isinstance(exc, FrameError) else SealedRejectedError(str(exc))
             self.on_reject(error, sender)
             return
-        if record.round <= self.through:
-            return  # resolved meanwhile without it
+        if record.round <= self.through or record.base != self.base:
+            return  # resolved meanwhile without it, or we rebased meanwhile
         self.sums.setdefault(record.round, []).append((record, values))
         self.arrived()
 
     def _receipt_in(self, sender: str, round: int, payload: bytes) -> None:
         receipt = decode_receipt(payload)
+        self._follow_basis(sender, round, receipt)
         outbox = self.outbox[sender]
         included = set(receipt.included)
         for t in sorted(outbox.pending):
@@ -489,6 +592,38 @@ class SecureExchange:
                 self._key_sent[sender] = now
                 self._spawn(self.send_key(sender, self.round))
 
+    def _follow_basis(self, sender: str, round: int, receipt: Receipt) -> None:
+        """Before a receipt's verdicts: a new incarnation of ``sender`` means it lost the
+        copies our sum was built from (we rebase); a new basis of ``sender`` means its sum
+        no longer holds our copy (ours goes back to x̂₀). See the module docstring."""
+        inc = receipt.base[:INCARNATION_BYTES]
+        retired = self.retired.setdefault(sender, [])
+        if inc in retired:
+            raise StaleFrameError(f"receipt from a previous life of {sender}")
+        known = self.incs.get(sender)
+        if known is not None and known != inc:
+            if len(retired) >= MAX_INCARNATIONS:
+                raise StaleFrameError(f"{sender} changed its incarnation too often")
+            retired.append(known)
+            self.epoch += 1
+            self.rebase_due = True
+            self.sums.clear()  # made against our old basis
+            self.processed[sender] = receipt.through
+            self.included[sender] = []
+            self.emit(
+                "incarnation",
+                peer=sender,
+                round=round,
+                detail="neighbour restarted without its checkpoint; sums rebased",
+            )
+        self.incs[sender] = inc
+        old = self.bases.get(sender)
+        if old is not None and old != receipt.base:
+            if inc == old[:INCARNATION_BYTES] and receipt.base < old:
+                raise StaleFrameError(f"receipt from {sender} names an earlier basis")
+            self.outbox[sender] = Outbox(self.x0.clone())
+        self.bases[sender] = receipt.base
+
     # -- receiver ------------------------------------------------------------------------------
 
     def covered(self, round: int) -> set[str]:
@@ -497,11 +632,17 @@ class SecureExchange:
             members.update(record.members(self.neighbours))
         return members
 
-    async def resolve(self, round: int, s: torch.Tensor) -> set[str]:
-        """Close ``round``: decrypt its disjoint sums into s; returns who was included."""
+    async def resolve(self, round: int, s: torch.Tensor, xhat: torch.Tensor) -> set[str]:
+        """Close ``round``: decrypt its disjoint sums into s; returns who was included.
+        Called when no training thread writes ``xhat`` (our x̂), which a rebase reads."""
         pending = self.checking.pop(round, set())
         if pending:  # sums that arrived in time and are still being checked
             await asyncio.gather(*pending, return_exceptions=True)
+        if self.rebase_due:
+            others = sum(self.weight[p] for p in self.neighbours)
+            with torch.no_grad():
+                s.copy_(self.weight[self.me] * xhat + others * self.x0.to(s.dtype))
+            self.rebase_due = False
         held = self.sums.pop(round, [])
         chosen = disjoint_sums([record.bitmap for record, _ in held])
         idx = self.indices(round)
@@ -536,6 +677,12 @@ class SecureExchange:
             "included": {p: list(v) for p, v in self.included.items()},
             "through": self.through,
             "processed": dict(self.processed),
+            "inc": self.inc,
+            "epoch": self.epoch,
+            "rebase_due": self.rebase_due,
+            "incs": dict(self.incs),
+            "retired": {p: list(v) for p, v in self.retired.items()},
+            "bases": dict(self.bases),
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -545,8 +692,15 @@ class SecureExchange:
         self.through = int(saved["through"])
         self.processed = {p: int(v) for p, v in saved["processed"].items()}
         self.saved_processed = dict(self.processed)
+        self.inc = bytes(saved.get("inc", self.inc))
+        self.epoch = int(saved.get("epoch", 0))
+        self.rebase_due = bool(saved.get("rebase_due", False))
+        self.incs = {p: bytes(v) for p, v in saved.get("incs", {}).items()}
+        self.retired = {p: [bytes(b) for b in v] for p, v in saved.get("retired", {}).items()}
+        self.bases = {p: bytes(v) for p, v in saved.get("bases", {}).items()}
 
     async def aclose(self) -> None:
+        await self.sends.aclose()
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -35,6 +35,9 @@ MAX_ITEMS = 4096
 LEVELS = 127
 INCARNATION_BYTES = 8
 NO_INCARNATION = bytes(INCARNATION_BYTES)  # "not heard from you yet"
+# A real site restarts from nothing rarely; a neighbour that changes its id more often
+# than this is refused (each change costs its neighbours a reset).
+MAX_INCARNATIONS = 16
 
 SharedIndices = Callable[[int], torch.Tensor]
 

@@ -29,10 +29,15 @@ from crypto.cipher import Cipher, PublicKey, Sealed, SecretKey, open_envelope
 from crypto.identity import PEER_ID_CHARS, SiteIdentity
 from node.frames import frame_size
 from node.outbox import Outbox
-from node.sealed_wire import pack
+from node.sealed_wire import basis, pack
 from node.secure import pick_aggregator, sign_contributors, verify_contributors
+from node.wire import INCARNATION_BYTES
 from sim.faults import FaultModel
 from sim.network import Traffic
+
+# Simulated sites never start over, so every receiver keeps its first basis; its size is
+# what counts here (it is in every contribution, sum and receipt a node sends).
+BASE = basis(bytes(INCARNATION_BYTES), 0)
 
 
 class SecureSimNetwork:
@@ -100,7 +105,7 @@ class SecureSimNetwork:
                 self.cipher_seconds["encrypt"] += time.perf_counter() - began
                 data = sealed.to_bytes()
                 if j != a:
-                    contrib = {"to": self.identities[i].peer_id, "sealed": data}
+                    contrib = {"to": self.identities[i].peer_id, "sealed": data, "base": BASE}
                     bytes_sent[j] += self._frame(round, "contrib", contrib)
                     ok = bool(on_time[hop])
                     hop += 1
@@ -152,9 +157,15 @@ class SecureSimNetwork:
             [self.names[j] for j in arrived],
             names,
             data,
+            BASE,
         )
         self.cipher_seconds["aggregate"] += time.perf_counter() - began
-        body = {"bitmap": record.bitmap, "digest": record.sum_digest, "sig": record.signature}
+        body = {
+            "bitmap": record.bitmap,
+            "digest": record.sum_digest,
+            "sig": record.signature,
+            "base": record.base,
+        }
         bytes_sent[a] += self._frame(round, "sum", {**body, "sealed": data})
         if not forward_ok:
             return set()
@@ -184,6 +195,8 @@ class SecureSimNetwork:
             "absent": [],
             "ready": True,
             "waiting": False,
+            "base": BASE,
+            "echo": BASE[:INCARNATION_BYTES],
         }
 
     def _deliveries(

@@ -6,8 +6,10 @@ signs its frames, so everything below is about what a valid peer can do to us.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import stat
+import time
 import warnings
 from collections.abc import Coroutine
 from dataclasses import replace
@@ -21,7 +23,7 @@ import torch
 from node import checkpoint
 from node.backlog import Item
 from node.dp import SECURE_RNG_WARNING, DpTrainer
-from node.errors import ConfigError, NodeCrashedError
+from node.errors import ConfigError, NodeCrashedError, PeerUnreachableError
 from node.flat import FlatLayout
 from node.frames import Frame, FrameGuard, decode, seal
 from node.memory_transport import MemoryNetwork, MemoryTransport
@@ -283,9 +285,11 @@ def _forged_sum(
         exchange.neighbours,
         exchange.neighbours,
         data,
+        exchange.base,
     )
     body = {"bitmap": record.bitmap, "digest": record.sum_digest, "sig": record.signature}
-    return seal(insider.identity, round, "sum", pack({**body, "sealed": data}))
+    payload = pack({**body, "base": record.base, "sealed": data})
+    return seal(insider.identity, round, "sum", payload)
 
 
 @pytest.mark.parametrize("secure", ["plain", "ckks"])
@@ -328,6 +332,60 @@ def test_forged_or_malformed_sums_are_refused_and_the_node_goes_on(
     # for the same round is refused before it is opened (one sum per aggregator a round)
     assert rejected.get("sealed_rejected", 0) >= len(bad) // 2 - 1
     assert rejected.get("sealed_rejected", 0) + rejected.get("replayed", 0) >= len(bad) - 1
+
+
+def test_a_receiver_cannot_pick_its_own_aggregator(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Before, contributors skipped whichever neighbours the receiver's receipt listed as
+    absent, so a receiver could name the others absent and have the neighbour of its
+    choice aggregate for it. Now only the contributor's own evidence counts: a failed send
+    passes that aggregator over for a few rounds, and the part goes to the next at once."""
+    from node.secure import aggregator_order
+    from node.secure_exchange import DOWN_ROUNDS
+
+    nodes = memory_nodes(_secure_paths(subset(wisconsin16, 4), tmp_path, rounds=2))
+    run_nodes(nodes)  # a 4-ring: site 1 contributes to site 0, whose other neighbour is 3
+    contributor, receiver = nodes[1].secure, nodes[0].identity.peer_id
+    assert contributor is not None
+    around = contributor.neighbours_of(receiver)
+
+    def first(t: int) -> str:
+        return aggregator_order(receiver, around, t, contributor.seed)[0]
+
+    t = next(t for t in range(10, 100) if first(t) != contributor.me)
+    other = first(t)
+    view = contributor.views[receiver]
+    contributor.views[receiver] = replace(view, absent=[other])  # the receiver's claim
+    assert contributor.aggregator(receiver, t) == other
+
+    sent: list[str] = []
+
+    async def send(peer: str, frame: bytes) -> None:
+        if peer == other:
+            raise PeerUnreachableError(f"{peer} is down")
+        sent.append(peer)
+
+    async def one_round() -> None:
+        contributor.send = send
+        contributor.contribute(t, contributor.outbox[receiver].copy + 0.5)
+        await contributor.send_contributions(t)
+        await asyncio.sleep(0)  # let the aggregation start, then end it: no sum is needed
+        tasks = list(contributor.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    contributor.views[receiver] = view  # the receiver expects both: we contribute
+    asyncio.run(one_round())
+    assert contributor.down[other] == t
+    assert contributor.me in contributor.buffers[(receiver, t)].parts  # fell back to itself
+    later = [u for u in range(t + 1, t + 40) if first(u) == other]
+    soon = [u for u in later if u - t < DOWN_ROUNDS]
+    after = [u for u in later if u - t >= DOWN_ROUNDS]
+    for u in soon:
+        assert contributor.aggregator(receiver, u) == contributor.me
+    assert after and contributor.aggregator(receiver, after[0]) == other  # tried again
 
 
 # -- 7. ε follows what was spent, under pinned parameters ------------------------------------
@@ -550,6 +608,81 @@ def test_a_neighbour_restarted_from_nothing_resets_its_links(
     _exact(nodes)
 
 
+@pytest.mark.parametrize("secure", ["plain", "ckks"])
+def test_a_secure_neighbour_restarted_from_nothing_gets_its_sums_rebased(
+    wisconsin16: FederatedData, tmp_path: Path, secure: str
+) -> None:
+    """Under secure aggregation nobody holds a neighbour's copy alone, so its sum cannot
+    be patched link by link: before, a site started over without its checkpoint had its
+    contributions (against a fresh x̂₀ copy) added to sums built from its lost copies, and
+    every sum around it stayed wrong. Now its neighbours rebase their sums at x̂₀ and every
+    contributor to them starts its copy over, through sums only, and s is exact again."""
+    from tests.test_secure_node import _sums_match_the_link_copies
+
+    spec = ConsortiumSpec(
+        rounds=5, train=TRAIN, compressor="block-k:0.3:64", secure=secure, deadline_s=1.0
+    )
+    paths = write_consortium(tmp_path, subset(wisconsin16, 4), spec)
+    first = memory_nodes(paths)
+    run_nodes(first)
+    (tmp_path / "node-1" / "state" / "checkpoint.pt").unlink()
+    for path in paths:
+        path.write_text(path.read_text().replace("rounds = 5", "rounds = 14"))
+    nodes = memory_nodes(paths)
+    run_nodes(nodes)
+    restarted = nodes[1].identity.peer_id
+    for neighbour in (nodes[0], nodes[2]):
+        (reset,) = events(neighbour, "incarnation")
+        assert reset["peer"] == restarted
+        assert neighbour.secure is not None and neighbour.secure.epoch == 1
+    assert not events(nodes[3], "incarnation")  # not a neighbour of site 1: no rebase
+    _sums_match_the_link_copies(nodes)
+    assert all(len(_rounds(n)) >= 5 for n in nodes)
+    # The copies started over at x̂₀ have been filled in again, slot by slot, through sums.
+    for contributor in (nodes[0], nodes[2]):
+        assert contributor.secure is not None
+        xhat, copy = contributor.state.xhat[0], contributor.secure.outbox[restarted].copy
+        assert float((xhat - copy).norm() / xhat.norm()) < 0.2
+
+
+def test_a_neighbour_changing_its_incarnation_again_and_again_is_refused(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Each new incarnation of a neighbour costs us a rebase of our sum; a member naming a
+    new one in every receipt is refused after MAX_INCARNATIONS, and an id it had before is
+    stale."""
+    from node.errors import StaleFrameError
+    from node.sealed_wire import basis
+    from node.wire import MAX_INCARNATIONS
+
+    nodes = memory_nodes(_secure_paths(subset(wisconsin16, 3), tmp_path, rounds=2))
+    run_nodes(nodes)
+    victim, insider = nodes[0].secure, nodes[1]
+    assert victim is not None and insider.secure is not None
+    epoch = victim.epoch
+
+    def receipt(inc: bytes) -> Frame:
+        insider.secure.inc = inc  # type: ignore[union-attr]
+        payload = insider.secure._receipt(victim.me)  # type: ignore[union-attr]
+        return decode(seal(insider.identity, victim.round, "receipt", payload))
+
+    async def flip() -> list[str]:
+        refused = []
+        for k in range(MAX_INCARNATIONS + 4):
+            try:
+                victim.handle(receipt(bytes([k + 1]) * 8))
+            except StaleFrameError as exc:
+                refused.append(str(exc))
+        with pytest.raises(StaleFrameError, match="previous life"):
+            victim.handle(receipt(bytes([1]) * 8))
+        return refused
+
+    refused = asyncio.run(flip())
+    assert victim.epoch == epoch + MAX_INCARNATIONS
+    assert len(refused) == 4 and all("too often" in r for r in refused)
+    assert victim.bases[insider.identity.peer_id] != basis(bytes([20]) * 8, 0)
+
+
 def test_dp_budget_survives_a_lost_checkpoint_and_the_ledger_is_required(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
@@ -685,6 +818,7 @@ def test_a_receipt_naming_another_key_buys_at_most_one_key_resend_per_deadline(
     async def count(peer: str, round: int) -> None:
         resent.append(peer)
 
+    basis = insider.secure.base
     victim.send_key = count  # type: ignore[method-assign]
     victim._key_sent.clear()  # the run itself may have just sent one: start the clock here
 
@@ -698,6 +832,8 @@ def test_a_receipt_naming_another_key_buys_at_most_one_key_resend_per_deadline(
                 "absent": [],
                 "ready": True,
                 "waiting": False,
+                "base": basis,
+                "echo": victim.inc,
             }
         )
         for _ in range(50):
@@ -755,3 +891,32 @@ def test_a_torn_ledger_line_is_not_joined_to_the_next(tmp_path: Path) -> None:
         handle.write('{"round": 1, "hist')  # a crash mid-append
     ledger.append(1, [(1.0, 0.5, 2)])
     assert ledger.last() == [(1.0, 0.5, 2)]
+
+
+def test_a_slow_reader_does_not_stretch_its_neighbours_rounds(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """A member that reads just under the transport timeout keeps our send to it going for
+    several timeouts. Before, every round awaited that send, so the member set the pace of
+    all its neighbours; now a round waits for it at most a deadline, nothing more goes to
+    it while it is still being written, and its items wait in the backlog."""
+    deadline, delay, rounds = 0.2, 1.5, 8
+    spec = ConsortiumSpec(rounds=rounds, train=TRAIN, compressor="top-k:0.1", deadline_s=deadline)
+    _, nodes = _consortium(wisconsin16, tmp_path, 3, spec)
+    victim, slow = nodes[0], nodes[1].identity.peer_id
+    real_send = victim.transport.send
+    started: list[float] = []
+
+    async def send(peer: str, body: bytes) -> None:
+        if peer == slow:
+            started.append(time.monotonic())
+            await asyncio.sleep(delay)  # the member drains our write just under the timeout
+        await real_send(peer, body)
+
+    victim.transport.send = send  # type: ignore[method-assign]
+    run_nodes(nodes)
+    latencies = sorted(float(e["latency_s"]) for e in events(victim, "round"))  # type: ignore[arg-type]
+    assert _rounds(victim) == list(range(1, rounds + 1))
+    assert latencies[len(latencies) // 2] < delay / 2  # the median round is not held
+    # never two frames in flight to the slow reader at once
+    assert all(b - a >= delay * 0.9 for a, b in itertools.pairwise(started))

@@ -176,7 +176,7 @@ def test_aggregator_holds_a_partial_sum_until_its_receiver_waits(
 
     async def scenario() -> tuple[bool, bool]:
         aggregator.seen[r] = (late_round - 1, asyncio.get_running_loop().time())
-        aggregator._take(r, late_round, aggregator.me, part)
+        aggregator._take(r, late_round, aggregator.me, part, aggregator.bases[r])
         await asyncio.sleep(0.8)  # past half a deadline since the contribution
         held = not aggregator.buffers[(r, late_round)].flushed
         receiver.round = late_round
