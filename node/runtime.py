@@ -69,6 +69,7 @@ from node.transport import Transport
 from node.wire import (
     INCARNATION_BYTES,
     MAX_INCARNATIONS,
+    MAX_SHARED_ITEMS,
     NO_INCARNATION,
     decode_update,
     encode_update,
@@ -565,9 +566,11 @@ class Node:
             link = self.links.out[peer]
             items: list[Item] = []
             size = 0
+            shared = 0
             for item in link.frame(t if clock is None else clock):
                 item_bytes = encoded_item_size(item)
-                if items and size + item_bytes > budget:
+                shared += item.shared_round is not None
+                if items and (size + item_bytes > budget or shared > MAX_SHARED_ITEMS):
                     break  # the rest goes next round: the receiver applies in order
                 items.append(item)
                 size += item_bytes

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -32,6 +33,11 @@ from node.msgsize import BOOL, NIL, N, array_header, bin_size, int_size, map_hea
 from node.sparse import Sparse
 
 MAX_ITEMS = 4096
+# Shared-index items a frame may carry: each names a round whose index set the receiver
+# draws (a permutation of the model's d parameters, cached for the last 64 rounds), so a
+# member naming 4,096 different rounds in one frame would cost 4,096 draws. Honest frames
+# carry one; a resent backlog longer than this goes over several rounds.
+MAX_SHARED_ITEMS = 64
 LEVELS = 127
 INCARNATION_BYTES = 8
 NO_INCARNATION = bytes(INCARNATION_BYTES)  # "not heard from you yet"
@@ -126,8 +132,19 @@ def decode_update(
         ):
             raise MalformedFrameError("update step must be [stamp, γ in (0, 1]]")
         step = (step[0], step[1])
+    shared = sum(1 for raw in msg["items"] if isinstance(raw, list) and _names_round(raw))
+    if shared > MAX_SHARED_ITEMS:
+        raise MalformedFrameError(
+            f"{shared} shared-index items in one frame; at most {MAX_SHARED_ITEMS}"
+        )
     items = [_item(raw, dim, shared_indices, max_round) for raw in msg["items"]]
     return Update(dim, ack, items, step, inc[0], inc[1])
+
+
+def _names_round(raw: list[Any]) -> bool:
+    """Whether an item (as msgpack gave it) names a shared-index round."""
+    index = raw[1] if len(raw) > 1 else None
+    return isinstance(index, int) and not isinstance(index, bool)
 
 
 def _values(raw: object) -> tuple[np.ndarray, float | None]:

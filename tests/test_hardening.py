@@ -920,3 +920,41 @@ def test_a_slow_reader_does_not_stretch_its_neighbours_rounds(
     assert latencies[len(latencies) // 2] < delay / 2  # the median round is not held
     # never two frames in flight to the slow reader at once
     assert all(b - a >= delay * 0.9 for a, b in itertools.pairwise(started))
+
+
+def test_a_long_shared_index_backlog_goes_out_in_frames_a_receiver_admits(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """A receiver refuses frames with more than MAX_SHARED_ITEMS shared-index items (each
+    costs it an index draw), so a sender with a longer backlog splits it over rounds."""
+    from node.compress import shared_indices
+    from node.wire import MAX_SHARED_ITEMS, decode_update
+
+    spec = ConsortiumSpec(rounds=1, train=TRAIN, compressor="rand-k:0.05", deadline_s=1.0)
+    _, nodes = _consortium(wisconsin16, tmp_path, 3, spec)
+    sender, peer = nodes[0], nodes[1].identity.peer_id
+    draw = shared_indices(sender.compressor, sender.dim)
+    assert draw is not None
+    link = sender.links.out[peer]
+    for t in range(150):
+        link.push(draw(t), torch.zeros(len(draw(t))), shared_round=t)
+    frames: list[bytes] = []
+
+    async def record(to: str, body: bytes) -> None:
+        if to == peer:
+            frames.append(body)
+
+    sender.transport.send = record  # type: ignore[method-assign]
+
+    async def three_rounds() -> None:
+        for t in (150, 151, 152):
+            await sender._send_all(t)
+
+    asyncio.run(three_rounds())
+    seqs = [
+        [i.seq for i in decode_update(decode(f).payload, sender.dim, draw, 152).items]
+        for f in frames
+    ]
+    assert [len(q) for q in seqs[:2]] == [MAX_SHARED_ITEMS, MAX_SHARED_ITEMS]
+    assert seqs[1] == list(range(MAX_SHARED_ITEMS, 2 * MAX_SHARED_ITEMS))  # next in order
+    assert len(seqs[2]) <= MAX_SHARED_ITEMS  # (round 152 resends from the oldest unacked)

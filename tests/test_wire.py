@@ -132,3 +132,28 @@ def test_incarnation_ids_round_trip() -> None:
     mine, yours = b"\x01" * 8, b"\x02" * 8
     update = decode_update(encode_update(DIM, 3, [], None, (mine, yours)), DIM)
     assert (update.inc, update.echo, update.ack) == (mine, yours, 3)
+
+
+def test_a_frame_naming_many_shared_rounds_is_refused_before_any_draw() -> None:
+    """Each shared-index item makes the receiver draw its round's index set; one frame
+    naming 4,096 rounds cost 4,096 draws. Now more than MAX_SHARED_ITEMS is malformed, and
+    nothing is drawn for it."""
+    from node.wire import MAX_SHARED_ITEMS
+
+    drawn: list[int] = []
+
+    def counting(round: int) -> torch.Tensor:
+        drawn.append(round)
+        return _shared(round)
+
+    def frame(n: int) -> bytes:
+        items = [
+            [seq, seq, np.zeros(len(_shared(seq)), "<f4").tobytes(), False] for seq in range(n)
+        ]
+        return msgpack.packb({"dim": DIM, "ack": -1, "inc": NO_INC, "items": items})
+
+    assert len(decode_update(frame(MAX_SHARED_ITEMS), DIM, counting, 10**6).items) == 64
+    drawn.clear()
+    with pytest.raises(MalformedFrameError, match="shared-index items"):
+        decode_update(frame(MAX_SHARED_ITEMS + 1), DIM, counting, 10**6)
+    assert drawn == []
