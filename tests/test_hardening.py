@@ -944,7 +944,7 @@ def test_a_long_shared_index_backlog_goes_out_in_frames_a_receiver_admits(
         if to == peer:
             frames.append(body)
 
-    sender.transport.send = record  # type: ignore[method-assign]
+    sender.transport.send = record  # type: ignore[method-assign, assignment]
 
     async def three_rounds() -> None:
         for t in (150, 151, 152):

@@ -150,7 +150,8 @@ def test_a_frame_naming_many_shared_rounds_is_refused_before_any_draw() -> None:
         items = [
             [seq, seq, np.zeros(len(_shared(seq)), "<f4").tobytes(), False] for seq in range(n)
         ]
-        return msgpack.packb({"dim": DIM, "ack": -1, "inc": NO_INC, "items": items})
+        packed: bytes = msgpack.packb({"dim": DIM, "ack": -1, "inc": NO_INC, "items": items})
+        return packed
 
     assert len(decode_update(frame(MAX_SHARED_ITEMS), DIM, counting, 10**6).items) == 64
     drawn.clear()
