@@ -69,7 +69,10 @@ yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
 # Unread bytes one connection may hold in Yamux: the one frame stream an honest peer
 # uses, at its largest window, and a few fresh streams (identify, a replaced stream).
 CONNECTION_BUFFER_BYTES = yamux.MAX_WINDOW_SIZE + 4 * yamux.DEFAULT_WINDOW_SIZE
-PROTOCOL = TProtocol("/murmur/frames/1.0.0")
+# 1.1: secure-aggregation receipts, contributions and sums carry the receiver's basis, and
+# update frames cap shared-index items; a 1.0 peer is refused at stream negotiation
+# rather than having its frames refused one by one as malformed.
+PROTOCOL = TProtocol("/murmur/frames/1.1.0")
 IDLE_READ_S = 600.0
 BACKPRESSURE_POLL_S = 0.005
 CHUNK_BYTES = 1 << 20
@@ -95,7 +98,7 @@ class _WindowedBuffer(bytearray):
     fully grown window plus a few initial ones (``CONNECTION_BUFFER_BYTES``): a peer
     that opens many streams and never lets them be read cannot park more than that."""
 
-    conn: yamux.Yamux
+    conn: _BoundedYamux
     stream_id: int
 
     def extend(self, data: Any) -> None:
@@ -108,16 +111,18 @@ class _WindowedBuffer(bytearray):
         else:
             super().extend(data)
             return
-        on_exceeded = getattr(self.conn, "on_window_exceeded", None)
-        if on_exceeded is not None:
-            on_exceeded(str(self.conn.peer_id))
+        self.conn.on_window_exceeded(str(self.conn.peer_id))
+        # py-libp2p catches errors of a plain DATA frame per stream and reads on, so the
+        # connection is ended here: its read loop stops, and _BoundedYamux closes it.
+        self.conn.overrun = True
+        self.conn.event_shutting_down.set()
         raise WindowExceededError(f"{self.conn.peer_id} sent {problem}")
 
 
 class _WindowedBuffers(dict[int, bytearray]):
     """A connection's stream buffers, each a :class:`_WindowedBuffer`."""
 
-    def __init__(self, conn: yamux.Yamux) -> None:
+    def __init__(self, conn: _BoundedYamux) -> None:
         super().__init__()
         self.conn = conn
 
@@ -127,13 +132,31 @@ class _WindowedBuffers(dict[int, bytearray]):
         super().__setitem__(stream_id, buffer)
 
 
+def _drop_buffer(stream: INetStream) -> None:
+    """Free what Yamux still buffers for a stream we reset (it would otherwise wait for
+    py-libp2p's sweep and count against the connection's cap meanwhile)."""
+    muxed = getattr(stream, "muxed_stream", None)
+    conn = getattr(muxed, "conn", None)
+    buffers = getattr(conn, "stream_buffers", None)
+    if isinstance(buffers, dict):
+        buffer = buffers.get(getattr(muxed, "stream_id", -1))
+        if buffer is not None:
+            del buffer[:]
+
+
 class _BoundedYamux(yamux.Yamux):
     """Yamux whose receive buffers hold no more than the windows granted (see above)."""
 
     def __init__(self, *args: Any, on_exceeded: Callable[[str], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_window_exceeded = on_exceeded
+        self.overrun = False  # set by a buffer that refused a peer's data
         self.stream_buffers = _WindowedBuffers(self)
+
+    async def handle_incoming(self) -> None:
+        await super().handle_incoming()
+        if self.overrun and not self.event_closed.is_set():
+            await self._cleanup_on_error()
 
 
 class _YamuxOnly(MuxerMultistream):
@@ -465,6 +488,7 @@ class P2PTransport(Transport):
         if previous is not None:
             with trio.move_on_after(1):
                 await previous.reset()
+            _drop_buffer(previous)
         try:
             while peer in self._peers:
                 prefix = await _read_exactly(stream, PREFIX_BYTES, IDLE_READ_S)

@@ -131,6 +131,9 @@ class SecureExchange:
         self.x0 = xhat.detach().clone()  # the shared x̂₀ every copy starts from
         self.outbox = {p: Outbox(self.x0.clone()) for p in self.neighbours}
         self.inc, self.epoch = incarnation, 0  # our basis (the runtime sets inc on restore)
+        # Receipts announce the epoch of the last checkpoint, as they do its verdicts: a
+        # crash before the save must not leave neighbours on an epoch we restore without.
+        self.saved_epoch = 0
         self.rebase_due = False  # a neighbour started over: rebase s at the next resolve
         self.incs: dict[str, bytes] = {}  # each neighbour's incarnation id as we know it
         self.retired: dict[str, list[bytes]] = {}  # ids each neighbour had before
@@ -159,6 +162,7 @@ class SecureExchange:
         self._key_sent: dict[str, float] = {}  # event-loop time our key last went to a peer
         self._parts_taken: set[tuple[str, int, str]] = set()  # (receiver, round, sender)
         self._sums_from: set[tuple[str, int]] = set()  # (aggregator, round) sums taken
+        self._bits: dict[int, int] = {}  # round → contributors of the sums taken for it
         self._zeros: dict[tuple[str, int], Sealed] = {}
         # One frame in flight per peer; each waits at most a deadline (node.send_slots).
         self.sends = SendSlots(deadline_s, lambda task: self.supervise(task))
@@ -224,33 +228,43 @@ class SecureExchange:
         the receipt also tells each neighbour that this site now waits for the round."""
         self.round = round
         await self.send_contributions(round)
-        await self.send_receipts(round, waiting=True)
+        # In the background: a receipt queued behind a slow reader's earlier frame must not
+        # hold our round (the deadline is counted from now).
+        self._spawn(self.send_receipts(round, waiting=True))
 
     async def send_contributions(self, round: int) -> None:
-        for r in self.neighbours:
-            entry = self.outbox[r].pending.get(round)
-            if entry is None or r not in self.keys:
-                continue
-            values = (entry[1].double() * self.weight[r]).numpy()
-            base = self.bases[r]  # the outbox is replaced whenever this changes
-            sealed = await asyncio.to_thread(self.cipher.encrypt, values, self.keys[r])
+        """Each receiver's part, all at once (one slow aggregator delays only its own)."""
+        await asyncio.gather(*(self._contribute_to(r, round) for r in self.neighbours))
+
+    async def _contribute_to(self, r: str, round: int) -> None:
+        entry = self.outbox[r].pending.get(round)
+        base = self.bases.get(r)  # the outbox is replaced whenever this changes
+        if entry is None or r not in self.keys or base is None:
+            return
+        values = (entry[1].double() * self.weight[r]).numpy()
+        sealed = await asyncio.to_thread(self.cipher.encrypt, values, self.keys[r])
+        body = pack({"to": r, "sealed": sealed.to_bytes(), "base": base})
+        # A send that failed outright marks that aggregator down (for us) and the part
+        # goes to the next one in the seeded order at once; every contributor whose send
+        # fails does the same, so they meet at the same next aggregator. A send still
+        # going after a deadline counts as sent: sent again elsewhere, it could land in
+        # two sums, whose difference would open one contribution.
+        while (agg := self.aggregator(r, round)) is not None:
             if self.outbox[r].pending.get(round) is not entry:
-                continue  # r's basis changed while we encrypted: that part is void
-            body = pack({"to": r, "sealed": sealed.to_bytes(), "base": base})
-            # A failed send marks that aggregator down (for us) and the part goes to the
-            # next one in the seeded order at once; every contributor whose send fails
-            # does the same, so they meet at the same next aggregator.
-            while (agg := self.aggregator(r, round)) is not None:
-                if agg == self.me:
-                    self._take(r, round, self.me, sealed, base)
-                    break
-                if await self._send(agg, round, "contrib", body):
-                    break
-                self.down[agg] = round
+                return  # r's basis changed meanwhile: that part is void
+            if agg == self.me:
+                self._take(r, round, self.me, sealed, base)
+                return
+            if await self._send(agg, round, "contrib", body) is not False:
+                return
+            self.down[agg] = round
 
     async def send_receipts(self, round: int, waiting: bool = False) -> None:
-        for p in self.neighbours:
-            await self._send(p, round, "receipt", self._receipt(p, waiting))
+        """A receipt to every neighbour, all at once: one slow reader delays only its own
+        (each waits at most a deadline, queue included)."""
+        await asyncio.gather(
+            *(self._send(p, round, "receipt", self._receipt(p, waiting)) for p in self.neighbours)
+        )
 
     def unkeyed(self) -> list[str]:
         """Neighbours not yet keyed both ways: we lack their key, or their last receipt did
@@ -299,14 +313,18 @@ class SecureExchange:
                 "absent": sorted(self.absent),
                 "ready": self.started or not self.unkeyed(),
                 "waiting": waiting,
-                "base": self.base,
+                "base": basis(self.inc, self.saved_epoch),
                 "echo": self.incs.get(peer),
             }
         )
 
-    async def _send(self, peer: str, round: int, topic: str, payload: bytes) -> bool:
-        """Send one signed frame; False (and a ``send_failed`` event) when it did not go, or
-        is still going after a deadline (a slow reader: it goes on, but we go on too)."""
+    async def _send(
+        self, peer: str, round: int, topic: str, payload: bytes, queue: bool = True
+    ) -> bool | None:
+        """Send one signed frame: True when it went, False (and a ``send_failed`` event)
+        when it did not, None when it is still going after a deadline (a slow reader: it
+        goes on in the background and we go on too) or, without ``queue``, when an
+        earlier frame to that peer still is."""
 
         async def go() -> bool:
             try:
@@ -316,12 +334,12 @@ class SecureExchange:
                 return False
             return True
 
-        sent = await self.sends.run(peer, go(), queue=True)
+        sent = await self.sends.run(peer, go(), queue=queue)
         if sent is None:
-            self.emit("send_failed", peer=peer, round=round, topic=topic, detail="slow reader")
+            self.emit("send_slow", peer=peer, round=round, topic=topic)
         elif sent:
             self.down.pop(peer, None)
-        return bool(sent)
+        return sent
 
     async def send_key(self, peer: str, round: int) -> None:
         body = pack({"cipher": self.cipher.name, "key": self.secret.public.data})
@@ -533,12 +551,18 @@ class SecureExchange:
             raise SealedRejectedError(f"contributor record from {sender}: {exc}") from None
         if (sender, round) in self._sums_from:
             raise ReplayedFrameError(f"a second sum from {sender} for round {round}")
+        if record.bitmap & self._bits.get(round, 0):
+            # Two sums sharing a contributor: decrypting both would let us subtract one from
+            # the other, so the later one is never opened (disjoint_sums does the same for
+            # what we add; this is about what we see).
+            raise SealedRejectedError(f"sum for round {round} overlaps one already held")
         held = self.sums.setdefault(round, [])
         checking = self.checking.setdefault(round, set())
         if len(held) + len(checking) >= len(self.neighbours):
             raise SealedRejectedError(f"more sums for round {round} than this site has neighbours")
         sealed = self._open(raw["sealed"], self.secret.public, round)
         self._sums_from.add((sender, round))
+        self._bits[round] = self._bits.get(round, 0) | record.bitmap
         task = asyncio.get_running_loop().create_task(self._check_sum(sender, record, sealed))
         self.supervise(task)
         checking.add(task)
@@ -562,6 +586,8 @@ class SecureExchange:
             # (e.g. "scale out of bounds"): the sender's fault, never our node's.
             error = exc if isinstance(exc, FrameError) else SealedRejectedError(str(exc))
             self.on_reject(error, sender)
+            # a refused sum holds no contributor: an honest one naming them may still come
+            self._bits[record.round] = self._bits.get(record.round, 0) & ~record.bitmap
             return
         if record.round <= self.through or record.base != self.base:
             return  # resolved meanwhile without it, or we rebased meanwhile
@@ -608,7 +634,7 @@ class SecureExchange:
             self.epoch += 1
             self.rebase_due = True
             self.sums.clear()  # made against our old basis
-            self.processed[sender] = receipt.through
+            self.processed[sender] = self.saved_processed[sender] = receipt.through
             self.included[sender] = []
             self.emit(
                 "incarnation",
@@ -665,12 +691,14 @@ class SecureExchange:
             del self.checking_parts[key]
         self._parts_taken = {k for k in self._parts_taken if k[1] >= round - KEEP_ROUNDS}
         self._sums_from = {k for k in self._sums_from if k[1] > self.through}
+        self._bits = {t: b for t, b in self._bits.items() if t > self.through}
         return included
 
     # -- checkpoint ----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         self.saved_processed = dict(self.processed)
+        self.saved_epoch = self.epoch
         return {
             "keys": {p: k.data for p, k in self.keys.items()},
             "outbox": {p: box.snapshot() for p, box in self.outbox.items()},
@@ -693,7 +721,7 @@ class SecureExchange:
         self.processed = {p: int(v) for p, v in saved["processed"].items()}
         self.saved_processed = dict(self.processed)
         self.inc = bytes(saved.get("inc", self.inc))
-        self.epoch = int(saved.get("epoch", 0))
+        self.epoch = self.saved_epoch = int(saved.get("epoch", 0))
         self.rebase_due = bool(saved.get("rebase_due", False))
         self.incs = {p: bytes(v) for p, v in saved.get("incs", {}).items()}
         self.retired = {p: [bytes(b) for b in v] for p, v in saved.get("retired", {}).items()}

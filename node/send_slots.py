@@ -36,19 +36,24 @@ class SendSlots:
         """Run ``work`` (a send and what follows it) as ``peer``'s send. Its result when it
         ends within ``limit_s``; None when it is still going then (it goes on), or when
         ``peer`` is busy (``work`` is then not started). With ``queue``, a busy peer is
-        waited for first, up to ``limit_s`` more (for sends that must follow each other)."""
+        waited for first, within the same ``limit_s`` (for sends that must follow each
+        other)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + self.limit_s
-        while self.busy(peer):
-            remaining = end - loop.time()
-            if not queue or remaining <= 0:
-                work.close()
-                return None
-            await asyncio.wait({self._tasks[peer]}, timeout=remaining)
+        try:
+            while self.busy(peer):
+                remaining = end - loop.time()
+                if not queue or remaining <= 0:
+                    work.close()
+                    return None
+                await asyncio.wait({self._tasks[peer]}, timeout=remaining)
+        except asyncio.CancelledError:
+            work.close()  # never started: no "never awaited" warning
+            raise
         task = loop.create_task(work)
         self.supervise(task)
         self._tasks[peer] = task
-        done, _ = await asyncio.wait({task}, timeout=self.limit_s)
+        done, _ = await asyncio.wait({task}, timeout=max(end - loop.time(), 0.0))
         return task.result() if done else None
 
     async def aclose(self) -> None:

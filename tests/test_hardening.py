@@ -11,6 +11,7 @@ import shutil
 import stat
 import time
 import warnings
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from node import checkpoint
 from node.backlog import Item
 from node.dp import SECURE_RNG_WARNING, DpTrainer
-from node.errors import ConfigError, NodeCrashedError, PeerUnreachableError
+from node.errors import ConfigError, FrameError, NodeCrashedError, PeerUnreachableError
 from node.flat import FlatLayout
 from node.frames import Frame, FrameGuard, decode, seal
 from node.memory_transport import MemoryNetwork, MemoryTransport
@@ -958,3 +959,135 @@ def test_a_long_shared_index_backlog_goes_out_in_frames_a_receiver_admits(
     assert [len(q) for q in seqs[:2]] == [MAX_SHARED_ITEMS, MAX_SHARED_ITEMS]
     assert seqs[1] == list(range(MAX_SHARED_ITEMS, 2 * MAX_SHARED_ITEMS))  # next in order
     assert len(seqs[2]) <= MAX_SHARED_ITEMS  # (round 152 resends from the oldest unacked)
+
+
+def test_two_sums_sharing_a_contributor_are_never_both_opened(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Two sums of one round that share a contributor would let the receiver subtract one
+    from the other. Before, it decrypted every sum as it came (and only avoided adding
+    both); now the later one is refused unopened, and a refused sum frees its bits."""
+    nodes = memory_nodes(_secure_paths(subset(wisconsin16, 3), tmp_path, rounds=2))
+    run_nodes(nodes)
+    victim, one, two = nodes
+    exchange = victim.secure
+    assert exchange is not None
+    t = exchange.through + 1
+    n = len(exchange.indices(t))
+    opened: list[int] = []
+    decrypt = exchange.cipher.decrypt
+
+    def counting(sealed: Any, secret: Any) -> Any:
+        opened.append(1)
+        return decrypt(sealed, secret)
+
+    exchange.cipher.decrypt = counting  # type: ignore[method-assign]
+
+    async def scenario() -> dict[str, int]:
+        rejected: Counter[str] = Counter()
+        exchange.on_reject = lambda exc, peer: rejected.update([exc.reason])
+        for sender, values in ((one, np.full(n, 1e5)), (two, np.full(n, 0.1))):
+            frame = decode(_forged_sum(victim, sender, t, values, corrupt=False))
+            try:
+                exchange.handle(frame)
+            except FrameError as exc:
+                rejected.update([exc.reason])
+            await asyncio.sleep(0.2)  # let the check of the first sum finish
+        frame = decode(_forged_sum(victim, one, t, np.full(n, 0.2), corrupt=False))
+        with pytest.raises(FrameError, match="second sum"):
+            exchange.handle(frame)
+        return dict(rejected)
+
+    rejected = asyncio.run(scenario())
+    # the 1e5 sum is opened and refused (bound), which frees its bits; the honest-looking
+    # second one, over the same two contributors, is then opened and kept
+    assert len(opened) == 2 and rejected == {"sealed_rejected": 1}
+    assert len(exchange.sums[t]) == 1
+    n = len(exchange.indices(t + 1))
+    third = decode(_forged_sum(victim, two, t + 1, np.full(n, 0.1), corrupt=False))
+    first = decode(_forged_sum(victim, one, t + 1, np.full(n, 0.1), corrupt=False))
+
+    async def overlap() -> None:
+        exchange.handle(third)
+        with pytest.raises(FrameError, match="overlaps"):
+            exchange.handle(first)
+        await asyncio.sleep(0.2)
+
+    asyncio.run(overlap())
+    assert len(opened) == 3  # the overlapping one was never decrypted
+
+
+def test_a_slow_reader_neither_stretches_secure_rounds_nor_gets_a_part_sent_twice(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Under secure aggregation too, a round waits for a send at most a deadline; receipts
+    and each receiver's part go out at once. A part still being written to a slow
+    aggregator counts as sent: sending it to the next aggregator as well could put it in
+    two sums, whose difference would open it."""
+    from node.sealed_wire import unpack
+
+    deadline, delay, rounds = 0.3, 2.0, 8
+    spec = ConsortiumSpec(
+        rounds=rounds, train=TRAIN, compressor="block-k:0.3:64", secure="plain", deadline_s=deadline
+    )
+    _, nodes = _consortium(wisconsin16, tmp_path, 4, spec)
+    victim, slow = nodes[0], nodes[1].identity.peer_id
+    real_send = victim.transport.send
+    parts: Counter[tuple[int, str]] = Counter()
+
+    async def send(peer: str, body: bytes) -> None:
+        frame = decode(body)
+        if frame.topic == "contrib":
+            to = unpack(frame.payload, "contrib", {"to": str, "sealed": bytes, "base": bytes})
+            parts[(frame.round, to["to"])] += 1
+        if peer == slow:
+            await asyncio.sleep(delay)
+        await real_send(peer, body)
+
+    victim.transport.send = send  # type: ignore[method-assign]
+    run_nodes(nodes)
+    latencies = sorted(float(e["latency_s"]) for e in events(victim, "round"))  # type: ignore[arg-type]
+    assert _rounds(victim) == list(range(1, rounds + 1))
+    assert latencies[len(latencies) // 2] < delay
+    assert parts and max(parts.values()) == 1
+
+
+def test_a_rebase_is_announced_once_saved_and_sets_the_sum_at_the_shared_start(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Receipts announce the epoch of the last checkpoint (a crash before the save must not
+    leave neighbours on an epoch we restore without); the next resolve puts our sum at
+    W_ii x̂ + (1 − W_ii) x̂₀ before it adds the round's sums of the new basis."""
+    from node.sealed_wire import basis, decode_receipt
+
+    nodes = memory_nodes(_secure_paths(subset(wisconsin16, 3), tmp_path, rounds=2))
+    run_nodes(nodes)
+    victim, insider = nodes[0].secure, nodes[1]
+    assert victim is not None and insider.secure is not None
+    epoch = victim.epoch
+    insider.secure.inc = bytes([7]) * 8  # the insider's site starts over from nothing
+    frame = decode(
+        seal(insider.identity, victim.round, "receipt", insider.secure._receipt(victim.me))
+    )
+
+    async def scenario() -> None:
+        victim.handle(frame)
+        announced = decode_receipt(victim._receipt(insider.identity.peer_id)).base
+        assert announced == basis(victim.inc, epoch)  # not yet saved
+        victim.snapshot()
+        announced = decode_receipt(victim._receipt(insider.identity.peer_id)).base
+        assert announced == basis(victim.inc, epoch + 1)
+        t = victim.through + 1
+        idx = victim.indices(t)
+        s, xhat = torch.zeros(nodes[0].dim), nodes[0].state.xhat[0].clone()
+        # one sum from an aggregator, both neighbours in it
+        victim.handle(decode(_forged_sum(nodes[0], nodes[1], t, np.zeros(len(idx)), False)))
+        await asyncio.sleep(0.2)
+        await victim.resolve(t, s, xhat)
+        # the rebase put s at W_ii x̂ + (1 − W_ii) x̂₀; the zero sum added nothing
+        w = victim.weight
+        expected = w[victim.me] * xhat + sum(w[p] for p in victim.neighbours) * victim.x0
+        torch.testing.assert_close(s, expected)
+        assert victim.included[insider.identity.peer_id][-1] == t  # the sum was taken
+
+    asyncio.run(scenario())

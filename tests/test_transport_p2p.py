@@ -37,6 +37,7 @@ def test_a_peer_that_ignores_yamux_flow_control_is_cut_off() -> None:
     import struct
 
     import trio
+    from libp2p.peer.id import ID
     from libp2p.stream_muxer.yamux import yamux
 
     from node.frames import length_prefix
@@ -46,7 +47,7 @@ def test_a_peer_that_ignores_yamux_flow_control_is_cut_off() -> None:
     def make(identity: SiteIdentity) -> P2PTransport:
         return P2PTransport(identity, max_frame_bytes=limit, timeout_s=5.0, redial_s=0.5)
 
-    async def scenario() -> tuple[int, list[bytes]]:
+    async def scenario() -> tuple[int, list[bytes], bool]:
         victim, rogue, honest = (make(SiteIdentity.generate()) for _ in range(3))
         for t in (victim, rogue, honest):
             await t.start()
@@ -69,12 +70,15 @@ def test_a_peer_that_ignores_yamux_flow_control_is_cut_off() -> None:
                     body = b"\x00" * len(body)
             rogue._resolve(done)
 
+        assert victim._host is not None
+        overrun_conns = victim._host.get_network().get_connections(ID.from_base58(rogue.peer_id))
         rogue._call_in_trio(overrun)
         await done
         for _ in range(250):
-            if victim.rejected["window_exceeded"]:
+            if all(c.muxed_conn.event_closed.is_set() for c in overrun_conns):  # type: ignore[attr-defined]
                 break
             await asyncio.sleep(0.02)
+        closed = all(c.muxed_conn.event_closed.is_set() for c in overrun_conns)  # type: ignore[attr-defined]
         await honest.send(victim.peer_id, b"honest")
         got: list[bytes] = []
 
@@ -87,8 +91,9 @@ def test_a_peer_that_ignores_yamux_flow_control_is_cut_off() -> None:
         await asyncio.wait_for(collect(), 10)
         for t in (victim, rogue, honest):
             await t.aclose()
-        return victim.rejected["window_exceeded"], got
+        return victim.rejected["window_exceeded"], got, closed and bool(overrun_conns)
 
-    exceeded, got = asyncio.run(scenario())
+    exceeded, got, closed = asyncio.run(scenario())
+    assert closed  # the whole connection, not one stream
     assert exceeded == 1
     assert got == [b"\x01" * 8, b"\x02" * 8, b"honest"]
