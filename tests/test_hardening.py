@@ -584,6 +584,21 @@ def _exact(nodes: list[Node]) -> None:
         torch.testing.assert_close(node.state.s[0], expected[i], atol=1e-5, rtol=1e-5)
 
 
+def _restart_site_1_from_nothing(
+    data: FederatedData, tmp_path: Path, spec: ConsortiumSpec, rounds: int
+) -> tuple[list[Node], list[Node]]:
+    """Run a 4-ring, delete site 1's checkpoint, run all to ``rounds``: (first, second) run."""
+    paths = write_consortium(tmp_path, subset(data, 4), spec)
+    first = memory_nodes(paths)
+    run_nodes(first)
+    (tmp_path / "node-1" / "state" / "checkpoint.pt").unlink()
+    for path in paths:
+        path.write_text(path.read_text().replace(f"rounds = {spec.rounds}", f"rounds = {rounds}"))
+    nodes = memory_nodes(paths)
+    run_nodes(nodes)
+    return first, nodes
+
+
 def test_a_neighbour_restarted_from_nothing_resets_its_links(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
@@ -592,15 +607,8 @@ def test_a_neighbour_restarted_from_nothing_resets_its_links(
     its previous life: every running sum was wrong from then on. Now its new incarnation
     id resets both directions of each link and the sums are exact again."""
     spec = ConsortiumSpec(rounds=6, train=TRAIN, compressor="top-k:0.2", deadline_s=0.5)
-    paths = write_consortium(tmp_path, subset(wisconsin16, 4), spec)
-    first = memory_nodes(paths)
-    run_nodes(first)
+    first, nodes = _restart_site_1_from_nothing(wisconsin16, tmp_path, spec, 14)
     _exact(first)
-    (tmp_path / "node-1" / "state" / "checkpoint.pt").unlink()
-    for path in paths:
-        path.write_text(path.read_text().replace("rounds = 6", "rounds = 14"))
-    nodes = memory_nodes(paths)
-    run_nodes(nodes)
     assert nodes[1].incarnation != first[1].incarnation
     assert nodes[0].incarnation == first[0].incarnation  # restored from its checkpoint
     for neighbour in (nodes[0], nodes[2]):
@@ -623,14 +631,7 @@ def test_a_secure_neighbour_restarted_from_nothing_gets_its_sums_rebased(
     spec = ConsortiumSpec(
         rounds=5, train=TRAIN, compressor="block-k:0.3:64", secure=secure, deadline_s=1.0
     )
-    paths = write_consortium(tmp_path, subset(wisconsin16, 4), spec)
-    first = memory_nodes(paths)
-    run_nodes(first)
-    (tmp_path / "node-1" / "state" / "checkpoint.pt").unlink()
-    for path in paths:
-        path.write_text(path.read_text().replace("rounds = 5", "rounds = 14"))
-    nodes = memory_nodes(paths)
-    run_nodes(nodes)
+    _, nodes = _restart_site_1_from_nothing(wisconsin16, tmp_path, spec, 14)
     restarted = nodes[1].identity.peer_id
     for neighbour in (nodes[0], nodes[2]):
         (reset,) = events(neighbour, "incarnation")
