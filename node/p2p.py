@@ -69,6 +69,7 @@ yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
 # Unread bytes one connection may hold in Yamux: the one frame stream an honest peer
 # uses, at its largest window, and a few fresh streams (identify, a replaced stream).
 CONNECTION_BUFFER_BYTES = yamux.MAX_WINDOW_SIZE + 4 * yamux.DEFAULT_WINDOW_SIZE
+MAX_CONNECTIONS_PER_PEER = 2  # one each way covers an honest pair dialling each other
 # 1.1: secure-aggregation receipts, contributions and sums carry the receiver's basis, and
 # update frames cap shared-index items; a 1.0 peer is refused at stream negotiation
 # rather than having its frames refused one by one as malformed.
@@ -189,24 +190,34 @@ class _YamuxOnly(MuxerMultistream):
 class _AllowlistSecurity(ISecureTransport):
     """Noise, then the allowlist: wraps the Noise transport, never replaces its checks."""
 
-    def __init__(self, inner: ISecureTransport, allowed: Callable[[str], bool], refused: Any):
+    def __init__(
+        self,
+        inner: ISecureTransport,
+        allowed: Callable[[str], bool],
+        refused: Callable[[str], None],
+        make_room: Callable[[ID], Awaitable[None]],
+    ):
         self.inner = inner
         self.allowed = allowed
-        self.refused = refused
+        self.refused = refused  # counts a refusal under its reason
+        self.make_room = make_room  # closes a peer's oldest connections over the limit
 
-    async def _admit(self, conn: ISecureConn) -> ISecureConn:
-        peer = str(conn.get_remote_peer())
+    async def _admit(self, conn: ISecureConn, inbound: bool) -> ISecureConn:
+        remote = conn.get_remote_peer()
+        peer = str(remote)
         if not self.allowed(peer):
-            self.refused()
+            self.refused("refused_handshake")
             await conn.close()
             raise HandshakeFailure(f"peer {peer} is not in the consortium allowlist")
+        if inbound:
+            await self.make_room(remote)
         return conn
 
     async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:
-        return await self._admit(await self.inner.secure_inbound(conn))
+        return await self._admit(await self.inner.secure_inbound(conn), inbound=True)
 
     async def secure_outbound(self, conn: IRawConnection, peer_id: ID) -> ISecureConn:
-        return await self._admit(await self.inner.secure_outbound(conn, peer_id))
+        return await self._admit(await self.inner.secure_outbound(conn, peer_id), inbound=False)
 
 
 @dataclass
@@ -363,8 +374,21 @@ class P2PTransport(Transport):
         except BaseException as exc:
             self._resolve(ready, error=PeerUnreachableError(f"libp2p failed to start: {exc}"))
 
-    def _refused(self) -> None:
-        self.rejected["refused_handshake"] += 1
+    def _refused(self, reason: str) -> None:
+        self.rejected[reason] += 1
+
+    async def _make_room(self, peer: ID) -> None:
+        """Before admitting a peer's new connection, close its oldest beyond
+        MAX_CONNECTIONS_PER_PEER − 1. Each connection may hold CONNECTION_BUFFER_BYTES
+        unread, so a member opening many would multiply that; the newest wins, so an
+        honest peer whose old connection died unnoticed still gets in."""
+        if self._host is None:
+            return
+        held = list(self._host.get_network().get_connections(peer))
+        for old in held[: max(len(held) - MAX_CONNECTIONS_PER_PEER + 1, 0)]:
+            self.rejected["connection_replaced"] += 1
+            with trio.move_on_after(self.timeout_s):
+                await old.close()
 
     def _window_exceeded(self, peer: str) -> None:
         self.rejected["window_exceeded"] += 1
@@ -372,7 +396,9 @@ class P2PTransport(Transport):
     async def _main(self, ready: asyncio.Future[str]) -> None:
         key_pair = create_new_key_pair(self.identity.seed)
         noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
-        security = _AllowlistSecurity(noise, lambda peer: peer in self._peers, self._refused)
+        security = _AllowlistSecurity(
+            noise, lambda peer: peer in self._peers, self._refused, self._make_room
+        )
         host = new_host(
             key_pair=key_pair,
             sec_opt={NOISE_PROTOCOL_ID: security},

@@ -97,3 +97,42 @@ def test_a_peer_that_ignores_yamux_flow_control_is_cut_off() -> None:
     assert closed  # the whole connection, not one stream
     assert exceeded == 1
     assert got == [b"\x01" * 8, b"\x02" * 8, b"honest"]
+
+
+def test_a_peer_holds_at_most_two_connections_the_newest_win() -> None:
+    """Each connection may hold a full Yamux window unread, so a member dialling again
+    and again would multiply our memory: a new inbound connection closes the peer's
+    oldest beyond two (the newest wins, so a restarted honest peer always gets in)."""
+    from libp2p.peer.id import ID
+
+    from node.p2p import MAX_CONNECTIONS_PER_PEER
+
+    def make(identity: SiteIdentity) -> P2PTransport:
+        return P2PTransport(identity, timeout_s=5.0, redial_s=60.0)
+
+    async def scenario() -> tuple[int, int, list[bytes]]:
+        insider = SiteIdentity.generate()
+        victim = make(SiteIdentity.generate())
+        rogues = [make(insider) for _ in range(4)]  # one member's key, four dialers
+        await victim.start()
+        for r in rogues:
+            await r.start()
+        victim.set_peers({insider.peer_id: rogues[0].listen_addr})
+        got: list[bytes] = []
+        for k, r in enumerate(rogues):
+            r.set_peers({victim.peer_id: victim.listen_addr})
+            await r.send(victim.peer_id, f"from dialer {k}".encode())
+            async for item in victim.incoming():
+                got.append(item.body)
+                break
+        assert victim._host is not None
+        held = len(victim._host.get_network().get_connections(ID.from_base58(insider.peer_id)))
+        replaced = victim.rejected["connection_replaced"]
+        for t in (victim, *rogues):
+            await t.aclose()
+        return held, replaced, got
+
+    held, replaced, got = asyncio.run(scenario())
+    assert held <= MAX_CONNECTIONS_PER_PEER
+    assert replaced >= 4 - MAX_CONNECTIONS_PER_PEER
+    assert got == [f"from dialer {k}".encode() for k in range(4)]
