@@ -215,15 +215,7 @@ def _sum(
 ) -> bytes:
     data = cipher.encrypt(np.full(SLOTS, 0.1), secret.public).to_bytes()
     record = sign_contributors(aggregator, receiver, round, neighbours, neighbours, data, base)
-    return pack(
-        {
-            "bitmap": record.bitmap,
-            "digest": record.sum_digest,
-            "sig": record.signature,
-            "base": record.base,
-            "sealed": data,
-        }
-    )
+    return pack(record.sum_fields(data))
 
 
 def _ckks(rng: random.Random, n: int, crashes: list[str], out: Counter[str]) -> None:

@@ -82,9 +82,9 @@ BACKOFF_MAX_S = 5.0
 
 
 class WindowExceededError(ConnectionError):
-    """A peer sent more on a Yamux stream than the receive window we granted it.
-
-    A ``ConnectionError`` (an ``OSError``), so py-libp2p's reader ends the connection, as
+    """A peer sent more on a Yamux stream than the receive window we granted it (or more
+    than one connection may hold unread). py-libp2p catches it per stream and reads on,
+    so the buffer also flags the connection, and :class:`_BoundedYamux` ends it, as
     go-yamux does on this protocol error."""
 
 
@@ -390,9 +390,6 @@ class P2PTransport(Transport):
             with trio.move_on_after(self.timeout_s):
                 await old.close()
 
-    def _window_exceeded(self, peer: str) -> None:
-        self.rejected["window_exceeded"] += 1
-
     async def _main(self, ready: asyncio.Future[str]) -> None:
         key_pair = create_new_key_pair(self.identity.seed)
         noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
@@ -404,7 +401,8 @@ class P2PTransport(Transport):
             sec_opt={NOISE_PROTOCOL_ID: security},
             muxer_opt={TProtocol(yamux.PROTOCOL_ID): _BoundedYamux},
         )
-        host.get_network().upgrader.muxer_multistream = _YamuxOnly(self._window_exceeded)  # type: ignore[attr-defined]
+        muxers = _YamuxOnly(lambda peer: self._refused("window_exceeded"))
+        host.get_network().upgrader.muxer_multistream = muxers  # type: ignore[attr-defined]
         self._host = host
         self._stop = trio.Event()
         try:

@@ -59,7 +59,7 @@ class Receipt:
     absent: list[str]
     ready: bool
     waiting: bool
-    base: bytes = bytes(12)
+    base: bytes = bytes(BASE_BYTES)
     echo: bytes | None = None
 
 

@@ -74,6 +74,17 @@ class Contributors:
         )
         return packed
 
+    def sum_fields(self, sum_bytes: bytes) -> dict[str, int | bytes]:
+        """The ``sum`` payload that forwards ``sum_bytes`` with this record
+        (:mod:`node.sealed_wire`); one definition for node, simulator and tests."""
+        return {
+            "bitmap": self.bitmap,
+            "digest": self.sum_digest,
+            "sig": self.signature,
+            "base": self.base,
+            "sealed": sum_bytes,
+        }
+
     def members(self, neighbours: Sequence[str]) -> list[str]:
         ordered = sorted(neighbours)
         if self.bitmap >> len(ordered):

@@ -216,8 +216,8 @@ class SecureExchange:
     def knows_us(self, receiver: str) -> bool:
         """Whether ``receiver``'s receipts echo our current incarnation: it has seen this
         life and rebased for it, so a contribution made against a fresh copy fits its sum."""
-        view = self.views.get(receiver)
-        return view is not None and view.echo == self.inc and receiver in self.bases
+        view = self.views.get(receiver)  # set only after its basis (see _receipt_in)
+        return view is not None and view.echo == self.inc
 
     @property
     def base(self) -> bytes:
@@ -270,15 +270,12 @@ class SecureExchange:
         """Neighbours not yet keyed both ways: we lack their key, or their last receipt did
         not name ours or did not echo this life's id. Until all hold, contributions to or
         from them cannot flow."""
-        mine = self.secret.public.key_id
-        return [
-            p
-            for p in self.neighbours
-            if p not in self.keys
-            or p not in self.views
-            or self.views[p].key_id != mine
-            or not self.knows_us(p)
-        ]
+        return [p for p in self.neighbours if self._lacks_keys(p) or not self.knows_us(p)]
+
+    def _lacks_keys(self, peer: str) -> bool:
+        """We lack ``peer``'s key, or its last receipt does not name ours."""
+        view = self.views.get(peer)
+        return peer not in self.keys or view is None or view.key_id != self.secret.public.key_id
 
     def unacknowledged(self) -> list[str]:
         """Neighbours whose last receipt does not yet acknowledge our verdicts (``through``)."""
@@ -295,10 +292,8 @@ class SecureExchange:
         """Send our key to those of ``unkeyed`` that lack it, and a receipt (naming the key
         we hold for each, our basis, and whether we are ready) to every neighbour. A
         missing echo alone needs only the receipt: our key is ~262 KB under CKKS."""
-        mine = self.secret.public.key_id
         for p in unkeyed:
-            view = self.views.get(p)
-            if p not in self.keys or view is None or view.key_id != mine:
+            if self._lacks_keys(p):
                 await self.send_key(p, self.round)
         await self.send_receipts(self.round)
 
@@ -525,13 +520,7 @@ class SecureExchange:
         record = sign_contributors(
             self.identity, receiver, round, parts, self.neighbours_of(receiver), data, buffer.base
         )
-        body = {
-            "bitmap": record.bitmap,
-            "digest": record.sum_digest,
-            "sig": record.signature,
-            "base": record.base,
-        }
-        await self._send(receiver, round, "sum", pack({**body, "sealed": data}))
+        await self._send(receiver, round, "sum", pack(record.sum_fields(data)))
 
     def _sum(self, sender: str, round: int, payload: bytes) -> None:
         fields = {"bitmap": int, "digest": bytes, "sig": bytes, "base": bytes, "sealed": bytes}

@@ -191,7 +191,7 @@ def _item(
         if len(values) != dim:
             raise MalformedFrameError(f"a dense item has {dim} values, got {len(values)}")
         indices = None
-    elif isinstance(index, int) and not isinstance(index, bool):
+    elif _names_round(raw):
         if shared_indices is None:
             raise MalformedFrameError("a shared-index item, but our compressor draws none")
         if index < 0 or (max_round is not None and index > max_round):

@@ -160,13 +160,7 @@ class SecureSimNetwork:
             BASE,
         )
         self.cipher_seconds["aggregate"] += time.perf_counter() - began
-        body = {
-            "bitmap": record.bitmap,
-            "digest": record.sum_digest,
-            "sig": record.signature,
-            "base": record.base,
-        }
-        bytes_sent[a] += self._frame(round, "sum", {**body, "sealed": data})
+        bytes_sent[a] += self._frame(round, "sum", record.sum_fields(data))
         if not forward_ok:
             return set()
         began = time.perf_counter()

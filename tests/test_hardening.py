@@ -288,9 +288,7 @@ def _forged_sum(
         data,
         exchange.base,
     )
-    body = {"bitmap": record.bitmap, "digest": record.sum_digest, "sig": record.signature}
-    payload = pack({**body, "base": record.base, "sealed": data})
-    return seal(insider.identity, round, "sum", payload)
+    return seal(insider.identity, round, "sum", pack(record.sum_fields(data)))
 
 
 @pytest.mark.parametrize("secure", ["plain", "ckks"])
