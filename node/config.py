@@ -23,8 +23,9 @@ target = "label"                       # or builtin:breast-cancer / builtin:ncct
 [gossip]    # compressor, gamma ("auto" or a number), deadline_s, max_frame_bytes,
             # secure = "off" | "ckks" | "plain" (secure aggregation; needs block-k or rand-k)
 [privacy]   # epsilon, delta (< 1/local records), clip = 1.0; rounds (the budget is spread
-            # over these, default all), weight = "records" (needs mean_records: the
-            # consortium's mean records per site, set alike everywhere) | "equal";
+            # over these; default the first 15% of the planned rounds, at most 40),
+            # weight = "records" (needs mean_records: the consortium's mean records per
+            # site, set alike everywhere) | "equal";
             # optional noise_multiplier (else derived from ε, δ and the DP rounds),
             # accountant = "rdp" | "prv", secure_mode
 [telemetry] # mqtt = "mqtt://127.0.0.1:1883" (or mqtts://), topic = "murmur";
