@@ -24,6 +24,18 @@ W-weighted difference of public copies — a linear sum — so the stacked vecto
 through the same codec, backlog and secure aggregation as a plain model, at twice the
 values a round. The compressor keeps the same share of each half (``node.compress.stacked``)
 and γ comes from the same analysis (:mod:`node.step_size`).
+
+Where it fails, measured (benchmarks/results/convergence.md, drift rows, 5 local steps):
+it helps on Wisconsin with a ring and top-k 1% (worst site 93.0% against 89.5% for plain
+CHOCO at 200 rounds) and hurts over 2,000 rounds with block-k 10% on the exponential
+graph (worst Wisconsin site 88.6% against 96.5%; NCCTG lung 49.2% against 69.7%,
+consensus distance 6.1 at the end against 0.007; with a fixed γ, no guard back-offs,
+60.0%; with lr 0.1, 51.4%). A likely cause, not yet confirmed: d_i − d_i(prev) carries
+two independent mini-batches' noise into v every round, and x_i integrates v_i's
+deviation from the average until gossip removes it. One mini-batch for both ends of the
+difference (SARAH-style tracking) would remove that noise at twice the local compute; a
+first probe without the periodic full-gradient restarts such estimators need diverged,
+so it is not in.
 """
 
 from __future__ import annotations
