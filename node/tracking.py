@@ -30,12 +30,14 @@ it helps on Wisconsin with a ring and top-k 1% (worst site 93.0% against 89.5% f
 CHOCO at 200 rounds) and hurts over 2,000 rounds with block-k 10% on the exponential
 graph (worst Wisconsin site 88.6% against 96.5%; NCCTG lung 49.2% against 69.7%,
 consensus distance 6.1 at the end against 0.007; with a fixed γ, no guard back-offs,
-60.0%; with lr 0.1, 51.4%). A likely cause, not yet confirmed: d_i − d_i(prev) carries
-two independent mini-batches' noise into v every round, and x_i integrates v_i's
-deviation from the average until gossip removes it. One mini-batch for both ends of the
-difference (SARAH-style tracking) would remove that noise at twice the local compute; a
-first probe without the periodic full-gradient restarts such estimators need diverged,
-so it is not in.
+60.0%; with lr 0.1, 51.4%). Not mini-batch noise: with near-full-batch gradients (512
+draws a round) it is worse (consensus 19.1 on lung, 14.1 on Wisconsin). The training step
+is what matters, as gradient tracking's step-size condition (η ≲ (1 − λ)²/L with exact
+mixing) predicts when CHOCO's small γ makes the effective 1 − λ = γμ small: at lr 0.03
+Wisconsin reaches 98.3% / worst 98.2% (plain CHOCO at lr 0.3: 96.5% / 96.5%); at lr 0.01
+lung's consensus converges (0.045) but at 56.9%, and at lr 0.03 it still grows. A step
+for the tracked update derived from the mixing analysis, as γ is, is the fix to build;
+not done yet.
 """
 
 from __future__ import annotations
