@@ -36,7 +36,7 @@ class DpConfig:
     top-k, all 10%; logistic and mlp:32; 100 and 200 rounds), mean within 3 points of
     non-private: this rule 27 / 40; the planned rounds less 2 or 3 mixing times of the
     graph's analysed γ (10–40 DP rounds, so the noise has time to mix) 21 / 40 each —
-    single seeds had favoured them, but one draw of the noise moves a cell by up to 5
+    single seeds had favoured them, but one draw of the noise moves a cell by up to 14
     points; a cosine learning rate annealed over the DP rounds 7 / 40 (mlp:32 stays at the
     majority class: too little signal gets in).
 
