@@ -1,0 +1,53 @@
+"""The convergence bench's DP rows: seeds averaged, each beside its own non-private twin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks.convergence import DP_SEED_ROUNDS, DP_SEEDS, dp_summary, tasks
+
+
+def _cell(model: str, rounds: int, dp: bool, seed: int, acc: float) -> dict[str, Any]:
+    return {
+        "section": "dp",
+        "dataset": "breast-cancer",
+        "model": model,
+        "topology": "ring",
+        "compressor": "block-k:0.1",
+        "rounds": rounds,
+        "dp": dp,
+        "seed": seed,
+        "accuracy_mean": acc,
+        "accuracy_min": acc - 0.1,
+        "eps_spent": 2.9 + seed / 100,
+        "consensus_max": 1.0 + seed,
+        "consensus_end": 0.1 * (1 + seed),
+    }
+
+
+def test_dp_rows_average_seeds_against_the_twin_on_the_same_seeds() -> None:
+    cells = [
+        _cell("mlp:32", 200, True, 0, 0.90),
+        _cell("mlp:32", 200, True, 1, 0.80),
+        _cell("mlp:32", 200, False, 0, 0.95),
+        _cell("mlp:32", 200, False, 1, 0.97),
+        _cell("logistic", 200, True, 0, 0.93),  # no non-private twin: no row
+        {**_cell("mlp:32", 200, True, 0, 0.1), "section": "matrix"},  # another section
+    ]
+    (row,) = dp_summary(cells)
+    assert row["model"] == "mlp:32" and row["seeds"] == 2
+    assert row["accuracy_mean"] == pytest.approx(0.85)
+    assert row["accuracy_sd"] == pytest.approx(0.05)
+    assert row["nonprivate"] == pytest.approx(0.96)
+    assert row["gap"] == pytest.approx(0.11)
+    assert row["consensus_max"] == pytest.approx(2.0) and row["eps_spent"] == pytest.approx(2.91)
+
+
+def test_short_dp_horizons_run_every_seed_private_and_not() -> None:
+    dp = [t for t in tasks(quick=False) if t["section"] == "dp"]
+    for rounds in {t["rounds"] for t in dp}:
+        seeds = {(t["seed"], t["dp"]) for t in dp if t["rounds"] == rounds}
+        wanted = DP_SEEDS if rounds <= DP_SEED_ROUNDS else DP_SEEDS[:1]
+        assert seeds == {(s, p) for s in wanted for p in (True, False)}
