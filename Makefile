@@ -31,8 +31,8 @@ demo: $(STAMP)
 		--methods central,local,fedavg,dpsgd,murmur,murmur-gt
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check node crypto topology sim tests benchmarks
-	$(VENV)/bin/ruff format --check node crypto topology sim tests benchmarks
+	$(VENV)/bin/ruff check murmur node crypto topology sim tests benchmarks
+	$(VENV)/bin/ruff format --check murmur node crypto topology sim tests benchmarks
 	$(VENV)/bin/mypy
 
 test: $(STAMP) system-deps

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -27,8 +27,14 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from crypto.errors import KeyFileError, KeyMismatchError, MalformedCiphertextError
+from crypto.errors import (
+    KeyFileError,
+    KeyMismatchError,
+    MalformedCiphertextError,
+    UnknownCipherError,
+)
 from crypto.keyfile import read_secret, write_secret
+from murmur.registry import Registry
 
 ENVELOPE_VERSION = 1
 PLAIN_HEADER = b"murmur-plain-key v1\n"
@@ -202,18 +208,24 @@ class PlaintextCipher:
         return values.astype(np.float64)
 
 
-CIPHER_NAMES = ("ckks", "plain")
+CIPHERS: Registry[Callable[[], Cipher]] = Registry("cipher", UnknownCipherError)
+
+
+def register_cipher(name: str, factory: Callable[[], Cipher]) -> None:
+    """Make ``[gossip] secure = name`` / ``--secure name`` build a cipher with ``factory``."""
+    CIPHERS.register(name, factory)
+
+
+def _ckks() -> Cipher:
+    from crypto.ckks import CkksCipher  # only when asked for: plaintext runs skip TenSEAL
+
+    return CkksCipher()
+
+
+register_cipher("ckks", _ckks)
+register_cipher("plain", PlaintextCipher)
 
 
 def cipher_by_name(name: str) -> Cipher:
-    """The cipher a ``--secure`` / ``[gossip] secure`` value names.
-
-    CKKS is imported only when asked for, so plaintext runs never load TenSEAL.
-    """
-    if name == "plain":
-        return PlaintextCipher()
-    if name == "ckks":
-        from crypto.ckks import CkksCipher
-
-        return CkksCipher()
-    raise ValueError(f"unknown cipher {name!r}; accepted: {', '.join(CIPHER_NAMES)}")
+    """The cipher a ``--secure`` / ``[gossip] secure`` value names."""
+    return CIPHERS.get(name)()

@@ -1,14 +1,17 @@
 """Exception tree of the crypto package.
 
-CryptoError
+CryptoError (a murmur.errors.MurmurError)
 ├── MalformedCiphertextError  bytes that are not a well-formed ciphertext of our parameters
 ├── KeyMismatchError          a missing, unreadable or mismatched key
 │   └── KeyFileError          a key file that is missing, malformed or readable by others
-└── BadSignatureError         a signature that does not verify, or a peer ID we cannot use
+├── BadSignatureError         a signature that does not verify, or a peer ID we cannot use
+└── UnknownCipherError        a cipher name that is not registered
 """
 
+from murmur.errors import MurmurError
 
-class CryptoError(Exception):
+
+class CryptoError(MurmurError):
     """Base class for every error raised by the crypto package."""
 
 
@@ -26,3 +29,7 @@ class KeyFileError(KeyMismatchError):
 
 class BadSignatureError(CryptoError):
     """A signature failed to verify, or a peer ID does not carry an Ed25519 key."""
+
+
+class UnknownCipherError(CryptoError, ValueError):
+    """No cipher is registered under that name."""

@@ -1,21 +1,67 @@
 """The ``murmur`` command. Bad input ends with one line naming the problem and exit code 2.
 
-Subcommands are dispatched lazily, so ``murmur`` stays the only place that reaches into
-``sim`` (dependencies point down: sim → node → crypto/topology).
+The node's own commands (``node``, ``keygen``, ``keys``) live here. Other packages add
+theirs by name, through the ``murmur.commands`` entry-point group (``murmur sim`` comes
+from ``sim``), and data sources that must be prepared before a node starts (``builtin:``,
+the try-out datasets) through ``murmur.sources``. So ``node`` never imports ``sim``
+(dependencies point down: sim → node → crypto/topology), and a site's own package can
+add a command or a source the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from crypto.errors import CryptoError
-from node.errors import ConfigError, TransportError
+from murmur.errors import MurmurError
+from node.errors import ConfigError
+
+if TYPE_CHECKING:
+    from node.config import NodeConfig
 
 EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``murmur NAME`` subcommand: its flags and what it does (returns the exit code)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+SourcePreparer = Callable[["NodeConfig", int], "NodeConfig"]
+
+
+def register_command(command: Command) -> None:
+    """Add ``murmur <command.name>``; a second command of the same name is refused."""
+    if command.name in COMMANDS and COMMANDS[command.name] != command:
+        raise ConfigError(f"two murmur commands are called {command.name!r}")
+    COMMANDS[command.name] = command
+
+
+def _load_plugins() -> None:
+    for entry in entry_points(group="murmur.commands"):
+        command = entry.load()
+        if not isinstance(command, Command):
+            raise ConfigError(f"entry point {entry.value} is not a murmur Command")
+        register_command(command)
+
+
+def source_preparer(kind: str) -> SourcePreparer | None:
+    """The function that turns a ``kind:…`` data source into files a node reads, if any."""
+    for entry in entry_points(group="murmur.sources", name=kind):
+        prepare: SourcePreparer = entry.load()
+        return prepare
+    return None
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -26,100 +72,104 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    _load_plugins()
     parser = OneLineParser(
         prog="murmur", description="Decentralized gossip learning for hospitals."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sim = sub.add_parser(
-        "sim", help="simulate N sites and compare learning methods on one data split"
-    )
-    from sim.runner import add_arguments
-
-    add_arguments(sim)
-    keygen = sub.add_parser("keygen", help="create a site key (mode 0600) and print its peer ID")
-    keygen.add_argument("--out", type=Path, required=True, help="key file to write")
-    keygen.add_argument("--force", action="store_true", help="overwrite an existing key")
-    keys = sub.add_parser("keys", help="rotate this site's encryption key (node.key_admin)")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    rotate = keys_sub.add_parser("rotate", help="retire the encryption key and make a new one")
-    rotate.add_argument("--config", type=Path, required=True, help="site.toml")
-    unpin = keys_sub.add_parser("unpin", help="accept a neighbour's rotated encryption key")
-    unpin.add_argument("--config", type=Path, required=True, help="site.toml")
-    unpin.add_argument("--peer", required=True, help="the neighbour's peer ID")
-    node = sub.add_parser("node", help="run this site's node from its config file")
-    node.add_argument("--config", type=Path, required=True, help="site.toml")
-    node.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    for command in COMMANDS.values():
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
     return parser
 
 
-def _keygen(path: Path, force: bool) -> int:
+def _keygen_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="key file to write")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing key")
+
+
+def _keygen(args: argparse.Namespace) -> int:
     from crypto.identity import SiteIdentity, write_key
 
     identity = SiteIdentity.generate()
-    write_key(path, identity, overwrite=force)
+    write_key(args.out, identity, overwrite=args.force)
     print(identity.peer_id)
     return 0
 
 
-def _node(path: Path, check_only: bool) -> int:
+def _node_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="site.toml")
+    parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+
+
+def _node(args: argparse.Namespace) -> int:
     from crypto.identity import load_key
     from node.config import load_config
 
+    path: Path = args.config
     config = load_config(path)
-    identity = load_key(config.key)
-    if identity.peer_id not in config.members:
+    identity = load_key(config.site.key)
+    if identity.peer_id not in config.consortium.members:
         raise ConfigError(f"{path}: this site's peer ID {identity.peer_id} is not a member")
-    if check_only:
-        print(f"{path}: OK ({len(config.members)} members, peer ID {identity.peer_id})")
+    if args.check_config:
+        print(f"{path}: OK ({len(config.consortium.members)} members, peer ID {identity.peer_id})")
         return 0
-    if config.source.startswith("builtin:"):
-        from sim.builtin import materialize
-
-        config = materialize(config, config.members.index(identity.peer_id))
+    kind = config.data.source.partition(":")[0]
+    prepare = source_preparer(kind)
+    if prepare is not None:
+        config = prepare(config, config.consortium.members.index(identity.peer_id))
     from node.runtime import main as run_node
 
     return run_node(config)
 
 
-def _keys(command: str, path: Path, peer: str | None) -> int:
+def _keys_arguments(parser: argparse.ArgumentParser) -> None:
+    keys_sub = parser.add_subparsers(dest="keys_command", required=True)
+    rotate = keys_sub.add_parser("rotate", help="retire the encryption key and make a new one")
+    rotate.add_argument("--config", type=Path, required=True, help="site.toml")
+    unpin = keys_sub.add_parser("unpin", help="accept a neighbour's rotated encryption key")
+    unpin.add_argument("--config", type=Path, required=True, help="site.toml")
+    unpin.add_argument("--peer", required=True, help="the neighbour's peer ID")
+
+
+def _keys(args: argparse.Namespace) -> int:
     from node import key_admin
     from node.config import load_config
 
-    config = load_config(path)
-    if command == "rotate":
+    config = load_config(args.config)
+    if args.keys_command == "rotate":
         print(f"new encryption key {key_admin.rotate(config)}; now unpin it on each neighbour")
         return 0
-    assert peer is not None
-    if not key_admin.unpin(config, peer):
-        raise ConfigError(f"no encryption key is pinned for {peer} in {config.state_dir}")
-    print(f"unpinned {peer}; its next key will be pinned")
+    if not key_admin.unpin(config, args.peer):
+        raise ConfigError(f"no encryption key is pinned for {args.peer} in {config.site.state_dir}")
+    print(f"unpinned {args.peer}; its next key will be pinned")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.command == "sim":
-            from sim.runner import run
+for _command in (
+    Command("node", "run this site's node from its config file", _node_arguments, _node),
+    Command(
+        "keygen", "create a site key (mode 0600) and print its peer ID", _keygen_arguments, _keygen
+    ),
+    Command("keys", "rotate this site's encryption key (node.key_admin)", _keys_arguments, _keys),
+):
+    register_command(_command)
 
-            run(args)
-            return 0
-        if args.command == "keygen":
-            return _keygen(args.out, args.force)
-        if args.command == "keys":
-            return _keys(args.keys_command, args.config, getattr(args, "peer", None))
-        if args.command == "node":
-            return _node(args.config, args.check_config)
-    except (ConfigError, ValueError, CryptoError, TransportError) as exc:
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command].run(args)
+    except MurmurError as exc:
         print(f"murmur: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("murmur: interrupted", file=sys.stderr)
         return 130
-    print(f"murmur: error: unknown command {args.command!r}", file=sys.stderr)
-    return EXIT_USAGE
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m node.cli`` (how the simulators start nodes): run the imported module's
+    # main, so plugins register with the same Command class and table as everyone else.
+    from node.cli import main as imported_main
+
+    sys.exit(imported_main())

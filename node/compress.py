@@ -18,18 +18,10 @@ from typing import Protocol
 
 import torch
 
+from murmur.registry import Registry
 from node.errors import UnknownCompressorError
 from node.quantize import Quantized
 from node.sparse import Sparse
-
-COMPRESSOR_NAMES = (
-    "identity",
-    "top-k:F",
-    "rand-k:F",
-    "block-k:F[:BLOCK]",
-    "top-k:adaptive[:F]",
-    "<any>+q8",
-)
 
 
 class Compressor(Protocol):
@@ -324,36 +316,69 @@ def _fraction(text: str, spec: str) -> float:
     return value
 
 
-def parse_compressor(
-    spec: str, seed: int = 0, label_counts: Sequence[Sequence[int]] | None = None
-) -> Compressor:
-    """Build a compressor from its spec; ``label_counts`` (per node) feeds top-k:adaptive."""
+LabelCounts = Sequence[Sequence[int]] | None
+CompressorFactory = Callable[[list[str], str, int, LabelCounts], Compressor]
+"""(arguments after the name, the whole spec, the public seed, each node's label counts)."""
+COMPRESSORS: Registry[CompressorFactory] = Registry("compressor", UnknownCompressorError)
+
+
+def register_compressor(name: str, factory: CompressorFactory, form: str | None = None) -> None:
+    """Make ``name[:ARGS]`` (and ``name[:ARGS]+q8``) a compressor everywhere a spec is read."""
+    COMPRESSORS.register(name, factory, form)
+
+
+def _identity(args: list[str], spec: str, _seed: int, _labels: LabelCounts) -> Compressor:
+    if args:
+        raise UnknownCompressorError(f"bad compressor {spec!r}: identity takes no arguments")
+    return Identity()
+
+
+def _top_k(args: list[str], spec: str, _seed: int, labels: LabelCounts) -> Compressor:
+    if args and args[0] == "adaptive":
+        fraction = _fraction(args[1], spec) if len(args) > 1 else 0.1
+        if labels is None:
+            raise UnknownCompressorError("top-k:adaptive needs each node's label counts")
+        return AdaptiveTopK(fraction, AdaptiveTopK.ratios_from_labels(fraction, labels))
+    if len(args) != 1:
+        raise UnknownCompressorError(f"bad compressor {spec!r}: expected top-k:F")
+    return TopK(_fraction(args[0], spec))
+
+
+def _rand_k(args: list[str], spec: str, seed: int, _labels: LabelCounts) -> Compressor:
+    if len(args) != 1:
+        raise UnknownCompressorError(f"bad compressor {spec!r}: expected rand-k:F")
+    return RandK(_fraction(args[0], spec), seed)
+
+
+def _block_k(args: list[str], spec: str, seed: int, _labels: LabelCounts) -> Compressor:
+    if len(args) not in (1, 2):
+        raise UnknownCompressorError(f"bad compressor {spec!r}: expected block-k:F[:BLOCK]")
+    try:
+        block = int(args[1]) if len(args) == 2 else None
+    except ValueError:
+        raise UnknownCompressorError(
+            f"bad compressor {spec!r}: block size must be an integer"
+        ) from None
+    return BlockK(_fraction(args[0], spec), seed, block)
+
+
+register_compressor("identity", _identity)
+register_compressor("top-k", _top_k, "top-k:F, top-k:adaptive[:F]")
+register_compressor("rand-k", _rand_k, "rand-k:F")
+register_compressor("block-k", _block_k, "block-k:F[:BLOCK]")
+
+
+def parse_compressor(spec: str, seed: int = 0, label_counts: LabelCounts = None) -> Compressor:
+    """Build a compressor from its spec (``NAME[:ARGS][+q8]``, see :data:`COMPRESSORS`);
+    ``label_counts`` (per node) feeds top-k:adaptive."""
     base, plus, suffix = spec.partition("+")
     if plus and suffix != "q8":
         raise UnknownCompressorError(f"bad compressor {spec!r}: only '+q8' may follow a compressor")
     name, *args = base.split(":")
-    inner: Compressor
-    if name == "identity" and not args:
-        inner = Identity()
-    elif name == "top-k" and args and args[0] == "adaptive":
-        fraction = _fraction(args[1], spec) if len(args) > 1 else 0.1
-        if label_counts is None:
-            raise UnknownCompressorError("top-k:adaptive needs each node's label counts")
-        inner = AdaptiveTopK(fraction, AdaptiveTopK.ratios_from_labels(fraction, label_counts))
-    elif name == "top-k" and len(args) == 1:
-        inner = TopK(_fraction(args[0], spec))
-    elif name == "rand-k" and len(args) == 1:
-        inner = RandK(_fraction(args[0], spec), seed)
-    elif name == "block-k" and len(args) in (1, 2):
-        try:
-            block = int(args[1]) if len(args) == 2 else None
-        except ValueError:
-            raise UnknownCompressorError(
-                f"bad compressor {spec!r}: block size must be an integer"
-            ) from None
-        inner = BlockK(_fraction(args[0], spec), seed, block)
-    else:
-        raise UnknownCompressorError(
-            f"unknown compressor {spec!r}; accepted: {', '.join(COMPRESSOR_NAMES)}"
-        )
+    inner = COMPRESSORS.get(name, spec)(args, spec, seed, label_counts)
     return Quantized(inner, seed) if plus else inner
+
+
+def compressor_forms() -> str:
+    """Every accepted spec form, for help texts."""
+    return ", ".join(COMPRESSORS.forms()) + ", any of them +q8"

@@ -48,9 +48,17 @@ from node.trainer import BatchedTrainer, TrainConfig, TrainStats
 # warning is *not* silenced here: only a caller that seeds on purpose (the simulator,
 # ``reproducible=True``) hides it, and only while it builds its engines.
 QUIET = ("Optimal order is the largest alpha", "Full backward hook")
-for _message in QUIET:  # process-wide: training runs in worker threads
-    warnings.filterwarnings("ignore", message=_message, category=UserWarning)
 SECURE_RNG_WARNING = "Secure RNG turned off"
+
+
+@functools.cache
+def quiet_opacus() -> None:
+    """Silence :data:`QUIET`, once, when DP is first used (never on import).
+
+    Process-wide, because training runs in worker threads and ``catch_warnings`` is not
+    thread-safe; a process that never trains with DP keeps every warning."""
+    for message in QUIET:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
 
 
 def check_model(model: nn.Module) -> None:
@@ -85,6 +93,7 @@ class Ledger:
     was spent: a site restarted with other settings is charged for what it really did."""
 
     def __init__(self, kind: str, noise_multiplier: float, sample_rate: float, delta: float):
+        quiet_opacus()
         self.kind, self.sigma, self.q, self.delta = kind, noise_multiplier, sample_rate, delta
         self._curves: dict[tuple[float, float], np.ndarray[Any, np.dtype[np.float64]]] = {}
 
@@ -159,6 +168,7 @@ class _Row:
             TensorDataset(x, y), batch_size=train.batch_size, generator=self.sample_gen
         )
         self.sample_rate = 1.0 / len(loader)
+        quiet_opacus()
         self.noise_multiplier = dp.noise_multiplier or _noise_for(
             dp.epsilon, dp.delta, self.sample_rate, max(planned_steps, 1), dp.accountant
         )

@@ -1,6 +1,6 @@
 """Exception tree of the node package.
 
-NodeError
+NodeError (a murmur.errors.MurmurError)
 ├── ConfigError            bad user input: unknown names, values out of range
 │   ├── UnknownCompressorError
 │   └── IncompatibleModelError  a model the protocol cannot use (e.g. BatchNorm)
@@ -23,8 +23,10 @@ NodeError
 ConfigError derives from ValueError so that input validation can be caught generically.
 """
 
+from murmur.errors import MurmurError
 
-class NodeError(Exception):
+
+class NodeError(MurmurError):
     """Base class for every error raised by the node package."""
 
 

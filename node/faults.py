@@ -17,7 +17,7 @@ from node.frames import decode
 from node.transport import Received, Transport
 
 if TYPE_CHECKING:
-    from node.config import Faults
+    from node.config import FaultsSection as Faults
 
 
 class FaultyTransport(Transport):

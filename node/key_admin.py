@@ -34,16 +34,16 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def encryption_key_path(config: NodeConfig) -> Path:
-    return config.state_dir / KEY_FILE
+    return config.site.state_dir / KEY_FILE
 
 
 def rotate(config: NodeConfig) -> str:
     """Retire the site's encryption key (if any) and write a new one; its key id (hex)."""
-    if config.secure == "off":
+    if config.gossip.secure == "off":
         raise ConfigError(f"{config.path}: [gossip] secure is off; there is no encryption key")
-    cipher = cipher_by_name(config.secure)
+    cipher = cipher_by_name(config.gossip.secure)
     path = encryption_key_path(config)
-    checkpoint.private_dir(config.state_dir)
+    checkpoint.private_dir(config.site.state_dir)
     if path.exists():
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         os.replace(path, path.with_name(f"{KEY_FILE}.retired-{stamp}"))
@@ -55,7 +55,7 @@ def rotate(config: NodeConfig) -> str:
 
 def unpin(config: NodeConfig, peer: str) -> bool:
     """Forget the encryption key pinned for ``peer``; False if none was pinned."""
-    ckpt = config.state_dir / CHECKPOINT_FILE
+    ckpt = config.site.state_dir / CHECKPOINT_FILE
     saved = checkpoint.load(ckpt)
     if saved is None or saved.get("secure") is None:
         return False
@@ -70,7 +70,7 @@ def unpin(config: NodeConfig, peer: str) -> bool:
 def require_key(config: NodeConfig) -> None:
     """Refuse to start secure aggregation without the key a checkpoint was made with."""
     path = encryption_key_path(config)
-    if path.exists() or not (config.state_dir / CHECKPOINT_FILE).exists():
+    if path.exists() or not (config.site.state_dir / CHECKPOINT_FILE).exists():
         return
     raise ConfigError(
         f"encryption key {path} is missing, but this site has a checkpoint: its neighbours "

@@ -39,7 +39,12 @@ class Membership:
 
     @classmethod
     def of(cls, config: NodeConfig) -> Membership:
-        return cls(config.members, config.topology, config.edges, config.seed)
+        return cls(
+            config.consortium.members,
+            config.consortium.topology,
+            config.consortium.edges,
+            config.consortium.seed,
+        )
 
     def matrix(self) -> NDArray[np.float64]:
         """The whole Metropolis–Hastings W, which every member derives alike."""

@@ -64,7 +64,16 @@ from node.frames import DEFAULT_MAX_FRAME_BYTES, PREFIX_BYTES, check_length, len
 from node.transport import Received, Transport
 
 YAMUX_FRAME_BYTES = 256 * 1024
-yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
+
+
+def _large_yamux_frames() -> None:
+    """Send Yamux data frames of up to :data:`YAMUX_FRAME_BYTES` (see the module docstring).
+
+    py-libp2p reads its frame size from a module constant, with no per-connection knob, so
+    this is set for the process when the first transport starts, never on import: a
+    process that imports this module without running a node keeps the library's value."""
+    yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
+
 
 # Unread bytes one connection may hold in Yamux: the one frame stream an honest peer
 # uses, at its largest window, and a few fresh streams (identify, a replaced stream).
@@ -297,6 +306,7 @@ class P2PTransport(Transport):
             raise TransportClosedError("transport was closed")
         if self._thread is not None:
             return
+        _large_yamux_frames()
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[str] = self._loop.create_future()
         self._thread = threading.Thread(

@@ -62,7 +62,6 @@ from node.site_data import load_site_data
 from node.site_secrets import dp_seed
 from node.sparse import Sparse
 from node.step_size import StepGuard, guarded_compress, step_guard
-from node.telemetry import MqttTelemetry
 from node.tracking import GradientTracker
 from node.trainer import BatchedTrainer, LocalTrainer, StackedData
 from node.transport import Transport
@@ -79,6 +78,7 @@ from node.wire import (
 
 if TYPE_CHECKING:
     from node.dp import DpTrainer
+    from node.telemetry import MqttTelemetry
 
 SUSPECT_AFTER = 3
 # The most rounds one catch-up may skip (see Node._next_round).
@@ -99,49 +99,59 @@ class Node:
         self.config = config
         self.log_stream = log or sys.stdout
         self.status_stream = status or sys.stderr
-        self.identity: SiteIdentity = load_key(config.key)
+        self.identity: SiteIdentity = load_key(config.site.key)
         me = self.identity.peer_id
         membership = Membership.of(config)
         weight = membership.weights(me)
         self._check_addresses(config, weight, me)
-        self.index = config.members.index(me)
-        data = load_site_data(config.source, config.target)
+        self.index = config.consortium.members.index(me)
+        data = load_site_data(config.data.source, config.data.target)
         self.eval = (
-            load_site_data(config.eval_source, config.target) if config.eval_source else None
+            load_site_data(config.data.eval_source, config.data.target)
+            if config.data.eval_source
+            else None
         )
-        torch.manual_seed(config.seed)
-        self.model = build_model(config.model, data.x.shape[1], data.n_classes)
+        torch.manual_seed(config.consortium.seed)
+        self.model = build_model(config.train.model, data.x.shape[1], data.n_classes)
         self.layout = FlatLayout.of(self.model)
         x0 = self.layout.to_vector(self.model).detach()
         plain = BatchedTrainer(
             self.model,
             x0.unsqueeze(0).clone(),
             StackedData.from_parts([(data.x, data.y)], torch.device("cpu")),
-            config.train,
-            seed=config.seed * 7919 + self.index,
+            config.train.trainer,
+            seed=config.consortium.seed * 7919 + self.index,
         )
         self.trainer: LocalTrainer = plain
         self.dp: DpTrainer | None = None
-        if config.dp is not None:
+        if config.privacy is not None:
             from node.dp import DpTrainer  # Opacus loads only for sites that use DP
 
             # The noise and sampling seed is a secret from the OS CSPRNG (node.site_secrets),
             # never the consortium's public seed: that would let any member subtract it.
             self.dp = DpTrainer(
-                plain, [(data.x, data.y)], config.dp, config.rounds, dp_seed(config.state_dir)
+                plain,
+                [(data.x, data.y)],
+                config.privacy,
+                config.train.rounds,
+                dp_seed(config.site.state_dir),
             )
             self.trainer = self.dp
-        self.ledger = PrivacyLedger(config.state_dir) if config.dp is not None else None
+        self.ledger = PrivacyLedger(config.site.state_dir) if config.privacy is not None else None
         # murmur-gt gossips the stacked [x | v] (node.tracking): twice the model's length.
         self.tracker = (
-            GradientTracker(self.trainer.params, x0) if config.method == "murmur-gt" else None
+            GradientTracker(self.trainer.params, x0)
+            if config.gossip.method == "murmur-gt"
+            else None
         )
         self.state = (
             self.tracker.state if self.tracker else ChocoState.start(self.trainer.params, x0)
         )
         self.dim = self.state.x.shape[1]
         parts = 2 if self.tracker else 1
-        parsed = parse_compressor(config.compressor, config.seed, [data.label_counts])
+        parsed = parse_compressor(
+            config.gossip.compressor, config.consortium.seed, [data.label_counts]
+        )
         self.compressor = stacked(parsed, parts)
         self._shared_indices = shared_indices(self.compressor, self.dim)
         # γ from the public graph, the compressor and the dimension, and a guard that
@@ -150,11 +160,11 @@ class Node:
         # Each neighbour's last announced (stamp, γ), and what each link last carried.
         self.neighbour_step: dict[str, tuple[int, float]] = {}
         self._announced: dict[str, tuple[int, float]] = {}
-        if config.gamma is None:
+        if config.gossip.gamma is None:
             self.guard_step = step_guard(self.compressor, self.dim, membership.matrix(), 1)
             self.gamma = float(self.guard_step.gamma[0])
         else:
-            self.gamma = config.gamma
+            self.gamma = config.gossip.gamma
         self.links = Links(me, membership, self.state.xhat[0], weight)
         # x̂₀ (every site's, from the shared seed) and this life's incarnation id: a
         # checkpoint restores the id, a start from nothing draws a new one (node.links).
@@ -167,7 +177,7 @@ class Node:
         self._training = False
         self.claimed: dict[str, int] = {}  # rounds named by neighbours' too-far frames
         self.peer_set = set(self.links.neighbours)
-        self.guard = FrameGuard(config.members)
+        self.guard = FrameGuard(config.consortium.members)
         self.round = 0
         self.phase = "mixed"
         self.bytes_sent = 0
@@ -180,30 +190,24 @@ class Node:
         self._stop = asyncio.Event()
         self._crash: BaseException | None = None  # a supervised task's failure
         # Our update frame to each neighbour; a round waits for one at most a deadline.
-        self.sends = SendSlots(config.deadline_s, self._supervise)
+        self.sends = SendSlots(config.gossip.deadline_s, self._supervise)
         self._reload: NodeConfig | None = None
         self._reload_requested = False
-        self.ckpt_path = config.state_dir / CHECKPOINT_FILE
-        self.telemetry = (
-            MqttTelemetry(
-                config.telemetry_url,
-                me,
-                config.telemetry_prefix,
-                config.telemetry_username,
-                self._broker_password(config),
-                config.telemetry_ca_file,
-            )
-            if config.telemetry_url
-            else None
-        )
+        self.ckpt_path = config.site.state_dir / CHECKPOINT_FILE
+        self.telemetry = self._telemetry(config, me)
         inner = transport or self._libp2p()
         self.transport: Transport = (
-            FaultyTransport(inner, config.faults, config.members, config.seed * 31 + self.index)
+            FaultyTransport(
+                inner,
+                config.faults,
+                config.consortium.members,
+                config.consortium.seed * 31 + self.index,
+            )
             if config.faults.drop or config.faults.delay_ms or config.faults.partitions
             else inner
         )
         self.secure: SecureExchange | None = None
-        if config.secure != "off":
+        if config.gossip.secure != "off":
             self.secure = self._secure_exchange(membership)
             self.peer_set = self.secure.two_hop()
             self._check_addresses(config, self.peer_set, me)
@@ -214,13 +218,13 @@ class Node:
             raise ConfigError(
                 f"[gossip] secure needs block-k or rand-k, not {self.compressor.name}"
             )
-        cipher = cipher_by_name(self.config.secure)
+        cipher = cipher_by_name(self.config.gossip.secure)
         path = encryption_key_path(self.config)
         require_key(self.config)  # a lost key is never silently regenerated
         if path.exists():
             secret = cipher.load(path)
         else:
-            checkpoint.private_dir(self.config.state_dir)
+            checkpoint.private_dir(self.config.site.state_dir)
             secret = cipher.generate()
             cipher.save(secret, path)
         indices = self._shared_indices
@@ -231,15 +235,15 @@ class Node:
             cipher,
             secret,
             membership,
-            self.config.seed,
-            self.config.deadline_s,
+            self.config.consortium.seed,
+            self.config.gossip.deadline_s,
             indices,
             self.state.xhat[0],
             self._send_body,
             self.emit,
             self.incarnation,
         )
-        exchange.reachable = set(self.config.peers)
+        exchange.reachable = set(self.config.consortium.peers)
         exchange.on_reject = self._count_rejection
         exchange.arrived = self._heard_event.set
         exchange.supervise = self._supervise
@@ -250,13 +254,29 @@ class Node:
         self.rejected[exc.reason] += 1
         self._note_rejection(exc, peer)
 
+    @classmethod
+    def _telemetry(cls, config: NodeConfig, me: str) -> MqttTelemetry | None:
+        """The MQTT publisher when ``[telemetry]`` names a broker (aiomqtt loads only then)."""
+        if config.telemetry.mqtt is None:
+            return None
+        from node.telemetry import MqttTelemetry
+
+        return MqttTelemetry(
+            config.telemetry.mqtt,
+            me,
+            config.telemetry.topic,
+            config.telemetry.username,
+            cls._broker_password(config),
+            config.telemetry.ca_file,
+        )
+
     @staticmethod
     def _broker_password(config: NodeConfig) -> str | None:
         """The MQTT password, from its 0600 file (never from the config itself)."""
-        if config.telemetry_password_file is None:
+        if config.telemetry.password_file is None:
             return None
         try:
-            raw = read_secret(config.telemetry_password_file)
+            raw = read_secret(config.telemetry.password_file)
         except KeyFileError as exc:
             raise ConfigError(f"[telemetry] password_file: {exc}") from None
         return raw.decode().strip()
@@ -267,7 +287,7 @@ class Node:
 
     @staticmethod
     def _check_addresses(config: NodeConfig, peers: Iterable[str], me: str) -> None:
-        missing = [p for p in peers if p != me and p not in config.peers]
+        missing = [p for p in peers if p != me and p not in config.consortium.peers]
         if missing:
             raise ConfigError(f"no address in [consortium] peers for {missing}")
 
@@ -305,18 +325,12 @@ class Node:
             self.guard_step.rewire(membership.matrix())
             self.gamma = float(self.guard_step.gamma[0])
             self.neighbour_step = {}
-        self.config = replace(
-            self.config,
-            members=config.members,
-            topology=config.topology,
-            edges=config.edges,
-            peers=dict(config.peers),
-        )
-        self.guard.set_allowlist(config.members)
-        self.transport.set_peers({p: config.peers[p] for p in self.links.neighbours})
+        self.config = replace(self.config, consortium=config.consortium)
+        self.guard.set_allowlist(config.consortium.members)
+        self.transport.set_peers({p: config.consortium.peers[p] for p in self.links.neighbours})
         self.emit(
             "membership",
-            members=len(config.members),
+            members=len(config.consortium.members),
             neighbours=len(self.links.neighbours),
             added=list(change.added),
             removed=list(change.removed),
@@ -328,9 +342,9 @@ class Node:
 
         return P2PTransport(
             self.identity,
-            self.config.listen,
-            self.config.max_frame_bytes,
-            timeout_s=max(2.0, self.config.deadline_s),
+            self.config.site.listen,
+            self.config.gossip.max_frame_bytes,
+            timeout_s=max(2.0, self.config.gossip.deadline_s),
         )
 
     # -- logging ----------------------------------------------------------------------------
@@ -412,7 +426,9 @@ class Node:
     async def _receive_loop(self) -> None:
         async for received in self.transport.incoming():
             try:
-                frame = self.guard.admit(received.body, received.peer, self.config.max_frame_bytes)
+                frame = self.guard.admit(
+                    received.body, received.peer, self.config.gossip.max_frame_bytes
+                )
             except FutureFrameError as exc:
                 # Signed by a member on its own connection, so a claim of where it is; the
                 # contents are dropped (the backlog resends them once we are in range).
@@ -491,7 +507,7 @@ class Node:
         """Runs in a worker thread: local training, then CHOCO step 1 (q, and x̂ += q).
         It writes x and x̂ only; s, which the event loop adds neighbours' items into, is
         touched only on the event loop (:meth:`_push`)."""
-        self.trainer.set_progress(t / self.config.rounds)
+        self.trainer.set_progress(t / self.config.train.rounds)
         before = self._dp_history()
         stats = self.tracker.train(self.trainer) if self.tracker else self.trainer.train()
         after = self._dp_history()
@@ -560,7 +576,7 @@ class Node:
         """Send each neighbour this round's frame: new backlog items (the whole backlog
         when its oldest item went unacknowledged, :mod:`node.backlog`) and our ack.
         ``clock`` is the round the backlog's resend rule counts from (default ``t``)."""
-        budget = self.config.max_frame_bytes // 2
+        budget = self.config.gossip.max_frame_bytes // 2
 
         async def one(peer: str) -> bool:
             link = self.links.out[peer]
@@ -607,7 +623,7 @@ class Node:
         a silent neighbour."""
         loop = asyncio.get_running_loop()
         began = loop.time()
-        end = began + SUSPECT_AFTER * self.config.deadline_s
+        end = began + SUSPECT_AFTER * self.config.gossip.deadline_s
         secure.round = self.round
         sent_at, sent_ready = -1.0, False
         while not self._stop.is_set() and loop.time() < end:
@@ -707,7 +723,7 @@ class Node:
         if self.secure is None:
             return {p for p in self.links.neighbours if self.links.silent[p] >= SUSPECT_AFTER}
         now = asyncio.get_running_loop().time()
-        limit = SUSPECT_AFTER * self.config.deadline_s
+        limit = SUSPECT_AFTER * self.config.gossip.deadline_s
         return {p for p in self.links.neighbours if now - self.last_frame.get(p, now) > limit}
 
     def _out_of_range(self, peer: str, t: int) -> bool:
@@ -748,7 +764,7 @@ class Node:
     async def _wait_for_round(self, t: int) -> list[str]:
         """Wait for this round's part from every neighbour not suspected to be down."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.deadline_s
+        deadline = loop.time() + self.config.gossip.deadline_s
         while True:
             waiting = self._waiting_for(t)
             remaining = deadline - loop.time()
@@ -774,7 +790,7 @@ class Node:
     async def run(self) -> dict[str, Any]:
         """Run to ``rounds`` (resuming from the checkpoint), then linger to serve the
         neighbours' last frames; SIGTERM/SIGINT stop cleanly after a checkpoint."""
-        checkpoint.private_dir(self.config.state_dir)
+        checkpoint.private_dir(self.config.site.state_dir)
         resumed = self.restore()
         self._reconcile_ledger(resumed)
         loop = asyncio.get_running_loop()
@@ -787,7 +803,7 @@ class Node:
         if self.telemetry is not None:
             self.telemetry.start()
         await self.transport.start()
-        self.transport.set_peers({p: self.config.peers[p] for p in self.peer_set})
+        self.transport.set_peers({p: self.config.consortium.peers[p] for p in self.peer_set})
         self.emit(
             "start",
             peer_id=self.identity.peer_id,
@@ -801,7 +817,7 @@ class Node:
         try:
             if self.secure is not None:
                 await self._join(self.secure)
-            while self.round < self.config.rounds and not self._stop.is_set():
+            while self.round < self.config.train.rounds and not self._stop.is_set():
                 await self._round()
             await self._linger()
         finally:
@@ -870,7 +886,7 @@ class Node:
         self.phase = "mixed"
         self.guard.advance(self.round)
         self.save()
-        due = (t + 1) % self.config.eval_every == 0 or self.round >= self.config.rounds
+        due = (t + 1) % self.config.train.eval_every == 0 or self.round >= self.config.train.rounds
         if self.dp is not None and self.dp.spent[0] and not self._budget_reported:
             self._budget_reported = True
             self.emit("dp_budget_spent", round=t + 1, eps_spent=self.eps_spent)
@@ -929,7 +945,7 @@ class Node:
         """One human-readable line per round for whoever watches the site's terminal."""
         loss_text = "  -   " if loss is None else f"{loss:.4f}"
         line = (
-            f"murmur {self.identity.peer_id[-8:]}  round {t}/{self.config.rounds}  "
+            f"murmur {self.identity.peer_id[-8:]}  round {t}/{self.config.train.rounds}  "
             f"loss {loss_text}  peers {peers}/{len(self.links.neighbours)}  "
             f"sent {self.bytes_sent / 1e6:.2f} MB  {self._eps_text()}"
         )
@@ -944,15 +960,15 @@ class Node:
         return 0.0 if self.dp is None else self.dp.epsilon()
 
     def _eps_text(self) -> str:
-        if self.config.dp is None:
+        if self.config.privacy is None:
             return "eps off"
         spent = "  budget spent" if self.dp is not None and self.dp.spent[0] else ""
-        return f"eps {self.eps_spent:.2f}/{self.config.dp.epsilon:g}{spent}"
+        return f"eps {self.eps_spent:.2f}/{self.config.privacy.epsilon:g}{spent}"
 
     async def _linger(self) -> None:
         """Keep answering for a while so neighbours still finishing get our last frames."""
-        end = asyncio.get_running_loop().time() + 2 * self.config.deadline_s
-        last = self.config.rounds - 1
+        end = asyncio.get_running_loop().time() + 2 * self.config.gossip.deadline_s
+        last = self.config.train.rounds - 1
         clock = last
         while asyncio.get_running_loop().time() < end and not self._stop.is_set():
             clock += 1

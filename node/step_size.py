@@ -75,6 +75,7 @@ from node.compress import (
     TopK,
     keep_count,
 )
+from node.errors import ConfigError
 from node.gossip import ChocoState, compress_step
 from node.quantize import LEVELS, Quantized
 from node.sparse import Sparse
@@ -103,7 +104,7 @@ def contraction(compressor: Compressor, dim: int) -> list[float]:
     elif isinstance(inner, TopK):
         deltas = [keep_count(inner.fraction, dim) / dim]
     else:
-        raise TypeError(f"no contraction known for compressor {compressor.name!r}: pass --gamma")
+        raise ConfigError(f"no contraction known for compressor {compressor.name!r}: pass --gamma")
     if isinstance(compressor, Quantized):  # k = δ·total values share one row's quantum
         deltas = [d * (1.0 - min(1.0, d * total / (4.0 * LEVELS**2))) for d in deltas]
     return deltas

@@ -8,17 +8,25 @@ as in the in-process simulator.
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from crypto.identity import SiteIdentity, write_key
+from node.config import (
+    DEFAULT_COMPRESSOR,
+    ConsortiumSection,
+    DataSection,
+    FaultsSection,
+    GossipSection,
+    NodeConfig,
+    SiteSection,
+    TrainSection,
+)
 from node.privacy import DpConfig, for_sites
 from node.trainer import TrainConfig
 from sim.prep import FederatedData
@@ -27,12 +35,12 @@ from sim.prep import FederatedData
 @dataclass(frozen=True)
 class ConsortiumSpec:
     topology: str = "ring"
-    model: str = "mlp:32"
+    model: str = TrainSection.model
     rounds: int = 50
     seed: int = 0
-    compressor: str = "top-k:0.1"
+    compressor: str = DEFAULT_COMPRESSOR
     gamma: float | None = None
-    deadline_s: float = 5.0
+    deadline_s: float = GossipSection.deadline_s
     train: TrainConfig = field(default_factory=TrainConfig)
     drop: float = 0.0
     delay_ms: float = 0.0
@@ -56,18 +64,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
-    return repr(value)
 
 
 def save_shard(path: Path, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> None:
@@ -98,71 +94,36 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
         x, y = data.train[i]
         save_shard(node_dir / "data.npz", x, y, data.n_classes)
         me = members[i]
-        sections: dict[str, dict[str, object]] = {
-            "site": {"key": "site.key", "listen": addresses[me], "state_dir": "state"},
-            "consortium": {
-                "seed": spec.seed,
-                "members": members,
-                "topology": spec.topology,
-                "peers": {m: a for m, a in addresses.items() if m != me},
-            },
-            "data": {"source": f"npz:{node_dir / 'data.npz'}", "eval": f"npz:{out / 'eval.npz'}"},
-            "train": {
-                "model": spec.model,
-                "rounds": spec.rounds,
-                "optimizer": spec.train.optimizer,
-                "lr": spec.train.lr,
-                "batch_size": spec.train.batch_size,
-                "local_steps": spec.train.local_steps,
-                "lr_schedule": spec.train.lr_schedule,
-                "momentum": spec.train.momentum,
-                "nesterov": spec.train.nesterov,
-                "prox_mu": spec.train.prox_mu,
-                **(
-                    {}
-                    if spec.train.time_budget_s is None
-                    else {"time_budget_s": spec.train.time_budget_s}
-                ),
-                "eval_every": spec.eval_every,
-            },
-            "gossip": {
-                "compressor": spec.compressor,
-                "method": spec.method,
-                "gamma": "auto" if spec.gamma is None else spec.gamma,
-                "deadline_s": spec.deadline_s,
-                "secure": spec.secure,
-            },
-            **({} if dp is None else {"privacy": _privacy_table(dp)}),
-            "faults": {
-                "drop": spec.drop,
-                "delay_ms": spec.delay_ms,
-                "slow": spec.slow.get(i, 1.0),
-                "partition": list(spec.partitions),
-            },
-        }
-        text = "\n".join(
-            f"[{name}]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in table.items()) + "\n"
-            for name, table in sections.items()
+        config = NodeConfig(
+            site=SiteSection(key=Path("site.key"), listen=addresses[me]),
+            consortium=ConsortiumSection(
+                seed=spec.seed,
+                members=tuple(members),
+                topology=spec.topology,
+                peers={m: a for m, a in addresses.items() if m != me},
+            ),
+            data=DataSection(
+                source=f"npz:{node_dir / 'data.npz'}", eval_source=f"npz:{out / 'eval.npz'}"
+            ),
+            train=TrainSection(
+                model=spec.model, rounds=spec.rounds, eval_every=spec.eval_every, trainer=spec.train
+            ),
+            gossip=GossipSection(
+                compressor=spec.compressor,
+                method=spec.method,
+                gamma=spec.gamma,
+                deadline_s=spec.deadline_s,
+                secure=spec.secure,
+            ),
+            privacy=dp,
+            faults=FaultsSection(
+                drop=spec.drop,
+                delay_ms=spec.delay_ms,
+                slow=spec.slow.get(i, 1.0),
+                partition=spec.partitions,
+            ),
         )
         path = node_dir / "site.toml"
-        path.write_text(text)
+        path.write_text(config.to_toml())
         paths.append(path)
     return paths
-
-
-def _privacy_table(dp: DpConfig) -> dict[str, Any]:
-    table: dict[str, Any] = {
-        "epsilon": dp.epsilon,
-        "delta": dp.delta,
-        "clip": dp.clip,
-        "accountant": dp.accountant,
-        "secure_mode": dp.secure_mode,
-        "weight": dp.weight,
-    }
-    if dp.noise_multiplier is not None:
-        table["noise_multiplier"] = dp.noise_multiplier
-    if dp.rounds is not None:
-        table["rounds"] = dp.rounds
-    if dp.mean_records is not None:
-        table["mean_records"] = dp.mean_records
-    return table

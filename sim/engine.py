@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from crypto.cipher import cipher_by_name
+from murmur.registry import Registry
 from node.compress import Compressor, Identity, SharedIndexCompressor, stacked
 from node.errors import ConfigError
 from node.flat import FlatLayout
@@ -33,8 +34,6 @@ from sim.prep import FederatedData
 from sim.references import majority, pooled_logreg, train_central
 from sim.secure_network import SecureSimNetwork
 from topology import MatchingSchedule, StaticTopology
-
-METHOD_NAMES = ("central", "local", "fedavg", "dpsgd", "murmur", "murmur-gt")
 
 
 @dataclass(frozen=True)
@@ -161,18 +160,8 @@ class Simulation:
     def run(
         self, method: str, compressor: Compressor | None = None, tick: Tick | None = None
     ) -> MethodResult:
-        if method == "central":
-            return self._run_central(tick)
-        if method in ("local", "fedavg"):
-            return self._run_independent(method, tick)
-        if method == "dpsgd":
-            return self._run_gossip(method, Identity(), 1.0, tick)
-        if method in ("murmur", "murmur-gt"):
-            if compressor is None:
-                raise ConfigError(f"method {method!r} needs a compressor")
-            tracking = method == "murmur-gt"
-            return self._run_gossip(method, stacked(compressor, 2 if tracking else 1), None, tick)
-        raise ConfigError(f"unknown method {method!r}; accepted: {', '.join(METHOD_NAMES)}")
+        """One method (see :data:`METHODS`) from the same initial model and data."""
+        return METHODS.get(method)(self, method, compressor, tick)
 
     def _run_central(self, tick: Tick | None) -> MethodResult:
         """The pooled model: trained to convergence with early stopping (sim.references);
@@ -409,3 +398,49 @@ def _stability(result: MethodResult, trace: list[float]) -> dict[str, float]:
 
 def _nobody(values: torch.Tensor) -> torch.Tensor:
     return torch.full_like(values, math.inf)
+
+
+MaybeCompressor = Compressor | None
+MethodRunner = Callable[[Simulation, str, MaybeCompressor, Tick | None], MethodResult]
+"""(the simulation, the method's name, the run's compressor, a per-round tick)."""
+METHODS: Registry[MethodRunner] = Registry("method", ConfigError)
+
+
+def register_method(name: str, runner: MethodRunner) -> None:
+    """Make ``--methods …,name`` run ``runner`` beside the built-in methods."""
+    METHODS.register(name, runner)
+
+
+def _central(sim: Simulation, _name: str, _c: MaybeCompressor, tick: Tick | None) -> MethodResult:
+    return sim._run_central(tick)
+
+
+def _independent(
+    sim: Simulation, name: str, _c: Compressor | None, tick: Tick | None
+) -> MethodResult:
+    return sim._run_independent(name, tick)
+
+
+def _dpsgd(sim: Simulation, name: str, _c: MaybeCompressor, tick: Tick | None) -> MethodResult:
+    return sim._run_gossip(name, Identity(), 1.0, tick)
+
+
+def _choco(
+    sim: Simulation, name: str, compressor: Compressor | None, tick: Tick | None
+) -> MethodResult:
+    if compressor is None:
+        raise ConfigError(f"method {name!r} needs a compressor")
+    tracking = name == "murmur-gt"
+    return sim._run_gossip(name, stacked(compressor, 2 if tracking else 1), None, tick)
+
+
+for _name, _runner in (
+    ("central", _central),
+    ("local", _independent),
+    ("fedavg", _independent),
+    ("dpsgd", _dpsgd),
+    ("murmur", _choco),
+    ("murmur-gt", _choco),
+):
+    register_method(_name, _runner)
+METHOD_NAMES = METHODS.names()

@@ -1,12 +1,14 @@
 """Exception tree of the simulator package.
 
-SimError
+SimError (a murmur.errors.MurmurError)
 └── DataError   a dataset, CSV column, partition or site column that cannot be used
 Both derive from ValueError: they are bad user input, reported in one line with exit 2.
 """
 
+from murmur.errors import MurmurError
 
-class SimError(ValueError):
+
+class SimError(MurmurError, ValueError):
     """Base class for every error raised by the simulator package."""
 
 

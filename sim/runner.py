@@ -19,22 +19,26 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from node.compress import parse_compressor
-from node.config import SECURE_MODES, parse_partition
+from node.cli import Command
+from node.compress import compressor_forms, parse_compressor
+from node.config import DEFAULT_COMPRESSOR, SECURE_MODES, SPLITS, TrainSection, parse_partition
 from node.device import pick_device
 from node.errors import ConfigError
+from node.models import MODELS
 from node.privacy import DpConfig, parse_dp
 from node.step_size import step_guard
-from node.trainer import TrainConfig
+from node.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
 from sim import partition
+from sim.consortium import ConsortiumSpec
 from sim.data import load_dataset
-from sim.engine import METHOD_NAMES, MethodResult, RunSpec, Simulation
+from sim.engine import METHOD_NAMES, METHODS, MethodResult, RunSpec, Simulation
 from sim.faults import FaultConfig, parse_crash, parse_slow
 from sim.prep import FederatedData, prepare
 from sim.report import plot, print_table, with_targets, write_summary
-from topology import build_topology, spectral_gap
+from topology import TOPOLOGY_NAMES, build_topology, spectral_gap
 
-PARTITIONS = ("auto", "iid", "dirichlet", "natural")
+PARTITIONS = SPLITS
+TRAIN = TrainConfig()  # the flags' defaults are the node's: one source
 
 
 def gamma_arg(text: str) -> float | None:
@@ -63,13 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--topology",
         default="ring",
-        help="ring, torus, complete, star, regular:D, erdos-renyi:P, "
-        "watts-strogatz:K:P, exponential, file:PATH, matching[:BASE]",
+        help=", ".join(TOPOLOGY_NAMES),
     )
     add(
         "--compressor",
-        default="top-k:0.01",
-        help="identity, top-k:F, rand-k:F, block-k:F[:B], top-k:adaptive[:F], any of them +q8",
+        default=DEFAULT_COMPRESSOR,
+        help=compressor_forms(),
     )
     add("--rounds", type=int, default=200)
     add("--dataset", default="breast-cancer", help="breast-cancer, ncctg-lung, csv:PATH")
@@ -87,15 +90,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="central,local,fedavg,dpsgd,murmur",
         help=f"comma list of {', '.join(METHOD_NAMES)}",
     )
-    add("--model", default="mlp:32", help="logistic or mlp:H1,H2,...")
-    add("--optimizer", default="sgd", choices=["sgd", "adam"])
-    add("--lr", type=float, default=0.3)
-    add("--lr-schedule", default="cosine", choices=["cosine", "constant"])
-    add("--momentum", type=float, default=0.0)
-    add("--nesterov", action="store_true")
-    add("--prox-mu", type=float, default=0.0, help="FedProx μ (0: off)")
-    add("--local-steps", type=int, default=1)
-    add("--batch-size", type=int, default=16)
+    add("--model", default=TrainSection.model, help=", ".join(MODELS.forms()))
+    add("--optimizer", default=TRAIN.optimizer, choices=OPTIMIZERS)
+    add("--lr", type=float, default=TRAIN.lr)
+    add("--lr-schedule", default=TRAIN.lr_schedule, choices=SCHEDULES)
+    add("--momentum", type=float, default=TRAIN.momentum)
+    add("--nesterov", action="store_true", default=TRAIN.nesterov)
+    add("--weight-decay", type=float, default=TRAIN.weight_decay, help="L2 weight decay")
+    add("--prox-mu", type=float, default=TRAIN.prox_mu, help="FedProx μ (0: off)")
+    add("--local-steps", type=int, default=TRAIN.local_steps)
+    add("--batch-size", type=int, default=TRAIN.batch_size)
     add(
         "--time-budget",
         type=float,
@@ -153,6 +157,22 @@ def _dp_arg(text: str) -> DpConfig | None:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The local training the flags ask for (every TrainConfig field has a flag)."""
+    return TrainConfig(
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        weight_decay=args.weight_decay,
+        prox_mu=args.prox_mu,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        time_budget_s=args.time_budget,
+        lr_schedule=args.lr_schedule,
+    )
+
+
 def build_data(args: argparse.Namespace) -> FederatedData:
     table = load_dataset(args.dataset, args.target, args.site_column)
     rng = np.random.default_rng(args.seed)
@@ -180,7 +200,7 @@ def build_data(args: argparse.Namespace) -> FederatedData:
 def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, Any]:
     console = console or Console(width=max(110, Console().width))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHOD_NAMES]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(
             f"unknown method(s) {', '.join(unknown) or '(none)'}; "
@@ -195,17 +215,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         slow=dict(parse_slow(s) for s in args.slow),
         crashes=tuple(parse_crash(k) for k in args.kill),
     )
-    train = TrainConfig(
-        optimizer=args.optimizer,
-        lr=args.lr,
-        momentum=args.momentum,
-        nesterov=args.nesterov,
-        prox_mu=args.prox_mu,
-        local_steps=args.local_steps,
-        batch_size=args.batch_size,
-        time_budget_s=args.time_budget,
-        lr_schedule=args.lr_schedule,
-    )
+    train = train_config(args)
     data = build_data(args)
     n = len(data.train)
     topology = build_topology(args.topology, n, args.seed)
@@ -293,13 +303,26 @@ def _run_networked(
     task: TaskID,
 ) -> MethodResult:
     """One gossip method as N real node processes (dpsgd: identity compressor, γ = 1)."""
-    from sim.consortium import ConsortiumSpec
     from sim.process import run_processes
 
-    if args.partition:
-        for text in args.partition:
-            parse_partition(text)
-    spec = ConsortiumSpec(
+    spec = consortium_spec(args, train, method, faults)
+
+    def tick(round_: int) -> None:
+        progress.update(task, completed=round_)
+
+    result = run_processes(args.out / method, data, spec, list(faults.crashes), tick=tick)
+    result.method = method
+    return result
+
+
+def consortium_spec(
+    args: argparse.Namespace, train: TrainConfig, method: str, faults: FaultConfig
+) -> ConsortiumSpec:
+    """What the process backend's nodes are configured with: the same flags as in-process
+    (dpsgd: identity compressor, γ = 1)."""
+    for text in args.partition:
+        parse_partition(text)
+    return ConsortiumSpec(
         topology=args.topology,
         model=args.model,
         rounds=args.rounds,
@@ -318,9 +341,15 @@ def _run_networked(
         method="murmur-gt" if method == "murmur-gt" else "murmur",
     )
 
-    def tick(round_: int) -> None:
-        progress.update(task, completed=round_)
 
-    result = run_processes(args.out / method, data, spec, list(faults.crashes), tick=tick)
-    result.method = method
-    return result
+def _run_command(args: argparse.Namespace) -> int:
+    run(args)
+    return 0
+
+
+COMMAND = Command(
+    "sim",
+    "simulate N sites and compare learning methods on one data split",
+    add_arguments,
+    _run_command,
+)

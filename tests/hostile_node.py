@@ -64,14 +64,14 @@ def main() -> int:
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args()
     config = load_config(args.config)
-    identity = load_key(config.key)
+    identity = load_key(config.site.key)
     torch.set_num_threads(1)
     transport = HostileTransport(
         identity,
         0,
-        listen=config.listen,
-        max_frame_bytes=config.max_frame_bytes,
-        timeout_s=max(2.0, config.deadline_s),
+        listen=config.site.listen,
+        max_frame_bytes=config.gossip.max_frame_bytes,
+        timeout_s=max(2.0, config.gossip.deadline_s),
     )
     node = Node(config, transport=transport)
     transport.dim = node.dim

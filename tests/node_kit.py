@@ -33,7 +33,7 @@ def memory_nodes(
     nodes = []
     for path in paths:
         config = load_config(path)
-        link = transport(network, load_key(config.key), config.listen)
+        link = transport(network, load_key(config.site.key), config.site.listen)
         nodes.append(Node(config, link, log=io.StringIO(), status=io.StringIO()))
     return nodes
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
+import shlex
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from crypto.identity import SiteIdentity
-from node.config import load_config
+from node.config import SECTIONS, GossipSection, TrainSection, load_config
 from node.errors import ConfigError
 from node.membership import Membership
+from node.trainer import TrainConfig
+from sim.consortium import write_consortium
+from sim.faults import FaultConfig
+from sim.prep import FederatedData
+from sim.runner import TRAIN, add_arguments, consortium_spec, train_config
+from tests.node_kit import subset
 
 IDS = [SiteIdentity.generate().peer_id for _ in range(4)]
 
@@ -53,7 +62,7 @@ def test_explicit_edges_give_metropolis_weights(tmp_path: Path) -> None:
     [
         ('[["{a}", "{b}"], ["{c}", "{d}"]]', "2 parts"),
         ('[["{a}", "12D3KooWnotamember"]]', "not in members"),
-        ('[["{a}"]]', "is not a [peer, peer] pair"),
+        ('[["{a}"]]', "is not a [string, string] pair"),
     ],
 )
 def test_bad_edges_are_explained(tmp_path: Path, edges: str, problem: str) -> None:
@@ -75,9 +84,85 @@ def test_privacy_needs_the_consortium_mean_for_records_weighting(tmp_path: Path)
     with pytest.raises(ConfigError, match=r"needs mean_records.*or set weight = \"equal\""):
         load_config(_write(tmp_path, "", privacy))
     config = load_config(_write(tmp_path, "", privacy + "mean_records = 28.5\n"))
-    assert config.dp is not None
-    assert (config.dp.rounds, config.dp.weight, config.dp.mean_records) == (30, "records", 28.5)
+    assert config.privacy is not None
+    assert (config.privacy.rounds, config.privacy.weight, config.privacy.mean_records) == (
+        30,
+        "records",
+        28.5,
+    )
     config = load_config(_write(tmp_path, "", privacy + 'weight = "equal"\n'))
-    assert config.dp is not None and config.dp.mean_records is None
+    assert config.privacy is not None and config.privacy.mean_records is None
     with pytest.raises(ConfigError, match=r"\[privacy\] dp rounds must be at least 1"):
         load_config(_write(tmp_path, "", privacy.replace("30", "0") + 'weight = "equal"\n'))
+
+
+def test_an_unknown_key_or_section_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    path = _write(tmp_path, "", "[train]\nlearning_rate = 0.1\nbatchsize = 8\n[gosip]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "[train] unknown key 'batchsize' (did you mean 'batch_size'?)" in message
+    assert "[train] unknown key 'learning_rate'" in message
+    assert "unknown section [gosip] (did you mean 'gossip'?)" in message
+
+
+def test_a_config_round_trips_through_to_toml(tmp_path: Path) -> None:
+    """Every section with non-default values: load(to_toml(load(f))) == load(f)."""
+    b = IDS[1]
+    path = _write(
+        tmp_path,
+        'seed = 7\ntopology = "complete"',
+        '[train]\nmodel = "logistic"\nrounds = 12\neval_every = 3\noptimizer = "sgd"\n'
+        "lr = 0.05\nmomentum = 0.9\nnesterov = true\nweight_decay = 0.001\nprox_mu = 0.01\n"
+        'local_steps = 2\nbatch_size = 8\ntime_budget_s = 1.5\nlr_schedule = "constant"\n'
+        '[gossip]\ncompressor = "rand-k:0.1"\nmethod = "murmur-gt"\ngamma = 0.25\n'
+        'deadline_s = 2.5\nmax_frame_bytes = 65536\nsecure = "plain"\n'
+        '[privacy]\nepsilon = 3\ndelta = 1e-5\nrounds = 30\nweight = "equal"\nclip = 0.5\n'
+        '[telemetry]\nmqtt = "mqtt://127.0.0.1:1884"\ntopic = "site-a"\nusername = "a"\n'
+        'password_file = "broker.pw"\n'
+        '[faults]\ndrop = 0.1\ndelay_ms = 4.0\nslow = 2.0\npartition = ["0,1|2,3@2:5"]\n',
+    )
+    peers = f'peers = {{ "{b}" = "/ip4/10.0.0.2/tcp/4001" }}'
+    path.write_text(path.read_text().replace("peers = {}", peers))
+    config = load_config(path)
+    assert config.train.trainer.weight_decay == 0.001 and config.gossip.gamma == 0.25
+    again = tmp_path / "again" / "site.toml"
+    again.parent.mkdir()
+    again.write_text(config.to_toml(comments=True))
+    reloaded = load_config(again)
+    assert {f: getattr(reloaded, f) for f in SECTIONS} == {f: getattr(config, f) for f in SECTIONS}
+    assert reloaded.faults.partitions == config.faults.partitions != ()
+
+
+def test_every_sim_training_flag_reaches_the_process_backends_nodes(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """`murmur sim --backend process` writes each node a site.toml; every training and
+    gossip setting on the command line must arrive there, not silently fall back."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        shlex.split(
+            "--optimizer sgd --lr 0.07 --lr-schedule constant --momentum 0.5 --nesterov "
+            "--weight-decay 0.002 --prox-mu 0.01 --local-steps 3 --batch-size 8 --time-budget "
+            "2.5 --model logistic --rounds 7 --eval-every 2 --seed 3 --compressor block-k:0.1 "
+            "--gamma 0.3 --deadline 1500 --secure plain --drop 0.05 --delay 3 --dp "
+            "epsilon=3,delta=1e-5,rounds=5,weight=equal"
+        )
+    )
+    train = train_config(args)
+    changed = {
+        f.name for f in fields(TrainConfig) if getattr(train, f.name) != getattr(TRAIN, f.name)
+    }
+    # A new TrainConfig field without a flag fails here (nesterov needs the default sgd).
+    assert changed == {f.name for f in fields(TrainConfig)} - {"optimizer"}
+    assert train_config(parser.parse_args(["--optimizer", "adam"])).optimizer == "adam"
+    spec = consortium_spec(args, train, "murmur-gt", FaultConfig(slow={1: 2.0}))
+    node = load_config(write_consortium(tmp_path, subset(wisconsin16, 3), spec)[1])
+    assert node.train == TrainSection(model="logistic", rounds=7, eval_every=2, trainer=train)
+    assert node.gossip == GossipSection(
+        compressor="block-k:0.1", method="murmur-gt", gamma=0.3, deadline_s=1.5, secure="plain"
+    )
+    assert node.consortium.seed == 3 and node.privacy is not None
+    assert (node.privacy.epsilon, node.privacy.rounds, node.privacy.weight) == (3.0, 5, "equal")
+    assert (node.faults.drop, node.faults.delay_ms, node.faults.slow) == (0.05, 3.0, 2.0)

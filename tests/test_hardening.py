@@ -70,10 +70,10 @@ def test_dp_noise_seed_is_a_csprng_secret_not_the_config_seed(
     for node in nodes:
         assert node.dp is not None
         row = node.dp.rows[0]
-        public = node.config.seed * 7919 + node.index
+        public = node.config.consortium.seed * 7919 + node.index
         assert row.noise_gen.initial_seed() not in (public, public + 1)
         assert row.sample_gen.initial_seed() not in (public, public + 1)
-        seed_file = node.config.state_dir / SEED_FILE
+        seed_file = node.config.site.state_dir / SEED_FILE
         assert _mode(seed_file) == 0o600
         assert str(row.sample_gen.initial_seed()) not in paths[node.index].read_text()
     seeds = {n.dp.rows[0].noise_gen.initial_seed() for n in nodes if n.dp}
@@ -129,7 +129,7 @@ def test_checkpoints_and_state_dir_are_private(wisconsin16: FederatedData, tmp_p
     nodes = memory_nodes(paths)
     run_nodes(nodes)
     for node in nodes:
-        state = node.config.state_dir
+        state = node.config.site.state_dir
         assert _mode(state) == 0o700
         assert _mode(node.ckpt_path) == 0o600
         assert not any(_mode(p) & 0o077 for p in state.iterdir())
@@ -150,7 +150,7 @@ def test_a_stale_world_readable_checkpoint_tmp_file_does_not_leak(tmp_path: Path
 def _rogue(network: MemoryNetwork, insider: Node, victim: Node) -> MemoryTransport:
     """A second connection holding ``insider``'s site key (a member, or its stolen key)."""
     rogue = MemoryTransport(network, insider.identity, f"/memory/rogue-{insider.index}")
-    rogue.set_peers({victim.identity.peer_id: victim.config.listen})
+    rogue.set_peers({victim.identity.peer_id: victim.config.site.listen})
     return rogue
 
 
@@ -487,7 +487,7 @@ def test_refused_connections_are_counted_in_round_and_finish_events(
         for _ in range(20):
             outsider = MemoryTransport(network, SiteIdentity.generate())
             await outsider.start()
-            outsider.set_peers({victim.identity.peer_id: victim.config.listen})
+            outsider.set_peers({victim.identity.peer_id: victim.config.site.listen})
             with pytest.raises(PeerUnreachableError):
                 await outsider.send(victim.identity.peer_id, b"hello")
 

@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +39,10 @@ def _nodes(
     for path in paths:
         config = load_config(path)
         if rounds is not None:
-            config = replace(config, rounds=rounds)
+            config = config.edit(train={"rounds": rounds})
         if edit is not None:
             config = edit(config)
-        transport = MemoryTransport(network, load_key(config.key), config.listen)
+        transport = MemoryTransport(network, load_key(config.site.key), config.site.listen)
         nodes.append(Node(config, transport, log=io.StringIO()))
     return nodes
 
@@ -113,13 +112,13 @@ def test_bad_frames_are_counted_and_the_node_goes_on(
     network = MemoryNetwork()
     nodes = _nodes(paths, network)
     victim = nodes[0]
-    attacker_key = load_key(load_config(paths[1]).key)
+    attacker_key = load_key(load_config(paths[1]).site.key)
 
     async def attack() -> None:
         await asyncio.sleep(0.05)
         rogue = MemoryTransport(network, attacker_key, "/memory/rogue")
         await rogue.start()
-        rogue.set_peers({victim.identity.peer_id: victim.config.listen})
+        rogue.set_peers({victim.identity.peer_id: victim.config.site.listen})
         await rogue.send(victim.identity.peer_id, b"\x00garbage")  # malformed
         await rogue.send(victim.identity.peer_id, seal(attacker_key, 0, "update", b"\x93"))
         body = seal(attacker_key, 0, "update", b"x")
@@ -193,12 +192,12 @@ def test_removing_a_site_by_reload_reweights_and_stays_exact(
     data = subset(wisconsin16, 5)
     paths = write_consortium(tmp_path, data, ConsortiumSpec(rounds=30, train=TRAIN))
     nodes = _nodes(paths, MemoryNetwork())
-    members = nodes[0].config.members
+    members = nodes[0].config.consortium.members
     staying = members[:4]
 
     def without_last(node: Node) -> NodeConfig:
-        peers = {p: a for p, a in node.config.peers.items() if p in staying}
-        return replace(node.config, members=staying, peers=peers)
+        peers = {p: a for p, a in node.config.consortium.peers.items() if p in staying}
+        return node.config.edit(consortium={"members": staying, "peers": peers})
 
     async def run() -> None:
         # Sites reload a few rounds apart, as real hospitals would.
@@ -222,11 +221,14 @@ def test_rewiring_by_reload_resynchronises_changed_links(
     data = subset(wisconsin16, 4)
     paths = write_consortium(tmp_path, data, ConsortiumSpec(rounds=20, train=TRAIN))
     nodes = _nodes(paths, MemoryNetwork())
-    everyone = {m: n.config.listen for m, n in zip(nodes[0].config.members, nodes, strict=True)}
+    everyone = {
+        m: n.config.site.listen
+        for m, n in zip(nodes[0].config.consortium.members, nodes, strict=True)
+    }
 
     def complete(node: Node) -> NodeConfig:
         peers = {p: a for p, a in everyone.items() if p != node.identity.peer_id}
-        return replace(node.config, topology="complete", peers=peers)
+        return node.config.edit(consortium={"topology": "complete", "peers": peers})
 
     async def run() -> None:
         reloads = [_reload_at(n, 5 + i % 2, complete(n)) for i, n in enumerate(nodes)]
@@ -248,12 +250,14 @@ def test_membership_change_while_down_is_applied_on_restart(
 
     first = _nodes(paths, MemoryNetwork(), rounds=5)
     asyncio.run(run(first))
-    everyone = {n.identity.peer_id: n.config.listen for n in first}
+    everyone = {n.identity.peer_id: n.config.site.listen for n in first}
 
     def complete(config: NodeConfig) -> NodeConfig:  # the edited site.toml
-        me = config.members[first.index(next(n for n in first if n.config.path == config.path))]
+        me = config.consortium.members[
+            first.index(next(n for n in first if n.config.path == config.path))
+        ]
         peers = {p: a for p, a in everyone.items() if p != me}
-        return replace(config, topology="complete", peers=peers)
+        return config.edit(consortium={"topology": "complete", "peers": peers})
 
     again = _nodes(paths, MemoryNetwork(), edit=complete)
     asyncio.run(run(again))
@@ -269,8 +273,12 @@ def test_builtin_data_gives_each_member_its_own_shard(
     paths = write_consortium(tmp_path, subset(wisconsin16, 3), ConsortiumSpec(rounds=15))
 
     def builtin(config: NodeConfig) -> NodeConfig:
-        edited = replace(config, source="builtin:breast-cancer", eval_source=None, split="iid")
-        return materialize(edited, config.members.index(load_key(config.key).peer_id))
+        edited = config.edit(
+            data={"source": "builtin:breast-cancer", "eval_source": None, "split": "iid"}
+        )
+        return materialize(
+            edited, config.consortium.members.index(load_key(config.site.key).peer_id)
+        )
 
     nodes = _nodes(paths, MemoryNetwork(), edit=builtin)
 
@@ -278,10 +286,10 @@ def test_builtin_data_gives_each_member_its_own_shard(
         return list(await asyncio.gather(*(n.run() for n in nodes)))
 
     results = asyncio.run(run())
-    shards = [np.load(str(n.config.source)[4:])["x"] for n in nodes]
+    shards = [np.load(str(n.config.data.source)[4:])["x"] for n in nodes]
     rows = {row.tobytes() for shard in shards for row in shard}
     assert len(rows) == sum(len(s) for s in shards)  # disjoint shards
     assert all(float(r["accuracy"]) > 0.85 for r in results)  # type: ignore[arg-type]
-    lung = replace(load_config(paths[0]), source="builtin:ncctg-lung", split="natural")
+    lung = load_config(paths[0]).edit(data={"source": "builtin:ncctg-lung", "split": "natural"})
     with pytest.raises(ConfigError, match="members"):
         materialize(lung, 0)

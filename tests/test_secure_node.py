@@ -78,7 +78,7 @@ def _sums_match_the_link_copies(nodes: list[Node]) -> None:
             box = _exchange(other).outbox[ids[i]]
             copy = box.copy.double().clone()
             for t, (indices, values) in box.pending.items():
-                assert t >= node.config.rounds - 2, f"{j}→{i} round {t} is still unresolved"
+                assert t >= node.config.train.rounds - 2, f"{j}→{i} round {t} is still unresolved"
                 if t not in receiver.included[ids[j]]:
                     copy.index_add_(0, indices, -values.double())
             expected = expected + w[i, j] * copy
@@ -205,11 +205,15 @@ def test_a_changed_encryption_key_is_refused(wisconsin16: FederatedData, tmp_pat
 
 def test_secure_mode_needs_seeded_slots(wisconsin16: FederatedData, tmp_path: Path) -> None:
     spec = ConsortiumSpec(rounds=3, train=TRAIN, compressor="top-k:0.1", secure="ckks")
+    with pytest.raises(ConfigError, match="needs compressor block-k:F or rand-k:F"):
+        write_consortium(tmp_path, subset(wisconsin16, 3), spec)  # nothing invalid is written
+    spec = ConsortiumSpec(rounds=3, train=TRAIN, compressor="block-k:0.1", secure="ckks")
     path = write_consortium(tmp_path, subset(wisconsin16, 3), spec)[0]
+    text = path.read_text()
+    path.write_text(text.replace('compressor = "block-k:0.1"', 'compressor = "top-k:0.1"'))
     with pytest.raises(ConfigError, match="needs compressor block-k:F or rand-k:F"):
         load_config(path)
-    text = path.read_text().replace('secure = "ckks"', 'secure = "rsa"')
-    path.write_text(text)
+    path.write_text(text.replace('secure = "ckks"', 'secure = "rsa"'))
     with pytest.raises(ConfigError, match="secure must be one of off, ckks, plain"):
         load_config(path)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,8 @@ def _ring(tmp_path: Path, data: FederatedData, url: str) -> list[Node]:
     network = MemoryNetwork()
     nodes = []
     for path in paths:
-        config = replace(load_config(path), telemetry_url=url, telemetry_prefix="test")
-        transport = MemoryTransport(network, load_key(config.key), config.listen)
+        config = load_config(path).edit(telemetry={"mqtt": url, "topic": "test"})
+        transport = MemoryTransport(network, load_key(config.site.key), config.site.listen)
         nodes.append(Node(config, transport, log=io.StringIO(), status=io.StringIO()))
     return nodes
 
@@ -120,11 +119,12 @@ def _secured(
     if password is not None:
         write_secret(secret, password.encode(), overwrite=True, what="password")
     for node in nodes:
-        node.config = replace(
-            node.config,
-            telemetry_username="site",
-            telemetry_password_file=secret if password is not None else None,
-            telemetry_ca_file=ca,
+        node.config = node.config.edit(
+            telemetry={
+                "username": "site",
+                "password_file": secret if password is not None else None,
+                "ca_file": ca,
+            }
         )
         node.telemetry = MqttTelemetry(
             url,
@@ -190,10 +190,8 @@ def test_a_readable_broker_password_file_is_refused(
     secret = tmp_path / "broker.password"
     secret.write_text("pw")
     secret.chmod(0o644)
-    config = replace(
-        _ring(tmp_path, wisconsin16, "mqtt://127.0.0.1:1883")[0].config,
-        telemetry_username="site",
-        telemetry_password_file=secret,
+    config = _ring(tmp_path, wisconsin16, "mqtt://127.0.0.1:1883")[0].config.edit(
+        telemetry={"username": "site", "password_file": secret}
     )
     with pytest.raises(ConfigError, match=r"password_file.*group/others can read"):
         Node._broker_password(config)

@@ -128,8 +128,8 @@ def test_murmur_gt_on_nodes(wisconsin16: FederatedData, tmp_path: Path) -> None:
     nodes = []
     for path in write_consortium(tmp_path, data, spec):
         config = load_config(path)
-        assert config.method == "murmur-gt"
-        transport = MemoryTransport(network, load_key(config.key), config.listen)
+        assert config.gossip.method == "murmur-gt"
+        transport = MemoryTransport(network, load_key(config.site.key), config.site.listen)
         nodes.append(Node(config, transport, log=io.StringIO()))
 
     async def run() -> list[dict[str, object]]:

@@ -1,14 +1,16 @@
 """Exception tree of the topology package.
 
-TopologyError
+TopologyError (a murmur.errors.MurmurError)
 ├── UnknownTopologyError   a name that is not a known graph family
 ├── DisconnectedGraphError a graph on which gossip cannot reach consensus
 └── EdgeListError          an edge-list file that cannot be read
 All derive from ValueError so callers that validate input can catch them generically.
 """
 
+from murmur.errors import MurmurError
 
-class TopologyError(ValueError):
+
+class TopologyError(MurmurError, ValueError):
     """Base class for every error raised by the topology package."""
 
 

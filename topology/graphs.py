@@ -20,20 +20,18 @@ from typing import Any, cast
 
 import networkx as nx
 
+from murmur.registry import Registry
 from topology.errors import DisconnectedGraphError, EdgeListError, UnknownTopologyError
 
-TOPOLOGY_NAMES = (
-    "ring",
-    "torus",
-    "complete",
-    "star",
-    "regular:D",
-    "erdos-renyi:P",
-    "watts-strogatz:K:P",
-    "exponential",
-    "file:PATH",
-    "matching[:BASE]",
-)
+GraphBuilder = Callable[[int, int, list[str]], "nx.Graph[int]"]
+"""(nodes, public seed, the spec's arguments after the name) → a graph on 0..n-1."""
+TOPOLOGIES: Registry[GraphBuilder] = Registry("topology", UnknownTopologyError)
+
+
+def register_topology(name: str, builder: GraphBuilder, form: str | None = None) -> None:
+    """Make ``--topology name[:ARGS]`` / ``[consortium] topology`` build with ``builder``;
+    connectivity is checked for every graph, whoever built it."""
+    TOPOLOGIES.register(name, builder, form)
 
 
 def _int_graph(graph: Any) -> nx.Graph[int]:
@@ -142,17 +140,20 @@ def _edge_list(n: int, _seed: int, args: list[str]) -> nx.Graph[int]:
     return graph
 
 
-_BUILDERS: dict[str, Callable[[int, int, list[str]], nx.Graph[int]]] = {
-    "ring": _ring,
-    "torus": _torus,
-    "complete": _complete,
-    "star": _star,
-    "regular": _regular,
-    "erdos-renyi": _erdos_renyi,
-    "watts-strogatz": _watts_strogatz,
-    "exponential": _exponential,
-    "file": _edge_list,
-}
+for _name, _builder, _form in (
+    ("ring", _ring, None),
+    ("torus", _torus, None),
+    ("complete", _complete, None),
+    ("star", _star, None),
+    ("regular", _regular, "regular:D"),
+    ("erdos-renyi", _erdos_renyi, "erdos-renyi:P"),
+    ("watts-strogatz", _watts_strogatz, "watts-strogatz:K:P"),
+    ("exponential", _exponential, None),
+    ("file", _edge_list, "file:PATH"),
+):
+    register_topology(_name, _builder, _form)
+# Time-varying: built by topology.schedule over any static base graph.
+TOPOLOGY_NAMES = (*TOPOLOGIES.forms(), "matching[:BASE]")
 
 
 def _int_arg(args: list[str], i: int, form: str) -> int:
@@ -175,11 +176,11 @@ def _float_arg(args: list[str], i: int, form: str) -> float:
 def build_graph(spec: str, n: int, seed: int = 0) -> nx.Graph[int]:
     """Build the static graph named by ``spec`` on ``n`` nodes; refuse disconnected graphs."""
     name, *args = spec.split(":")
-    builder = _BUILDERS.get(name)
-    if builder is None:
+    if name not in TOPOLOGIES:
         raise UnknownTopologyError(
             f"unknown topology {spec!r}; accepted: {', '.join(TOPOLOGY_NAMES)}"
         )
+    builder = TOPOLOGIES.get(name)
     if name != "file" and n < 2:
         raise UnknownTopologyError(f"a topology needs at least 2 nodes, got {n}")
     graph = builder(n, seed, args)
