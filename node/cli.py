@@ -145,12 +145,101 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(text: str) -> dict[str, str]:
+    """``a=X,b=Y`` → {"a": "X", "b": "Y"} (values may hold '/', not ',')."""
+    pairs = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError(f"expected SITE=VALUE pairs separated by commas, got {part!r}")
+        pairs[name] = value
+    return pairs
+
+
+def _consortium_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="consortium_command", required=True)
+    init = sub.add_parser("init", help="write every site's key, site.toml and next steps")
+    init.add_argument("--sites", required=True, help="comma list of site names, graph order")
+    init.add_argument("--out", type=Path, required=True, help="folder to write")
+    init.add_argument("--topology", default="ring", help="the consortium graph (as --topology)")
+    init.add_argument("--seed", type=int, help="public seed (default: drawn at random)")
+    init.add_argument("--rounds", type=int, help="planned rounds ([train] default)")
+    for p in (init, add := sub.add_parser("add-site", help="add a member; update every site")):
+        p.add_argument("--data", default="csv:/data/murmur/site.csv", help="[data] source to write")
+        p.add_argument("--target", default="label", help="[data] target (csv)")
+    init.add_argument(
+        "--address", default="", help="SITE=MULTIADDR,... (default /dns4/SITE/tcp/4001)"
+    )
+    init.add_argument(
+        "--peer-id", default="", help="SITE=PEER_ID,... for sites that keep their own key"
+    )
+    remove = sub.add_parser("remove-site", help="drop a member from every site's config")
+    update = sub.add_parser(
+        "update", help="at a site: take [consortium] from the coordinator's manifest"
+    )
+    update.add_argument("--manifest", type=Path, required=True, help="consortium.toml")
+    update.add_argument("--config", type=Path, required=True, help="this site's site.toml")
+    for p in (add, remove):
+        p.add_argument("--dir", type=Path, required=True, help="the folder init wrote")
+        p.add_argument("--site", required=True, help="the site's name")
+    add.add_argument("--address", help="its multiaddr (default /dns4/SITE/tcp/4001)")
+    add.add_argument("--peer-id", help="its peer ID, if it keeps its own key")
+
+
+def _consortium(args: argparse.Namespace) -> int:
+    from node import provision
+
+    if args.consortium_command == "init":
+        names = [n.strip() for n in args.sites.split(",") if n.strip()]
+        manifest = provision.init(
+            args.out,
+            names,
+            topology=args.topology,
+            seed=args.seed,
+            addresses=_pairs(args.address),
+            peer_ids=_pairs(args.peer_id),
+            data=args.data,
+            target=args.target,
+            rounds=args.rounds,
+        )
+        print(f"wrote {len(manifest.sites)} sites to {args.out}/; next steps: {args.out}/README.md")
+        return 0
+    if args.consortium_command == "update":
+        config = provision.update(args.manifest, args.config)
+        members = len(config.consortium.members)
+        print(f"{args.config}: {members} members; send the running node SIGHUP to apply")
+        return 0
+    if args.consortium_command == "add-site":
+        manifest, written = provision.add_site(
+            args.dir,
+            args.site,
+            address=args.address,
+            peer_id=args.peer_id,
+            data=args.data,
+            target=args.target,
+        )
+    else:
+        manifest, written = provision.remove_site(args.dir, args.site)
+    print(
+        f"{len(manifest.sites)} sites ({manifest.names()}); rewrote {len(written)} site.toml "
+        f"files here; send every site {args.dir / provision.MANIFEST} for "
+        "`murmur consortium update`, then SIGHUP its running node"
+    )
+    return 0
+
+
 for _command in (
     Command("node", "run this site's node from its config file", _node_arguments, _node),
     Command(
         "keygen", "create a site key (mode 0600) and print its peer ID", _keygen_arguments, _keygen
     ),
     Command("keys", "rotate this site's encryption key (node.key_admin)", _keys_arguments, _keys),
+    Command(
+        "consortium",
+        "provision a consortium: keys, site.toml files, add or remove a site",
+        _consortium_arguments,
+        _consortium,
+    ),
 ):
     register_command(_command)
 

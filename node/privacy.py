@@ -4,7 +4,7 @@ the simulator. Plain data, no Opacus: only :mod:`node.dp` imports that, when DP 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from node.errors import ConfigError
 
@@ -49,15 +49,25 @@ class DpConfig:
     weights sites, each record counts once. ``"equal"`` is Opacus' plain rule.
     """
 
-    epsilon: float
-    delta: float
-    clip: float = 1.0
-    noise_multiplier: float | None = None  # None: derived from (ε, δ) and the planned steps
-    accountant: str = "rdp"
-    secure_mode: bool = False
-    rounds: int | None = None  # rounds the budget is spread over; None: all planned rounds
-    weight: str = "records"
-    mean_records: float | None = None  # consortium mean; the simulator computes it
+    # "toml_doc": the comment node.config writes beside each key of [privacy].
+    epsilon: float = field(metadata={"toml_doc": "this site's budget over the whole run"})
+    delta: float = field(metadata={"toml_doc": "below 1 / this site's training records"})
+    clip: float = field(default=1.0, metadata={"toml_doc": "per-record gradient norm bound"})
+    noise_multiplier: float | None = field(
+        default=None, metadata={"toml_doc": "σ; default: derived from ε, δ and the DP rounds"}
+    )
+    accountant: str = field(default="rdp", metadata={"toml_doc": "rdp or prv"})
+    secure_mode: bool = field(default=False, metadata={"toml_doc": "Opacus' CSPRNG noise"})
+    rounds: int | None = field(
+        default=None,
+        metadata={"toml_doc": "rounds the budget is spread over; default 15% of rounds, ≤ 40"},
+    )
+    weight: str = field(
+        default="records", metadata={"toml_doc": "records (needs mean_records) or equal"}
+    )
+    mean_records: float | None = field(
+        default=None, metadata={"toml_doc": "the consortium's mean training records per site"}
+    )
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -38,16 +38,21 @@ class TrainConfig:
     settings the convergence matrix measures).
     """
 
-    optimizer: str = "sgd"
-    lr: float = 0.3
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    prox_mu: float = 0.0
-    local_steps: int = 1
-    batch_size: int = 16
-    time_budget_s: float | None = None
-    lr_schedule: str = "cosine"
+    # "toml_doc": the comment node.config writes beside each key of [train].
+    optimizer: str = field(default="sgd", metadata={"toml_doc": "sgd or adam"})
+    lr: float = field(default=0.3, metadata={"toml_doc": "learning rate"})
+    momentum: float = field(default=0.0, metadata={"toml_doc": "SGD momentum"})
+    nesterov: bool = field(default=False, metadata={"toml_doc": "Nesterov (sgd, momentum > 0)"})
+    weight_decay: float = field(default=0.0, metadata={"toml_doc": "L2 weight decay"})
+    prox_mu: float = field(default=0.0, metadata={"toml_doc": "FedProx μ (0: off)"})
+    local_steps: int = field(default=1, metadata={"toml_doc": "optimizer steps per round"})
+    batch_size: int = field(default=16, metadata={"toml_doc": "records per step"})
+    time_budget_s: float | None = field(
+        default=None, metadata={"toml_doc": "seconds of training per round, instead of steps"}
+    )
+    lr_schedule: str = field(
+        default="cosine", metadata={"toml_doc": "cosine (over the planned rounds) or constant"}
+    )
 
     def __post_init__(self) -> None:
         problems = [

@@ -82,17 +82,52 @@ class NodeConfig:
             **{name: replace(getattr(self, name), **values) for name, values in sections.items()},
         )
 
-    def to_toml(self, comments: bool = False) -> str:
-        """The config as TOML that :func:`load_config` reads back to an equal config."""
+    def to_toml(self, comments: bool = False, relative_to: Path | None = None) -> str:
+        """The config as TOML that :func:`load_config` reads back to an equal config.
+
+        ``comments``: a comment on every key, and unset optional keys commented out, for a
+        file a person will edit. ``relative_to``: paths inside that folder (the key, state,
+        data files) are written relative to it, so the folder can be moved as a whole.
+        ``[faults]`` (the simulator's) is left out while it injects nothing."""
+        config = self if relative_to is None else self._relative(relative_to.absolute())
         out = []
-        for f in fields(self):
-            section = getattr(self, f.name)
+        for f in fields(config):
+            section = getattr(config, f.name)
             if f.name == "path" or section is None:
                 continue
-            out.append(
-                f"[{f.name}]\n" + "".join(f"{line}\n" for line in table_lines(section, comments))
-            )
+            if f.name == "faults" and section == FaultsSection():
+                continue
+            lines = table_lines(section, comments)
+            out.append(f"[{f.name}]\n" + "".join(f"{line}\n" for line in lines))
         return "\n".join(out)
+
+    def _relative(self, base: Path) -> NodeConfig:
+        def rel(path: Path) -> Path:
+            return path.relative_to(base) if path.is_relative_to(base) else path
+
+        def maybe(path: Path | None) -> Path | None:
+            return None if path is None else rel(path)
+
+        def source(text: str | None) -> str | None:
+            if text is None or not text.startswith(FILE_SOURCES):
+                return text
+            kind, _, name = text.partition(":")
+            return f"{kind}:{rel(Path(name))}"
+
+        return replace(
+            self,
+            site=replace(self.site, key=rel(self.site.key), state_dir=rel(self.site.state_dir)),
+            data=replace(
+                self.data,
+                source=source(self.data.source) or self.data.source,
+                eval_source=source(self.data.eval_source),
+            ),
+            telemetry=replace(
+                self.telemetry,
+                password_file=maybe(self.telemetry.password_file),
+                ca_file=maybe(self.telemetry.ca_file),
+            ),
+        )
 
 
 SECTIONS: dict[str, type] = {
@@ -133,6 +168,13 @@ def load_config(path: Path) -> NodeConfig:
         sections["site"] = SiteSection(
             key=base / site.key, listen=site.listen, state_dir=base / site.state_dir
         )
+    data: DataSection | None = sections["data"]
+    if data is not None:  # csv: and npz: files, like the key, sit beside the config
+        sections["data"] = replace(
+            data,
+            source=_resolve_source(base, data.source) or data.source,
+            eval_source=_resolve_source(base, data.eval_source),
+        )
     if telemetry is not None:
         resolved = {
             "password_file": None
@@ -148,6 +190,16 @@ def load_config(path: Path) -> NodeConfig:
     if problems or any(v is None for v in sections.values()):
         raise ConfigError(f"{path}: " + "; ".join(problems))
     return NodeConfig(privacy=privacy, path=path, **sections)
+
+
+FILE_SOURCES = ("csv:", "npz:")
+
+
+def _resolve_source(base: Path, text: str | None) -> str | None:
+    if text is None or not text.startswith(FILE_SOURCES):
+        return text
+    kind, _, name = text.partition(":")
+    return f"{kind}:{base / name}"
 
 
 def _privacy(table: Any, problems: list[str]) -> DpConfig | None:

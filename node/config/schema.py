@@ -213,12 +213,19 @@ def table_lines(obj: Any, comments: bool = False) -> list[str]:
             lines.extend(table_lines(value, comments))
             continue
         key = f.metadata.get(KEY, f.name)
-        doc = f"  # {f.metadata[DOC]}" if comments and DOC in f.metadata else ""
+        if comments and DOC in f.metadata:
+            lines.append(f"# {f.metadata[DOC]}")
         if value is None and AUTO in f.metadata:
             value = f.metadata[AUTO]
         if value is None:
             if comments:
-                lines.append(f"# {key} = …{doc}")
+                lines.append(f"# {key} = …")
             continue
-        lines.append(f"{key} = {toml_value(value)}{doc}")
+        text = toml_value(value)
+        if len(key) + len(text) > 90 and isinstance(value, (list, tuple)):
+            text = "[\n" + "".join(f"    {toml_value(v)},\n" for v in value) + "]"
+        if len(key) + len(text) > 90 and isinstance(value, dict):  # dotted keys, one a line
+            lines.extend(f"{key}.{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items())
+            continue
+        lines.append(f"{key} = {text}")
     return lines

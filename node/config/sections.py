@@ -124,7 +124,7 @@ class DataSection:
                     f"NAME one of {', '.join(BUILTIN_DATASETS)}",
                 ),
                 (
-                    kind == "csv" and self.target is None,
+                    kind == "csv" and not self.target,
                     "target (the label column) is required for csv",
                 ),
                 (
