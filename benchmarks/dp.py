@@ -33,11 +33,9 @@ from node.flat import FlatLayout
 from node.models import build_model
 from node.privacy import DpConfig
 from node.trainer import BatchedTrainer, StackedData, TrainConfig
-from sim.data import load_dataset
 from sim.dp_sweep import sweep
 from sim.engine import RunSpec, Simulation
-from sim.partition import dirichlet
-from sim.prep import FederatedData, prepare
+from sim.prep import FederatedData, dirichlet_sites
 from topology import build_topology
 
 RESULTS = Path(__file__).parent / "results"
@@ -56,9 +54,7 @@ ABLATIONS = {
 
 
 def wisconsin(seed: int) -> FederatedData:
-    table = load_dataset("breast-cancer")
-    parts = dirichlet(table.labels, 16, 0.5, np.random.default_rng(seed))
-    return prepare(table, parts, [f"node-{i}" for i in range(16)], seed)
+    return dirichlet_sites("breast-cancer", 16, 0.5, seed)
 
 
 def _job(model: str, seed: int) -> list[dict[str, Any]]:

@@ -23,10 +23,8 @@ import numpy as np
 from benchmarks import throughput
 from node.trainer import TrainConfig
 from sim.consortium import ConsortiumSpec
-from sim.data import load_dataset
 from sim.faults import parse_crash
-from sim.partition import dirichlet
-from sim.prep import FederatedData, prepare
+from sim.prep import FederatedData, dirichlet_sites
 from sim.process import run_processes
 
 RESULTS = Path(__file__).parent / "results"
@@ -35,9 +33,7 @@ RESULTS = Path(__file__).parent / "results"
 @functools.cache
 def _wisconsin(nodes: int) -> FederatedData:
     """The same federated split for every run of the bench (built once)."""
-    table = load_dataset("breast-cancer")
-    parts = dirichlet(table.labels, nodes, 0.5, np.random.default_rng(0))
-    return prepare(table, parts, [f"node-{i}" for i in range(nodes)], 0)
+    return dirichlet_sites("breast-cancer", nodes)
 
 
 def processes(

@@ -24,8 +24,8 @@ from node.step_size import auto_gammas
 from node.trainer import TrainConfig
 from sim.data import load_dataset
 from sim.engine import RunSpec, Simulation
-from sim.partition import dirichlet, natural
-from sim.prep import FederatedData, prepare
+from sim.partition import natural
+from sim.prep import FederatedData, dirichlet_sites, prepare
 from sim.report import with_targets
 from topology import build_topology
 
@@ -34,9 +34,7 @@ TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16)
 
 
 def wisconsin(rounds: int) -> dict[str, Any]:
-    table = load_dataset("breast-cancer")
-    parts = dirichlet(table.labels, 16, 0.5, np.random.default_rng(0))
-    data = prepare(table, parts, [f"node-{i}" for i in range(16)], 0)
+    data = dirichlet_sites()
     spec = RunSpec(rounds, "mlp:32", TRAIN, None, 0, torch.device("cpu"))
     sim = Simulation(data, build_topology("ring", 16), spec)
     runs = [sim.run(m) for m in ("central", "local", "fedavg", "dpsgd")]
@@ -50,9 +48,7 @@ def wisconsin(rounds: int) -> dict[str, Any]:
 
 def gamma_sweep(rounds: int) -> list[dict[str, Any]]:
     """rounds_to_target and accuracy of top-k 1% / 10% over γ, with the auto choice marked."""
-    table = load_dataset("breast-cancer")
-    parts = dirichlet(table.labels, 16, 0.5, np.random.default_rng(0))
-    data = prepare(table, parts, [f"node-{i}" for i in range(16)], 0)
+    data = dirichlet_sites()
     base = RunSpec(rounds, "mlp:32", TRAIN, None, 0, torch.device("cpu"))
     sim = Simulation(data, build_topology("ring", 16), base)
     central = sim.run("central")

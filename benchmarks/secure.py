@@ -26,10 +26,8 @@ from node.compress import BlockK, parse_compressor
 from node.flat import FlatLayout
 from node.models import build_model
 from node.trainer import BatchedTrainer, StackedData, TrainConfig
-from sim.data import load_dataset
 from sim.engine import RunSpec, Simulation
-from sim.partition import dirichlet
-from sim.prep import FederatedData, prepare
+from sim.prep import FederatedData, dirichlet_sites
 from sim.report import with_targets
 from topology import build_topology
 
@@ -39,9 +37,7 @@ BIG_MODEL = "mlp:1024,960"  # 1,017,666 parameters on Wisconsin's 30 features
 
 
 def wisconsin() -> FederatedData:
-    table = load_dataset("breast-cancer")
-    parts = dirichlet(table.labels, 16, 0.5, np.random.default_rng(0))
-    return prepare(table, parts, [f"node-{i}" for i in range(16)], 0)
+    return dirichlet_sites()
 
 
 def _spec(rounds: int, model: str, secure: str, evaluate: bool = True) -> RunSpec:

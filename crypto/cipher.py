@@ -34,6 +34,7 @@ from crypto.errors import (
     UnknownCipherError,
 )
 from crypto.keyfile import read_secret, write_secret
+from murmur import bounded_msgpack
 from murmur.registry import Registry
 
 ENVELOPE_VERSION = 1
@@ -124,12 +125,13 @@ def open_envelope(data: bytes, cipher: Cipher, key: PublicKey, count: int) -> Se
         raise MalformedCiphertextError(
             f"ciphertext of {len(data):,} bytes exceeds the {limit:,} bytes {count} values need"
         )
-    try:
-        raw = msgpack.unpackb(
-            data, raw=False, max_array_len=max(chunks, 1), max_map_len=8, max_ext_len=0
-        )
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise MalformedCiphertextError(f"ciphertext envelope is not msgpack: {exc}") from None
+    raw = bounded_msgpack.unpack(
+        data,
+        MalformedCiphertextError,
+        "ciphertext envelope",
+        max_array_len=max(chunks, 1),
+        max_map_len=8,
+    )
     keys = {"v", "cipher", "params", "key", "n", "chunks"}
     if not isinstance(raw, dict) or set(raw) != keys or type(raw["v"]) is not int:
         raise MalformedCiphertextError("ciphertext envelope has the wrong fields")

@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 
 from murmur.registry import Registry
-from node.errors import UnknownCompressorError
+from node.errors import ConfigError, UnknownCompressorError
 from node.quantize import Quantized
 from node.sparse import Sparse
 
@@ -382,3 +382,17 @@ def parse_compressor(spec: str, seed: int = 0, label_counts: LabelCounts = None)
 def compressor_forms() -> str:
     """Every accepted spec form, for help texts."""
     return ", ".join(COMPRESSORS.forms()) + ", any of them +q8"
+
+
+def require_shared_slots(compressor: Compressor, secure: str) -> SharedIndexCompressor:
+    """The compressor, if secure aggregation can use it; else a ConfigError saying why.
+
+    Ciphertexts are summed slot by slot, so every contributor must fill the same slots:
+    indices drawn from the public round seed (block-k, rand-k). Per-site indices (top-k)
+    would not line up, and would tell the aggregator which coordinates moved most."""
+    if not isinstance(compressor, SharedIndexCompressor):
+        raise ConfigError(
+            f"secure = {secure!r} needs compressor block-k:F or rand-k:F (slots from the "
+            f"public round seed, the same at every contributor), not {compressor.name!r}"
+        )
+    return compressor

@@ -61,7 +61,7 @@ def quiet_opacus() -> None:
         warnings.filterwarnings("ignore", message=message, category=UserWarning)
 
 
-def check_model(model: nn.Module) -> None:
+def check_dp_model(model: nn.Module) -> None:
     """Refuse a model Opacus cannot compute per-sample gradients for, saying why."""
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
@@ -314,7 +314,7 @@ class DpTrainer:
     ) -> None:
         if inner.config.prox_mu > 0:
             raise ConfigError("dp with FedProx (prox_mu > 0) is not supported; set prox_mu = 0")
-        check_model(inner.model)
+        check_dp_model(inner.model)
         self.inner, self.dp, self.config = inner, dp, inner.config
         self.params = inner.params
         self.model = inner.model

@@ -29,7 +29,7 @@ class FlatLayout:
 
     @classmethod
     def of(cls, model: nn.Module) -> FlatLayout:
-        check_model(model)
+        check_gossipable(model)
         names, shapes, offsets = [], [], []
         offset = 0
         for name, param in model.named_parameters():
@@ -52,17 +52,8 @@ class FlatLayout:
         params = dict(model.named_parameters())
         return torch.cat([params[n].detach().reshape(-1).float() for n in self.names])
 
-    def load_vector(self, model: nn.Module, vector: torch.Tensor) -> None:
-        """Copy a length-d vector into the model's parameters in place."""
-        if vector.numel() != self.dim:
-            raise ValueError(f"vector has {vector.numel()} values, the model has {self.dim}")
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, shape, off in zip(self.names, self.shapes, self.offsets, strict=True):
-                params[name].copy_(vector[off : off + shape.numel()].view(shape))
 
-
-def check_model(model: nn.Module) -> None:
+def check_gossipable(model: nn.Module) -> None:
     """Refuse models with hidden per-site state that gossip would not share."""
     for name, module in model.named_modules():
         if isinstance(module, _STATEFUL_NORMS):

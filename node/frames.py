@@ -24,6 +24,7 @@ import msgpack
 
 from crypto.errors import BadSignatureError
 from crypto.identity import SIGNATURE_BYTES, SiteIdentity, public_key_from_peer_id, verify
+from murmur import bounded_msgpack
 from node.errors import (
     ForgedFrameError,
     FrameError,
@@ -110,19 +111,16 @@ def decode(body: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame:
     """Parse a frame body; any deviation from the format is a :class:`MalformedFrameError`."""
     if len(body) > max_bytes:
         raise OversizedFrameError(f"frame of {len(body):,} bytes exceeds {max_bytes:,}")
-    try:
-        fields = msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=max(MAX_TOPIC, MAX_PEER_ID),
-            max_bin_len=max_bytes,
-            max_array_len=8,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise MalformedFrameError(f"not a msgpack frame: {type(exc).__name__}") from None
+    fields = bounded_msgpack.unpack(
+        body,
+        MalformedFrameError,
+        "the frame",
+        strict_map_key=True,
+        max_str_len=max(MAX_TOPIC, MAX_PEER_ID),
+        max_bin_len=max_bytes,
+        max_array_len=8,
+        max_map_len=0,
+    )
     if not isinstance(fields, list) or len(fields) != 7:
         raise MalformedFrameError("a frame is a 7-element array")
     version, sender, round_, nonce, topic, payload, signature = fields
@@ -212,10 +210,6 @@ class FrameGuard:
             raise
         self.accepted += 1
         return frame
-
-    def count(self, error: FrameError) -> None:
-        """Count a rejection that happened below the guard (e.g. an oversized prefix)."""
-        self.rejected[error.reason] += 1
 
     def _check(self, frame: Frame, via: str | None) -> None:
         key = self._keys.get(frame.sender)

@@ -36,7 +36,7 @@ from crypto.identity import SiteIdentity, load_key
 from crypto.keyfile import read_secret
 from node import checkpoint
 from node.backlog import Item
-from node.compress import SharedIndexCompressor, parse_compressor, shared_indices, stacked
+from node.compress import parse_compressor, require_shared_slots, shared_indices, stacked
 from node.config import NodeConfig, load_config
 from node.errors import (
     ConfigError,
@@ -214,10 +214,7 @@ class Node:
 
     def _secure_exchange(self, membership: Membership) -> SecureExchange:
         """This site's encryption key (created on first start, 0600) and protocol state."""
-        if not isinstance(self.compressor, SharedIndexCompressor):
-            raise ConfigError(
-                f"[gossip] secure needs block-k or rand-k, not {self.compressor.name}"
-            )
+        require_shared_slots(self.compressor, self.config.gossip.secure)
         cipher = cipher_by_name(self.config.gossip.secure)
         path = encryption_key_path(self.config)
         require_key(self.config)  # a lost key is never silently regenerated

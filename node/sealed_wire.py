@@ -31,6 +31,7 @@ from typing import Any
 
 import msgpack
 
+from murmur import bounded_msgpack
 from node.errors import MalformedFrameError
 from node.wire import INCARNATION_BYTES
 
@@ -73,12 +74,9 @@ Fields = Mapping[str, type | tuple[type, ...]]
 
 def unpack(payload: bytes, topic: str, fields: Fields) -> dict[str, Any]:
     """Unpack a map with exactly ``fields`` of exactly these types (bool is not an int)."""
-    try:
-        raw = msgpack.unpackb(
-            payload, raw=False, max_array_len=MAX_LIST, max_map_len=16, max_ext_len=0
-        )
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise MalformedFrameError(f"{topic} payload is not msgpack: {type(exc).__name__}") from None
+    raw = bounded_msgpack.unpack(
+        payload, MalformedFrameError, f"{topic} payload", max_array_len=MAX_LIST, max_map_len=16
+    )
     if not isinstance(raw, dict) or set(raw) != set(fields):
         raise MalformedFrameError(f"{topic} payload needs exactly {', '.join(sorted(fields))}")
     for name, kind in fields.items():

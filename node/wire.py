@@ -27,6 +27,7 @@ import msgpack
 import numpy as np
 import torch
 
+from murmur import bounded_msgpack
 from node.backlog import Item
 from node.errors import MalformedFrameError
 from node.msgsize import BOOL, NIL, N, array_header, bin_size, int_size, map_header, str_size
@@ -98,12 +99,9 @@ def decode_update(
     """Parse and validate an update for a model of ``dim`` parameters. Items with shared
     indices get them from ``shared_indices(round)``; their round may not pass
     ``max_round`` (the frame's own, signed round)."""
-    try:
-        msg = msgpack.unpackb(
-            payload, raw=False, max_array_len=MAX_ITEMS, max_map_len=8, max_ext_len=0
-        )
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise MalformedFrameError(f"update payload is not msgpack: {type(exc).__name__}") from None
+    msg = bounded_msgpack.unpack(
+        payload, MalformedFrameError, "update payload", max_array_len=MAX_ITEMS, max_map_len=8
+    )
     if not isinstance(msg, dict) or set(msg) - {"step"} != {"dim", "ack", "inc", "items"}:
         raise MalformedFrameError("update payload needs exactly dim, ack, inc, items (and step)")
     inc = msg["inc"]

@@ -18,7 +18,7 @@ import torch
 
 from crypto.cipher import cipher_by_name
 from murmur.registry import Registry
-from node.compress import Compressor, Identity, SharedIndexCompressor, stacked
+from node.compress import Compressor, Identity, require_shared_slots, stacked
 from node.errors import ConfigError
 from node.flat import FlatLayout
 from node.gossip import ChocoState, add_self_contribution, consensus_distance, mix_step
@@ -336,12 +336,7 @@ class Simulation:
         """The secure aggregation network for ``spec.secure``, or None in plaintext mode."""
         if self.spec.secure == "off":
             return None
-        if not isinstance(compressor, SharedIndexCompressor):
-            raise ConfigError(
-                f"--secure {self.spec.secure} needs a compressor whose slots come from the public "
-                f"round seed (block-k:F or rand-k:F), not {compressor.name!r}: every contributor "
-                "must fill the same slots, and per-site indices would leak"
-            )
+        require_shared_slots(compressor, self.spec.secure)
         cipher = cipher_by_name(self.spec.secure)
         return SecureSimNetwork(self.topology.matrix(0), faults, cipher, start, self.spec.seed)
 

@@ -2,23 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    accuracy: np.ndarray  # (K,) accuracy of each node's model on the pooled held-out set
-
-    @property
-    def mean(self) -> float:
-        return float(self.accuracy.mean())
-
-    @property
-    def worst(self) -> float:
-        return float(self.accuracy.min())
 
 
 def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> np.ndarray:

@@ -39,10 +39,8 @@ from sim.faults import FaultModel
 @dataclass(frozen=True)
 class Traffic:
     bytes_sent: NDArray[np.float64]  # (N,) this round, per sender
-    delivered: int
     missed: int
     round_ms: float
-    backlog_items: int
 
 
 def update_frame_bytes(dim: int, round: int, ack: int, items_bytes: int, n_items: int) -> int:
@@ -188,12 +186,8 @@ class SimNetwork:
             self.has_backlog[e] = bool(link.pending)
         return Traffic(
             bytes_sent=bytes_sent,
-            delivered=int((sending & on_time).sum()),
             missed=int((sending & ~on_time).sum()),
             round_ms=round_ms,
-            backlog_items=int(
-                sum(len(self.outbound[e].pending) for e in np.flatnonzero(self.has_backlog))
-            ),
         )
 
     def flush_pending(self, s: torch.Tensor) -> None:

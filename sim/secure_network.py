@@ -80,7 +80,7 @@ class SecureSimNetwork:
         xhat_cpu = xhat.detach().to("cpu", torch.float32)
         idx = indices.to("cpu")
         bytes_sent = np.zeros(self.n)
-        delivered = missed = 0
+        missed = 0
         plan: list[tuple[int, int, list[int]]] = []  # (receiver, aggregator, contributors)
         for i in range(self.n):
             absent = [self.names[j] for j in self.neighbours[i] if not alive[j]]
@@ -121,14 +121,11 @@ class SecureSimNetwork:
             for j in self.neighbours[i]:
                 receipt = self._receipt(j, round, j in included)
                 bytes_sent[i] += self._frame(round, "receipt", receipt)
-            delivered += len(included)
             missed += len(contributors) - len(included)
         return Traffic(
             bytes_sent=bytes_sent,
-            delivered=delivered,
             missed=missed,
             round_ms=first_ms + second_ms,
-            backlog_items=sum(len(box.pending) for box in self.outbox.values()),
         )
 
     def _aggregate_and_open(

@@ -12,20 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from sim.data import load_dataset
-from sim.partition import dirichlet
-from sim.prep import FederatedData, prepare
+from sim.prep import FederatedData, dirichlet_sites
 
 
 @pytest.fixture(scope="session")
 def wisconsin16() -> FederatedData:
-    table = load_dataset("breast-cancer")
-    parts = dirichlet(table.labels, 16, 0.5, np.random.default_rng(0))
-    return prepare(table, parts, [f"node-{i}" for i in range(16)], 0)
+    return dirichlet_sites("breast-cancer", 16, 0.5, 0)
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ import networkx as nx
 
 from crypto.errors import BadSignatureError
 from crypto.identity import public_key_from_peer_id
-from node.compress import SharedIndexCompressor, parse_compressor
+from node.compress import parse_compressor, require_shared_slots
 from node.config.schema import AUTO, DOC, FLATTEN, KEY
 from node.errors import ConfigError
 from node.site_data import BUILTIN_DATASETS
@@ -172,18 +172,10 @@ class GossipSection:
         problems = []
         try:
             parsed = parse_compressor(self.compressor)
+            if self.secure in SECURE_MODES[1:]:
+                require_shared_slots(parsed, self.secure)
         except ValueError as exc:
-            problems.append((True, f"compressor: {exc}"))
-        else:
-            problems.append(
-                (
-                    self.secure in SECURE_MODES[1:]
-                    and not isinstance(parsed, SharedIndexCompressor),
-                    f"secure = {self.secure!r} needs compressor block-k:F or rand-k:F (slots from "
-                    f"the public round seed, the same at every contributor), not "
-                    f"{self.compressor!r}",
-                )
-            )
+            problems.append((True, str(exc) if self.secure != "off" else f"compressor: {exc}"))
         problems += [
             (
                 self.secure not in SECURE_MODES,
