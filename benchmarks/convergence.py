@@ -68,8 +68,8 @@ Task = dict[str, Any]
 def _simulation(task: Task) -> Any:
     import torch
 
-    from node.privacy import DpConfig
-    from node.trainer import TrainConfig
+    from node.training.dp_config import DpConfig
+    from node.training.trainer import TrainConfig
     from sim.data import load_dataset
     from sim.engine import RunSpec, Simulation
     from sim.partition import dirichlet, natural
@@ -117,7 +117,7 @@ def _run_task(task: Task) -> Task:
     import torch
 
     torch.set_num_threads(1)
-    from node.compress import parse_compressor
+    from node.gossip.compress import parse_compressor
 
     sim = _simulation(task)
     began = time.perf_counter()

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from node.compress import parse_compressor
-from node.dp import DpTrainer
-from node.flat import FlatLayout
-from node.models import build_model
-from node.privacy import DpConfig
-from node.trainer import BatchedTrainer, StackedData, TrainConfig
+from node.gossip.compress import parse_compressor
+from node.training.dp_config import DpConfig
+from node.training.dp_engine import DpTrainer
+from node.training.flat import FlatLayout
+from node.training.models import build_model
+from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
 from sim.dp_sweep import sweep
 from sim.engine import RunSpec, Simulation
 from sim.prep import FederatedData, dirichlet_sites

@@ -38,14 +38,14 @@ import torch
 from crypto.cipher import PlaintextCipher, open_envelope
 from crypto.errors import CryptoError
 from crypto.identity import SiteIdentity
-from node.backlog import Item
 from node.errors import FrameError
-from node.frames import FrameGuard, decode, seal
-from node.membership import Membership
-from node.sealed_wire import basis, pack
-from node.secure import sign_contributors
-from node.secure_exchange import SecureExchange
-from node.wire import INCARNATION_BYTES, decode_update, encode_update
+from node.exchange.plan import sign_contributors
+from node.exchange.secure import SecureExchange
+from node.state.backlog import Item
+from node.state.membership import Membership
+from node.wire.frames import FrameGuard, decode, seal
+from node.wire.sealed import basis, pack
+from node.wire.update import INCARNATION_BYTES, decode_update, encode_update
 
 DIM = 1058
 MAX_BYTES = 64 * 1024

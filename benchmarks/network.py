@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import throughput
-from node.trainer import TrainConfig
+from node.training.trainer import TrainConfig
 from sim.consortium import ConsortiumSpec
 from sim.faults import parse_crash
 from sim.prep import FederatedData, dirichlet_sites

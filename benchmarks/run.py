@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from node.compress import parse_compressor
-from node.step_size import auto_gammas
-from node.trainer import TrainConfig
+from node.gossip.compress import parse_compressor
+from node.gossip.step_size import auto_gammas
+from node.training.trainer import TrainConfig
 from sim.data import load_dataset
 from sim.engine import RunSpec, Simulation
 from sim.partition import natural

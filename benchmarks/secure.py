@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from crypto.ckks import CkksCipher
-from node.compress import BlockK, parse_compressor
-from node.flat import FlatLayout
-from node.models import build_model
-from node.trainer import BatchedTrainer, StackedData, TrainConfig
+from node.gossip.compress import BlockK, parse_compressor
+from node.training.flat import FlatLayout
+from node.training.models import build_model
+from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
 from sim.engine import RunSpec, Simulation
 from sim.prep import FederatedData, dirichlet_sites
 from sim.report import with_targets

@@ -40,7 +40,7 @@ async def _serve_tcp(frames: int) -> None:
 
 
 async def _serve_libp2p(frames: int, allowed: str) -> None:
-    from node.p2p import P2PTransport
+    from node.transport.p2p import P2PTransport
 
     me = P2PTransport(SiteIdentity.generate(), max_frame_bytes=2 * FRAME, timeout_s=60)
     await me.start()
@@ -86,7 +86,7 @@ async def tcp(frames: int) -> float:
 
 
 async def libp2p(frames: int) -> float:
-    from node.p2p import P2PTransport
+    from node.transport.p2p import P2PTransport
 
     me = P2PTransport(SiteIdentity.generate(), max_frame_bytes=2 * FRAME, timeout_s=60)
     await me.start()

@@ -1,10 +1,11 @@
 """Named factories, so every kind of swappable part is chosen by name the same way.
 
-Compressors (``node.compress``), ciphers (``crypto.cipher``), models (``node.models``),
-topologies (``topology.graphs``) and learning methods (``sim.engine``) each keep one
-:class:`Registry`, filled with ``register_*`` calls next to the implementations instead
-of an if-chain in a parser. A site's own code adds its model or compressor the same way,
-and an unknown name gets one error listing what is accepted.
+Compressors (``node.gossip.compress``), ciphers (``crypto.cipher``), models
+(``node.training.models``), topologies (``topology.graphs``) and learning methods
+(``sim.engine``) each keep one :class:`Registry`, filled with ``register_*`` calls next
+to the implementations instead of an if-chain in a parser. A site's own code adds its
+model or compressor the same way, and an unknown name gets one error listing what is
+accepted.
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from crypto.cipher import cipher_by_name
 from crypto.keyfile import sync_directory
-from node import checkpoint
 from node.config import NodeConfig
 from node.errors import ConfigError
+from node.state import checkpoint
 
 KEY_FILE = "encryption.key"
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -34,7 +34,7 @@ from node.config import (
 )
 from node.config.schema import table_lines, toml_value
 from node.errors import ConfigError
-from node.privacy import DpConfig
+from node.training.dp_config import DpConfig
 
 MANIFEST = "consortium.toml"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")

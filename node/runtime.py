@@ -34,9 +34,6 @@ from crypto.cipher import cipher_by_name
 from crypto.errors import KeyFileError
 from crypto.identity import SiteIdentity, load_key
 from crypto.keyfile import read_secret
-from node import checkpoint
-from node.backlog import Item
-from node.compress import parse_compressor, require_shared_slots, shared_indices, stacked
 from node.config import NodeConfig, load_config
 from node.errors import (
     ConfigError,
@@ -46,26 +43,29 @@ from node.errors import (
     StaleFrameError,
     TransportError,
 )
-from node.faults import FaultyTransport
-from node.flat import FlatLayout
-from node.frames import PREFIX_BYTES, Frame, FrameGuard, seal
-from node.gossip import ChocoState, add_self_contribution, mix_step
+from node.exchange.secure import SecureExchange
+from node.gossip.choco import ChocoState, add_self_contribution, mix_step
+from node.gossip.compress import parse_compressor, require_shared_slots, shared_indices, stacked
+from node.gossip.sparse import Sparse
+from node.gossip.step_size import StepGuard, guarded_compress, step_guard
+from node.gossip.tracking import GradientTracker
 from node.key_admin import CHECKPOINT_FILE, encryption_key_path, require_key
-from node.links import Links
-from node.membership import Membership
-from node.models import build_model
-from node.privacy_ledger import PrivacyLedger
-from node.sealed_wire import SECURE_TOPICS
-from node.secure_exchange import SecureExchange
-from node.send_slots import SendSlots
-from node.site_data import load_site_data
-from node.site_secrets import dp_seed
-from node.sparse import Sparse
-from node.step_size import StepGuard, guarded_compress, step_guard
-from node.tracking import GradientTracker
-from node.trainer import BatchedTrainer, LocalTrainer, StackedData
-from node.transport import Transport
-from node.wire import (
+from node.state import checkpoint
+from node.state.backlog import Item
+from node.state.links import Links
+from node.state.membership import Membership
+from node.state.privacy_ledger import PrivacyLedger
+from node.state.site_secrets import dp_seed
+from node.training.data import load_site_data
+from node.training.flat import FlatLayout
+from node.training.models import build_model
+from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData
+from node.transport.base import Transport
+from node.transport.faulty import FaultyTransport
+from node.transport.send_slots import SendSlots
+from node.wire.frames import PREFIX_BYTES, Frame, FrameGuard, seal
+from node.wire.sealed import SECURE_TOPICS
+from node.wire.update import (
     INCARNATION_BYTES,
     MAX_INCARNATIONS,
     MAX_SHARED_ITEMS,
@@ -77,8 +77,8 @@ from node.wire import (
 )
 
 if TYPE_CHECKING:
-    from node.dp import DpTrainer
     from node.telemetry import MqttTelemetry
+    from node.training.dp_engine import DpTrainer
 
 SUSPECT_AFTER = 3
 # The most rounds one catch-up may skip (see Node._next_round).
@@ -125,9 +125,9 @@ class Node:
         self.trainer: LocalTrainer = plain
         self.dp: DpTrainer | None = None
         if config.privacy is not None:
-            from node.dp import DpTrainer  # Opacus loads only for sites that use DP
+            from node.training.dp_engine import DpTrainer  # Opacus loads only for sites that use DP
 
-            # The noise and sampling seed is a secret from the OS CSPRNG (node.site_secrets),
+            # The noise and sampling seed is a secret from the OS CSPRNG (node.state.site_secrets),
             # never the consortium's public seed: that would let any member subtract it.
             self.dp = DpTrainer(
                 plain,
@@ -138,7 +138,7 @@ class Node:
             )
             self.trainer = self.dp
         self.ledger = PrivacyLedger(config.site.state_dir) if config.privacy is not None else None
-        # murmur-gt gossips the stacked [x | v] (node.tracking): twice the model's length.
+        # murmur-gt gossips the stacked [x | v] (node.gossip.tracking): twice the model's length.
         self.tracker = (
             GradientTracker(self.trainer.params, x0)
             if config.gossip.method == "murmur-gt"
@@ -155,7 +155,7 @@ class Node:
         self.compressor = stacked(parsed, parts)
         self._shared_indices = shared_indices(self.compressor, self.dim)
         # γ from the public graph, the compressor and the dimension, and a guard that
-        # halves it if this site's residuals grow (node.step_size); a configured γ is kept.
+        # halves it if this site's residuals grow (node.gossip.step_size); a configured γ is kept.
         self.guard_step: StepGuard | None = None
         # Each neighbour's last announced (stamp, γ), and what each link last carried.
         self.neighbour_step: dict[str, tuple[int, float]] = {}
@@ -167,7 +167,7 @@ class Node:
             self.gamma = config.gossip.gamma
         self.links = Links(me, membership, self.state.xhat[0], weight)
         # x̂₀ (every site's, from the shared seed) and this life's incarnation id: a
-        # checkpoint restores the id, a start from nothing draws a new one (node.links).
+        # checkpoint restores the id, a start from nothing draws a new one (node.state.links).
         self.xhat0 = self.state.xhat[0].clone()
         self.incarnation = secrets.token_bytes(INCARNATION_BYTES)
         self._retired: dict[str, list[bytes]] = {}  # neighbours' earlier incarnations
@@ -302,7 +302,7 @@ class Node:
             self.emit("reload_failed", detail=str(exc))
 
     def apply_membership(self, config: NodeConfig) -> None:
-        """Re-weight and resynchronise for a new ``[consortium]``; see node.membership."""
+        """Re-weight and resynchronise for a new ``[consortium]``; see node.state.membership."""
         me = self.identity.peer_id
         membership = Membership.of(config)
         if self.secure is not None and membership != self.links.membership:
@@ -335,7 +335,7 @@ class Node:
         )
 
     def _libp2p(self) -> Transport:
-        from node.p2p import P2PTransport
+        from node.transport.p2p import P2PTransport
 
         return P2PTransport(
             self.identity,
@@ -526,7 +526,7 @@ class Node:
 
     def _reconcile_ledger(self, resumed: bool) -> None:
         """Check the checkpoint's budget against the privacy ledger, and continue from the
-        ledger when the checkpoint was lost (node.privacy_ledger)."""
+        ledger when the checkpoint was lost (node.state.privacy_ledger)."""
         if self.ledger is None or self.dp is None:
             return
         continued = self.ledger.check(self._dp_history())
@@ -571,7 +571,7 @@ class Node:
 
     async def _send_all(self, t: int, clock: int | None = None) -> None:
         """Send each neighbour this round's frame: new backlog items (the whole backlog
-        when its oldest item went unacknowledged, :mod:`node.backlog`) and our ack.
+        when its oldest item went unacknowledged, :mod:`node.state.backlog`) and our ack.
         ``clock`` is the round the backlog's resend rule counts from (default ``t``)."""
         budget = self.config.gossip.max_frame_bytes // 2
 
@@ -592,7 +592,7 @@ class Node:
                 stamp, agreed = self.guard_step.announcement()
                 mine = (stamp, float(agreed[0]))
                 if self._announced.get(peer) != mine:
-                    step = mine  # min-gossip of the consensus step (node.step_size)
+                    step = mine  # min-gossip of the consensus step (node.gossip.step_size)
             inc = (self.incarnation, self.links.incarnation.get(peer, NO_INCARNATION))
             payload = encode_update(self.dim, self.links.acked[peer], items, step, inc)
             body = seal(self.identity, t, "update", payload)

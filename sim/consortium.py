@@ -27,8 +27,8 @@ from node.config import (
     SiteSection,
     TrainSection,
 )
-from node.privacy import DpConfig, for_sites
-from node.trainer import TrainConfig
+from node.training.dp_config import DpConfig, for_sites
+from node.training.trainer import TrainConfig
 from sim.prep import FederatedData
 
 
@@ -67,7 +67,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def save_shard(path: Path, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> None:
-    """One site's rows as the ``npz:`` file :mod:`node.site_data` reads."""
+    """One site's rows as the ``npz:`` file :mod:`node.training.data` reads."""
     np.savez(path, x=x.numpy(), y=y.numpy(), n_classes=n_classes)
 
 

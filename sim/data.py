@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from node.site_data import BUILTIN_DATASETS
+from node.training.data import BUILTIN_DATASETS
 from sim.errors import DataError
 
 DATASET_NAMES = (*BUILTIN_DATASETS, "csv:PATH")

@@ -20,9 +20,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from node.compress import Compressor
 from node.errors import ConfigError
-from node.privacy import DpConfig
+from node.gossip.compress import Compressor
+from node.training.dp_config import DpConfig
 from sim.engine import RunSpec, Simulation
 from sim.prep import FederatedData
 from topology import StaticTopology

@@ -18,15 +18,15 @@ import torch
 
 from crypto.cipher import cipher_by_name
 from murmur.registry import Registry
-from node.compress import Compressor, Identity, require_shared_slots, stacked
 from node.errors import ConfigError
-from node.flat import FlatLayout
-from node.gossip import ChocoState, add_self_contribution, consensus_distance, mix_step
-from node.models import build_model
-from node.privacy import DpConfig, for_sites
-from node.step_size import StepGuard, guarded_compress, step_guard
-from node.tracking import GradientTracker
-from node.trainer import BatchedTrainer, LocalTrainer, StackedData, TrainConfig
+from node.gossip.choco import ChocoState, add_self_contribution, consensus_distance, mix_step
+from node.gossip.compress import Compressor, Identity, require_shared_slots, stacked
+from node.gossip.step_size import StepGuard, guarded_compress, step_guard
+from node.gossip.tracking import GradientTracker
+from node.training.dp_config import DpConfig, for_sites
+from node.training.flat import FlatLayout
+from node.training.models import build_model
+from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData, TrainConfig
 from sim.faults import FaultConfig, FaultModel
 from sim.metrics import accuracy, auc
 from sim.network import SimNetwork, dense_frame_bytes
@@ -43,7 +43,7 @@ class RunSpec:
     rounds: int
     model: str
     train: TrainConfig
-    gamma: float | None  # None: node.step_size's γ per site, with its runtime guard
+    gamma: float | None  # None: node.gossip.step_size's γ per site, with its runtime guard
     seed: int
     device: torch.device
     eval_every: int = 1
@@ -92,7 +92,7 @@ class Simulation:
         plain = BatchedTrainer(self.model, params, stacked, self.spec.train, self.spec.seed)
         if self.spec.dp is None:
             return plain
-        from node.dp import DpTrainer  # Opacus loads only when DP is asked for
+        from node.training.dp_engine import DpTrainer  # Opacus loads only when DP is asked for
 
         dp = for_sites(self.spec.dp, [len(y) for _, y in self.data.train])
         pooled = len(parts) == 1 and self.n > 1  # central: its one row weighs 1
@@ -101,7 +101,7 @@ class Simulation:
             # Central DP-SGD has no mixing to wait for: every round is its better setting.
             dp = replace(dp, rounds=self.spec.rounds)
         # The simulator seeds DP from its public --seed on purpose: runs are reproducible,
-        # and nobody's records are at stake. Nodes use a secret seed (node.site_secrets).
+        # and nobody's records are at stake. Nodes use a secret seed (node.state.site_secrets).
         return DpTrainer(
             plain, parts, dp, self.spec.rounds, self.spec.seed, mean, reproducible=True
         )

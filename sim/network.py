@@ -2,13 +2,13 @@
 
 Every directed edge j→i carries W_ij q_j each round. Frames that make the deadline on a
 link with an empty backlog take a vectorised fast path (one sparse product for all of
-them); every other link goes through :mod:`node.backlog`, exactly as a real site would:
+them); every other link goes through :mod:`node.state.backlog`, exactly as a real site would:
 numbered items, sent once, resent when unacknowledged, applied once and in order.
 
 Bytes are those of the frames a node would put on the wire for the same traffic —
 length prefix, signed envelope, item headers, values, indices (none for shared-index
 compressors: the round is sent instead), the acknowledgement — sized by the codec's own
-functions (:mod:`node.wire`, :mod:`node.frames`), for every frame sent, retransmissions
+functions (:mod:`node.wire.update`, :mod:`node.wire.frames`), for every frame sent, retransmissions
 and lost frames included. Acknowledgements are delivered with the frame here; on a node
 they ride on the next frame, which the backlog's resend rule allows for.
 """
@@ -23,10 +23,10 @@ import torch
 from numpy.typing import NDArray
 
 from crypto.identity import PEER_ID_CHARS
-from node.backlog import InboundLink, OutboundLink
-from node.frames import frame_size
-from node.sparse import Sparse
-from node.wire import (
+from node.gossip.sparse import Sparse
+from node.state.backlog import InboundLink, OutboundLink
+from node.wire.frames import frame_size
+from node.wire.update import (
     encoded_item_size,
     item_size,
     link_item_values,
@@ -141,7 +141,7 @@ class SimNetwork:
     ) -> Traffic:
         """Send this round's q (rows of non-working nodes are ignored) and fold arrivals into s.
         ``step`` is each node's (stamp, smallest known step), (N, 2): a frame announces
-        it when it changed (node.step_size)."""
+        it when it changed (node.gossip.step_size)."""
         if self.faults is not None:
             on_time, round_ms = self.faults.deliveries(self.src, self.dst, alive)
         else:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from node.trainer import BatchedTrainer, StackedData, TrainConfig
+from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
 
 VALIDATION_SHARE = 0.2
 PATIENCE = 25

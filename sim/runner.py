@@ -20,14 +20,14 @@ from rich.progress import (
 )
 
 from node.cli import Command
-from node.compress import compressor_forms, parse_compressor
 from node.config import DEFAULT_COMPRESSOR, SECURE_MODES, SPLITS, TrainSection, parse_partition
-from node.device import pick_device
 from node.errors import ConfigError
-from node.models import MODELS
-from node.privacy import DpConfig, parse_dp
-from node.step_size import step_guard
-from node.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
+from node.gossip.compress import compressor_forms, parse_compressor
+from node.gossip.step_size import step_guard
+from node.training.device import pick_device
+from node.training.dp_config import DpConfig, parse_dp
+from node.training.models import MODELS
+from node.training.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
 from sim import partition
 from sim.consortium import ConsortiumSpec
 from sim.data import load_dataset

@@ -2,8 +2,8 @@
 
 Every simulated site has its own key pair and signing identity. Per round and receiver i:
 each working neighbour j takes its contribution from its per-link outbox
-(:mod:`node.outbox`), multiplies it by W_ij and encrypts it under i's public key; the
-round's aggregator (:func:`node.secure.pick_aggregator`, skipping neighbours that are
+(:mod:`node.exchange.outbox`), multiplies it by W_ij and encrypts it under i's public key; the
+round's aggregator (:func:`node.exchange.plan.pick_aggregator`, skipping neighbours that are
 down) adds what reached it and, when that is at least two contributions, forwards the sum
 with its signed contributor bitmap; i verifies the record and decrypts the sum. The
 bytes go through the same envelope checks as on a real site (``open_envelope``).
@@ -27,11 +27,11 @@ from numpy.typing import NDArray
 
 from crypto.cipher import Cipher, PublicKey, Sealed, SecretKey, open_envelope
 from crypto.identity import PEER_ID_CHARS, SiteIdentity
-from node.frames import frame_size
-from node.outbox import Outbox
-from node.sealed_wire import basis, pack
-from node.secure import pick_aggregator, sign_contributors, verify_contributors
-from node.wire import INCARNATION_BYTES
+from node.exchange.outbox import Outbox
+from node.exchange.plan import pick_aggregator, sign_contributors, verify_contributors
+from node.wire.frames import frame_size
+from node.wire.sealed import basis, pack
+from node.wire.update import INCARNATION_BYTES
 from sim.faults import FaultModel
 from sim.network import Traffic
 
@@ -172,7 +172,7 @@ class SecureSimNetwork:
 
     @staticmethod
     def _frame(round: int, topic: str, fields: dict[str, Any]) -> int:
-        """Wire bytes of the node's frame with this payload (:mod:`node.sealed_wire`)."""
+        """Wire bytes of the node's frame with this payload (:mod:`node.wire.sealed`)."""
         return int(frame_size(PEER_ID_CHARS, round, topic, len(pack(fields))))
 
     def _receipt(self, j: int, round: int, included: bool) -> dict[str, Any]:

@@ -21,10 +21,10 @@ import torch
 
 from crypto.identity import SiteIdentity, load_key
 from node.config import load_config
-from node.frames import decode, seal
-from node.p2p import P2PTransport
 from node.runtime import Node
-from node.wire import encode_update
+from node.transport.p2p import P2PTransport
+from node.wire.frames import decode, seal
+from node.wire.update import encode_update
 
 BURST = 20
 

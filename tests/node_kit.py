@@ -10,8 +10,8 @@ from pathlib import Path
 
 from crypto.identity import load_key
 from node.config import load_config
-from node.memory_transport import MemoryNetwork, MemoryTransport
 from node.runtime import Node
+from node.transport.memory import MemoryNetwork, MemoryTransport
 from sim.prep import FederatedData
 
 

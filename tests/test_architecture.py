@@ -26,9 +26,9 @@ ALLOWED = {
 }
 HEAVY = {  # dependency → the one module that may import it
     "tenseal": "crypto/ckks.py",
-    "opacus": "node/dp.py",
-    "libp2p": "node/p2p.py",
-    "trio": "node/p2p.py",
+    "opacus": "node/training/dp_engine.py",
+    "libp2p": "node/transport/p2p.py",
+    "trio": "node/transport/p2p.py",
     "aiomqtt": "node/telemetry.py",
 }
 
@@ -77,8 +77,9 @@ import node.cli, node.runtime, node.config
 loaded = sorted(m for m in ("tenseal", "opacus", "aiomqtt") if m in sys.modules)
 from libp2p.stream_muxer.yamux import yamux
 size = yamux.MAX_MESSAGE_SIZE
-import node.p2p, node.dp
-quiet = [f for f in warnings.filters if f[1] and any(f[1].match(m) for m in node.dp.QUIET)]
+import node.transport.p2p
+from node.training import dp_engine
+quiet = [f for f in warnings.filters if f[1] and any(f[1].match(m) for m in dp_engine.QUIET)]
 print(json.dumps({"loaded": loaded, "same_size": yamux.MAX_MESSAGE_SIZE == size,
                   "same_filters": not quiet}))
 """

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.backlog import InboundLink, OutboundLink
 from node.errors import MalformedFrameError
-from node.wire import decode_update, encode_update
+from node.state.backlog import InboundLink, OutboundLink
+from node.wire.update import decode_update, encode_update
 
 
 def _sparse(out: OutboundLink, index: int, value: float) -> None:

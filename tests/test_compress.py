@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from node.compress import AdaptiveTopK, BlockK, parse_compressor
 from node.errors import UnknownCompressorError
-from node.quantize import stochastic_quantize
+from node.gossip.compress import AdaptiveTopK, BlockK, parse_compressor
+from node.gossip.quantize import stochastic_quantize
 
 vectors = arrays(np.float32, st.integers(8, 300), elements=st.floats(-1e3, 1e3, width=32))
 fractions = st.floats(0.01, 1.0)

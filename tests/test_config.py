@@ -12,8 +12,8 @@ import pytest
 from crypto.identity import SiteIdentity
 from node.config import SECTIONS, GossipSection, TrainSection, load_config
 from node.errors import ConfigError
-from node.membership import Membership
-from node.trainer import TrainConfig
+from node.state.membership import Membership
+from node.training.trainer import TrainConfig
 from sim.consortium import write_consortium
 from sim.faults import FaultConfig
 from sim.prep import FederatedData
@@ -164,5 +164,13 @@ def test_every_sim_training_flag_reaches_the_process_backends_nodes(
         compressor="block-k:0.1", method="murmur-gt", gamma=0.3, deadline_s=1.5, secure="plain"
     )
     assert node.consortium.seed == 3 and node.privacy is not None
-    assert (node.privacy.epsilon, node.privacy.rounds, node.privacy.weight) == (3.0, 5, "equal")
-    assert (node.faults.drop, node.faults.delay_ms, node.faults.slow) == (0.05, 3.0, 2.0)
+    assert (
+        node.privacy.epsilon,
+        node.privacy.rounds,
+        node.privacy.weight,
+    ) == (3.0, 5, "equal")
+    assert (
+        node.faults.drop,
+        node.faults.delay_ms,
+        node.faults.slow,
+    ) == (0.05, 3.0, 2.0)

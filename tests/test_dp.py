@@ -13,12 +13,12 @@ import torch
 from opacus.accountants import RDPAccountant
 from torch import nn
 
-from node.dp import DpTrainer, Ledger
 from node.errors import ConfigError
-from node.flat import FlatLayout
-from node.models import build_model
-from node.privacy import DEFAULT_DP_CAP, DEFAULT_DP_SHARE, DpConfig, dp_rounds, parse_dp
-from node.trainer import BatchedTrainer, StackedData, TrainConfig
+from node.training.dp_config import DEFAULT_DP_CAP, DEFAULT_DP_SHARE, DpConfig, dp_rounds, parse_dp
+from node.training.dp_engine import DpTrainer, Ledger
+from node.training.flat import FlatLayout
+from node.training.models import build_model
+from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.faults import Crash
 from sim.prep import FederatedData

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.compress import parse_compressor
-from node.trainer import TrainConfig
+from node.gossip.compress import parse_compressor
+from node.training.trainer import TrainConfig
 from sim.engine import RunSpec, Simulation
 from sim.prep import FederatedData
 from topology import build_topology

@@ -18,7 +18,7 @@ from node.errors import (
     StaleFrameError,
     UnknownSenderError,
 )
-from node.frames import FrameGuard, check_length, decode, length_prefix, seal
+from node.wire.frames import FrameGuard, check_length, decode, length_prefix, seal
 
 ALICE, BOB, MALLORY = SiteIdentity.generate(), SiteIdentity.generate(), SiteIdentity.generate()
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from node.compress import Identity, parse_compressor
-from node.gossip import (
+from node.gossip.choco import (
     ChocoState,
     add_self_contribution,
     compress_step,
     mix_step,
 )
+from node.gossip.compress import Identity, parse_compressor
 from sim.faults import FaultConfig, FaultModel
 from sim.network import SimNetwork
 from topology import build_graph, metropolis_hastings, spectral_gap

@@ -21,21 +21,21 @@ import numpy as np
 import pytest
 import torch
 
-from node import checkpoint
-from node.backlog import Item
-from node.dp import SECURE_RNG_WARNING, DpTrainer
 from node.errors import ConfigError, FrameError, NodeCrashedError, PeerUnreachableError
-from node.flat import FlatLayout
-from node.frames import Frame, FrameGuard, decode, seal
-from node.memory_transport import MemoryNetwork, MemoryTransport
-from node.models import build_model
-from node.privacy import DpConfig
+from node.exchange.plan import sign_contributors
 from node.runtime import Node
-from node.sealed_wire import pack
-from node.secure import sign_contributors
-from node.site_secrets import SEED_FILE, dp_seed
-from node.trainer import BatchedTrainer, StackedData, TrainConfig
-from node.wire import encode_update
+from node.state import checkpoint
+from node.state.backlog import Item
+from node.state.site_secrets import SEED_FILE, dp_seed
+from node.training.dp_config import DpConfig
+from node.training.dp_engine import SECURE_RNG_WARNING, DpTrainer
+from node.training.flat import FlatLayout
+from node.training.models import build_model
+from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
+from node.transport.memory import MemoryNetwork, MemoryTransport
+from node.wire.frames import Frame, FrameGuard, decode, seal
+from node.wire.sealed import pack
+from node.wire.update import encode_update
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.prep import FederatedData
 from tests.node_kit import events, memory_nodes, run_nodes, subset
@@ -340,8 +340,8 @@ def test_a_receiver_cannot_pick_its_own_aggregator(
     absent, so a receiver could name the others absent and have the neighbour of its
     choice aggregate for it. Now only the contributor's own evidence counts: a failed send
     passes that aggregator over for a few rounds, and the part goes to the next at once."""
-    from node.secure import aggregator_order
-    from node.secure_exchange import DOWN_ROUNDS
+    from node.exchange.plan import aggregator_order
+    from node.exchange.secure import DOWN_ROUNDS
 
     nodes = memory_nodes(_secure_paths(subset(wisconsin16, 4), tmp_path, rounds=2))
     run_nodes(nodes)  # a 4-ring: site 1 contributes to site 0, whose other neighbour is 3
@@ -652,8 +652,8 @@ def test_a_neighbour_changing_its_incarnation_again_and_again_is_refused(
     new one in every receipt is refused after MAX_INCARNATIONS, and an id it had before is
     stale."""
     from node.errors import StaleFrameError
-    from node.sealed_wire import basis
-    from node.wire import MAX_INCARNATIONS
+    from node.wire.sealed import basis
+    from node.wire.update import MAX_INCARNATIONS
 
     nodes = memory_nodes(_secure_paths(subset(wisconsin16, 3), tmp_path, rounds=2))
     run_nodes(nodes)
@@ -870,7 +870,7 @@ def test_a_large_body_on_a_slow_link_arrives_and_a_stalled_one_returns_short() -
     timed out could hand back the previous frame's body. Now each chunk has the timeout."""
     import trio
 
-    from node.p2p import _read_exactly
+    from node.transport.p2p import _read_exactly
 
     async def scenario() -> tuple[int, int]:
         slow = _SlowStream(total=40, chunk=4, gap_s=0.02)  # 0.2 s in all, 0.02 s a chunk
@@ -883,7 +883,7 @@ def test_a_large_body_on_a_slow_link_arrives_and_a_stalled_one_returns_short() -
 
 
 def test_a_torn_ledger_line_is_not_joined_to_the_next(tmp_path: Path) -> None:
-    from node.privacy_ledger import PrivacyLedger
+    from node.state.privacy_ledger import PrivacyLedger
 
     ledger = PrivacyLedger(tmp_path)
     ledger.append(0, [(1.0, 0.5, 1)])
@@ -927,8 +927,8 @@ def test_a_long_shared_index_backlog_goes_out_in_frames_a_receiver_admits(
 ) -> None:
     """A receiver refuses frames with more than MAX_SHARED_ITEMS shared-index items (each
     costs it an index draw), so a sender with a longer backlog splits it over rounds."""
-    from node.compress import shared_indices
-    from node.wire import MAX_SHARED_ITEMS, decode_update
+    from node.gossip.compress import shared_indices
+    from node.wire.update import MAX_SHARED_ITEMS, decode_update
 
     spec = ConsortiumSpec(rounds=1, train=TRAIN, compressor="rand-k:0.05", deadline_s=1.0)
     _, nodes = _consortium(wisconsin16, tmp_path, 3, spec)
@@ -1023,7 +1023,7 @@ def test_a_slow_reader_neither_stretches_secure_rounds_nor_gets_a_part_sent_twic
     and each receiver's part go out at once. A part still being written to a slow
     aggregator counts as sent: sending it to the next aggregator as well could put it in
     two sums, whose difference would open it."""
-    from node.sealed_wire import unpack
+    from node.wire.sealed import unpack
 
     deadline, delay, rounds = 0.3, 2.0, 8
     spec = ConsortiumSpec(
@@ -1057,7 +1057,7 @@ def test_a_rebase_is_announced_once_saved_and_sets_the_sum_at_the_shared_start(
     """Receipts announce the epoch of the last checkpoint (a crash before the save must not
     leave neighbours on an epoch we restore without); the next resolve puts our sum at
     W_ii x̂ + (1 − W_ii) x̂₀ before it adds the round's sums of the new basis."""
-    from node.sealed_wire import basis, decode_receipt
+    from node.wire.sealed import basis, decode_receipt
 
     nodes = memory_nodes(_secure_paths(subset(wisconsin16, 3), tmp_path, rounds=2))
     run_nodes(nodes)

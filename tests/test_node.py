@@ -15,10 +15,10 @@ import torch
 from crypto.identity import load_key
 from node.config import NodeConfig, load_config
 from node.errors import ConfigError
-from node.frames import seal
-from node.memory_transport import MemoryNetwork, MemoryTransport
 from node.runtime import Node
-from node.trainer import TrainConfig
+from node.training.trainer import TrainConfig
+from node.transport.memory import MemoryNetwork, MemoryTransport
+from node.wire.frames import seal
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.faults import parse_crash
 from sim.prep import FederatedData
@@ -141,7 +141,7 @@ def test_bad_frames_are_counted_and_the_node_goes_on(
 def test_eight_processes_over_libp2p_match_in_process(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
-    from node.compress import parse_compressor
+    from node.gossip.compress import parse_compressor
     from sim.engine import RunSpec, Simulation
 
     data = subset(wisconsin16, 8)

@@ -8,7 +8,7 @@ import pytest
 
 from crypto.errors import BadSignatureError
 from crypto.identity import SiteIdentity
-from node.secure import (
+from node.exchange.plan import (
     MIN_CONTRIBUTORS,
     aggregator_order,
     disjoint_sums,

@@ -15,11 +15,11 @@ import torch
 
 from node.config import load_config
 from node.errors import ConfigError, KeyPinError
-from node.frames import decode, seal
-from node.memory_transport import MemoryTransport
+from node.exchange.secure import SecureExchange
 from node.runtime import Node
-from node.secure_exchange import SecureExchange
-from node.trainer import TrainConfig
+from node.training.trainer import TrainConfig
+from node.transport.memory import MemoryTransport
+from node.wire.frames import decode, seal
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.faults import Crash
 from sim.prep import FederatedData

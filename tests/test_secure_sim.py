@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.compress import parse_compressor
 from node.errors import ConfigError
-from node.trainer import TrainConfig
+from node.gossip.compress import parse_compressor
+from node.training.trainer import TrainConfig
 from sim.engine import RunSpec, Simulation
 from sim.faults import Crash, FaultConfig
 from sim.prep import FederatedData

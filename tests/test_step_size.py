@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.compress import parse_compressor
-from node.gossip import ChocoState, add_self_contribution, consensus_distance, mix_step
-from node.step_size import (
+from node.gossip.choco import ChocoState, add_self_contribution, consensus_distance, mix_step
+from node.gossip.compress import parse_compressor
+from node.gossip.step_size import (
     MAX_BACKOFFS,
     StepGuard,
     choose_gamma,

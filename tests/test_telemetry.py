@@ -15,10 +15,10 @@ from crypto.identity import load_key
 from crypto.keyfile import write_secret
 from node.config import load_config, parse_broker
 from node.errors import ConfigError
-from node.memory_transport import MemoryNetwork, MemoryTransport
 from node.runtime import Node
 from node.telemetry import MqttTelemetry
-from node.trainer import TrainConfig
+from node.training.trainer import TrainConfig
+from node.transport.memory import MemoryNetwork, MemoryTransport
 from sim.consortium import ConsortiumSpec, free_ports, write_consortium
 from sim.prep import FederatedData
 from tests.conftest import SecureBroker

@@ -13,14 +13,14 @@ import numpy as np
 import torch
 
 from crypto.identity import load_key
-from node.compress import parse_compressor, stacked
 from node.config import load_config
-from node.gossip import ChocoState, add_self_contribution, mix_step
-from node.memory_transport import MemoryNetwork, MemoryTransport
+from node.gossip.choco import ChocoState, add_self_contribution, mix_step
+from node.gossip.compress import parse_compressor, stacked
+from node.gossip.step_size import guarded_compress, step_guard
+from node.gossip.tracking import GradientTracker
 from node.runtime import Node
-from node.step_size import guarded_compress, step_guard
-from node.tracking import GradientTracker
-from node.trainer import TrainConfig, TrainStats
+from node.training.trainer import TrainConfig, TrainStats
+from node.transport.memory import MemoryNetwork, MemoryTransport
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.engine import RunSpec, Simulation
 from sim.network import SimNetwork

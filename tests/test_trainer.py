@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from node.flat import FlatLayout
-from node.models import build_model
-from node.trainer import BatchedTrainer, StackedData, TrainConfig
+from node.training.flat import FlatLayout
+from node.training.models import build_model
+from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
 
 
 def _trainer(config: TrainConfig, seed: int = 0) -> BatchedTrainer:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from crypto.identity import SiteIdentity
-from node.memory_transport import MemoryNetwork, MemoryTransport
-from node.transport import Transport
+from node.transport.base import Transport
+from node.transport.memory import MemoryNetwork, MemoryTransport
 from tests.transport_kit import CHECKS, Make
 
 

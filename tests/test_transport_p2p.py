@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from crypto.identity import SiteIdentity
-from node.p2p import P2PTransport
-from node.transport import Transport
+from node.transport.base import Transport
+from node.transport.p2p import P2PTransport
 from tests.transport_kit import CHECKS, Make
 
 
@@ -40,7 +40,7 @@ def test_a_peer_that_ignores_yamux_flow_control_is_cut_off() -> None:
     from libp2p.peer.id import ID
     from libp2p.stream_muxer.yamux import yamux
 
-    from node.frames import length_prefix
+    from node.wire.frames import length_prefix
 
     limit = 2**20
 
@@ -105,7 +105,7 @@ def test_a_peer_holds_at_most_two_connections_the_newest_win() -> None:
     oldest beyond two (the newest wins, so a restarted honest peer always gets in)."""
     from libp2p.peer.id import ID
 
-    from node.p2p import MAX_CONNECTIONS_PER_PEER
+    from node.transport.p2p import MAX_CONNECTIONS_PER_PEER
 
     def make(identity: SiteIdentity) -> P2PTransport:
         return P2PTransport(identity, timeout_s=5.0, redial_s=60.0)

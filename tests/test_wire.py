@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.identity import PEER_ID_CHARS, SiteIdentity
-from node.backlog import Item
 from node.errors import MalformedFrameError
-from node.frames import frame_size, length_prefix, seal
-from node.wire import decode_update, encode_update, encoded_item_size, payload_size
+from node.state.backlog import Item
+from node.wire.frames import frame_size, length_prefix, seal
+from node.wire.update import decode_update, encode_update, encoded_item_size, payload_size
 
 NO_INC = [bytes(8), bytes(8)]
 DIM = 300
@@ -138,7 +138,7 @@ def test_a_frame_naming_many_shared_rounds_is_refused_before_any_draw() -> None:
     """Each shared-index item makes the receiver draw its round's index set; one frame
     naming 4,096 rounds cost 4,096 draws. Now more than MAX_SHARED_ITEMS is malformed, and
     nothing is drawn for it."""
-    from node.wire import MAX_SHARED_ITEMS
+    from node.wire.update import MAX_SHARED_ITEMS
 
     drawn: list[int] = []
 

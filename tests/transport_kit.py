@@ -21,7 +21,7 @@ from node.errors import (
     TransportError,
     UnknownPeerError,
 )
-from node.transport import Received, Transport
+from node.transport.base import Received, Transport
 
 
 class Make(Protocol):

@@ -35,7 +35,7 @@ target = "label"                       # or builtin:breast-cancer / builtin:ncct
 ```
 
 Send the node SIGHUP after editing ``[consortium]`` (members, topology, edges, peers) to
-change the membership without a restart; see :mod:`node.membership`.
+change the membership without a restart; see :mod:`node.state.membership`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from node.config.sections import (
     TrainSection,
 )
 from node.errors import ConfigError
-from node.privacy import DpConfig
+from node.training.dp_config import DpConfig
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class NodeConfig:
     data: DataSection
     train: TrainSection = field(default_factory=TrainSection)
     gossip: GossipSection = field(default_factory=GossipSection)
-    privacy: DpConfig | None = None  # [privacy]: DP-SGD with this budget (node.dp)
+    privacy: DpConfig | None = None  # [privacy]: DP-SGD with this budget (node.training.dp_engine)
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
     faults: FaultsSection = field(default_factory=FaultsSection)
     path: Path = Path("site.toml")

@@ -16,11 +16,11 @@ import networkx as nx
 
 from crypto.errors import BadSignatureError
 from crypto.identity import public_key_from_peer_id
-from node.compress import parse_compressor, require_shared_slots
 from node.config.schema import AUTO, DOC, FLATTEN, KEY
 from node.errors import ConfigError
-from node.site_data import BUILTIN_DATASETS
-from node.trainer import TrainConfig
+from node.gossip.compress import parse_compressor, require_shared_slots
+from node.training.data import BUILTIN_DATASETS
+from node.training.trainer import TrainConfig
 from topology import StaticTopology, Topology, TopologyError, build_topology
 
 SPLITS = ("auto", "iid", "dirichlet", "natural")

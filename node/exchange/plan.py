@@ -9,7 +9,7 @@ aggregator over (receiver, round, bitmap, hash of the sum): i learns whose terms
 holds, so it can acknowledge exactly those, and decrypts it only if the bitmap names at
 least two contributors (a sum of one is that neighbour's update in the clear). The record
 also names the receiver's *basis* the contributions were made against (its incarnation
-and rebase epoch, :mod:`node.secure_exchange`), so a sum made against a basis the receiver
+and rebase epoch, :mod:`node.exchange.secure`), so a sum made against a basis the receiver
 has left is never added to its running sum.
 """
 
@@ -76,7 +76,7 @@ class Contributors:
 
     def sum_fields(self, sum_bytes: bytes) -> dict[str, int | bytes]:
         """The ``sum`` payload that forwards ``sum_bytes`` with this record
-        (:mod:`node.sealed_wire`); one definition for node, simulator and tests."""
+        (:mod:`node.wire.sealed`); one definition for node, simulator and tests."""
         return {
             "bitmap": self.bitmap,
             "digest": self.sum_digest,

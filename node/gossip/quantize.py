@@ -3,11 +3,11 @@
 Each row's kept values are scaled by their max magnitude onto 127 levels and rounded
 up or down at random with the probability that makes E[Q(v)] = v (stochastic rounding),
 so quantization adds variance but no bias. On the wire: one signed byte a value and one
-float32 quantum a row (:mod:`node.wire`).
+float32 quantum a row (:mod:`node.wire.update`).
 
 As a compressor: ‖Q(v) − v‖² ≤ k·(max|v|/127)²/4 ≤ ‖v‖²·k/(4·127²), so quantizing the
 output of a δ-contraction gives a δ(1 − k/(4·127²))-contraction in expectation
-(:func:`node.step_size.contraction`).
+(:func:`node.gossip.step_size.contraction`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from node.sparse import Sparse
+from node.gossip.sparse import Sparse
 
 if TYPE_CHECKING:
-    from node.compress import Compressor
+    from node.gossip.compress import Compressor
 
 LEVELS = 127
 
@@ -50,7 +50,7 @@ class Quantized:
         self.name = f"{inner.name}+q8"
 
     def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
-        from node.compress import round_generator
+        from node.gossip.compress import round_generator
 
         sparse = self.inner.compress(vectors, round)
         levels, quantum = stochastic_levels(sparse.values, round_generator(self.seed, round, 3))

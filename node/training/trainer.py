@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from node.device import autocast_for
 from node.errors import ConfigError
-from node.flat import FlatLayout
+from node.training.device import autocast_for
+from node.training.flat import FlatLayout
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -124,7 +124,7 @@ class TrainStats:
 
 class LocalTrainer(Protocol):
     """What a node needs of its local trainer: plain (:class:`BatchedTrainer`) or DP-SGD
-    (:class:`node.dp.DpTrainer`, a wrapper around one)."""
+    (:class:`node.training.dp_engine.DpTrainer`, a wrapper around one)."""
 
     params: torch.Tensor
 

@@ -35,7 +35,7 @@ from node.errors import (
     StaleFrameError,
     UnknownSenderError,
 )
-from node.msgsize import N, array_header, bin_size, int_size, str_size
+from node.wire.msgsize import N, array_header, bin_size, int_size, str_size
 
 VERSION = 1
 PREFIX_BYTES = 4

@@ -10,7 +10,7 @@ A change (a site added or removed, edges rewired) is applied at a round boundary
 - the node's own term in s_i moves to the new self-weight: s_i += (W'_ii − W_ii) x̂_i;
 - a removed neighbour's running total is subtracted from s_i and its link dropped;
 - a new neighbour, or one whose weight changed, gets a *reset* item W'_ij x̂_i, densely,
-  that replaces everything this node sent it before (:mod:`node.backlog`).
+  that replaces everything this node sent it before (:mod:`node.state.backlog`).
 
 Once every affected site has reloaded and the resets have arrived, every s_i equals
 Σ_j W'_ij x̂_j exactly again. Sites that reload a few rounds apart mix with a slightly

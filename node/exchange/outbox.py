@@ -13,7 +13,7 @@ difference stays in ``x̂_j − c_{j→i}`` and goes out the next time those slo
 otherwise (:class:`Outbox`). The receiver resolves every round once, at its deadline, and
 its receipts tell each neighbour which of its contributions were in a sum it decrypted;
 they are resent until the neighbour acknowledges them, so a lost receipt only delays the
-correction (:mod:`node.secure_exchange`).
+correction (:mod:`node.exchange.secure`).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import torch
 
 from murmur.registry import Registry
 from node.errors import ConfigError, UnknownCompressorError
-from node.quantize import Quantized
-from node.sparse import Sparse
+from node.gossip.quantize import Quantized
+from node.gossip.sparse import Sparse
 
 
 class Compressor(Protocol):

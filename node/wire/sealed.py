@@ -11,7 +11,7 @@
 - ``receipt``: ``{"included": [rounds], "through": r, "ack": r, "key": key id | nil,
   "absent": [peers], "ready": bool, "waiting": bool, "base": basis, "echo": id | nil}``,
   each round to each neighbour; ``base`` is the sender's basis (its incarnation id and
-  rebase epoch, :mod:`node.secure_exchange`), ``echo`` the addressee's incarnation id as
+  rebase epoch, :mod:`node.exchange.secure`), ``echo`` the addressee's incarnation id as
   the sender knows it; and
   which of its contributions up to round ``through`` reached a decrypted sum, how far we
   have processed its receipts, the key id we pinned for it, the neighbours we currently
@@ -33,7 +33,7 @@ import msgpack
 
 from murmur import bounded_msgpack
 from node.errors import MalformedFrameError
-from node.wire import INCARNATION_BYTES
+from node.wire.update import INCARNATION_BYTES
 
 SECURE_TOPICS = ("key", "contrib", "sum", "receipt")
 MAX_LIST = 4096

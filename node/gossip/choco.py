@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from node.compress import Compressor, SharedIndexCompressor
-from node.sparse import Sparse
+from node.gossip.compress import Compressor, SharedIndexCompressor
+from node.gossip.sparse import Sparse
 
 
 @dataclass

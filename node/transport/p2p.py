@@ -60,8 +60,8 @@ from node.errors import (
     PeerUnreachableError,
     TransportClosedError,
 )
-from node.frames import DEFAULT_MAX_FRAME_BYTES, PREFIX_BYTES, check_length, length_prefix
-from node.transport import Received, Transport
+from node.transport.base import Received, Transport
+from node.wire.frames import DEFAULT_MAX_FRAME_BYTES, PREFIX_BYTES, check_length, length_prefix
 
 YAMUX_FRAME_BYTES = 256 * 1024
 

@@ -4,7 +4,7 @@ Rows are nodes (K = 1 on a site, K = N in the in-process simulator). Indices are
 per-row (top-k: they must be sent) or shared by every row (rand-k, block-k: every node
 derives them from the public round seed, so they cost nothing and reveal nothing; the
 codec sends only the round they belong to). What a row costs on the wire is not stored
-here: :mod:`node.wire` sizes the frame that carries it.
+here: :mod:`node.wire.update` sizes the frame that carries it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A builder takes the text after the name and the data's shape; every site builds the same
 architecture from the same spec, so the flat parameter vectors line up. Models must keep
-no unshared state (no BatchNorm: use GroupNorm or LayerNorm); ``node.flat`` refuses
+no unshared state (no BatchNorm: use GroupNorm or LayerNorm); ``node.training.flat`` refuses
 buffers it cannot gossip.
 """
 

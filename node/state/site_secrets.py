@@ -16,8 +16,8 @@ from pathlib import Path
 
 from crypto.errors import KeyFileError
 from crypto.keyfile import read_secret, write_secret
-from node.checkpoint import private_dir
 from node.errors import ConfigError
+from node.state.checkpoint import private_dir
 
 SEED_BYTES = 32
 SEED_FILE = "dp.seed"

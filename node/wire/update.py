@@ -3,14 +3,14 @@ and its exact size, the one source of the byte counts a node and both simulators
 
 ``{"dim": d, "ack": n, "inc": [sender, echo], "items": [[seq, index, values, reset], ...]}``
 where ``inc`` holds the sender's incarnation id and the receiver's as the sender last
-heard it (8 bytes each; :mod:`node.links`: a changed incarnation resets the link, and an
+heard it (8 bytes each; :mod:`node.state.links`: a changed incarnation resets the link, and an
 ack counts only for the incarnation it echoes), and ``index`` is
 nil for a dense item, the int32 little-endian bytes of explicit indices (top-k), or the
 round whose public seed drew a shared index set (rand-k, block-k: the receiver draws the
 same set, so no index is sent); ``values`` is float32 little-endian bytes, or for 8-bit
 quantized items ``[quantum, levels]`` with one float32 quantum and one signed byte a
 value. ``reset`` is true for a dense item that replaces the link's total
-(:mod:`node.backlog`). Everything is validated (types, lengths, index range, rounds,
+(:mod:`node.state.backlog`). Everything is validated (types, lengths, index range, rounds,
 finite values) before a single value is applied, so a bad payload changes nothing.
 
 :func:`payload_size` and :func:`item_size` give the encoded length without encoding;
@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from murmur import bounded_msgpack
-from node.backlog import Item
 from node.errors import MalformedFrameError
-from node.msgsize import BOOL, NIL, N, array_header, bin_size, int_size, map_header, str_size
-from node.sparse import Sparse
+from node.gossip.sparse import Sparse
+from node.state.backlog import Item
+from node.wire.msgsize import BOOL, NIL, N, array_header, bin_size, int_size, map_header, str_size
 
 MAX_ITEMS = 4096
 # Shared-index items a frame may carry: each names a round whose index set the receiver

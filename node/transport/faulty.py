@@ -13,8 +13,8 @@ import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from node.frames import decode
-from node.transport import Received, Transport
+from node.transport.base import Received, Transport
+from node.wire.frames import decode
 
 if TYPE_CHECKING:
     from node.config import FaultsSection as Faults

@@ -1,8 +1,8 @@
 """Exact msgpack encoded sizes, so that byte counts come from the format, not estimates.
 
 The simulator counts the bytes of every frame a node would send without building and
-signing tens of thousands of frames per run: :func:`node.wire.payload_size` and
-:func:`node.frames.frame_size` add these up along the same structure the encoders write,
+signing tens of thousands of frames per run: :func:`node.wire.update.payload_size` and
+:func:`node.wire.frames.frame_size` add these up along the same structure the encoders write,
 and a property test pins them to ``len()`` of the real encodings. Each function takes a
 Python int or a NumPy integer array (one size per element), so a round's links are sized
 at once.

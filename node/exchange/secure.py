@@ -3,7 +3,7 @@
 In every round a site plays three parts at once:
 
 - **contributor** to each neighbour r: takes ``(x̂ − c_{→r})[I_t]`` from its outbox
-  (:mod:`node.outbox`), scales it by W_r,me, encrypts it under r's pinned public key and
+  (:mod:`node.exchange.outbox`), scales it by W_r,me, encrypts it under r's pinned public key and
   sends it to r's aggregator of the round (never r itself): the first neighbour of r, in
   the round's seeded order, that this site itself has no evidence of being down; r's
   own claims about who is absent never enter that choice, so r cannot pick it;
@@ -65,19 +65,19 @@ from node.errors import (
     StaleFrameError,
     TransportError,
 )
-from node.frames import Frame, seal
-from node.membership import Membership
-from node.outbox import Outbox
-from node.sealed_wire import Receipt, basis, check_basis, decode_receipt, pack, unpack
-from node.secure import (
+from node.exchange.outbox import Outbox
+from node.exchange.plan import (
     Contributors,
     disjoint_sums,
     pick_aggregator,
     sign_contributors,
     verify_contributors,
 )
-from node.send_slots import SendSlots
-from node.wire import INCARNATION_BYTES, MAX_INCARNATIONS, NO_INCARNATION
+from node.state.membership import Membership
+from node.transport.send_slots import SendSlots
+from node.wire.frames import Frame, seal
+from node.wire.sealed import Receipt, basis, check_basis, decode_receipt, pack, unpack
+from node.wire.update import INCARNATION_BYTES, MAX_INCARNATIONS, NO_INCARNATION
 
 Send = Callable[[str, bytes], Awaitable[None]]
 Emit = Callable[..., None]
@@ -164,7 +164,7 @@ class SecureExchange:
         self._sums_from: set[tuple[str, int]] = set()  # (aggregator, round) sums taken
         self._bits: dict[int, int] = {}  # round → contributors of the sums taken for it
         self._zeros: dict[tuple[str, int], Sealed] = {}
-        # One frame in flight per peer; each waits at most a deadline (node.send_slots).
+        # One frame in flight per peer; each waits at most a deadline (node.transport.send_slots).
         self.sends = SendSlots(deadline_s, lambda task: self.supervise(task))
 
     # -- who talks to whom -------------------------------------------------------------------

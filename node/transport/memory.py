@@ -15,8 +15,8 @@ from node.errors import (
     PeerUnreachableError,
     TransportClosedError,
 )
-from node.frames import DEFAULT_MAX_FRAME_BYTES
-from node.transport import Received, Transport
+from node.transport.base import Received, Transport
+from node.wire.frames import DEFAULT_MAX_FRAME_BYTES
 
 
 class MemoryNetwork:

@@ -12,7 +12,7 @@ A row whose next round would take its ε past the target is not trained again: i
 stops putting new information about its records into the model, while the gossip of
 the already-private model (mixing, relaying, aggregating: post-processing) goes on.
 
-:class:`DpTrainer` wraps a :class:`~node.trainer.BatchedTrainer`, which keeps the flat
+:class:`DpTrainer` wraps a :class:`~node.training.trainer.BatchedTrainer`, which keeps the flat
 (K, d) parameters, the learning-rate schedule and prediction; each row trains in its own
 Opacus module and optimizer, copied in from and back to its row every round. Mixed
 precision is off for DP steps: per-sample gradients are clipped in float32.
@@ -39,8 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from node.errors import ConfigError
-from node.privacy import DpConfig, dp_rounds
-from node.trainer import BatchedTrainer, TrainConfig, TrainStats
+from node.training.dp_config import DpConfig, dp_rounds
+from node.training.trainer import BatchedTrainer, TrainConfig, TrainStats
 
 # Opacus' RDP conversion warns when the best order is its largest; the bound it returns
 # is then a little loose, never too small; and autograd warns about hooks on a first
@@ -294,12 +294,12 @@ class DpTrainer:
     """DP-SGD for each row of ``inner.params``; prediction and the lr schedule are inner's.
 
     ``planned_rounds`` is the collaboration's length; the budget is spread over
-    :func:`node.privacy.dp_rounds` of them. Under ``dp.weight = "records"`` each row's
+    :func:`node.training.dp_config.dp_rounds` of them. Under ``dp.weight = "records"`` each row's
     learning rate is scaled by its records over ``mean_records`` (``dp.mean_records``
     unless given here: the simulator passes its pooled size for ``central``).
 
     ``seed`` seeds the Poisson sampling and noise generators. A node passes its secret
-    seed (:func:`node.site_secrets.dp_seed`); only the simulator passes a public one, with
+    seed (:func:`node.state.site_secrets.dp_seed`); only the simulator passes a public one, with
     ``reproducible=True``, which also hides Opacus' secure-RNG warning while it builds."""
 
     def __init__(

@@ -33,7 +33,7 @@ from types import TracebackType
 
 from crypto.identity import SiteIdentity
 from node.errors import OversizedFrameError, TransportClosedError, UnknownPeerError
-from node.frames import DEFAULT_MAX_FRAME_BYTES
+from node.wire.frames import DEFAULT_MAX_FRAME_BYTES
 
 _CLOSED = object()
 

@@ -1,7 +1,7 @@
 """A node's links to its neighbours: weights, backlogs, acknowledgements, liveness.
 
 One place holds everything that is per neighbour, so that adding or dropping a
-neighbour (a membership change, :mod:`node.membership`) touches every table at once and
+neighbour (a membership change, :mod:`node.state.membership`) touches every table at once and
 the checkpoint stores and restores them together.
 
 Incarnations: every node draws a random incarnation id when it starts without a
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from node.backlog import InboundLink, Item, OutboundLink
-from node.membership import Change, Membership, diff
+from node.state.backlog import InboundLink, Item, OutboundLink
+from node.state.membership import Change, Membership, diff
 
 
 class Links:

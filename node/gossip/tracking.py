@@ -22,8 +22,8 @@ stochastic and v changes by exactly d − d_prev), so the average model moves al
 average step, as one pooled model would. Everything a site sends is still a compressed,
 W-weighted difference of public copies — a linear sum — so the stacked vector z goes
 through the same codec, backlog and secure aggregation as a plain model, at twice the
-values a round. The compressor keeps the same share of each half (``node.compress.stacked``)
-and γ comes from the same analysis (:mod:`node.step_size`).
+values a round. The compressor keeps the same share of each half (``node.gossip.compress.stacked``)
+and γ comes from the same analysis (:mod:`node.gossip.step_size`).
 
 Where it fails, measured (benchmarks/results/convergence.md, drift rows, 5 local steps):
 it helps on Wisconsin with a ring and top-k 1% (worst site 93.0% against 89.5% for plain
@@ -51,8 +51,8 @@ from __future__ import annotations
 
 import torch
 
-from node.gossip import ChocoState
-from node.trainer import LocalTrainer, TrainStats
+from node.gossip.choco import ChocoState
+from node.training.trainer import LocalTrainer, TrainStats
 
 
 class GradientTracker:

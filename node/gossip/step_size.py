@@ -65,7 +65,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from node.compress import (
+from node.errors import ConfigError
+from node.gossip.choco import ChocoState, compress_step
+from node.gossip.compress import (
     AdaptiveTopK,
     Compressor,
     Identity,
@@ -75,10 +77,8 @@ from node.compress import (
     TopK,
     keep_count,
 )
-from node.errors import ConfigError
-from node.gossip import ChocoState, compress_step
-from node.quantize import LEVELS, Quantized
-from node.sparse import Sparse
+from node.gossip.quantize import LEVELS, Quantized
+from node.gossip.sparse import Sparse
 
 DECAY_SHARE = 0.8  # accept 80% of the best decay rate, taking the smallest such γ
 # A site halves its own γ at most this many times, and no neighbour's announcement takes
