@@ -948,7 +948,7 @@ def test_a_long_shared_index_backlog_goes_out_in_frames_a_receiver_admits(
 
     async def three_rounds() -> None:
         for t in (150, 151, 152):
-            await sender._send_all(t)
+            await sender.exchange.send(t)
 
     asyncio.run(three_rounds())
     seqs = [
@@ -1073,7 +1073,7 @@ def test_a_rebase_is_announced_once_saved_and_sets_the_sum_at_the_shared_start(
         victim.handle(frame)
         announced = decode_receipt(victim._receipt(insider.identity.peer_id)).base
         assert announced == basis(victim.inc, epoch)  # not yet saved
-        victim.snapshot()
+        victim.commit(victim.snapshot())  # the checkpoint is written
         announced = decode_receipt(victim._receipt(insider.identity.peer_id)).base
         assert announced == basis(victim.inc, epoch + 1)
         t = victim.through + 1

@@ -120,6 +120,7 @@ class SecureExchange:
         send: Send,
         emit: Emit,
         incarnation: bytes = NO_INCARNATION,
+        reachable: set[str] | None = None,
     ) -> None:
         self.me = identity.peer_id
         self.identity, self.cipher, self.secret = identity, cipher, secret
@@ -149,7 +150,7 @@ class SecureExchange:
         self.sums: dict[int, list[tuple[Contributors, NDArray[np.float64]]]] = {}  # decrypted
         self.buffers: dict[tuple[str, int], Aggregation] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.reachable: set[str] = set()  # peers with an address; set by the runtime
+        self.reachable: set[str] = set(reachable or ())  # peers with an address
         self.absent: set[str] = set()  # neighbours this site suspects are down; set likewise
         self.down: dict[str, int] = {}  # peer → round a send to it last failed
         self.on_reject: Reject = lambda exc, peer: None  # counts refusals; set likewise
@@ -686,8 +687,7 @@ class SecureExchange:
     # -- checkpoint ----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        self.saved_processed = dict(self.processed)
-        self.saved_epoch = self.epoch
+        """State for the checkpoint (read-only; :meth:`commit` once it is on disk)."""
         return {
             "keys": {p: k.data for p, k in self.keys.items()},
             "outbox": {p: box.snapshot() for p, box in self.outbox.items()},
@@ -701,6 +701,11 @@ class SecureExchange:
             "retired": {p: list(v) for p, v in self.retired.items()},
             "bases": dict(self.bases),
         }
+
+    def commit(self, saved: dict[str, Any]) -> None:
+        """``saved`` is on disk: receipts may now announce its verdicts and its epoch."""
+        self.saved_processed = dict(saved["processed"])
+        self.saved_epoch = int(saved["epoch"])
 
     def restore(self, saved: dict[str, Any]) -> None:
         self.keys = {p: self.cipher.public_key(data) for p, data in saved["keys"].items()}

@@ -107,8 +107,7 @@ class Links:
         return change
 
     def snapshot(self) -> dict[str, Any]:
-        """Checkpointed state; acks sent from now on are what this snapshot has applied."""
-        self.acked = {p: self.inbound[p].applied for p in self.neighbours}
+        """State for the checkpoint (read-only; :meth:`commit` once it is on disk)."""
         return {
             "membership": self.membership.to_dict(),
             "out": {
@@ -121,10 +120,14 @@ class Links:
                 }
                 for p, o in self.out.items()
             },
-            "applied": dict(self.acked),
+            "applied": {p: self.inbound[p].applied for p in self.neighbours},
             "totals": {p: link.total for p, link in self.inbound.items()},
             "incarnation": dict(self.incarnation),
         }
+
+    def commit(self, saved: dict[str, Any]) -> None:
+        """``saved`` is on disk: acks sent from now on are what it has applied."""
+        self.acked = dict(saved["applied"])
 
     @classmethod
     def restore(cls, me: str, saved: dict[str, Any], xhat: torch.Tensor) -> Links:

@@ -1,0 +1,114 @@
+"""What a site's config builds before its first round: data, model, trainer (DP-SGD when
+``[privacy]`` is set), gradient tracker, CHOCO state, compressor and consensus step.
+
+Kept apart from the round loop (:mod:`node.runtime`) so that the loop reads as the
+protocol, and so that every part a config chooses is built in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from node.config import NodeConfig
+from node.gossip.choco import ChocoState
+from node.gossip.compress import Compressor, parse_compressor, stacked
+from node.gossip.step_size import StepGuard, step_guard
+from node.gossip.tracking import GradientTracker
+from node.state.membership import Membership
+from node.state.privacy_ledger import PrivacyLedger
+from node.state.site_secrets import dp_seed
+from node.training.data import SiteData, load_site_data
+from node.training.flat import FlatLayout
+from node.training.models import build_model
+from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData
+
+if TYPE_CHECKING:
+    from node.training.dp_engine import DpTrainer
+
+
+@dataclass
+class SiteParts:
+    data: SiteData
+    eval: SiteData | None
+    model: torch.nn.Module
+    layout: FlatLayout
+    x0: torch.Tensor  # the shared initial model, from the public seed
+    trainer: LocalTrainer
+    dp: DpTrainer | None
+    ledger: PrivacyLedger | None
+    tracker: GradientTracker | None  # murmur-gt: gossips the stacked [x | v]
+    state: ChocoState
+    compressor: Compressor
+    guard_step: StepGuard | None  # None: a configured γ, kept as it is
+    gamma: float
+
+    @property
+    def dim(self) -> int:
+        return int(self.state.x.shape[1])
+
+    @classmethod
+    def build(cls, config: NodeConfig, index: int, membership: Membership) -> SiteParts:
+        data = load_site_data(config.data.source, config.data.target)
+        held_out = (
+            load_site_data(config.data.eval_source, config.data.target)
+            if config.data.eval_source
+            else None
+        )
+        torch.manual_seed(config.consortium.seed)
+        model = build_model(config.train.model, data.x.shape[1], data.n_classes)
+        layout = FlatLayout.of(model)
+        x0 = layout.to_vector(model).detach()
+        plain = BatchedTrainer(
+            model,
+            x0.unsqueeze(0).clone(),
+            StackedData.from_parts([(data.x, data.y)], torch.device("cpu")),
+            config.train.trainer,
+            seed=config.consortium.seed * 7919 + index,
+        )
+        trainer: LocalTrainer = plain
+        dp: DpTrainer | None = None
+        if config.privacy is not None:
+            from node.training.dp_engine import DpTrainer  # Opacus loads only when used
+
+            # The noise and sampling seed is a secret from the OS CSPRNG (node.state.
+            # site_secrets), never the public seed: any member could subtract it.
+            dp = DpTrainer(
+                plain,
+                [(data.x, data.y)],
+                config.privacy,
+                config.train.rounds,
+                dp_seed(config.site.state_dir),
+            )
+            trainer = dp
+        tracking = config.gossip.method == "murmur-gt"
+        tracker = GradientTracker(trainer.params, x0) if tracking else None
+        state = tracker.state if tracker else ChocoState.start(trainer.params, x0)
+        parsed = parse_compressor(
+            config.gossip.compressor, config.consortium.seed, [data.label_counts]
+        )
+        compressor = stacked(parsed, 2 if tracker else 1)
+        # γ from the public graph, the compressor and the dimension, and a guard that
+        # halves it if this site's residuals grow (node.gossip.step_size).
+        guard = None
+        gamma = config.gossip.gamma
+        if gamma is None:
+            guard = step_guard(compressor, state.x.shape[1], membership.matrix(), 1)
+            gamma = float(guard.gamma[0])
+        return cls(
+            data=data,
+            eval=held_out,
+            model=model,
+            layout=layout,
+            x0=x0,
+            trainer=trainer,
+            dp=dp,
+            ledger=PrivacyLedger(config.site.state_dir) if dp is not None else None,
+            tracker=tracker,
+            state=state,
+            compressor=compressor,
+            guard_step=guard,
+            gamma=gamma,
+        )

@@ -1,0 +1,212 @@
+"""Plaintext gossip: each neighbour's compressed update, as backlog items on its link.
+
+Every round a site sends each neighbour one ``update`` frame (node.wire.update): the
+link's new backlog items W_ji q (the whole backlog when its oldest item went
+unacknowledged, node.state.backlog), the count of the neighbour's items it has applied,
+its incarnation, and, when it changed, its consensus step (min-gossip, node.gossip.
+step_size). A received frame's items are added into s in order; a frame from a
+neighbour's new life (it restarted without its checkpoint) resets that link and owes it
+one dense copy of x̂.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from node.errors import FrameError, StaleFrameError, TransportError
+from node.exchange.base import SUSPECT_AFTER, Exchange, Host, OutOfRange
+from node.gossip.sparse import Sparse
+from node.gossip.step_size import StepGuard
+from node.state.backlog import Item
+from node.state.membership import Membership
+from node.transport.send_slots import SendSlots
+from node.wire.frames import Frame, seal
+from node.wire.update import (
+    MAX_INCARNATIONS,
+    MAX_SHARED_ITEMS,
+    NO_INCARNATION,
+    decode_update,
+    encode_update,
+    encoded_item_size,
+    link_item_values,
+)
+
+Announcement = tuple[int, float]  # (stamp, γ)
+
+
+class PlaintextExchange(Exchange):
+    def __init__(
+        self,
+        host: Host,
+        dim: int,
+        shared_indices: Callable[[int], torch.Tensor] | None,
+        guard_step: StepGuard | None,
+        max_frame_bytes: int,
+    ) -> None:
+        self.host = host
+        self.dim = dim
+        self.shared_indices = shared_indices
+        self.guard_step = guard_step
+        self.budget = max_frame_bytes // 2  # of items per frame; the rest goes next round
+        self.xhat0 = host.state.xhat[0].clone()  # every site's, from the shared seed
+        self.sends = SendSlots(host.deadline_s, host.supervise)
+        # Each neighbour's last announced step, and what each link last carried.
+        self.neighbour_step: dict[str, Announcement] = {}
+        self.announced: dict[str, Announcement] = {}
+        self.retired: dict[str, list[bytes]] = {}  # neighbours' earlier incarnations
+        # Links owed a dense copy of x̂ (a neighbour restarted from nothing); sent only
+        # when no training thread is writing x̂.
+        self.resend_due: set[str] = set()
+
+    @property
+    def peers(self) -> set[str]:
+        return set(self.host.links.neighbours)
+
+    def handle(self, frame: Frame) -> None:
+        links = self.host.links
+        if frame.topic != "update" or frame.sender not in links.inbound:
+            raise FrameError(f"unexpected {frame.topic!r} frame from {frame.sender}")
+        update = decode_update(frame.payload, self.dim, self.shared_indices, frame.round)
+        known = links.incarnation.get(frame.sender)
+        retired = self.retired.setdefault(frame.sender, [])
+        if update.inc in retired:
+            raise StaleFrameError(f"frame from a previous life of {frame.sender}")
+        if known is not None and known != update.inc:
+            if len(retired) >= MAX_INCARNATIONS:
+                # A real site restarts from nothing rarely; one that changes its id every
+                # frame would buy a dense copy of our x̂ each time.
+                raise StaleFrameError(f"{frame.sender} changed its incarnation too often")
+            retired.append(known)
+            links.reincarnate(frame.sender, self.xhat0, self.host.state.s[0])
+            self.resend_due.add(frame.sender)
+            if not self.host.training:
+                self._resend_pending()
+            for table in (self.neighbour_step, self.announced):
+                table.pop(frame.sender, None)  # a fresh site has heard no step from us
+            self.host.emit(
+                "incarnation",
+                peer=frame.sender,
+                round=frame.round,
+                detail="neighbour restarted without its checkpoint; link reset",
+            )
+        if update.step is not None:
+            # The newest stamp wins, and within it the smallest step (a late, reordered
+            # frame does not undo a newer announcement).
+            old = self.neighbour_step.get(frame.sender)
+            if old is None or (update.step[0], -update.step[1]) > (old[0], -old[1]):
+                self.neighbour_step[frame.sender] = update.step
+        links.incarnation[frame.sender] = update.inc
+        links.inbound[frame.sender].accept(update.items, self.host.state.s[0])
+        if update.echo == self.host.incarnation:  # an ack for our previous life means nothing
+            links.out[frame.sender].ack(update.ack)
+        links.heard[frame.sender] = max(links.heard[frame.sender], frame.round)
+
+    def contribute(self, t: int, q: Sparse) -> None:
+        """W_ji q onto every out-link (a link owed a dense copy of x̂ gets that instead)."""
+        links = self.host.links
+        row = q.row(0)
+        idx = None if row.indices is None else row.indices.reshape(-1).clone()
+        with torch.no_grad():
+            for peer in links.neighbours:
+                if peer in self.resend_due:
+                    continue  # its dense copy of x̂, which holds q already, goes instead
+                values, quantum = link_item_values(row, links.weight[peer])
+                links.out[peer].push(idx, values.clone(), row.shared_round, quantum)
+            self._resend_pending()
+
+    def _resend_pending(self) -> None:
+        """Send the dense copies of x̂ owed since neighbours restarted from nothing."""
+        links = self.host.links
+        for peer in sorted(self.resend_due):
+            if peer in links.out:
+                links.resend_all(peer, self.host.state.xhat[0])
+        self.resend_due.clear()
+
+    async def send(self, t: int, clock: int | None = None) -> None:
+        """Each neighbour's frame for round t. ``clock`` is the round the backlog's resend
+        rule counts from (default ``t``; lingering after the last round counts on)."""
+        host, links = self.host, self.host.links
+        at = t if clock is None else clock
+
+        async def one(peer: str) -> bool:
+            link = links.out[peer]
+            items: list[Item] = []
+            size = shared = 0
+            for item in link.frame(at):
+                item_bytes = encoded_item_size(item)
+                shared += item.shared_round is not None
+                if items and (size + item_bytes > self.budget or shared > MAX_SHARED_ITEMS):
+                    break  # the rest goes next round: the receiver applies in order
+                items.append(item)
+                size += item_bytes
+            step = None
+            if self.guard_step is not None:
+                stamp, agreed = self.guard_step.announcement()
+                mine = (stamp, float(agreed[0]))
+                if self.announced.get(peer) != mine:
+                    step = mine
+            inc = (host.incarnation, links.incarnation.get(peer, NO_INCARNATION))
+            payload = encode_update(self.dim, links.acked[peer], items, step, inc)
+            try:
+                await host.send_body(peer, seal(host.identity, t, "update", payload))
+            except TransportError as exc:
+                host.emit("send_failed", peer=peer, round=t, detail=str(exc))
+                return False
+            link.mark_sent(items, at)
+            if step is not None:
+                self.announced[peer] = step
+            return True
+
+        # A slow reader's send goes on past the deadline without holding the round; until
+        # it ends that neighbour gets no new frame, and its items wait in the backlog.
+        await asyncio.gather(*(self.sends.run(p, one(p)) for p in links.neighbours))
+
+    def suspected(self) -> set[str]:
+        """SUSPECT_AFTER rounds in a row without the neighbour's frame."""
+        links = self.host.links
+        return {p for p in links.neighbours if links.silent[p] >= SUSPECT_AFTER}
+
+    def waiting_for(self, t: int, suspected: set[str], out_of_range: OutOfRange) -> list[str]:
+        links = self.host.links
+        behind = [p for p in links.neighbours if links.heard[p] < t and not out_of_range(p, t)]
+        if suspected.issuperset(links.neighbours):
+            # Cut off from every neighbour (not yet started, or down): keep to one round per
+            # deadline instead of racing to the last round alone, so that the site is near
+            # the others' round when they appear and they catch up with it.
+            return behind
+        return [p for p in behind if p not in suspected]
+
+    async def resolve(self, t: int) -> set[str]:
+        """Items are added into s as they arrive: round t holds whoever was heard."""
+        links = self.host.links
+        return {p for p in links.neighbours if links.heard[p] >= t}
+
+    async def linger(self, last: int, clock: int) -> bool:
+        # A neighbour still behind waits for our frames; what it lost goes again on the
+        # backlog's own schedule, one linger step counting as a round.
+        if any(self.host.links.heard[p] < last for p in self.host.links.neighbours):
+            await self.send(last, clock=clock)
+        return False
+
+    def rewire(self, membership: Membership) -> None:
+        self.neighbour_step = {}  # a new graph's steps are derived and announced afresh
+
+    def heard_steps(self, stamp: int) -> list[float]:
+        inbound = self.host.links.inbound
+        return [v for p, (s, v) in self.neighbour_step.items() if p in inbound and s == stamp]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"heard": dict(self.neighbour_step), "announced": dict(self.announced)}
+
+    def restore(self, saved: dict[str, Any] | None) -> None:
+        if saved is None:
+            return
+        self.neighbour_step = {p: (int(g), float(v)) for p, (g, v) in saved["heard"].items()}
+        self.announced = {p: (int(g), float(v)) for p, (g, v) in saved["announced"].items()}
+
+    async def aclose(self) -> None:
+        await self.sends.aclose()
