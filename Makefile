@@ -31,9 +31,10 @@ demo: $(STAMP)
 		--methods central,local,fedavg,dpsgd,murmur,murmur-gt
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check murmur node crypto topology sim tests benchmarks
-	$(VENV)/bin/ruff format --check murmur node crypto topology sim tests benchmarks
+	$(VENV)/bin/ruff check murmur node crypto topology sim tests benchmarks examples
+	$(VENV)/bin/ruff format --check murmur node crypto topology sim tests benchmarks examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy examples
 
 test: $(STAMP) system-deps
 	$(MAKE) --no-print-directory lint

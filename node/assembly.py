@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from node.config import NodeConfig
+from node.errors import ConfigError
 from node.gossip.choco import ChocoState
 from node.gossip.compress import Compressor, parse_compressor, stacked
 from node.gossip.step_size import StepGuard, step_guard
@@ -20,6 +21,7 @@ from node.gossip.tracking import GradientTracker
 from node.state.membership import Membership
 from node.state.privacy_ledger import PrivacyLedger
 from node.state.site_secrets import dp_seed
+from node.training.custom import TrainingLoop
 from node.training.data import SiteData, load_site_data
 from node.training.flat import FlatLayout
 from node.training.models import build_model
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class SiteParts:
-    data: SiteData
+    data: SiteData | None  # None: a custom loop holds its own data
     eval: SiteData | None
     model: torch.nn.Module
     layout: FlatLayout
@@ -50,13 +52,33 @@ class SiteParts:
         return int(self.state.x.shape[1])
 
     @classmethod
-    def build(cls, config: NodeConfig, index: int, membership: Membership) -> SiteParts:
-        data = load_site_data(config.data.source, config.data.target)
+    def build(
+        cls,
+        config: NodeConfig,
+        index: int,
+        membership: Membership,
+        loop: TrainingLoop | None = None,
+    ) -> SiteParts:
+        """``loop``: the site's own training (``[data] source = "custom:NAME"``)."""
+        custom = config.data.source.startswith("custom:")
+        if custom != (loop is not None):
+            raise ConfigError(
+                f"[data] source {config.data.source!r}: "
+                + (
+                    "custom: data is the site's own training loop, given from Python "
+                    "(node.training.custom.run_site), not by `murmur node`"
+                    if custom
+                    else 'a TrainingLoop needs [data] source = "custom:NAME"'
+                )
+            )
         held_out = (
             load_site_data(config.data.eval_source, config.data.target)
             if config.data.eval_source
             else None
         )
+        if loop is not None:
+            return cls._custom(config, loop, held_out, membership)
+        data = load_site_data(config.data.source, config.data.target)
         torch.manual_seed(config.consortium.seed)
         model = build_model(config.train.model, data.x.shape[1], data.n_classes)
         layout = FlatLayout.of(model)
@@ -83,12 +105,45 @@ class SiteParts:
                 dp_seed(config.site.state_dir),
             )
             trainer = dp
+        return cls._gossip(config, membership, data, held_out, model, layout, x0, trainer, dp)
+
+    @classmethod
+    def _custom(
+        cls,
+        config: NodeConfig,
+        loop: TrainingLoop,
+        held_out: SiteData | None,
+        membership: Membership,
+    ) -> SiteParts:
+        if config.privacy is not None:
+            raise ConfigError(
+                "[privacy] with custom: data is not supported yet: DP-SGD's accounting "
+                "needs the sampling of the node's own trainer"
+            )
+        x0 = loop.bind(config.consortium.seed)  # the same start at every site
+        return cls._gossip(
+            config, membership, None, held_out, loop.model, loop.layout, x0, loop, None
+        )
+
+    @classmethod
+    def _gossip(
+        cls,
+        config: NodeConfig,
+        membership: Membership,
+        data: SiteData | None,
+        held_out: SiteData | None,
+        model: torch.nn.Module,
+        layout: FlatLayout,
+        x0: torch.Tensor,
+        trainer: LocalTrainer,
+        dp: DpTrainer | None,
+    ) -> SiteParts:
+        """The gossip side, alike for every trainer: tracker, state, compressor, γ."""
         tracking = config.gossip.method == "murmur-gt"
         tracker = GradientTracker(trainer.params, x0) if tracking else None
         state = tracker.state if tracker else ChocoState.start(trainer.params, x0)
-        parsed = parse_compressor(
-            config.gossip.compressor, config.consortium.seed, [data.label_counts]
-        )
+        labels = None if data is None else [data.label_counts]  # for top-k:adaptive
+        parsed = parse_compressor(config.gossip.compressor, config.consortium.seed, labels)
         compressor = stacked(parsed, 2 if tracker else 1)
         # γ from the public graph, the compressor and the dimension, and a guard that
         # halves it if this site's residuals grow (node.gossip.step_size).
@@ -112,3 +167,14 @@ class SiteParts:
             guard_step=guard,
             gamma=gamma,
         )
+
+    def accuracy(self) -> float | None:
+        """Held-out accuracy of the current model: on ``[data] eval`` rows when given,
+        else the site's own ``evaluate`` (a custom loop), else none."""
+        if self.eval is not None:
+            with torch.no_grad():
+                probs = self.trainer.predict_proba(self.eval.x)[0]
+            return float((probs.argmax(1) == self.eval.y).float().mean())
+        if isinstance(self.trainer, TrainingLoop):
+            return self.trainer.score()
+        return None

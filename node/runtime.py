@@ -49,6 +49,7 @@ from node.key_admin import CHECKPOINT_FILE, encryption_key_path, require_key
 from node.state import checkpoint
 from node.state.links import Links
 from node.state.membership import Membership
+from node.training.custom import TrainingLoop
 from node.transport.base import Transport
 from node.transport.faulty import FaultyTransport
 from node.wire.frames import PREFIX_BYTES, Frame, FrameGuard
@@ -71,7 +72,10 @@ class Node:
         transport: Transport | None = None,
         log: TextIO | None = None,
         status: TextIO | None = None,
+        loop: TrainingLoop | None = None,
     ) -> None:
+        """``loop``: the site's own PyTorch training (node.training.custom), when its
+        ``[data] source`` is ``custom:NAME``."""
         self.config = config
         self.log_stream = log or sys.stdout
         self.status_stream = status or sys.stderr
@@ -81,7 +85,7 @@ class Node:
         weight = membership.weights(me)
         self._check_addresses(config, weight, me)
         self.index = config.consortium.members.index(me)
-        parts = SiteParts.build(config, self.index, membership)
+        parts = SiteParts.build(config, self.index, membership, loop)
         self.parts = parts
         self.eval, self.layout, self.trainer, self.dp = (
             parts.eval,
@@ -512,11 +516,7 @@ class Node:
             self.links.silent[p] = self.links.silent[p] + 1 if p in late else 0
 
     def _accuracy(self) -> float | None:
-        if self.eval is None:
-            return None
-        with torch.no_grad():
-            probs = self.trainer.predict_proba(self.eval.x)[0]
-        return float((probs.argmax(1) == self.eval.y).float().mean())
+        return self.parts.accuracy()
 
     async def run(self) -> dict[str, Any]:
         """Run to ``rounds`` (resuming from the checkpoint), then linger to serve the

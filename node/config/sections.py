@@ -104,7 +104,7 @@ class ConsortiumSection:
 @dataclass(frozen=True)
 class DataSection:
     source: str = field(
-        metadata={DOC: "csv:PATH, npz:PATH (x, y) or builtin:breast-cancer / builtin:ncctg-lung"}
+        metadata={DOC: "csv:PATH, npz:PATH (x, y), custom:NAME (your own loop) or builtin:NAME"}
     )
     target: str | None = field(default=None, metadata={DOC: "the label column (csv)"})
     eval_source: str | None = field(
@@ -119,9 +119,10 @@ class DataSection:
         _raise_all(
             [
                 (
-                    not ((kind in ("csv", "npz") and bool(rest)) or builtin),
-                    f"source {self.source!r}: expected csv:PATH, npz:PATH or builtin:NAME with "
-                    f"NAME one of {', '.join(BUILTIN_DATASETS)}",
+                    not ((kind in ("csv", "npz", "custom") and bool(rest)) or builtin),
+                    f"source {self.source!r}: expected csv:PATH, npz:PATH, custom:NAME (your "
+                    f"own training loop, node.training.custom) or builtin:NAME with NAME one "
+                    f"of {', '.join(BUILTIN_DATASETS)}",
                 ),
                 (
                     kind == "csv" and not self.target,
