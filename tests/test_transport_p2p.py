@@ -11,8 +11,8 @@ import pytest
 
 from crypto.identity import SiteIdentity
 from node.transport.base import Transport
+from node.transport.conformance import CHECKS, Make
 from node.transport.p2p import P2PTransport
-from tests.transport_kit import CHECKS, Make
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
