@@ -143,6 +143,11 @@ class SiteParts:
         tracker = GradientTracker(trainer.params, x0) if tracking else None
         state = tracker.state if tracker else ChocoState.start(trainer.params, x0)
         labels = None if data is None else [data.label_counts]  # for top-k:adaptive
+        if labels is None and config.gossip.compressor.startswith("top-k:adaptive"):
+            raise ConfigError(
+                "[gossip] compressor top-k:adaptive sizes k from the site's label counts, "
+                "which a custom: site does not give; use top-k:F"
+            )
         parsed = parse_compressor(config.gossip.compressor, config.consortium.seed, labels)
         compressor = stacked(parsed, 2 if tracker else 1)
         # γ from the public graph, the compressor and the dimension, and a guard that

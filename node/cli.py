@@ -48,8 +48,13 @@ def register_command(command: Command) -> None:
     COMMANDS[command.name] = command
 
 
-def _load_plugins() -> None:
-    for entry in entry_points(group="murmur.commands"):
+def _load_plugins(only: str | None = None) -> None:
+    """Import the commands other packages add: just ``only`` when it is one of them (a
+    node's start must not pull in the simulator), else all (for help and errors)."""
+    entries = list(entry_points(group="murmur.commands"))
+    if any(entry.name == only for entry in entries):
+        entries = [entry for entry in entries if entry.name == only]
+    for entry in entries:
         command = entry.load()
         if not isinstance(command, Command):
             raise ConfigError(f"entry point {entry.value} is not a murmur Command")
@@ -71,14 +76,17 @@ class OneLineParser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    _load_plugins()
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for ``murmur``; given the ``command`` about to run, only its plugin (if
+    it is one) is imported."""
+    if command not in COMMANDS:
+        _load_plugins(command)
     parser = OneLineParser(
         prog="murmur", description="Decentralized gossip learning for hospitals."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in COMMANDS.values():
-        command.add_arguments(sub.add_parser(command.name, help=command.help))
+    for known in COMMANDS.values():
+        known.add_arguments(sub.add_parser(known.name, help=known.help))
     return parser
 
 
@@ -245,8 +253,10 @@ for _command in (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    first = words[0] if words and not words[0].startswith("-") else None
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(first).parse_args(words)
         return COMMANDS[args.command].run(args)
     except MurmurError as exc:
         print(f"murmur: error: {exc}", file=sys.stderr)

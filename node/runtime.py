@@ -225,13 +225,13 @@ class Node:
         """Re-weight and resynchronise for a new ``[consortium]``; see node.state.membership."""
         me = self.identity.peer_id
         membership = Membership.of(config)
-        self.exchange.rewire(membership)
         if me not in membership.members:
             self.emit("removed", detail="this site is no longer in [consortium] members")
             self.stopping.set()
             return
         weight = membership.weights(me)
         self._check_addresses(config, weight, me)
+        self.exchange.rewire(membership)  # may refuse (secure); nothing is changed before
         change = self.links.rewire(membership, weight, self.state.xhat[0], self.state.s[0])
         if self.guard_step is not None:
             # A new graph has another spectrum and diameter: the step is derived afresh.
@@ -239,7 +239,8 @@ class Node:
             self.gamma = float(self.guard_step.gamma[0])
         self.config = replace(self.config, consortium=config.consortium)
         self.guard.set_allowlist(config.consortium.members)
-        self.transport.set_peers({p: config.consortium.peers[p] for p in self.links.neighbours})
+        book = config.consortium.peers
+        self.transport.set_peers({p: book[p] for p in self.exchange.peers if p in book})
         self.emit(
             "membership",
             members=len(config.consortium.members),

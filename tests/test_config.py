@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import tomllib
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crypto.identity import SiteIdentity
 from node.config import SECTIONS, GossipSection, TrainSection, load_config
+from node.config.schema import toml_value
 from node.errors import ConfigError
 from node.state.membership import Membership
 from node.training.trainer import TrainConfig
@@ -104,6 +108,12 @@ def test_an_unknown_key_or_section_is_named_with_a_suggestion(tmp_path: Path) ->
     assert "[train] unknown key 'batchsize' (did you mean 'batch_size'?)" in message
     assert "[train] unknown key 'learning_rate'" in message
     assert "unknown section [gosip] (did you mean 'gossip'?)" in message
+
+
+@given(st.text())
+def test_any_string_is_written_as_toml_that_reads_back(text: str) -> None:
+    assert tomllib.loads(f"k = {toml_value(text)}")["k"] == text
+    assert tomllib.loads(f"t = {toml_value({text: 1})}")["t"] == {text: 1}
 
 
 def test_a_config_round_trips_through_to_toml(tmp_path: Path) -> None:

@@ -96,6 +96,30 @@ def test_sites_with_their_own_loops_reach_one_model(tmp_path: Path, secure: str)
         torch.testing.assert_close(loop.layout.to_vector(loop.model), node.state.x[0])
 
 
+class _Raw(nn.Module):
+    """Parameters no reset_parameters covers: only building under the seed aligns them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(4))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(x * self.scale)
+        return out
+
+
+def test_a_model_factory_gives_every_site_the_same_start_whatever_it_creates() -> None:
+    starts = [_loop(i, None).bind(5) for i in range(2)]
+    assert torch.equal(starts[0], starts[1])
+    raw = [TrainingLoop(_Raw, [], nn.CrossEntropyLoss(), torch.optim.SGD) for _ in range(2)]
+    torch.manual_seed(1)  # the caller's random state does not matter, and is kept
+    before = torch.random.get_rng_state()
+    first = raw[0].bind(7)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(first, raw[1].bind(7))
+
+
 def test_seeded_init_gives_every_site_the_same_start() -> None:
     a, b = (
         nn.Sequential(nn.Linear(5, 3), nn.LayerNorm(3)),

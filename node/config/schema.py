@@ -185,18 +185,24 @@ def read_section(
         return None
 
 
+def _basic_string(text: str) -> str:
+    """A TOML basic string: JSON's escapes, but any Unicode as itself (JSON's surrogate
+    pairs for characters past U+FFFF are not TOML) and DEL escaped (TOML forbids it raw)."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def toml_value(value: Any) -> str:
     """One TOML value: strings JSON-quoted (a TOML basic string), arrays, inline tables."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (str, Path)):
-        return json.dumps(str(value))
+        return _basic_string(str(value))
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        inner = ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items())
+        inner = ", ".join(f"{_basic_string(str(k))} = {toml_value(v)}" for k, v in value.items())
         return "{ " + inner + " }" if inner else "{}"
     if isinstance(value, (int, float)):
         return repr(value)
@@ -225,7 +231,9 @@ def table_lines(obj: Any, comments: bool = False) -> list[str]:
         if len(key) + len(text) > 90 and isinstance(value, (list, tuple)):
             text = "[\n" + "".join(f"    {toml_value(v)},\n" for v in value) + "]"
         if len(key) + len(text) > 90 and isinstance(value, dict):  # dotted keys, one a line
-            lines.extend(f"{key}.{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items())
+            lines.extend(
+                f"{key}.{_basic_string(str(k))} = {toml_value(v)}" for k, v in value.items()
+            )
             continue
         lines.append(f"{key} = {text}")
     return lines

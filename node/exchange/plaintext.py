@@ -205,8 +205,9 @@ class PlaintextExchange(Exchange):
     def restore(self, saved: dict[str, Any] | None) -> None:
         if saved is None:
             return
-        self.neighbour_step = {p: (int(g), float(v)) for p, (g, v) in saved["heard"].items()}
-        self.announced = {p: (int(g), float(v)) for p, (g, v) in saved["announced"].items()}
+        heard, announced = saved.get("heard", {}), saved.get("announced", {})
+        self.neighbour_step = {p: (int(g), float(v)) for p, (g, v) in heard.items()}
+        self.announced = {p: (int(g), float(v)) for p, (g, v) in announced.items()}
 
     async def aclose(self) -> None:
         await self.sends.aclose()

@@ -169,7 +169,9 @@ class SecureRound(Exchange):
         return any(box.pending for box in self.secure.outbox.values()) or bool(unacked)
 
     def rewire(self, membership: Membership) -> None:
-        if membership != self.secure.membership:
+        # Against the links' membership, which a checkpoint restores: the exchange's own is
+        # built from today's config, so it would miss an edit made while the node was down.
+        if membership != self.host.links.membership:
             raise ConfigError(
                 "membership changes under secure aggregation are not supported yet: "
                 "stop the consortium, edit every config, and restart"

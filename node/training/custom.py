@@ -5,9 +5,8 @@ A hospital's ML staff often have a training loop that works on their data alread
 
     from node.training.custom import TrainingLoop, run_site
 
-    model = MyNet()                                    # any nn.Module, no BatchNorm
     loop = TrainingLoop(
-        model,
+        MyNet,                                         # builds any nn.Module, no BatchNorm
         DataLoader(my_dataset, batch_size=32, shuffle=True),
         loss_fn=nn.CrossEntropyLoss(),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
@@ -24,10 +23,12 @@ module before the next. DP-SGD on your own loop is not offered yet (a ``[privacy
 section with ``custom:`` data is refused): the budget's accounting needs the sampling
 the node controls.
 
-Every site must start from the same model, which gossip assumes (x̂₀ is known to all):
-:func:`seeded_init` re-initialises the module from the consortium's public seed, layer
-by layer with each layer's own ``reset_parameters``, so the same architecture gives the
-same start at every site.
+Every site must start from the same model, which gossip assumes (x̂₀ is known to all).
+Pass ``model`` as a function that builds it (``TrainingLoop(MyNet, …)``): it is called
+under the consortium's public seed on the CPU, so the same code gives the same start at
+every site whatever it creates. A module already built is re-initialised layer by layer
+with each layer's ``reset_parameters`` (:func:`seeded_init`); parameters that no
+``reset_parameters`` covers keep this site's own values, so prefer the function.
 """
 
 from __future__ import annotations
@@ -51,16 +52,23 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 def seeded_init(model: nn.Module, seed: int) -> None:
-    """Re-initialise every layer that can (``reset_parameters``) from ``seed``, in order."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    """Re-initialise every layer that can (``reset_parameters``) from ``seed``, in order,
+    on the CPU generator; the caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         for module in model.modules():
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
                 reset()
-    finally:
-        torch.random.set_rng_state(generator_state)
+
+
+def seeded_build(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``factory()`` under ``seed`` on the CPU: the same code gives the same parameters at
+    every site, whatever it creates (a bare ``nn.Parameter(torch.randn(…))`` too)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device("cpu"):
+            return factory()
 
 
 class TrainingLoop:
@@ -68,7 +76,7 @@ class TrainingLoop:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Callable[[], nn.Module],
         loader: Iterable[Batch],
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         optimizer: OptimizerFactory,
@@ -78,14 +86,15 @@ class TrainingLoop:
     ) -> None:
         if steps < 1:
             raise ConfigError(f"TrainingLoop steps must be at least 1, got {steps}")
-        self.model = model
-        self.layout = FlatLayout.of(model)  # refuses BatchNorm: per-site state
+        self.factory = None if isinstance(model, nn.Module) else model
+        self.model = model if isinstance(model, nn.Module) else model()
+        self.layout = FlatLayout.of(self.model)  # refuses BatchNorm: per-site state
         self.loader = loader
         self.loss_fn = loss_fn
         self.make_optimizer = optimizer
         self.steps = steps
         self.evaluate = evaluate
-        self.device = device or next(model.parameters()).device
+        self.device = device or next(self.model.parameters()).device
         self.params = torch.zeros(0)  # set by bind(): the node's x, one row
         self.optimizer: torch.optim.Optimizer | None = None
         self.progress = 0.0  # where the planned run is (0..1), for your own schedule
@@ -93,7 +102,10 @@ class TrainingLoop:
 
     def bind(self, seed: int) -> torch.Tensor:
         """Start from the consortium's common model; returns x₀ (the flat vector)."""
-        seeded_init(self.model, seed)
+        if self.factory is not None:
+            self.model = seeded_build(self.factory, seed)
+        else:
+            seeded_init(self.model, seed)
         self.model.to(self.device)
         x0 = self.layout.to_vector(self.model).to("cpu")
         self.params = x0.unsqueeze(0).clone()
