@@ -173,8 +173,8 @@ def _consortium_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--seed", type=int, help="public seed (default: drawn at random)")
     init.add_argument("--rounds", type=int, help="planned rounds ([train] default)")
     for p in (init, add := sub.add_parser("add-site", help="add a member; update every site")):
-        p.add_argument("--data", default="csv:/data/murmur/site.csv", help="[data] source to write")
-        p.add_argument("--target", default="label", help="[data] target (csv)")
+        p.add_argument("--data", help="[data] source to write (default csv:/data/murmur/site.csv)")
+        p.add_argument("--target", help="[data] target for csv (default label)")
     init.add_argument(
         "--address", default="", help="SITE=MULTIADDR,... (default /dns4/SITE/tcp/4001)"
     )

@@ -37,6 +37,7 @@ from node.errors import ConfigError
 from node.training.dp_config import DpConfig
 
 MANIFEST = "consortium.toml"
+DEFAULT_DATA, DEFAULT_TARGET = "csv:/data/murmur/site.csv", "label"  # each site edits them
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 DEFAULT_PORT = 4001
 
@@ -114,6 +115,17 @@ def _check_peer_id(name: str, peer_id: str) -> None:
         raise ConfigError(f"--peer-id {name}: {exc}") from None
 
 
+def _default_address(name: str) -> str:
+    return f"/dns4/{name}/tcp/{DEFAULT_PORT}"
+
+
+def _data_section(data: str | None, target: str | None) -> DataSection:
+    """``[data]`` as written for a new site: its source, and a target only for csv."""
+    source = DEFAULT_DATA if data is None else data
+    named = DEFAULT_TARGET if target is None else target
+    return DataSection(source=source, target=named if source.startswith("csv:") else None)
+
+
 def _port(address: str) -> int:
     match = re.search(r"/(?:tcp|udp)/(\d+)", address)
     return int(match.group(1)) if match else DEFAULT_PORT
@@ -188,8 +200,8 @@ def init(
     seed: int | None = None,
     addresses: Mapping[str, str] | None = None,
     peer_ids: Mapping[str, str] | None = None,
-    data: str = "csv:/data/murmur/site.csv",
-    target: str | None = "label",
+    data: str | None = None,
+    target: str | None = None,
     rounds: int | None = None,
 ) -> Manifest:
     """Write a new consortium under ``out``; refuses a folder that already holds one."""
@@ -206,13 +218,13 @@ def init(
     for name, peer_id in peer_ids.items():
         _check_peer_id(name, peer_id)
     # Everything is checked before the first key is written.
-    source = DataSection(source=data, target=target if data.startswith("csv:") else None)
+    source = _data_section(data, target)
     identities = {n: SiteIdentity.generate() for n in names if n not in peer_ids}
     sites = tuple(
         Site(
             n,
             peer_ids[n] if n in peer_ids else identities[n].peer_id,
-            addresses.get(n, f"/dns4/{n}/tcp/{DEFAULT_PORT}"),
+            addresses.get(n, _default_address(n)),
         )
         for n in names
     )
@@ -268,8 +280,8 @@ def add_site(
     *,
     address: str | None = None,
     peer_id: str | None = None,
-    data: str = "csv:/data/murmur/site.csv",
-    target: str | None = "label",
+    data: str | None = None,
+    target: str | None = None,
 ) -> tuple[Manifest, list[Path]]:
     """Add a member: its folder (key unless ``peer_id``), and every site's new member list."""
     manifest = Manifest.load(folder)
@@ -280,17 +292,20 @@ def add_site(
         _check_peer_id(name, peer_id)
     identity = None if peer_id is not None else SiteIdentity.generate()
     own_id = peer_id if identity is None else identity.peer_id
-    site = Site(name, str(own_id), address or f"/dns4/{name}/tcp/{DEFAULT_PORT}")
+    site = Site(name, str(own_id), address or _default_address(name))
     grown = replace(manifest, sites=(*manifest.sites, site))
-    source = DataSection(source=data, target=target if data.startswith("csv:") else None)
     existing = [s.name for s in manifest.sites if (folder / s.name / "site.toml").exists()]
-    rounds = load_config(folder / existing[0] / "site.toml").train.rounds if existing else 100
-    config = _site_config(grown, site, source, rounds)
+    rounds = (
+        load_config(folder / existing[0] / "site.toml").train.rounds
+        if existing
+        else TrainSection.rounds
+    )
+    config = _site_config(grown, site, _data_section(data, target), rounds)
+    written = _rewrite_members(folder, grown)  # before the new folder: written once, below
     if identity is not None:
         (folder / name).mkdir(parents=True, exist_ok=True)
         write_key(folder / name / "site.key", identity)
-    _write_site(folder / name, config)
-    return grown, _rewrite_members(folder, grown)
+    return grown, [*written, _write_site(folder / name, config)]
 
 
 def remove_site(folder: Path, name: str) -> tuple[Manifest, list[Path]]:

@@ -87,12 +87,7 @@ class Node:
         self.index = config.consortium.members.index(me)
         parts = SiteParts.build(config, self.index, membership, loop)
         self.parts = parts
-        self.eval, self.layout, self.trainer, self.dp = (
-            parts.eval,
-            parts.layout,
-            parts.trainer,
-            parts.dp,
-        )
+        self.layout, self.trainer, self.dp = parts.layout, parts.trainer, parts.dp
         self.ledger, self.tracker, self.state = parts.ledger, parts.tracker, parts.state
         self.compressor, self.guard_step, self.gamma = (
             parts.compressor,
@@ -465,12 +460,9 @@ class Node:
         alone (the only live one) is at most CATCH_UP_MAX rounds; with two or more, each
         signed by its own site, it goes all the way at once (a restarted site must catch
         neighbours that kept going)."""
-        return max(t + 1, self._catch_up_target(t))
+        return max(t + 1, self.catch_up_target(t))
 
     def catch_up_target(self, t: int) -> int:
-        return self._catch_up_target(t)
-
-    def _catch_up_target(self, t: int) -> int:
         """The slowest live neighbour's round (see _next_round), or t without one."""
         suspected = self._suspected()
         # A claim counts only from a neighbour we hear nothing admissible from: one that

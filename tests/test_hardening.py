@@ -225,7 +225,7 @@ def test_a_restarted_site_still_catches_up_to_its_slowest_neighbour() -> None:
         def _suspected(self) -> set[str]:
             return set()
 
-        _catch_up_target = Node._catch_up_target
+        catch_up_target = Node.catch_up_target
         _out_of_range = Node._out_of_range
         guard = FrameGuard([])
 

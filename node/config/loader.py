@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,12 @@ class NodeConfig:
         file a person will edit. ``relative_to``: paths inside that folder (the key, state,
         data files) are written relative to it, so the folder can be moved as a whole.
         ``[faults]`` (the simulator's) is left out while it injects nothing."""
-        config = self if relative_to is None else self._relative(relative_to.absolute())
+        base = None if relative_to is None else relative_to.absolute()
+        config = (
+            self
+            if base is None
+            else self.map_paths(lambda p: p.relative_to(base) if p.is_relative_to(base) else p)
+        )
         out = []
         for f in fields(config):
             section = getattr(config, f.name)
@@ -101,22 +107,22 @@ class NodeConfig:
             out.append(f"[{f.name}]\n" + "".join(f"{line}\n" for line in lines))
         return "\n".join(out)
 
-    def _relative(self, base: Path) -> NodeConfig:
-        def rel(path: Path) -> Path:
-            return path.relative_to(base) if path.is_relative_to(base) else path
+    def map_paths(self, move: Callable[[Path], Path]) -> NodeConfig:
+        """Every file the config names (key, state, csv:/npz: data, telemetry files) through
+        ``move``: resolved beside the config when loaded, made relative when written."""
 
         def maybe(path: Path | None) -> Path | None:
-            return None if path is None else rel(path)
+            return None if path is None else move(path)
 
         def source(text: str | None) -> str | None:
             if text is None or not text.startswith(FILE_SOURCES):
                 return text
             kind, _, name = text.partition(":")
-            return f"{kind}:{rel(Path(name))}"
+            return f"{kind}:{move(Path(name))}"
 
         return replace(
             self,
-            site=replace(self.site, key=rel(self.site.key), state_dir=rel(self.site.state_dir)),
+            site=replace(self.site, key=move(self.site.key), state_dir=move(self.site.state_dir)),
             data=replace(
                 self.data,
                 source=source(self.data.source) or self.data.source,
@@ -161,45 +167,17 @@ def load_config(path: Path) -> NodeConfig:
         if name != "privacy"
     }
     privacy = _privacy(raw.get("privacy"), problems)
-    base = path.absolute().parent
-    site: SiteSection | None = sections["site"]
+    base = path.absolute().parent  # files sit beside the config, as the key does
     telemetry: TelemetrySection | None = sections["telemetry"]
-    if site is not None:
-        sections["site"] = SiteSection(
-            key=base / site.key, listen=site.listen, state_dir=base / site.state_dir
-        )
-    data: DataSection | None = sections["data"]
-    if data is not None:  # csv: and npz: files, like the key, sit beside the config
-        sections["data"] = replace(
-            data,
-            source=_resolve_source(base, data.source) or data.source,
-            eval_source=_resolve_source(base, data.eval_source),
-        )
-    if telemetry is not None:
-        resolved = {
-            "password_file": None
-            if telemetry.password_file is None
-            else base / telemetry.password_file,
-            "ca_file": None if telemetry.ca_file is None else base / telemetry.ca_file,
-        }
-        if resolved["ca_file"] is not None and not resolved["ca_file"].is_file():
-            problems.append(f"[telemetry] ca_file {str(telemetry.ca_file)!r} is not a file")
-        sections["telemetry"] = TelemetrySection(
-            mqtt=telemetry.mqtt, topic=telemetry.topic, username=telemetry.username, **resolved
-        )
+    ca_file = None if telemetry is None else telemetry.ca_file
+    if ca_file is not None and not (base / ca_file).is_file():
+        problems.append(f"[telemetry] ca_file {str(ca_file)!r} is not a file")
     if problems or any(v is None for v in sections.values()):
         raise ConfigError(f"{path}: " + "; ".join(problems))
-    return NodeConfig(privacy=privacy, path=path, **sections)
+    return NodeConfig(privacy=privacy, path=path, **sections).map_paths(lambda p: base / p)
 
 
 FILE_SOURCES = ("csv:", "npz:")
-
-
-def _resolve_source(base: Path, text: str | None) -> str | None:
-    if text is None or not text.startswith(FILE_SOURCES):
-        return text
-    kind, _, name = text.partition(":")
-    return f"{kind}:{base / name}"
 
 
 def _privacy(table: Any, problems: list[str]) -> DpConfig | None:

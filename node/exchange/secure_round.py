@@ -189,8 +189,5 @@ class SecureRound(Exchange):
             self.secure.restore(saved)
         self.secure.inc = self.host.incarnation
 
-    def two_hop(self) -> set[str]:
-        return self.secure.two_hop()
-
     async def aclose(self) -> None:
         await self.secure.aclose()
