@@ -57,9 +57,12 @@ def unpin(config: NodeConfig, peer: str) -> bool:
     """Forget the encryption key pinned for ``peer``; False if none was pinned."""
     ckpt = config.site.state_dir / CHECKPOINT_FILE
     saved = checkpoint.load(ckpt)
-    if saved is None or saved.get("secure") is None:
+    if saved is None:
         return False
-    keys = saved["secure"]["keys"]
+    saved = checkpoint.upgrade(saved, plaintext=config.gossip.secure == "off")
+    if saved["exchange"] is None or "keys" not in saved["exchange"]:
+        return False
+    keys = saved["exchange"]["keys"]
     if peer not in keys:
         return False
     del keys[peer]

@@ -215,22 +215,11 @@ def test_a_far_future_round_moves_no_one(wisconsin16: FederatedData, tmp_path: P
 
 def test_a_restarted_site_still_catches_up_to_its_slowest_neighbour() -> None:
     """Catching up follows the slowest live neighbour, a bounded jump at a time."""
-    from node.runtime import CATCH_UP_MAX
-
-    class Stub:
-        def __init__(self, heard: dict[str, int]) -> None:
-            self.links = type("L", (), {"heard": heard, "neighbours": list(heard)})()
-            self.claimed: dict[str, int] = {}
-
-        def _suspected(self) -> set[str]:
-            return set()
-
-        catch_up_target = Node.catch_up_target
-        _out_of_range = Node._out_of_range
-        guard = FrameGuard([])
+    from node.pacing import CATCH_UP_MAX, Pacing
 
     def next_round(heard: dict[str, int], t: int) -> int:
-        return Node._next_round(Stub(heard), t)  # type: ignore[arg-type]
+        links = type("L", (), {"heard": heard, "neighbours": list(heard)})()
+        return Pacing(FrameGuard([])).next_round(links, set(), t)
 
     assert next_round({"a": 12, "b": 9}, 3) == 9
     assert next_round({"a": 10**6, "b": 4}, 3) == 4  # one far claim moves nothing
@@ -450,7 +439,7 @@ def test_an_internal_failure_stops_the_node_with_a_clear_error(
     nodes = memory_nodes(write_consortium(tmp_path, subset(wisconsin16, 3), spec))
     victim = nodes[0]
     calls = 0
-    apply = victim._apply
+    apply = victim.exchange.handle
 
     def failing(frame: Frame) -> None:
         nonlocal calls
@@ -459,7 +448,7 @@ def test_an_internal_failure_stops_the_node_with_a_clear_error(
             raise RuntimeError("an unexpected bug")
         apply(frame)
 
-    victim._apply = failing  # type: ignore[method-assign]
+    victim.exchange.handle = failing  # type: ignore[method-assign]
     with pytest.raises(NodeCrashedError, match="an unexpected bug"):
         run_nodes(nodes)
     (crashed,) = events(victim, "crashed")
@@ -701,7 +690,7 @@ def test_dp_budget_survives_a_lost_checkpoint_and_the_ledger_is_required(
     again = memory_nodes(paths)
     first_noise = again[0].dp.rows[0].noise_gen.initial_seed()  # type: ignore[union-attr]
     assert not again[0].restore()
-    again[0]._reconcile_ledger(resumed=False)
+    again[0].learner.reconcile_ledger(resumed=False)
     assert again[0].eps_spent == pytest.approx(spent)  # not zero
     # ... and fresh generators: the first life's noise is never replayed on a new model
     assert again[0].dp.rows[0].noise_gen.initial_seed() != first_noise  # type: ignore[union-attr]
@@ -710,7 +699,7 @@ def test_dp_budget_survives_a_lost_checkpoint_and_the_ledger_is_required(
     node = memory_nodes(paths)[1]
     assert node.restore()
     with pytest.raises(ConfigError, match=r"privacy ledger .* missing"):
-        node._reconcile_ledger(resumed=True)
+        node.learner.reconcile_ledger(resumed=True)
 
 
 # -- chaos: a member attacks for the whole run -----------------------------------------------
@@ -933,7 +922,7 @@ def test_a_long_shared_index_backlog_goes_out_in_frames_a_receiver_admits(
     spec = ConsortiumSpec(rounds=1, train=TRAIN, compressor="rand-k:0.05", deadline_s=1.0)
     _, nodes = _consortium(wisconsin16, tmp_path, 3, spec)
     sender, peer = nodes[0], nodes[1].identity.peer_id
-    draw = shared_indices(sender.compressor, sender.dim)
+    draw = shared_indices(sender.learner.compressor, sender.dim)
     assert draw is not None
     link = sender.links.out[peer]
     for t in range(150):

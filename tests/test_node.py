@@ -104,6 +104,65 @@ def test_restart_resumes_from_the_checkpoint(wisconsin16: FederatedData, tmp_pat
         assert rounds[0] == 5 and rounds[-1] == 10
 
 
+def _first_layout(saved: dict[str, object]) -> dict[str, object]:
+    """A checkpoint as Murmur wrote it before its parts kept their own snapshots."""
+    model, exchange = saved["model"], saved["exchange"]
+    assert isinstance(model, dict)
+    old = {k: v for k, v in saved.items() if k not in ("layout", "model", "exchange")}
+    old.update({k: v for k, v in model.items() if k != "guard"})
+    plain = isinstance(exchange, dict) and "keys" not in exchange
+    old["secure"] = None if plain else exchange
+    guard = model["guard"]
+    old["step"] = None if guard is None else {"guard": guard, **(exchange if plain else {})}
+    return old
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return bool(torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("secure", ["off", "plain"])
+def test_a_checkpoint_in_the_first_layout_resumes_the_same(
+    wisconsin16: FederatedData, tmp_path: Path, secure: str
+) -> None:
+    """A site upgraded mid-run resumes from the checkpoint its older version wrote."""
+    from node.state import checkpoint
+
+    data = subset(wisconsin16, 3)
+    compressor = "block-k:0.3:64" if secure != "off" else "top-k:0.1"
+    spec = ConsortiumSpec(rounds=10, train=TRAIN, compressor=compressor, secure=secure)
+    paths = write_consortium(tmp_path, data, spec)
+
+    async def run(nodes: list[Node]) -> None:
+        await asyncio.gather(*(n.run() for n in nodes))
+
+    asyncio.run(run(_nodes(paths, MemoryNetwork(), rounds=4)))
+    current = _nodes(paths, MemoryNetwork())
+    for node in current:
+        saved = checkpoint.load(node.ckpt_path)
+        assert saved is not None and saved["layout"] == checkpoint.LAYOUT
+        assert node.restore()
+        checkpoint.save(node.ckpt_path, _first_layout(saved))
+    upgraded = _nodes(paths, MemoryNetwork())
+    for new, old in zip(current, upgraded, strict=True):
+        assert old.restore()
+        assert (old.round, old.phase, old.bytes_sent) == (new.round, new.phase, new.bytes_sent)
+        for a, b in ((old.state.x, new.state.x), (old.state.s, new.state.s)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert old.learner.gamma == new.learner.gamma
+        assert _same(old.exchange.snapshot(), new.exchange.snapshot())
+        assert old.links.snapshot().keys() == new.links.snapshot().keys()
+    again = _nodes(paths, MemoryNetwork())
+    asyncio.run(run(again))
+    assert all(n.round == 10 for n in again)
+
+
 def test_bad_frames_are_counted_and_the_node_goes_on(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
@@ -212,7 +271,7 @@ def test_removing_a_site_by_reload_reweights_and_stays_exact(
     assert nodes[0].links.neighbours == [members[1], members[3]]
     assert all(n.round == 30 for n in nodes[:4])
     _exact_sums(nodes[:4], "ring")
-    assert all(float(n._accuracy() or 0) > 0.85 for n in nodes[:4])
+    assert all(float(n.learner.accuracy() or 0) > 0.85 for n in nodes[:4])
 
 
 def test_rewiring_by_reload_resynchronises_changed_links(

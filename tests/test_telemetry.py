@@ -16,6 +16,7 @@ from crypto.keyfile import write_secret
 from node.config import load_config, parse_broker
 from node.errors import ConfigError
 from node.runtime import Node
+from node.site_log import broker_password
 from node.telemetry import MqttTelemetry
 from node.training.trainer import TrainConfig
 from node.transport.memory import MemoryNetwork, MemoryTransport
@@ -126,12 +127,12 @@ def _secured(
                 "ca_file": ca,
             }
         )
-        node.telemetry = MqttTelemetry(
+        node.log.telemetry = MqttTelemetry(
             url,
             node.identity.peer_id,
             "test",
             "site",
-            Node._broker_password(node.config),
+            broker_password(node.config),
             ca,
         )
     return nodes
@@ -194,4 +195,4 @@ def test_a_readable_broker_password_file_is_refused(
         telemetry={"username": "site", "password_file": secret}
     )
     with pytest.raises(ConfigError, match=r"password_file.*group/others can read"):
-        Node._broker_password(config)
+        broker_password(config)

@@ -137,4 +137,4 @@ def test_murmur_gt_on_nodes(wisconsin16: FederatedData, tmp_path: Path) -> None:
 
     results = asyncio.run(run())
     assert all(float(r["accuracy"]) > 0.85 for r in results)  # type: ignore[arg-type]
-    assert nodes[0].state.x.shape[1] == 2 * nodes[0].layout.dim
+    assert nodes[0].state.x.shape[1] == 2 * nodes[0].learner.parts.layout.dim

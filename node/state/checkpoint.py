@@ -53,3 +53,23 @@ def load(path: Path) -> dict[str, Any] | None:
             f"checkpoint {path} is unreadable ({exc}); move it away to start over"
         ) from None
     return state
+
+
+# What a checkpoint's top level holds: round, phase, incarnation, bytes_sent, and the
+# parts' own snapshots under "model" (node.learner), "links" and "exchange".
+LAYOUT = 2
+
+
+def upgrade(saved: dict[str, Any], plaintext: bool) -> dict[str, Any]:
+    """A checkpoint written before the parts kept their own snapshots (no ``layout``),
+    in today's layout, so a site upgraded mid-run resumes where it stopped."""
+    if saved.get("layout") == LAYOUT:
+        return saved
+    step = saved.get("step") or {}
+    model = {k: saved.get(k) for k in ("x", "xhat", "s", "eps_spent", "trainer", "tracker")}
+    model["guard"] = step.get("guard")
+    own = {k: v for k, v in step.items() if k != "guard"}
+    exchange = (own or None) if plaintext else saved.get("secure")
+    kept = ("round", "phase", "incarnation", "links", "bytes_sent")
+    rest: dict[str, Any] = {k: saved[k] for k in kept if k in saved}
+    return {"layout": LAYOUT, **rest, "model": model, "exchange": exchange}

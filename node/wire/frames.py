@@ -152,7 +152,7 @@ class FrameGuard:
     :class:`~node.errors.FutureFrameError` carrying its signed round: the sender chooses
     the round number, and a far-future one must neither be buffered nor move this node
     (the runtime catches up only as far as its slowest live neighbour, a bounded jump at
-    a time; :meth:`node.runtime.Node._next_round`). At most ``max_per_round`` frames per
+    a time; :class:`node.pacing.Pacing`). At most ``max_per_round`` frames per
     sender and round, and ``max_rounds`` distinct rounds per sender, are remembered,
     which bounds the memory a flooding peer can take.
     """

@@ -1,0 +1,189 @@
+"""The learning side of one site: train, compress, take its own part into s, mix.
+
+Everything here touches the model and the CHOCO state (x, x̂, s) and nothing the network
+does: the round loop (:mod:`node.runtime`) calls it between the exchange's steps. What a
+checkpoint holds of it is :meth:`Learner.snapshot` / :meth:`Learner.restore`, so the loop
+need not know which parts a config built (DP accountant, tracker, step guard).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from node.assembly import SiteParts
+from node.config import NodeConfig
+from node.errors import ConfigError
+from node.gossip.choco import add_self_contribution, mix_step
+from node.gossip.sparse import Sparse
+from node.gossip.step_size import StepGuard, guarded_compress
+
+Emit = Callable[..., None]
+
+
+class Learner:
+    """A site's model side, built from its :class:`SiteParts`."""
+
+    def __init__(self, parts: SiteParts, config: NodeConfig, emit: Emit) -> None:
+        self.parts = parts
+        self.config = config
+        self.emit = emit
+        self.trainer, self.dp, self.ledger = parts.trainer, parts.dp, parts.ledger
+        self.tracker, self.state, self.compressor = parts.tracker, parts.state, parts.compressor
+        self.guard_step, self.gamma = parts.guard_step, parts.gamma
+
+    @property
+    def dim(self) -> int:
+        return self.parts.dim
+
+    def train_and_compress(self, t: int) -> tuple[float, Sparse]:
+        """Runs in a worker thread: local training, then CHOCO step 1 (q, and x̂ += q).
+        It writes x and x̂ only; s, which the event loop adds neighbours' items into, is
+        touched only on the event loop (:meth:`add_own`)."""
+        self.trainer.set_progress(t / self.config.train.rounds)
+        before = self.dp_history()
+        stats = self.tracker.train(self.trainer) if self.tracker else self.trainer.train()
+        after = self.dp_history()
+        if self.ledger is not None and after != before:
+            # Recorded durably before this round's noised update can leave the site.
+            self.ledger.append(t, after)
+        if self.config.faults.slow > 1:
+            time.sleep(stats.seconds * (self.config.faults.slow - 1))
+        with torch.no_grad():
+            q = guarded_compress(self.state, self.compressor, t, None, self.guard_step)
+        return float(stats.loss.mean()), q
+
+    def add_own(self, q: Sparse, self_weight: float) -> None:
+        """CHOCO step 2, on the event loop: s += W_ii q."""
+        with torch.no_grad():
+            add_self_contribution(self.state, q, torch.tensor([self_weight]))
+
+    def mix(self, t: int, heard_steps: Callable[[int], list[float]]) -> None:
+        """x += γ (s − x̂), after the step guard has seen this round's residuals."""
+        with torch.no_grad():
+            self._guard(t, heard_steps)
+            mix_step(self.state, self.gamma)
+            if self.tracker:
+                self.tracker.sync(self.trainer)
+
+    def _guard(self, t: int, heard_steps: Callable[[int], list[float]]) -> None:
+        """Feed this round's residuals to the step guard; log a back-off."""
+        if self.guard_step is None:
+            return
+        state = self.state
+        residual = StepGuard.residuals(state.x, state.xhat, state.s)
+        before = self.gamma
+        backed = bool(self.guard_step.observe(residual, t)[0])
+        heard = heard_steps(self.guard_step.stamp)
+        self.guard_step.agree(torch.tensor([min(heard, default=math.inf)], dtype=torch.float64))
+        self.gamma = float(self.guard_step.gamma[0])
+        if backed:
+            self.emit(
+                "step_backoff",
+                round=t + 1,
+                gamma_from=before,
+                gamma_to=self.gamma,
+                residual=float(residual[0]),
+            )
+        elif self.gamma != before:  # learned contraction, or a neighbour's step
+            self.emit("step", round=t + 1, gamma_from=before, gamma_to=self.gamma)
+
+    def rewire(self, matrix: NDArray[np.float64]) -> None:
+        """A new graph has another spectrum and diameter: the step is derived afresh."""
+        if self.guard_step is not None:
+            self.guard_step.rewire(matrix)
+            self.gamma = float(self.guard_step.gamma[0])
+
+    # -- privacy ----------------------------------------------------------------------------
+
+    def dp_history(self) -> list[tuple[float, float, int]]:
+        """This site's DP accountant history, [(σ, q, steps), ...] (empty without DP)."""
+        if self.dp is None:
+            return []
+        history = self.dp.rows[0].engine.accountant.history
+        return [(float(sig), float(q), int(n)) for sig, q, n in history]
+
+    def reconcile_ledger(self, resumed: bool) -> None:
+        """Check the checkpoint's budget against the privacy ledger, and continue from the
+        ledger when the checkpoint was lost (node.state.privacy_ledger)."""
+        if self.ledger is None or self.dp is None:
+            return
+        continued = self.ledger.check(self.dp_history())
+        if continued is None:
+            return
+        self.dp.rows[0].engine.accountant.history = list(continued)
+        self.emit(
+            "privacy_ledger",
+            detail="the ledger records more than the checkpoint: ε continues from it",
+            eps_spent=self.eps_spent,
+        )
+        if not resumed:
+            # Started over without a checkpoint after spending budget: the generators
+            # from the seed file would replay the first life's batches and noise on a
+            # new model, and the difference of two releases would cancel the noise.
+            row = self.dp.rows[0]
+            row.sample_gen.manual_seed(secrets.randbits(62))
+            row.noise_gen.manual_seed(secrets.randbits(62))
+
+    @property
+    def eps_spent(self) -> float:
+        """ε this site has spent, read off its accountant (which the checkpoint restores).
+        Once the budget is spent no gradient touches the records again; gossip of the
+        already-private model (mixing, relaying, aggregating) is post-processing."""
+        return 0.0 if self.dp is None else self.dp.epsilon()
+
+    @property
+    def budget_spent(self) -> bool:
+        return self.dp is not None and bool(self.dp.spent[0])
+
+    def public_loss(self, loss: float | None) -> float | None:
+        """The training loss is a statistic of private batches outside the DP guarantee
+        (a loss per round per site can reveal records), so a DP site logs and publishes
+        none; a site without DP has made no promise about its records and shows it."""
+        return loss if self.dp is None else None
+
+    def eps_text(self) -> str:
+        if self.config.privacy is None:
+            return "eps off"
+        spent = "  budget spent" if self.budget_spent else ""
+        return f"eps {self.eps_spent:.2f}/{self.config.privacy.epsilon:g}{spent}"
+
+    def accuracy(self) -> float | None:
+        return self.parts.accuracy()
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a checkpoint holds of the model side (read-only)."""
+        return {
+            "x": self.state.x,
+            "xhat": self.state.xhat,
+            "s": self.state.s,
+            "eps_spent": self.eps_spent,
+            "trainer": self.trainer.state_dict(),
+            "tracker": None if self.tracker is None else self.tracker.previous.clone(),
+            "guard": None if self.guard_step is None else self.guard_step.state_dict(),
+        }
+
+    def restore(self, saved: dict[str, Any], where: object) -> None:
+        if saved["x"].shape != self.state.x.shape:
+            raise ConfigError(f"checkpoint {where} is for a different model")
+        with torch.no_grad():
+            self.state.x.copy_(saved["x"])
+            self.state.xhat.copy_(saved["xhat"])
+            self.state.s.copy_(saved["s"])
+        self.trainer.load_state_dict(saved["trainer"])
+        if self.tracker is not None:
+            self.tracker.previous.copy_(saved["tracker"])
+            self.tracker.sync(self.trainer)
+        guard = saved.get("guard")
+        if self.guard_step is not None and guard is not None:
+            self.guard_step.load_state_dict(guard)
+            self.gamma = float(self.guard_step.gamma[0])

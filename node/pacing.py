@@ -1,0 +1,61 @@
+"""Which round a site goes to next, and which neighbours it still waits for.
+
+A restarted (or slow) site must catch up with neighbours that kept going, but no single
+member may move it: a member chooses the round number it signs. The rules, all from what
+the node already has (admitted frames per neighbour, and the rounds that neighbours'
+too-far frames claim):
+
+- a neighbour is where its admitted frames say; a claim counts only for a neighbour we
+  hear nothing admissible from (it is out of our window, so its frames will not come);
+- the node catches up to its *slowest* live neighbour; resting on one neighbour's word
+  alone (the only live one) it jumps at most :data:`CATCH_UP_MAX` rounds, with two or
+  more, each signed by its own site, it goes all the way at once.
+"""
+
+from __future__ import annotations
+
+from node.state.links import Links
+from node.wire.frames import FrameGuard
+
+# The most rounds one catch-up may skip on a single neighbour's word.
+CATCH_UP_MAX = 16
+
+
+class Pacing:
+    """The claims of neighbours' too-far frames, and the catch-up rules above."""
+
+    def __init__(self, guard: FrameGuard) -> None:
+        self.guard = guard
+        self.claimed: dict[str, int] = {}  # rounds named by neighbours' too-far frames
+
+    def claim(self, peer: str, round: int) -> None:
+        """A too-far frame from ``peer``, signed on its own connection, names ``round``.
+        Kept apart from ``heard`` (admitted frames): a claim alone must not stop us
+        waiting for the sender's real frame of our round."""
+        self.claimed[peer] = max(self.claimed.get(peer, -1), round)
+
+    def out_of_range(self, links: Links, peer: str, t: int) -> bool:
+        """Whether ``peer`` is beyond our lead by its own signed claim and has sent no
+        admissible frame lately: its frames for our round will not come (we restarted
+        and are catching up), so it is not waited for. A member that also claims a far
+        round while gossiping normally is still waited for."""
+        far = self.claimed.get(peer, -1) > t + self.guard.lead
+        return far and links.heard[peer] < max(t - self.guard.window, 0)
+
+    def catch_up_target(self, links: Links, suspected: set[str], t: int) -> int:
+        """The slowest live neighbour's round, or t without one."""
+        live = [
+            max(links.heard[p], self.claimed.get(p, -1))
+            if self.out_of_range(links, p, t)
+            else links.heard[p]
+            for p in links.neighbours
+            if p not in suspected
+        ]
+        target = min(live, default=t)
+        if len(live) < 2:
+            target = min(target, t + 1 + CATCH_UP_MAX)
+        return target
+
+    def next_round(self, links: Links, suspected: set[str], t: int) -> int:
+        """The round after t: t + 1, or further when every live neighbour is ahead."""
+        return max(t + 1, self.catch_up_target(links, suspected, t))

@@ -1,0 +1,111 @@
+"""What a site tells its operators: JSON events, the status line, MQTT, rejection counts.
+
+Kept out of the round loop so that the loop reads as the protocol. Every event goes to
+the log stream as one JSON line and, when ``[telemetry]`` names a broker, to MQTT
+(aiomqtt loads only then). Rejected input is counted in full and logged once per
+(peer, reason) and round, so a member flooding bad frames cannot flood the log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any, TextIO
+
+from crypto.errors import KeyFileError
+from crypto.keyfile import read_secret
+from node.config import NodeConfig
+from node.errors import ConfigError, FrameError
+
+if TYPE_CHECKING:
+    from node.telemetry import MqttTelemetry
+
+
+class SiteLog:
+    """One site's event log and rejection counters."""
+
+    def __init__(self, config: NodeConfig, index: int, me: str, log: TextIO, status: TextIO):
+        self.index = index
+        self.log_stream = log
+        self.status_stream = status
+        self.telemetry = telemetry(config, me)
+        self.rejected: Counter[str] = Counter()  # refused after admission
+        self._logged: set[tuple[str | None, str]] = set()
+        self._quiet: Counter[str] = Counter()  # counted, not logged, this round
+
+    def emit(self, event: str, **fields: Any) -> None:
+        record = {"t": round(time.time(), 4), "event": event, "node": self.index, **fields}
+        self.log_stream.write(json.dumps(record) + "\n")
+        self.log_stream.flush()
+        if self.telemetry is not None:
+            self.telemetry.publish(record)
+
+    def status(self, line: str) -> None:
+        """One human-readable line per round for whoever watches the site's terminal."""
+        self.status_stream.write(line + "\n")
+        self.status_stream.flush()
+
+    def count_rejection(self, exc: FrameError, peer: str) -> None:
+        """A refusal found after admission (e.g. a sum that fails to decrypt)."""
+        self.rejected[exc.reason] += 1
+        self.note_rejection(exc, peer)
+
+    def note_rejection(self, exc: FrameError, peer: str | None) -> None:
+        """Log a rejected frame, once per (peer, reason) and round."""
+        key = (peer, exc.reason)
+        if key in self._logged:
+            self._quiet[exc.reason] += 1
+            return
+        self._logged.add(key)
+        self.emit("rejected", reason=exc.reason, peer=peer, detail=str(exc)[:200])
+
+    def end_round(self, t: int) -> None:
+        """Summarise what was counted but not logged in round ``t``."""
+        self._logged.clear()
+        if self._quiet:
+            self.emit("rejected_unlogged", round=t, counts=dict(self._quiet))
+            self._quiet.clear()
+
+    def start(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.start()
+
+    async def aclose(self) -> None:
+        if self.telemetry is None:
+            return
+        await self.telemetry.aclose()
+        if self.telemetry.dropped:
+            self.emit(
+                "telemetry_dropped",
+                dropped=self.telemetry.dropped,
+                published=self.telemetry.published,
+                detail=self.telemetry.last_error,
+            )
+
+
+def telemetry(config: NodeConfig, me: str) -> MqttTelemetry | None:
+    """The MQTT publisher when ``[telemetry]`` names a broker (aiomqtt loads only then)."""
+    if config.telemetry.mqtt is None:
+        return None
+    from node.telemetry import MqttTelemetry
+
+    return MqttTelemetry(
+        config.telemetry.mqtt,
+        me,
+        config.telemetry.topic,
+        config.telemetry.username,
+        broker_password(config),
+        config.telemetry.ca_file,
+    )
+
+
+def broker_password(config: NodeConfig) -> str | None:
+    """The MQTT password, from its 0600 file (never from the config itself)."""
+    if config.telemetry.password_file is None:
+        return None
+    try:
+        raw = read_secret(config.telemetry.password_file)
+    except KeyFileError as exc:
+        raise ConfigError(f"[telemetry] password_file: {exc}") from None
+    return raw.decode().strip()
