@@ -2,17 +2,16 @@
 
 Each site keeps the code it already has (a module, a DataLoader, a loss, an optimizer)
 and hands it to Murmur as a ``TrainingLoop``; Murmur does the rest from the site's
-``site.toml``. Here the three sites run in one process over the in-memory transport so
-that the example runs anywhere; a real site calls ``run_site("site.toml", loop)``.
+``site.toml``. Here the three sites run in one process (``sim.own_loops``: real nodes over
+the in-memory transport) so that the example runs anywhere; a real site calls
+``run_site("site.toml", loop)``. ``--epsilon`` trains each site's loop with DP-SGD.
 
-    python examples/own_training_loop.py [--rounds 30] [--out runs/own-loop]
+    python examples/own_training_loop.py [--rounds 30] [--out runs/own-loop] [--epsilon 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import io
 from pathlib import Path
 
 import torch
@@ -20,12 +19,11 @@ from sklearn.datasets import load_breast_cancer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from crypto.identity import load_key
-from node.config import load_config
-from node.provision import init
-from node.runtime import Node
 from node.training.custom import TrainingLoop
-from node.transport.memory import MemoryNetwork, MemoryTransport
+from node.training.dp_config import DpConfig
+from sim.own_loops import simulate_loops
+
+SITES = 3
 
 
 class SmallNet(nn.Module):  # what a hospital's own code might define
@@ -70,37 +68,21 @@ def make_loop(site: int, sites: int) -> TrainingLoop:
     )
 
 
-async def run(out: Path, rounds: int) -> list[float]:
-    names = ["a", "b", "c"]
-    addresses = {n: f"/memory/{n}" for n in names}  # in-process "addresses"
-    init(out, names, seed=0, addresses=addresses, data="custom:own-loop", rounds=rounds)
-    network = MemoryNetwork()
-    nodes = []
-    for i, name in enumerate(names):
-        config = load_config(out / name / "site.toml")
-        config = config.edit(site={"listen": addresses[name]}, gossip={"deadline_s": 2.0})
-        node = Node(
-            config,
-            transport=MemoryTransport(network, load_key(config.site.key), config.site.listen),
-            log=io.StringIO(),
-            status=io.StringIO(),
-            loop=make_loop(i, len(names)),
-        )
-        nodes.append(node)
-    results = await asyncio.gather(*(n.run() for n in nodes))
-    return [float(r["accuracy"]) for r in results]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("runs/own-loop"))
+    parser.add_argument("--epsilon", type=float, help="train with DP-SGD to this ε per site")
     args = parser.parse_args()
     if (args.out / "consortium.toml").exists():
         raise SystemExit(f"{args.out} already holds a consortium; pass another --out")
-    scores = asyncio.run(run(args.out, args.rounds))
-    for name, score in zip("abc", scores, strict=True):
-        print(f"site {name}: held-out accuracy {score:.3f} after {args.rounds} rounds")
+    loops = [make_loop(i, SITES) for i in range(SITES)]
+    privacy = None if args.epsilon is None else DpConfig(args.epsilon, 1e-3, weight="equal")
+    runs = simulate_loops(loops, args.out, rounds=args.rounds, privacy=privacy)
+    for run in runs:
+        score, eps = float(run.result["accuracy"]), run.result.get("eps_spent")
+        spent = "" if eps is None else f", ε spent {eps:.2f}"
+        print(f"{run.name}: held-out accuracy {score:.3f} after {args.rounds} rounds{spent}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData
 
 if TYPE_CHECKING:
     from node.training.dp_engine import DpTrainer
+    from node.training.dp_loop import DpTrainingLoop
 
 
 @dataclass
@@ -39,7 +40,7 @@ class SiteParts:
     layout: FlatLayout
     x0: torch.Tensor  # the shared initial model, from the public seed
     trainer: LocalTrainer
-    dp: DpTrainer | None
+    dp: DpTrainer | DpTrainingLoop | None
     ledger: PrivacyLedger | None
     tracker: GradientTracker | None  # murmur-gt: gossips the stacked [x | v]
     state: ChocoState
@@ -115,14 +116,18 @@ class SiteParts:
         held_out: SiteData | None,
         membership: Membership,
     ) -> SiteParts:
-        if config.privacy is not None:
-            raise ConfigError(
-                "[privacy] with custom: data is not supported yet: DP-SGD's accounting "
-                "needs the sampling of the node's own trainer"
-            )
         x0 = loop.bind(config.consortium.seed)  # the same start at every site
+        trainer: LocalTrainer = loop
+        dp: DpTrainingLoop | None = None
+        if config.privacy is not None:
+            from node.training.dp_loop import DpTrainingLoop  # Opacus loads only when used
+
+            # Sampled and noised from the site's secret seed, as the built-in trainer is.
+            seed = dp_seed(config.site.state_dir)
+            dp = DpTrainingLoop(loop, config.privacy, config.train.rounds, seed)
+            trainer = dp
         return cls._gossip(
-            config, membership, None, held_out, loop.model, loop.layout, x0, loop, None
+            config, membership, None, held_out, loop.model, loop.layout, x0, trainer, dp
         )
 
     @classmethod
@@ -136,7 +141,7 @@ class SiteParts:
         layout: FlatLayout,
         x0: torch.Tensor,
         trainer: LocalTrainer,
-        dp: DpTrainer | None,
+        dp: DpTrainer | DpTrainingLoop | None,
     ) -> SiteParts:
         """The gossip side, alike for every trainer: tracker, state, compressor, γ."""
         tracking = config.gossip.method == "murmur-gt"
@@ -180,6 +185,8 @@ class SiteParts:
             with torch.no_grad():
                 probs = self.trainer.predict_proba(self.eval.x)[0]
             return float((probs.argmax(1) == self.eval.y).float().mean())
-        if isinstance(self.trainer, TrainingLoop):
-            return self.trainer.score()
+        score = getattr(self.trainer, "score", None)  # a custom loop, with DP or without
+        if callable(score):
+            result: float | None = score()
+            return result
         return None

@@ -19,9 +19,10 @@ Everything else applies unchanged: the site's ``site.toml`` (``[data] source =
 "custom:NAME"``) chooses the consortium, topology, compressor, step size and secure
 aggregation; the node compresses and gossips the model's parameters as one flat vector
 after each round's ``steps`` batches, and the mixed model is written back into the
-module before the next. DP-SGD on your own loop is not offered yet (a ``[privacy]``
-section with ``custom:`` data is refused): the budget's accounting needs the sampling
-the node controls.
+module before the next. A ``[privacy]`` section trains your loop with DP-SGD
+(:mod:`node.training.dp_loop`): your module, optimizer and loss, made private by Opacus,
+with records Poisson-sampled from your loader's dataset by a secret generator (so the
+loader must be a ``DataLoader``, and the loss average over its batch).
 
 Every site must start from the same model, which gossip assumes (x̂₀ is known to all).
 Pass ``model`` as a function that builds it (``TrainingLoop(MyNet, …)``): it is called
@@ -126,14 +127,15 @@ class TrainingLoop:
                 return batch
             raise ConfigError("the training loader yields no batches") from None
 
-    def _load(self) -> None:
+    def load_params(self) -> None:
         """The node's x (mixed by gossip) into the module's own parameters."""
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, view in self.layout.views(self.params).items():
                 params[name].copy_(view[0].to(params[name].device, params[name].dtype))
 
-    def _store(self) -> None:
+    def store_params(self) -> None:
+        """The module's parameters (after local steps) into the node's x."""
         with torch.no_grad():
             self.params[0].copy_(self.layout.to_vector(self.model).to(self.params.device))
 
@@ -141,7 +143,7 @@ class TrainingLoop:
         if self.optimizer is None:
             raise ConfigError("TrainingLoop.bind(seed) must run before training")
         began = time.perf_counter()
-        self._load()
+        self.load_params()
         self.model.train()
         losses = []
         for _ in range(self.steps):
@@ -154,13 +156,13 @@ class TrainingLoop:
             torch.autograd.backward(loss)
             self.optimizer.step()
             losses.append(float(loss.detach()))
-        self._store()
+        self.store_params()
         mean = torch.tensor([sum(losses) / len(losses)])
         return TrainStats(mean, self.steps, time.perf_counter() - began)
 
     @torch.no_grad()
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
-        self._load()
+        self.load_params()
         self.model.eval()
         out = self.model(features.to(self.device)).float()
         return torch.softmax(out, dim=-1).unsqueeze(0).cpu()
@@ -172,7 +174,7 @@ class TrainingLoop:
         """Your ``evaluate`` on the current (mixed) model, if you gave one."""
         if self.evaluate is None:
             return None
-        self._load()
+        self.load_params()
         self.model.eval()
         with torch.no_grad():
             return float(self.evaluate(self.model))

@@ -25,6 +25,7 @@ import functools
 import math
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from node.errors import ConfigError
 from node.training.dp_config import DpConfig, dp_rounds
@@ -142,30 +143,48 @@ class Ledger:
         return lo
 
 
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the batch drawn (0 for an empty Poisson batch)."""
+    return nn.functional.cross_entropy(logits, labels, reduction="sum") / max(len(labels), 1)
+
+
 class _Row:
-    """One trained row: its Opacus module, DP optimizer, Poisson loader and accountant."""
+    """One trained row: its Opacus module, DP optimizer, Poisson loader and accountant.
+
+    ``module`` and ``optimizer`` are made private in place (the built-in trainer passes a
+    copy of its model, a custom loop its own); the Poisson sampler draws from ``dataset``
+    with this row's secret generator, never from any generator of the caller's."""
 
     def __init__(
         self,
-        model: nn.Module,
-        data: tuple[torch.Tensor, torch.Tensor],
-        train: TrainConfig,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        dataset: Dataset[Any],
+        batch_size: int,
+        loss: Loss,
         dp: DpConfig,
         planned_steps: int,
         seed: int,
         reproducible: bool,
+        device: torch.device,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> None:
-        x, y = data
-        if dp.delta >= 1.0 / len(y):
+        records = len(dataset)  # type: ignore[arg-type]
+        if records == 0:
+            raise ConfigError("DP-SGD needs training records; this site's dataset is empty")
+        if dp.delta >= 1.0 / records:
             raise ConfigError(
-                f"dp delta {dp.delta:g} is not below 1/(local dataset size) = 1/{len(y)}: "
+                f"dp delta {dp.delta:g} is not below 1/(local dataset size) = 1/{records}: "
                 "such a δ allows publishing a whole record outright; choose δ < 1/n"
             )
-        self.dp = dp
+        self.dp, self.loss, self.device = dp, loss, device
         self.sample_gen = torch.Generator().manual_seed(seed)
-        self.noise_gen = torch.Generator(device=x.device).manual_seed(seed + 1)
+        self.noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
         loader = DataLoader(
-            TensorDataset(x, y), batch_size=train.batch_size, generator=self.sample_gen
+            dataset, batch_size=batch_size, generator=self.sample_gen, collate_fn=collate_fn
         )
         self.sample_rate = 1.0 / len(loader)
         quiet_opacus()
@@ -173,8 +192,6 @@ class _Row:
             dp.epsilon, dp.delta, self.sample_rate, max(planned_steps, 1), dp.accountant
         )
         self.ledger = Ledger(dp.accountant, self.noise_multiplier, self.sample_rate, dp.delta)
-        module = copy.deepcopy(model).to(x.device)
-        optimizer = _optimizer(module, train)
         try:
             with warnings.catch_warnings():
                 if reproducible:
@@ -227,15 +244,17 @@ class _Row:
         except StopIteration:
             self.batches = iter(self.loader)
             x, y = next(self.batches)
-        return x, y
+        return x.to(self.device), y.to(self.device)
 
     def step(self) -> float:
         """One DP-SGD step on a Poisson-sampled batch (possibly empty: the noise is still
         added and the step still counted, as the accountant assumes)."""
         x, y = self._batch()
         self.optimizer.zero_grad(set_to_none=True)
-        logits: torch.Tensor = self.module(x)
-        loss = nn.functional.cross_entropy(logits, y, reduction="sum") / max(len(y), 1)
+        outputs: torch.Tensor = self.module(x)
+        # An empty batch still runs backward (zero per-sample gradients), whatever the loss
+        # would make of no records; the step's noise is what the accountant counts.
+        loss = self.loss(outputs.float(), y) if len(y) else outputs.sum() * 0.0
         torch.autograd.backward([loss])
         self.optimizer.step()
         return float(loss.detach()) if len(y) else math.nan
@@ -320,18 +339,23 @@ class DpTrainer:
         self.model = inner.model
         steps = dp_rounds(dp, planned_rounds) * inner.config.local_steps
         device = inner.params.device
-        self.rows = [
-            _Row(
-                inner.model,
-                (x.to(device), y.to(device)),
-                inner.config,
-                dp,
-                steps,
-                seed + 7 * k,
-                reproducible,
+        self.rows = []
+        for k, (x, y) in enumerate(parts):
+            module = copy.deepcopy(inner.model).to(device)
+            self.rows.append(
+                _Row(
+                    module,
+                    _optimizer(module, inner.config),
+                    TensorDataset(x.to(device), y.to(device)),
+                    inner.config.batch_size,
+                    mean_cross_entropy,
+                    dp,
+                    steps,
+                    seed + 7 * k,
+                    reproducible,
+                    device,
+                )
             )
-            for k, (x, y) in enumerate(parts)
-        ]
         self.spent = [False] * len(self.rows)
         self.weights = [1.0] * len(self.rows)
         if dp.weight == "records":
