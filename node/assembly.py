@@ -23,6 +23,7 @@ from node.state.privacy_ledger import PrivacyLedger
 from node.state.site_secrets import dp_seed
 from node.training.custom import TrainingLoop
 from node.training.data import SiteData, load_site_data
+from node.training.features import Featurizer
 from node.training.flat import FlatLayout
 from node.training.models import build_model
 from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData
@@ -30,6 +31,13 @@ from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData
 if TYPE_CHECKING:
     from node.training.dp_engine import DpTrainer
     from node.training.dp_loop import DpTrainingLoop
+
+
+def _held_out(config: NodeConfig, encoding: Featurizer | None) -> SiteData | None:
+    """``[data] eval`` rows, encoded as the training rows are (never by their own stats)."""
+    if not config.data.eval_source:
+        return None
+    return load_site_data(config.data.eval_source, config.data.target, encoding=encoding)
 
 
 @dataclass
@@ -72,14 +80,12 @@ class SiteParts:
                     else 'a TrainingLoop needs [data] source = "custom:NAME"'
                 )
             )
-        held_out = (
-            load_site_data(config.data.eval_source, config.data.target)
-            if config.data.eval_source
-            else None
-        )
+        given = None if config.data.features is None else Featurizer.load(config.data.features)
         if loop is not None:
+            held_out = _held_out(config, given)
             return cls._custom(config, loop, held_out, membership)
-        data = load_site_data(config.data.source, config.data.target)
+        data = load_site_data(config.data.source, config.data.target, encoding=given)
+        held_out = _held_out(config, data.encoding)
         torch.manual_seed(config.consortium.seed)
         model = build_model(config.train.model, data.x.shape[1], data.n_classes)
         layout = FlatLayout.of(model)

@@ -1,6 +1,7 @@
 """The ``murmur`` command. Bad input ends with one line naming the problem and exit code 2.
 
-The node's own commands (``node``, ``keygen``, ``keys``) live here. Other packages add
+The node's own commands (``node``, ``keygen``, ``keys``, ``consortium``, ``data``) are
+registered here. Other packages add
 theirs by name, through the ``murmur.commands`` entry-point group (``murmur sim`` comes
 from ``sim``), and data sources that must be prepared before a node starts (``builtin:``,
 the try-out datasets) through ``murmur.sources``. So ``node`` never imports ``sim``
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from murmur.errors import MurmurError
+from node import data_cli
 from node.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -247,6 +249,12 @@ for _command in (
         "provision a consortium: keys, site.toml files, add or remove a site",
         _consortium_arguments,
         _consortium,
+    ),
+    Command(
+        "data",
+        "the consortium's feature statistics from each site's moments (node.data_cli)",
+        data_cli.add_arguments,
+        data_cli.run,
     ),
 ):
     register_command(_command)

@@ -3,7 +3,8 @@
 No site reveals rows: each node contributes only count, Σx and Σx² per numeric column
 (and the set of category values it has seen) computed on its training rows; the
 consortium combines them into one mean/std for standardization and mean imputation,
-and one category list for one-hot encoding — exactly what a secure sum would give.
+and one category list for one-hot encoding (:mod:`node.training.features`, the same
+code a node encodes its CSV with).
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from numpy.typing import NDArray
 
+from node.training.features import Featurizer, Moments, split_columns, total
 from sim.data import Table
 
 HELD_OUT = 0.2
-MISSING = "<missing>"
 
 
 @dataclass(frozen=True)
@@ -56,25 +56,12 @@ def prepare(
 ) -> FederatedData:
     rng = np.random.default_rng(seed + 17)
     splits = split_held_out(parts, rng)
-    numeric = [
-        c for c in table.features.columns if pd.api.types.is_numeric_dtype(table.features[c])
-    ]
-    categorical = [c for c in table.features.columns if c not in numeric]
-    mean, std = _federated_moments(table.features[numeric], [tr for tr, _ in splits])
-    categories = {
-        c: sorted({str(v) for tr, _ in splits for v in table.features[c].iloc[tr].fillna(MISSING)})
-        for c in categorical
-    }
+    numeric, categorical = split_columns(table.features)
+    moments = total(Moments.of(table.features.iloc[tr], numeric, categorical) for tr, _ in splits)
+    featurizer = Featurizer.from_moments(moments)
 
     def encode(rows: NDArray[np.int64]) -> torch.Tensor:
-        frame = table.features.iloc[rows]
-        num = frame[numeric].to_numpy(dtype=np.float64)
-        num = np.where(np.isnan(num), mean, num)
-        blocks = [(num - mean) / std]
-        for c in categorical:
-            values = frame[c].fillna(MISSING).astype(str).to_numpy()
-            blocks.append((values[:, None] == np.array(categories[c])[None, :]).astype(np.float64))
-        return torch.from_numpy(np.concatenate(blocks, axis=1)).float()
+        return torch.from_numpy(featurizer.encode(table.features.iloc[rows])).float()
 
     def labels(rows: NDArray[np.int64]) -> torch.Tensor:
         return torch.from_numpy(table.labels[rows])
@@ -82,25 +69,6 @@ def prepare(
     train = [(encode(tr), labels(tr)) for tr, _ in splits]
     test = [(encode(te), labels(te)) for _, te in splits]
     return FederatedData(train, test, names, int(train[0][0].shape[1]), len(table.classes))
-
-
-def _federated_moments(
-    frame: pd.DataFrame, train_rows: list[NDArray[np.int64]]
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Combine per-node (count, Σx, Σx²) of non-missing values into a global mean and std."""
-    width = frame.shape[1]
-    count, total, squares = np.zeros(width), np.zeros(width), np.zeros(width)
-    for rows in train_rows:
-        values = frame.iloc[rows].to_numpy(dtype=np.float64)
-        present = ~np.isnan(values)
-        count += present.sum(0)
-        total += np.where(present, values, 0.0).sum(0)
-        squares += np.where(present, values**2, 0.0).sum(0)
-    safe = np.maximum(count, 1.0)
-    mean = total / safe
-    var = np.maximum(squares / safe - mean**2, 0.0)
-    std = np.sqrt(var)
-    return mean, np.where(std > 1e-12, std, 1.0)
 
 
 def dirichlet_sites(

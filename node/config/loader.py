@@ -127,6 +127,7 @@ class NodeConfig:
                 self.data,
                 source=source(self.data.source) or self.data.source,
                 eval_source=source(self.data.eval_source),
+                features=maybe(self.data.features),
             ),
             telemetry=replace(
                 self.telemetry,

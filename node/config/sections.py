@@ -110,6 +110,13 @@ class DataSection:
     eval_source: str | None = field(
         default=None, metadata={KEY: "eval", DOC: "held-out rows to score on, as source"}
     )
+    features: Path | None = field(
+        default=None,
+        metadata={
+            DOC: "csv: the consortium's feature statistics and categories (murmur data "
+            "features); default: this site's own, numeric columns only"
+        },
+    )
     split: str = field(default="auto", metadata={DOC: "builtin: iid | dirichlet | natural"})
     alpha: float | None = field(default=None, metadata={DOC: "builtin: Dirichlet label skew"})
 

@@ -1,6 +1,14 @@
 """A site's own data: ``npz:PATH`` (arrays ``x``, ``y``; optional held-out ``test_x``,
-``test_y``) or ``csv:PATH`` with a label column (numeric columns standardized with this
-site's statistics, missing values mean-imputed, rows with a missing label dropped).
+``test_y``) or ``csv:PATH`` with a label column, rows with a missing label dropped.
+
+A CSV is encoded by :mod:`node.training.features`, the code the simulator uses: with the
+consortium's statistics and categories (``[data] features``), numeric columns
+standardised and mean-imputed, other columns one-hot, labels indexed by the
+consortium's class list — so the same CSV gives the same features at a node and in the
+simulator. Without them, this site's own statistics, numeric columns only (a column
+that is not numeric is refused: one-hot needs the consortium's category list), and the
+labels this site holds. Held-out rows (``[data] eval``) are encoded with the training
+rows' encoding, never with statistics of their own.
 
 ``builtin:NAME`` (one of :data:`BUILTIN_DATASETS`) is for trying Murmur out: ``murmur
 node`` gives each member the shard at its position in ``members`` of the public split,
@@ -8,7 +16,7 @@ written once to the state directory as npz, and scores it on the pooled held-out
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +24,7 @@ import pandas as pd
 import torch
 
 from node.errors import ConfigError
+from node.training.features import Featurizer, Moments, split_columns
 
 BUILTIN_DATASETS = ("breast-cancer", "ncctg-lung")
 
@@ -25,13 +34,16 @@ class SiteData:
     x: torch.Tensor
     y: torch.Tensor
     n_classes: int
+    encoding: Featurizer | None = None  # how a CSV's rows became x (held-out rows reuse it)
 
     @property
     def label_counts(self) -> list[int]:
         return [int((self.y == c).sum()) for c in range(self.n_classes)]
 
 
-def load_site_data(source: str, target: str | None = None, split: str = "") -> SiteData:
+def load_site_data(
+    source: str, target: str | None = None, split: str = "", encoding: Featurizer | None = None
+) -> SiteData:
     kind, _, path_text = source.partition(":")
     if kind == "builtin":
         raise ConfigError(f"{source}: built-in sets are prepared by `murmur node` (sim.builtin)")
@@ -47,11 +59,11 @@ def load_site_data(source: str, target: str | None = None, split: str = "") -> S
             raise ConfigError(f"{path}: not a Murmur data file ({exc})") from None
         return _checked(x, y, n_classes, path)
     if kind == "csv":
-        return _from_csv(path, target)
+        return _from_csv(path, target, encoding)
     raise ConfigError(f"data source {source!r}: expected csv:PATH, npz:PATH or builtin:NAME")
 
 
-def _from_csv(path: Path, target: str | None) -> SiteData:
+def _from_csv(path: Path, target: str | None, encoding: Featurizer | None) -> SiteData:
     try:
         frame = pd.read_csv(path)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
@@ -59,14 +71,27 @@ def _from_csv(path: Path, target: str | None) -> SiteData:
     if target is None or target not in frame.columns:
         raise ConfigError(f"{path}: label column {target!r} not found; columns: {list(frame)}")
     frame = frame.dropna(subset=[target])
-    labels, classes = pd.factorize(frame[target], sort=True)
+    features = frame.drop(columns=[target])
+    labels = frame[target].astype(str)
+    if encoding is None:
+        numeric, categorical = split_columns(features)
+        if categorical:
+            raise ConfigError(
+                f"{path}: columns {categorical} are not numeric; one-hot encoding needs the "
+                "consortium's category list: give [data] features (murmur data features), "
+                "or drop those columns"
+            )
+        local = Moments.of(features, numeric, [], labels)
+        encoding = Featurizer.from_moments(local)
+    classes = list(encoding.classes)
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise ConfigError(f"{path}: labels {unknown} are not among the classes {classes}")
     if len(classes) < 2:
         raise ConfigError(f"{path}: label column {target!r} has fewer than two classes")
-    features = frame.drop(columns=[target]).select_dtypes("number")
-    features = features.fillna(features.mean()).fillna(0.0)
-    std = features.std().replace(0.0, 1.0).fillna(1.0)
-    x = ((features - features.mean()) / std).to_numpy(np.float32)
-    return _checked(x, labels.astype(np.int64), len(classes), path)
+    y = labels.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    x = encoding.encode(features).astype(np.float32)
+    return replace(_checked(x, y, len(classes), path), encoding=encoding)
 
 
 def _checked(x: np.ndarray, y: np.ndarray, n_classes: int, path: Path) -> SiteData:

@@ -1,0 +1,77 @@
+"""``murmur data``: the consortium's feature statistics, from each site's moments.
+
+Every site must encode its CSV with the same statistics and categories
+(:mod:`node.training.features`). Each site runs ``murmur data moments`` on its own
+training file: it writes the count, Σx and Σx² of each numeric column, the category
+values of the others and the label values, and no row. Whoever the consortium trusts
+with those aggregates adds them with ``murmur data features`` and gives every site the
+result, which its ``site.toml`` names as ``[data] features``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from node.errors import ConfigError
+
+if TYPE_CHECKING:  # pandas loads when the command runs, not with every `murmur` command
+    from node.training.features import Moments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True)
+    moments = sub.add_parser("moments", help="this site's column moments (no rows) as JSON")
+    moments.add_argument("--csv", type=Path, required=True, help="this site's training CSV")
+    moments.add_argument("--target", required=True, help="the label column")
+    moments.add_argument("--out", type=Path, required=True)
+    features = sub.add_parser("features", help="add every site's moments into [data] features")
+    features.add_argument("moments", type=Path, nargs="+", help="each site's moments file")
+    features.add_argument("--out", type=Path, required=True)
+
+
+def site_moments(path: Path, target: str) -> Moments:
+    """The moments of one site's CSV (rows with a missing label left out, as when training)."""
+    import pandas as pd
+
+    from node.training.features import Moments, split_columns
+
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read CSV ({exc})") from None
+    if target not in frame.columns:
+        raise ConfigError(f"{path}: label column {target!r} not found; columns: {list(frame)}")
+    frame = frame.dropna(subset=[target])
+    features = frame.drop(columns=[target])
+    numeric, categorical = split_columns(features)
+    return Moments.of(features, numeric, categorical, frame[target].astype(str))
+
+
+def run(args: argparse.Namespace) -> int:
+    from node.training.features import Featurizer, Moments, total
+
+    if args.data_command == "moments":
+        m = site_moments(args.csv, args.target)
+        args.out.write_text(json.dumps(m.to_json(), indent=1) + "\n")
+        print(
+            f"{args.out}: moments of {int(m.count.max(initial=0))} rows, {len(m.numeric)} "
+            f"numeric and {len(m.categories)} categorical columns"
+        )
+        return 0
+    parts = []
+    for path in args.moments:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        parts.append(Moments.from_json(raw, path))
+    featurizer = Featurizer.from_moments(total(parts))
+    featurizer.save(args.out)
+    print(
+        f"{args.out}: {featurizer.width} features from {len(parts)} sites' moments, "
+        f"classes {list(featurizer.classes)}; give it to every site as [data] features"
+    )
+    return 0
