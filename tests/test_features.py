@@ -60,7 +60,7 @@ def test_a_node_encodes_its_csv_exactly_as_the_simulator_does(tmp_path: Path) ->
     for k in range(len(splits)):
         site = load_site_data(f"csv:{tmp_path / f'site-{k}.csv'}", "died", encoding=encoding)
         x, y = data.train[k]
-        torch.testing.assert_close(site.x, x, rtol=0, atol=1e-6)
+        assert torch.equal(site.x, x)  # bit for bit
         assert torch.equal(site.y, y) and site.n_classes == data.n_classes == 2
 
 
