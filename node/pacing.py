@@ -14,6 +14,9 @@ too-far frames claim):
 
 from __future__ import annotations
 
+import asyncio
+
+from node.exchange.base import Exchange
 from node.state.links import Links
 from node.wire.frames import FrameGuard
 
@@ -59,3 +62,31 @@ class Pacing:
     def next_round(self, links: Links, suspected: set[str], t: int) -> int:
         """The round after t: t + 1, or further when every live neighbour is ahead."""
         return max(t + 1, self.catch_up_target(links, suspected, t))
+
+    async def wait_for_round(
+        self,
+        t: int,
+        links: Links,
+        exchange: Exchange,
+        heard: asyncio.Event,
+        stopping: asyncio.Event,
+        deadline_s: float,
+    ) -> None:
+        """Wait, at most ``deadline_s``, for round t's part from every neighbour the
+        exchange still waits for (not suspected down, not out of range); then count each
+        neighbour's silence (a round it sent nothing for)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_s
+        out_of_range = lambda peer, round: self.out_of_range(links, peer, round)  # noqa: E731
+        while True:
+            waiting = exchange.waiting_for(t, exchange.suspected(), out_of_range)
+            remaining = deadline - loop.time()
+            if not waiting or remaining <= 0 or stopping.is_set():
+                break
+            heard.clear()
+            try:
+                await asyncio.wait_for(heard.wait(), remaining)
+            except TimeoutError:
+                break
+        for p in links.neighbours:
+            links.silent[p] = links.silent[p] + 1 if links.heard[p] < t else 0

@@ -30,19 +30,19 @@ from typing import TYPE_CHECKING, Any, TextIO
 import torch
 
 from crypto.identity import SiteIdentity, load_key
+from node import site_checkpoint
 from node.assembly import SiteParts
 from node.config import NodeConfig
 from node.errors import NodeCrashedError
 from node.exchange.base import SUSPECT_AFTER
-from node.exchange.plaintext import PlaintextExchange
 from node.exchange.secure import SecureExchange
 from node.exchange.secure_round import SecureRound
 from node.inbox import receive
 from node.key_admin import CHECKPOINT_FILE
 from node.learner import Learner
 from node.pacing import CATCH_UP_MAX, Pacing
-from node.reload import apply_membership, check_addresses, reload
-from node.site_log import SiteLog
+from node.reload import check_addresses, reload
+from node.site_log import RoundReport, SiteLog
 from node.state import checkpoint
 from node.state.links import Links
 from node.state.membership import Membership
@@ -175,67 +175,17 @@ class Node:
         self._reload = config
         self._reload_requested = True
 
-    # -- checkpoints ------------------------------------------------------------------------
+    # -- checkpoints (node.site_checkpoint) -----------------------------------------------
 
     def save(self) -> None:
         """Checkpoint atomically; then each part may announce what the checkpoint holds."""
-        links, exchange = self.links.snapshot(), self.exchange.snapshot()
-        checkpoint.save(
-            self.ckpt_path,
-            {
-                "layout": checkpoint.LAYOUT,
-                "round": self.round,
-                "phase": self.phase,
-                "incarnation": self.incarnation,
-                "bytes_sent": self.bytes_sent,
-                "model": self.learner.snapshot(),
-                "links": links,
-                "exchange": exchange,
-            },
-        )
-        self.links.commit(links)
-        self.exchange.commit(exchange)
+        site_checkpoint.save(self)
 
     def restore(self) -> bool:
-        """Resume from the checkpoint; a config whose membership changed while the node was
-        down is applied afterwards, as a reload would be."""
-        saved = checkpoint.load(self.ckpt_path)
-        if saved is None:
-            return False
-        saved = checkpoint.upgrade(saved, plaintext=isinstance(self.exchange, PlaintextExchange))
-        self.learner.restore(saved["model"], self.ckpt_path)
-        self.round, self.phase = int(saved["round"]), str(saved["phase"])
-        self.incarnation = bytes(saved.get("incarnation", self.incarnation))
-        self.links = Links.restore(self.identity.peer_id, saved["links"], self.state.xhat[0])
-        self.bytes_sent = int(saved["bytes_sent"])
-        self.exchange.restore(saved["exchange"])
-        self.guard.advance(self.round)
-        if self.links.membership != Membership.of(self.config):
-            apply_membership(self, self.config)  # the config was edited while the node was down
-        return True
+        """Resume from the checkpoint (False: there is none)."""
+        return site_checkpoint.restore(self)
 
     # -- the protocol -----------------------------------------------------------------------
-
-    def _out_of_range(self, peer: str, t: int) -> bool:
-        return self.pacing.out_of_range(self.links, peer, t)
-
-    async def _wait_for_round(self, t: int) -> None:
-        """Wait for this round's part from every neighbour not suspected to be down."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.gossip.deadline_s
-        while True:
-            waiting = self.exchange.waiting_for(t, self.exchange.suspected(), self._out_of_range)
-            remaining = deadline - loop.time()
-            if not waiting or remaining <= 0 or self.stopping.is_set():
-                break
-            self.heard.clear()
-            try:
-                await asyncio.wait_for(self.heard.wait(), remaining)
-            except TimeoutError:
-                break
-        late = [p for p in self.links.neighbours if self.links.heard[p] < t]
-        for p in self.links.neighbours:
-            self.links.silent[p] = self.links.silent[p] + 1 if p in late else 0
 
     async def run(self) -> dict[str, Any]:
         """Run to ``rounds`` (resuming from the checkpoint), then linger to serve the
@@ -306,7 +256,9 @@ class Node:
             self.phase = "pushed"
             self.save()
         await self.exchange.send(t)
-        await self._wait_for_round(t)
+        await self.pacing.wait_for_round(
+            t, self.links, self.exchange, self.heard, self.stopping, self.deadline_s
+        )
         included = await self.exchange.resolve(t)
         learner.mix(t, self.exchange.heard_steps)
         self.round = self.pacing.next_round(self.links, self.exchange.suspected(), t)
@@ -317,32 +269,28 @@ class Node:
         self._report(t, loss, missed, began)
 
     def _report(self, t: int, loss: float | None, missed: int, began: float) -> None:
-        """Round t's event, the status line, and what was counted but not logged."""
-        rounds = self.config.train.rounds
-        due = (t + 1) % self.config.train.eval_every == 0 or self.round >= rounds
-        if self.learner.budget_spent and not self._budget_reported:
+        """Round t's event and status line (node.site_log)."""
+        rounds, learner = self.config.train.rounds, self.learner
+        if learner.budget_spent and not self._budget_reported:
             self._budget_reported = True
             self.emit("dp_budget_spent", round=t + 1, eps_spent=self.eps_spent)
-        public, peers = self.learner.public_loss(loss), len(self.links.neighbours) - missed
-        self.emit(
-            "round",
-            round=t + 1,
-            loss=public,
-            trained=loss is not None and not math.isnan(loss),
-            accuracy=self.learner.accuracy() if due else None,
-            latency_s=round(time.perf_counter() - began, 4),
-            peers=peers,
-            missed=missed,
-            bytes_sent=self.bytes_sent,
-            eps_spent=self.eps_spent,
-            rejected=self.rejections(),
-        )
-        self.log.end_round(t + 1)
-        loss_text = "  -   " if public is None else f"{public:.4f}"
-        self.log.status(
-            f"murmur {self.identity.peer_id[-8:]}  round {t + 1}/{rounds}  "
-            f"loss {loss_text}  peers {peers}/{len(self.links.neighbours)}  "
-            f"sent {self.bytes_sent / 1e6:.2f} MB  {self.learner.eps_text()}"
+        due = (t + 1) % self.config.train.eval_every == 0 or self.round >= rounds
+        self.log.round(
+            RoundReport(
+                round=t + 1,
+                rounds=rounds,
+                loss=learner.public_loss(loss),
+                trained=loss is not None and not math.isnan(loss),
+                accuracy=learner.accuracy() if due else None,
+                latency_s=time.perf_counter() - began,
+                neighbours=len(self.links.neighbours),
+                missed=missed,
+                bytes_sent=self.bytes_sent,
+                eps_spent=self.eps_spent,
+                eps_text=learner.eps_text(),
+                rejected=self.rejections(),
+            ),
+            self.identity.peer_id,
         )
 
     async def _linger(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from crypto.errors import KeyFileError
@@ -20,6 +21,24 @@ from node.errors import ConfigError, FrameError
 
 if TYPE_CHECKING:
     from node.telemetry import MqttTelemetry
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What a site says about one finished round (the ``round`` event and status line)."""
+
+    round: int
+    rounds: int
+    loss: float | None  # None under DP: a statistic of private batches
+    trained: bool
+    accuracy: float | None
+    latency_s: float
+    neighbours: int
+    missed: int
+    bytes_sent: int
+    eps_spent: float
+    eps_text: str
+    rejected: dict[str, int]
 
 
 class SiteLog:
@@ -60,12 +79,31 @@ class SiteLog:
         self._logged.add(key)
         self.emit("rejected", reason=exc.reason, peer=peer, detail=str(exc)[:200])
 
-    def end_round(self, t: int) -> None:
-        """Summarise what was counted but not logged in round ``t``."""
+    def round(self, r: RoundReport, peer_id: str) -> None:
+        """The ``round`` event, what was counted but not logged, and the status line."""
+        peers = r.neighbours - r.missed
+        self.emit(
+            "round",
+            round=r.round,
+            loss=r.loss,
+            trained=r.trained,
+            accuracy=r.accuracy,
+            latency_s=round(r.latency_s, 4),
+            peers=peers,
+            missed=r.missed,
+            bytes_sent=r.bytes_sent,
+            eps_spent=r.eps_spent,
+            rejected=r.rejected,
+        )
         self._logged.clear()
         if self._quiet:
-            self.emit("rejected_unlogged", round=t, counts=dict(self._quiet))
+            self.emit("rejected_unlogged", round=r.round, counts=dict(self._quiet))
             self._quiet.clear()
+        loss = "  -   " if r.loss is None else f"{r.loss:.4f}"
+        self.status(
+            f"murmur {peer_id[-8:]}  round {r.round}/{r.rounds}  loss {loss}  "
+            f"peers {peers}/{r.neighbours}  sent {r.bytes_sent / 1e6:.2f} MB  {r.eps_text}"
+        )
 
     def start(self) -> None:
         if self.telemetry is not None:
