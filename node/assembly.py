@@ -16,7 +16,7 @@ from node.config import NodeConfig
 from node.errors import ConfigError
 from node.gossip.choco import ChocoState
 from node.gossip.compress import Compressor, parse_compressor, stacked
-from node.gossip.step_size import StepGuard, step_guard
+from node.gossip.step_guard import StepGuard, step_guard
 from node.gossip.tracking import GradientTracker
 from node.state.membership import Membership
 from node.state.privacy_ledger import PrivacyLedger
@@ -162,7 +162,7 @@ class SiteParts:
         parsed = parse_compressor(config.gossip.compressor, config.consortium.seed, labels)
         compressor = stacked(parsed, 2 if tracker else 1)
         # γ from the public graph, the compressor and the dimension, and a guard that
-        # halves it if this site's residuals grow (node.gossip.step_size).
+        # halves it if this site's residuals grow (node.gossip.step_guard).
         guard = None
         gamma = config.gossip.gamma
         if gamma is None:

@@ -23,7 +23,7 @@ from node.config import NodeConfig
 from node.errors import ConfigError
 from node.gossip.choco import add_self_contribution, mix_step
 from node.gossip.sparse import Sparse
-from node.gossip.step_size import StepGuard, guarded_compress
+from node.gossip.step_guard import StepGuard, guarded_compress
 
 Emit = Callable[..., None]
 

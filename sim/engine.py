@@ -21,7 +21,7 @@ from murmur.registry import Registry
 from node.errors import ConfigError
 from node.gossip.choco import ChocoState, add_self_contribution, consensus_distance, mix_step
 from node.gossip.compress import Compressor, Identity, require_shared_slots, stacked
-from node.gossip.step_size import StepGuard, guarded_compress, step_guard
+from node.gossip.step_guard import StepGuard, guarded_compress, step_guard
 from node.gossip.tracking import GradientTracker
 from node.training.dp_config import DpConfig, for_sites
 from node.training.flat import FlatLayout

@@ -23,7 +23,7 @@ from node.cli import Command
 from node.config import DEFAULT_COMPRESSOR, SECURE_MODES, SPLITS, TrainSection, parse_partition
 from node.errors import ConfigError
 from node.gossip.compress import compressor_forms, parse_compressor
-from node.gossip.step_size import step_guard
+from node.gossip.step_guard import step_guard
 from node.training.device import pick_device
 from node.training.dp_config import DpConfig, parse_dp
 from node.training.models import MODELS

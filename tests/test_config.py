@@ -122,7 +122,8 @@ def test_a_config_round_trips_through_to_toml(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
         'seed = 7\ntopology = "complete"',
-        'features = "features.json"\n[train]\nmodel = "logistic"\nrounds = 12\neval_every = 3\noptimizer = "sgd"\n'
+        'features = "features.json"\n'
+        '[train]\nmodel = "logistic"\nrounds = 12\neval_every = 3\noptimizer = "sgd"\n'
         "lr = 0.05\nmomentum = 0.9\nnesterov = true\nweight_decay = 0.001\nprox_mu = 0.01\n"
         'local_steps = 2\nbatch_size = 8\ntime_budget_s = 1.5\nlr_schedule = "constant"\n'
         '[gossip]\ncompressor = "rand-k:0.1"\nmethod = "murmur-gt"\ngamma = 0.25\n'

@@ -76,13 +76,17 @@ def test_held_out_rows_are_encoded_with_the_training_rows_statistics(tmp_path: P
 
 def test_bad_feature_inputs_are_explained(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
-    pd.DataFrame({"ward": ["a", "b", "a"], "v": [1, 2, 3], "y": [0, 1, 0]}).to_csv(path, index=False)
+    pd.DataFrame({"ward": ["a", "b", "a"], "v": [1, 2, 3], "y": [0, 1, 0]}).to_csv(
+        path, index=False
+    )
     with pytest.raises(ConfigError, match=r"columns \['ward'\] are not numeric.*\[data\] features"):
         load_site_data(f"csv:{path}", "y")
     other = tmp_path / "other.csv"
     pd.DataFrame({"v": [1, 2], "y": [0, 1]}).to_csv(other, index=False)
     moments = tmp_path / "m.json"
-    assert main(["data", "moments", "--csv", str(path), "--target", "y", "--out", str(moments)]) == 0
+    assert (
+        main(["data", "moments", "--csv", str(path), "--target", "y", "--out", str(moments)]) == 0
+    )
     features = tmp_path / "f.json"
     assert main(["data", "features", str(moments), "--out", str(features)]) == 0
     with pytest.raises(ConfigError, match=r"columns \['ward'\] are in the consortium"):

@@ -14,15 +14,12 @@ from hypothesis import strategies as st
 
 from node.gossip.choco import ChocoState, add_self_contribution, consensus_distance, mix_step
 from node.gossip.compress import parse_compressor
+from node.gossip.step_guard import MAX_BACKOFFS, StepGuard, guarded_compress, step_guard
 from node.gossip.step_size import (
-    MAX_BACKOFFS,
-    StepGuard,
     choose_gamma,
     contraction,
-    guarded_compress,
     mixing_modes,
     second_moment_rate,
-    step_guard,
     theorem_gamma,
 )
 from sim.network import SimNetwork

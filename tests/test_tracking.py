@@ -16,7 +16,7 @@ from crypto.identity import load_key
 from node.config import load_config
 from node.gossip.choco import ChocoState, add_self_contribution, mix_step
 from node.gossip.compress import parse_compressor, stacked
-from node.gossip.step_size import guarded_compress, step_guard
+from node.gossip.step_guard import guarded_compress, step_guard
 from node.gossip.tracking import GradientTracker
 from node.runtime import Node
 from node.training.trainer import TrainConfig, TrainStats

@@ -118,7 +118,7 @@ class Exchange(ABC):
         state it voids, or refuse it with a ConfigError."""
 
     def heard_steps(self, stamp: int) -> list[float]:
-        """Consensus steps the neighbours announced for ``stamp`` (node.gossip.step_size)."""
+        """Consensus steps the neighbours announced for ``stamp`` (node.gossip.step_guard)."""
         return []
 
     @abstractmethod

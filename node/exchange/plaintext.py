@@ -20,7 +20,7 @@ import torch
 from node.errors import FrameError, StaleFrameError, TransportError
 from node.exchange.base import SUSPECT_AFTER, Exchange, Host, OutOfRange
 from node.gossip.sparse import Sparse
-from node.gossip.step_size import StepGuard
+from node.gossip.step_guard import StepGuard
 from node.state.backlog import Item
 from node.state.membership import Membership
 from node.transport.send_slots import SendSlots
