@@ -859,13 +859,13 @@ def test_a_large_body_on_a_slow_link_arrives_and_a_stalled_one_returns_short() -
     timed out could hand back the previous frame's body. Now each chunk has the timeout."""
     import trio
 
-    from node.transport.p2p import _read_exactly
+    from node.transport.p2p.streams import read_exactly
 
     async def scenario() -> tuple[int, int]:
         slow = _SlowStream(total=40, chunk=4, gap_s=0.02)  # 0.2 s in all, 0.02 s a chunk
-        whole = await _read_exactly(slow, 40, timeout_s=0.1)  # type: ignore[arg-type]
+        whole = await read_exactly(slow, 40, timeout_s=0.1)  # type: ignore[arg-type]
         stalled = _SlowStream(total=8, chunk=4, gap_s=0.02)
-        short = await _read_exactly(stalled, 40, timeout_s=0.1)  # type: ignore[arg-type]
+        short = await read_exactly(stalled, 40, timeout_s=0.1)  # type: ignore[arg-type]
         return len(whole), len(short)
 
     assert trio.run(scenario) == (40, 8)

@@ -1,26 +1,4 @@
-"""The libp2p transport: the only module of Murmur that imports libp2p or trio.
-
-py-libp2p is trio-based; the node is asyncio. The host runs in its own thread under
-``trio.run``; the asyncio side hands work over with ``TrioToken.run_sync_soon`` (thread
-safe, never blocks the event loop) and gets results back through
-``loop.call_soon_threadsafe``. So the asyncio side never waits on trio except through a
-future.
-
-Security: Noise only (no plaintext, TLS or secio fallback is offered), Yamux, and the
-consortium allowlist enforced right after the Noise handshake, before any stream opens:
-a peer not in the address book is disconnected there and counted. Frames travel on one
-long-lived stream per peer, each a 4-byte length and the body; the length is checked
-against the limit before a byte of the body is read. Every await that waits on the
-network runs under a timeout. Failed dials back off exponentially (0.25 s doubling to
-5 s) and a background task redials known peers, so a restarted peer is found again;
-addresses come from our own address book on every dial (libp2p's peerstore expires them).
-
-Yamux data frames are sent up to 256 KiB instead of py-libp2p's 64 KiB default: a 1 MiB
-update then costs 4 frames' worth of window and lock bookkeeping instead of 16, which
-roughly doubles loopback throughput (``make bench``). It stays within the Yamux spec:
-a frame is bounded by the receiver's window, which the sender honours, and go-yamux
-exposes the same knob as ``MaxMessageSize``. Receivers need no change.
-"""
+"""The libp2p :class:`P2PTransport` (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -29,7 +7,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import multiaddr
@@ -37,21 +14,15 @@ import trio
 from libp2p import new_host
 from libp2p.abc import (
     IHost,
-    IMuxedConn,
     INetStream,
-    IRawConnection,
-    ISecureConn,
-    ISecureTransport,
 )
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
-from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux import yamux
 
 from crypto.identity import SiteIdentity
@@ -61,212 +32,23 @@ from node.errors import (
     TransportClosedError,
 )
 from node.transport.base import Received, Transport
+from node.transport.p2p.muxer import (
+    MAX_CONNECTIONS_PER_PEER,
+    BoundedYamux,
+    YamuxOnly,
+    drop_buffer,
+    large_yamux_frames,
+)
+from node.transport.p2p.security import AllowlistSecurity
+from node.transport.p2p.streams import CHUNK_BYTES, Backoff, read_exactly, write_all
 from node.wire.frames import DEFAULT_MAX_FRAME_BYTES, PREFIX_BYTES, check_length, length_prefix
 
-YAMUX_FRAME_BYTES = 256 * 1024
-
-
-def _large_yamux_frames() -> None:
-    """Send Yamux data frames of up to :data:`YAMUX_FRAME_BYTES` (see the module docstring).
-
-    py-libp2p reads its frame size from a module constant, with no per-connection knob, so
-    this is set for the process when the first transport starts, never on import: a
-    process that imports this module without running a node keeps the library's value."""
-    yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
-
-
-# Unread bytes one connection may hold in Yamux: the one frame stream an honest peer
-# uses, at its largest window, and a few fresh streams (identify, a replaced stream).
-CONNECTION_BUFFER_BYTES = yamux.MAX_WINDOW_SIZE + 4 * yamux.DEFAULT_WINDOW_SIZE
-MAX_CONNECTIONS_PER_PEER = 2  # one each way covers an honest pair dialling each other
 # 1.1: secure-aggregation receipts, contributions and sums carry the receiver's basis, and
 # update frames cap shared-index items; a 1.0 peer is refused at stream negotiation
 # rather than having its frames refused one by one as malformed.
 PROTOCOL = TProtocol("/murmur/frames/1.1.0")
 IDLE_READ_S = 600.0
 BACKPRESSURE_POLL_S = 0.005
-CHUNK_BYTES = 1 << 20
-BACKOFF_MIN_S = 0.25
-BACKOFF_MAX_S = 5.0
-
-
-class WindowExceededError(ConnectionError):
-    """A peer sent more on a Yamux stream than the receive window we granted it (or more
-    than one connection may hold unread). py-libp2p catches it per stream and reads on,
-    so the buffer also flags the connection, and :class:`_BoundedYamux` ends it, as
-    go-yamux does on this protocol error."""
-
-
-class _WindowedBuffer(bytearray):
-    """One stream's receive buffer that refuses data beyond the stream's open window.
-
-    py-libp2p's Yamux logs a peer that overruns the window and buffers the data anyway,
-    so a member that ignores flow control could grow our memory without bound while our
-    reader applies backpressure. An honest sender never has more in flight than the
-    window we granted (we raise it before we announce it), so this refuses only peers
-    that break the protocol. The connection's streams together may also hold at most one
-    fully grown window plus a few initial ones (``CONNECTION_BUFFER_BYTES``): a peer
-    that opens many streams and never lets them be read cannot park more than that."""
-
-    conn: _BoundedYamux
-    stream_id: int
-
-    def extend(self, data: Any) -> None:
-        stream = self.conn.streams.get(self.stream_id)
-        held = sum(len(b) for b in self.conn.stream_buffers.values())
-        if stream is not None and len(data) > stream.recv_window:
-            problem = f"{len(data)} bytes on stream {self.stream_id} past its window"
-        elif held + len(data) > CONNECTION_BUFFER_BYTES:
-            problem = f"{held + len(data)} bytes unread on one connection"
-        else:
-            super().extend(data)
-            return
-        self.conn.on_window_exceeded(str(self.conn.peer_id))
-        # py-libp2p catches errors of a plain DATA frame per stream and reads on, so the
-        # connection is ended here: its read loop stops, and _BoundedYamux closes it.
-        self.conn.overrun = True
-        self.conn.event_shutting_down.set()
-        raise WindowExceededError(f"{self.conn.peer_id} sent {problem}")
-
-
-class _WindowedBuffers(dict[int, bytearray]):
-    """A connection's stream buffers, each a :class:`_WindowedBuffer`."""
-
-    def __init__(self, conn: _BoundedYamux) -> None:
-        super().__init__()
-        self.conn = conn
-
-    def __setitem__(self, stream_id: int, value: bytearray) -> None:
-        buffer = _WindowedBuffer(value)
-        buffer.conn, buffer.stream_id = self.conn, stream_id
-        super().__setitem__(stream_id, buffer)
-
-
-def _drop_buffer(stream: INetStream) -> None:
-    """Free what Yamux still buffers for a stream we reset (it would otherwise wait for
-    py-libp2p's sweep and count against the connection's cap meanwhile)."""
-    muxed = getattr(stream, "muxed_stream", None)
-    conn = getattr(muxed, "conn", None)
-    buffers = getattr(conn, "stream_buffers", None)
-    if isinstance(buffers, dict):
-        buffer = buffers.get(getattr(muxed, "stream_id", -1))
-        if buffer is not None:
-            del buffer[:]
-
-
-class _BoundedYamux(yamux.Yamux):
-    """Yamux whose receive buffers hold no more than the windows granted (see above)."""
-
-    def __init__(self, *args: Any, on_exceeded: Callable[[str], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.on_window_exceeded = on_exceeded
-        self.overrun = False  # set by a buffer that refused a peer's data
-        self.stream_buffers = _WindowedBuffers(self)
-
-    async def handle_incoming(self) -> None:
-        await super().handle_incoming()
-        if self.overrun and not self.event_closed.is_set():
-            await self._cleanup_on_error()
-
-
-class _YamuxOnly(MuxerMultistream):
-    """Muxer negotiation offering Yamux alone, built as :class:`_BoundedYamux`.
-
-    py-libp2p builds its own ``Yamux`` for the Yamux protocol whatever class it is given,
-    and would also offer Mplex, which has no flow control at all; this replaces the
-    negotiation on our host only (no global patch)."""
-
-    def __init__(self, on_exceeded: Callable[[str], None]) -> None:
-        super().__init__({TProtocol(yamux.PROTOCOL_ID): _BoundedYamux})
-        self.on_exceeded = on_exceeded
-
-    async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
-        protocol, _ = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
-
-        async def on_close() -> None:
-            pass
-
-        muxed = _BoundedYamux(
-            conn,
-            peer_id,
-            is_initiator=conn.is_initiator,
-            on_close=on_close,
-            on_exceeded=self.on_exceeded,
-        )
-        return self._annotate_connection(muxed, conn, protocol)
-
-
-class _AllowlistSecurity(ISecureTransport):
-    """Noise, then the allowlist: wraps the Noise transport, never replaces its checks."""
-
-    def __init__(
-        self,
-        inner: ISecureTransport,
-        allowed: Callable[[str], bool],
-        refused: Callable[[str], None],
-        make_room: Callable[[ID], Awaitable[None]],
-    ):
-        self.inner = inner
-        self.allowed = allowed
-        self.refused = refused  # counts a refusal under its reason
-        self.make_room = make_room  # closes a peer's oldest connections over the limit
-
-    async def _admit(self, conn: ISecureConn, inbound: bool) -> ISecureConn:
-        remote = conn.get_remote_peer()
-        peer = str(remote)
-        if not self.allowed(peer):
-            self.refused("refused_handshake")
-            await conn.close()
-            raise HandshakeFailure(f"peer {peer} is not in the consortium allowlist")
-        if inbound:
-            await self.make_room(remote)
-        return conn
-
-    async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:
-        return await self._admit(await self.inner.secure_inbound(conn), inbound=True)
-
-    async def secure_outbound(self, conn: IRawConnection, peer_id: ID) -> ISecureConn:
-        return await self._admit(await self.inner.secure_outbound(conn, peer_id), inbound=False)
-
-
-@dataclass
-class _Backoff:
-    delay: float = 0.0
-    next_try: float = 0.0
-
-    def failed(self) -> None:
-        self.delay = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, 2 * self.delay))
-        self.next_try = time.monotonic() + self.delay
-
-    def succeeded(self) -> None:
-        self.delay = 0.0
-        self.next_try = 0.0
-
-
-async def _read_exactly(stream: INetStream, size: int, timeout_s: float) -> bytes:
-    """Read ``size`` bytes, or fewer if the stream ends or stalls: each chunk must come
-    within ``timeout_s`` (a progress deadline, so a large body on a slow link arrives
-    while a stalled one is dropped). The caller checks the length; nothing of an earlier
-    read can be returned."""
-    chunks = []
-    remaining = size
-    while remaining:
-        chunk = b""
-        with trio.move_on_after(timeout_s):
-            chunk = await stream.read(min(remaining, CHUNK_BYTES))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-async def _write_all(stream: INetStream, data: bytes, timeout_s: float) -> None:
-    """Write ``data`` in chunks, each within ``timeout_s`` (progress, not total, deadline)."""
-    view = memoryview(data)
-    for start in range(0, len(data), CHUNK_BYTES):
-        with trio.fail_after(timeout_s):
-            await stream.write(bytes(view[start : start + CHUNK_BYTES]))
 
 
 class P2PTransport(Transport):
@@ -293,7 +75,7 @@ class P2PTransport(Transport):
         self._streams: dict[str, INetStream] = {}
         self._inbound: dict[str, INetStream] = {}  # each peer's frame stream to us
         self._locks: dict[str, trio.Lock] = {}
-        self._backoff: dict[str, _Backoff] = {}
+        self._backoff: dict[str, Backoff] = {}
 
     @property
     def listen_addr(self) -> str:
@@ -306,7 +88,7 @@ class P2PTransport(Transport):
             raise TransportClosedError("transport was closed")
         if self._thread is not None:
             return
-        _large_yamux_frames()
+        large_yamux_frames()
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[str] = self._loop.create_future()
         self._thread = threading.Thread(
@@ -403,15 +185,15 @@ class P2PTransport(Transport):
     async def _main(self, ready: asyncio.Future[str]) -> None:
         key_pair = create_new_key_pair(self.identity.seed)
         noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
-        security = _AllowlistSecurity(
+        security = AllowlistSecurity(
             noise, lambda peer: peer in self._peers, self._refused, self._make_room
         )
         host = new_host(
             key_pair=key_pair,
             sec_opt={NOISE_PROTOCOL_ID: security},
-            muxer_opt={TProtocol(yamux.PROTOCOL_ID): _BoundedYamux},
+            muxer_opt={TProtocol(yamux.PROTOCOL_ID): BoundedYamux},
         )
-        muxers = _YamuxOnly(lambda peer: self._refused("window_exceeded"))
+        muxers = YamuxOnly(lambda peer: self._refused("window_exceeded"))
         host.get_network().upgrader.muxer_multistream = muxers  # type: ignore[attr-defined]
         self._host = host
         self._stop = trio.Event()
@@ -460,7 +242,7 @@ class P2PTransport(Transport):
         return stream
 
     async def _send(self, peer: str, address: str, body: bytes, done: asyncio.Future[None]) -> None:
-        backoff = self._backoff.setdefault(peer, _Backoff())
+        backoff = self._backoff.setdefault(peer, Backoff())
         lock = self._locks.setdefault(peer, trio.Lock())
         error: Exception | None = None
         async with lock:
@@ -482,7 +264,7 @@ class P2PTransport(Transport):
             try:
                 with trio.fail_after(self.timeout_s):
                     stream = await self._stream(peer, address)
-                await _write_all(stream, data, self.timeout_s)
+                await write_all(stream, data, self.timeout_s)
                 return None
             except trio.TooSlowError:
                 self._streams.pop(peer, None)
@@ -499,7 +281,7 @@ class P2PTransport(Transport):
         while True:
             await trio.sleep(self.redial_s)
             for peer, address in list(self._peers.items()):
-                backoff = self._backoff.setdefault(peer, _Backoff())
+                backoff = self._backoff.setdefault(peer, Backoff())
                 peer_id = ID.from_base58(peer)
                 if self._host.get_network().get_connections(peer_id):
                     continue
@@ -522,10 +304,10 @@ class P2PTransport(Transport):
         if previous is not None:
             with trio.move_on_after(1):
                 await previous.reset()
-            _drop_buffer(previous)
+            drop_buffer(previous)
         try:
             while peer in self._peers:
-                prefix = await _read_exactly(stream, PREFIX_BYTES, IDLE_READ_S)
+                prefix = await read_exactly(stream, PREFIX_BYTES, IDLE_READ_S)
                 if not prefix:
                     break
                 try:
@@ -538,7 +320,7 @@ class P2PTransport(Transport):
                 while not self._reserve(peer, size):
                     await trio.sleep(BACKPRESSURE_POLL_S)
                 try:
-                    body = await _read_exactly(stream, size, self.timeout_s)
+                    body = await read_exactly(stream, size, self.timeout_s)
                 except BaseException:
                     self._release(peer, size)
                     raise
