@@ -13,12 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from node.errors import ConfigError
-
-if TYPE_CHECKING:  # pandas loads when the command runs, not with every `murmur` command
-    from node.training.features import Moments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,29 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     features.add_argument("--out", type=Path, required=True)
 
 
-def site_moments(path: Path, target: str) -> Moments:
-    """The moments of one site's CSV (rows with a missing label left out, as when training)."""
-    import pandas as pd
-
-    from node.training.features import Moments, split_columns
-
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read CSV ({exc})") from None
-    if target not in frame.columns:
-        raise ConfigError(f"{path}: label column {target!r} not found; columns: {list(frame)}")
-    frame = frame.dropna(subset=[target])
-    features = frame.drop(columns=[target])
-    numeric, categorical = split_columns(features)
-    return Moments.of(features, numeric, categorical, frame[target].astype(str))
-
-
 def run(args: argparse.Namespace) -> int:
+    # pandas loads when the command runs, not with every `murmur` command
     from node.training.features import Featurizer, Moments, total
 
     if args.data_command == "moments":
-        m = site_moments(args.csv, args.target)
+        from node.training.data import csv_moments
+
+        m = csv_moments(args.csv, args.target)
         args.out.write_text(json.dumps(m.to_json(), indent=1) + "\n")
         print(
             f"{args.out}: moments of {int(m.count.max(initial=0))} rows, {len(m.numeric)} "

@@ -38,6 +38,7 @@ from node.exchange.base import SUSPECT_AFTER
 from node.exchange.secure import SecureExchange
 from node.exchange.secure_round import SecureRound
 from node.inbox import receive
+from node.join_features import joined
 from node.key_admin import CHECKPOINT_FILE
 from node.learner import Learner
 from node.pacing import CATCH_UP_MAX, Pacing
@@ -50,7 +51,7 @@ from node.training.custom import TrainingLoop
 from node.transport.base import Transport
 from node.wire.frames import PREFIX_BYTES, FrameGuard
 from node.wire.update import INCARNATION_BYTES
-from node.wiring import site_exchange, site_transport
+from node.wiring import libp2p_transport, site_exchange, site_transport
 
 if TYPE_CHECKING:
     from node.telemetry import MqttTelemetry
@@ -310,5 +311,14 @@ class Node:
 
 def main(config: NodeConfig) -> int:
     torch.set_num_threads(1)
-    asyncio.run(Node(config).run())
+    asyncio.run(_start(config))
     return 0
+
+
+async def _start(config: NodeConfig) -> None:
+    """A node from its config: the consortium's feature statistics first, when
+    ``[data] join_features`` asks for them (node.join_features), on the node's transport."""
+    identity = load_key(config.site.key)
+    transport = libp2p_transport(config, identity)
+    config = await joined(config, identity, transport)
+    await Node(config, transport).run()

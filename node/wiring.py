@@ -20,6 +20,15 @@ from node.transport.base import Transport
 from node.transport.faulty import FaultyTransport
 
 
+def libp2p_transport(config: NodeConfig, identity: SiteIdentity) -> Transport:
+    """The site's libp2p transport (libp2p loads only for a real node)."""
+    from node.transport.p2p import P2PTransport
+
+    gossip = config.gossip
+    timeout = max(2.0, gossip.deadline_s)
+    return P2PTransport(identity, config.site.listen, gossip.max_frame_bytes, timeout_s=timeout)
+
+
 def site_transport(
     config: NodeConfig, identity: SiteIdentity, index: int, given: Transport | None
 ) -> Transport:

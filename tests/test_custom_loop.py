@@ -85,7 +85,7 @@ def test_sites_with_their_own_loops_reach_one_model(tmp_path: Path, secure: str)
     node's x afterwards; with secure aggregation too (block-k: sums are sums)."""
     loops = [_loop(i) for i in range(3)]
     gossip = {"secure": secure, "compressor": "block-k:0.5"} if secure != "off" else {}
-    nodes = _nodes(tmp_path, loops, **gossip)
+    nodes = _nodes(tmp_path, loops, None, **gossip)
     starts = [n.state.x.clone() for n in nodes]
     assert all(torch.equal(starts[0], s) for s in starts)
     results = asyncio.run(_run(nodes))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from node.cli import main
+from node.config import NodeConfig
 from node.errors import ConfigError
 from node.training.data import load_site_data
 from node.training.features import Featurizer
@@ -30,7 +31,7 @@ def _cohort(rows: int = 60, seed: int = 0) -> pd.DataFrame:
             "marker": rng.exponential(3.0, rows),
             "ward": ward,
             "died": np.where(rng.random(rows) < 0.4, "yes", "no"),
-            "site": np.repeat(["a", "b", "c"], rows // 3),
+            "site": np.repeat(["a", "b", "c"], -(-rows // 3))[:rows],
         }
     )
 
@@ -98,3 +99,177 @@ def test_bad_feature_inputs_are_explained(tmp_path: Path) -> None:
     features.write_text('{"format": "murmur-features/1", "numeric": ["v"]}')
     with pytest.raises(ConfigError, match="features file"):
         Featurizer.load(features)
+
+
+def _join_consortium(tmp_path: Path, sites: int) -> tuple[list[Path], pd.DataFrame]:
+    from node.provision import init
+
+    cohort = _cohort(rows=20 * sites)
+    names = [f"s{i}" for i in range(sites)]
+    addresses = {n: f"/memory/{n}" for n in names}
+    init(tmp_path, names, seed=2, addresses=addresses, data="csv:rows.csv", target="died")
+    paths = []
+    for i, name in enumerate(names):
+        rows = cohort.iloc[i::sites].drop(columns=["site"])
+        rows.to_csv(tmp_path / name / "rows.csv", index=False)
+        path = tmp_path / name / "site.toml"
+        path.write_text(path.read_text().replace("join_features = false", "join_features = true"))
+        paths.append(path)
+    return paths, cohort
+
+
+async def _join_all(paths: list[Path], timeout_s: float = 30.0) -> list[NodeConfig | BaseException]:
+    import asyncio
+
+    from crypto.identity import load_key
+    from node.config import load_config
+    from node.join_features import joined
+    from node.transport.memory import MemoryNetwork, MemoryTransport
+
+    network = MemoryNetwork()
+    configs = [load_config(p) for p in paths]
+    jobs = []
+    for config in configs:
+        identity = load_key(config.site.key)
+        transport = MemoryTransport(
+            network, identity, f"/memory/{config.site.state_dir.parent.name}"
+        )
+        jobs.append(
+            joined(
+                config.edit(site={"listen": transport.listen_addr}), identity, transport, timeout_s
+            )
+        )
+    return list(await asyncio.gather(*jobs, return_exceptions=True))
+
+
+def test_sites_compute_the_consortium_statistics_at_join_by_a_masked_sum(tmp_path: Path) -> None:
+    """[data] join_features: every site ends with the encoding of the pooled moments
+    (as the simulator computes them), having seen only masked vectors of the others."""
+    import asyncio
+
+    from crypto import pairmask
+    from node.join_features import ITEM_FILE, Item
+    from node.training.data import csv_moments
+    from node.training.features import total
+
+    paths, _ = _join_consortium(tmp_path, 4)
+    configs = asyncio.run(_join_all(paths))
+    local = [csv_moments(p.parent / "rows.csv", "died") for p in paths]
+    expected = Featurizer.from_moments(total(local))
+    frame = pd.read_csv(paths[0].parent / "rows.csv").drop(columns=["died"])
+    for path, config in zip(paths, configs, strict=True):
+        assert not isinstance(config, BaseException), config
+        assert config.data.features is not None
+        got = Featurizer.load(config.data.features)
+        assert got.categories == expected.categories and got.classes == ("no", "yes")
+        np.testing.assert_allclose(got.encode(frame), expected.encode(frame), atol=1e-6)
+        item = Item.unpack((path.parent / "state" / ITEM_FILE).read_bytes())
+        own = csv_moments(path.parent / "rows.csv", "died")
+        plain = pairmask.encode_fixed(np.concatenate([own.count, own.total, own.squares]).tolist())
+        assert pairmask.from_bytes(item.masked) != plain  # what left the site was masked
+    # and a restarted site reads what it computed, with no session
+    again = asyncio.run(_join_all(paths[:1], timeout_s=0.1))[0]
+    first = configs[0]
+    assert not isinstance(again, BaseException) and not isinstance(first, BaseException)
+    assert again.data.features == first.data.features
+
+
+def test_a_join_without_every_member_names_the_missing_ones(tmp_path: Path) -> None:
+    import asyncio
+
+    paths, _ = _join_consortium(tmp_path, 3)
+    results = asyncio.run(_join_all(paths[:2], timeout_s=1.0))
+    assert all(isinstance(r, ConfigError) for r in results)
+    assert "no masked moments from" in str(results[0]) and "every member must join" in str(
+        results[0]
+    )
+
+
+def test_pairwise_masks_cancel_exactly_and_hide_each_vector() -> None:
+    from crypto import pairmask
+    from crypto.identity import SiteIdentity
+
+    sites = [SiteIdentity.generate() for _ in range(4)]
+    members = [s.peer_id for s in sites]
+    values = [[float(i), -2.5 * i, 1e9 + i] for i in range(4)]
+    masked = [
+        pairmask.masked(s, members, b"session", v) for s, v in zip(sites, values, strict=True)
+    ]
+    assert pairmask.unmasked_total(masked) == [6.0, -15.0, 4e9 + 6]
+    assert pairmask.unmasked_total(masked[:3]) != [3.0, -7.5, 3e9 + 3]  # no partial sums
+    other = pairmask.masked(sites[0], members, b"another session", values[0])
+    assert other != masked[0]
+
+
+def test_nodes_train_on_the_joined_encoding(tmp_path: Path) -> None:
+    """After the session the node starts on the same, already started, transport."""
+    import asyncio
+    import io
+
+    from crypto.identity import load_key
+    from node.config import load_config
+    from node.join_features import joined
+    from node.runtime import Node
+    from node.transport.memory import MemoryNetwork, MemoryTransport
+
+    paths, _ = _join_consortium(tmp_path, 3)
+
+    async def run() -> list[dict[str, object]]:
+        network = MemoryNetwork()
+        nodes = []
+        for path in paths:
+            config = load_config(path).edit(train={"rounds": 4}, gossip={"deadline_s": 1.0})
+            identity = load_key(config.site.key)
+            transport = MemoryTransport(network, identity, f"/memory/{path.parent.name}")
+            config = config.edit(site={"listen": transport.listen_addr})
+            nodes.append((config, identity, transport))
+        configs = await asyncio.gather(*(joined(c, i, t, 30.0) for c, i, t in nodes))
+        running = [
+            Node(c, t, io.StringIO(), io.StringIO())
+            for c, (_, _, t) in zip(configs, nodes, strict=True)
+        ]
+        assert len({n.dim for n in running}) == 1
+        return list(await asyncio.gather(*(n.run() for n in running)))
+
+    results = asyncio.run(run())
+    assert [r["round"] for r in results] == [4, 4, 4]
+
+
+@pytest.mark.slow
+def test_the_join_session_runs_over_real_libp2p(tmp_path: Path) -> None:
+    import asyncio
+
+    from crypto.identity import load_key
+    from node.config import load_config
+    from node.join_features import joined
+    from node.transport.p2p import P2PTransport
+
+    paths, _ = _join_consortium(tmp_path, 3)
+
+    async def run() -> list[NodeConfig]:
+        configs = [load_config(p) for p in paths]
+        transports = []
+        for config in configs:
+            identity = load_key(config.site.key)
+            transports.append(P2PTransport(identity, "/ip4/127.0.0.1/tcp/0", timeout_s=5.0))
+        for t in transports:
+            await t.start()
+        book = {t.peer_id: t.listen_addr for t in transports}
+        configs = [c.edit(consortium={"peers": book}) for c in configs]
+        try:
+            return list(
+                await asyncio.gather(
+                    *(
+                        joined(c, load_key(c.site.key), t, 60.0)
+                        for c, t in zip(configs, transports, strict=True)
+                    )
+                )
+            )
+        finally:
+            for t in transports:
+                await t.aclose()
+
+    configs = asyncio.run(run())
+    encodings = [Featurizer.load(c.data.features).to_json() for c in configs if c.data.features]
+    assert len(encodings) == 3
+    assert encodings[0] == encodings[1] == encodings[2]

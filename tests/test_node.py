@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def test_restart_resumes_from_the_checkpoint(wisconsin16: FederatedData, tmp_pat
         assert rounds[0] == 5 and rounds[-1] == 10
 
 
-def _first_layout(saved: dict[str, object]) -> dict[str, object]:
+def _first_layout(saved: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint as Murmur wrote it before its parts kept their own snapshots."""
     model, exchange = saved["model"], saved["exchange"]
     assert isinstance(model, dict)

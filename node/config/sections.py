@@ -117,6 +117,13 @@ class DataSection:
             "features); default: this site's own, numeric columns only"
         },
     )
+    join_features: bool = field(
+        default=False,
+        metadata={
+            DOC: "csv: compute the consortium's feature statistics at join, by a masked "
+            "sum with every member (node.join_features)"
+        },
+    )
     split: str = field(default="auto", metadata={DOC: "builtin: iid | dirichlet | natural"})
     alpha: float | None = field(default=None, metadata={DOC: "builtin: Dirichlet label skew"})
 
@@ -140,6 +147,10 @@ class DataSection:
                     f"split must be one of {', '.join(SPLITS)}, got {self.split!r}",
                 ),
                 (self.alpha is not None and not self.alpha > 0, "alpha must be positive"),
+                (
+                    self.join_features and (kind != "csv" or self.features is not None),
+                    "join_features computes the statistics of csv: data, and replaces features",
+                ),
             ]
         )
 

@@ -63,7 +63,8 @@ def load_site_data(
     raise ConfigError(f"data source {source!r}: expected csv:PATH, npz:PATH or builtin:NAME")
 
 
-def _from_csv(path: Path, target: str | None, encoding: Featurizer | None) -> SiteData:
+def read_csv_table(path: Path, target: str | None) -> tuple[pd.DataFrame, pd.Series]:
+    """A CSV's feature columns and its labels (as text), rows with no label left out."""
     try:
         frame = pd.read_csv(path)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
@@ -71,8 +72,18 @@ def _from_csv(path: Path, target: str | None, encoding: Featurizer | None) -> Si
     if target is None or target not in frame.columns:
         raise ConfigError(f"{path}: label column {target!r} not found; columns: {list(frame)}")
     frame = frame.dropna(subset=[target])
-    features = frame.drop(columns=[target])
-    labels = frame[target].astype(str)
+    return frame.drop(columns=[target]), frame[target].astype(str)
+
+
+def csv_moments(path: Path, target: str | None) -> Moments:
+    """This site's column moments (:mod:`node.training.features`): no row leaves in them."""
+    features, labels = read_csv_table(path, target)
+    numeric, categorical = split_columns(features)
+    return Moments.of(features, numeric, categorical, labels)
+
+
+def _from_csv(path: Path, target: str | None, encoding: Featurizer | None) -> SiteData:
+    features, labels = read_csv_table(path, target)
     if encoding is None:
         numeric, categorical = split_columns(features)
         if categorical:
