@@ -52,6 +52,7 @@ TOPIC = "moments"
 ITEM_FILE = "features.item"
 FEATURES_FILE = "features.json"
 RESEND_S = 0.5
+MAX_RECORDS = 2.0**40  # more rows than any consortium holds: a sum past it is noise
 JOIN_TIMEOUT_S = 300.0  # every member must be up within this of each other
 LINGER_S = 10.0  # after holding every item: how long to help neighbours still missing some
 _DOMAIN = b"murmur-moments-item/1"
@@ -76,9 +77,12 @@ class Item:
     classes: tuple[str, ...]
     sig: bytes
 
-    def signed(self) -> bytes:
+    def signed(self, session: bytes) -> bytes:
+        """What the origin signs: the item bound to this session (an item of another
+        consortium or label column cannot be replayed into this one)."""
         body = [
             _DOMAIN,
+            session,
             self.origin,
             list(self.numeric),
             self.masked,
@@ -139,18 +143,20 @@ def own_item(identity: SiteIdentity, config: NodeConfig, moments: Moments) -> It
         moments.classes,
         b"",
     )
-    item = Item(**{**unsigned.__dict__, "sig": identity.sign(unsigned.signed())})
+    signature = identity.sign(unsigned.signed(session_label(config)))
+    item = Item(**{**unsigned.__dict__, "sig": signature})
     config.site.state_dir.mkdir(parents=True, exist_ok=True)
     write_secret(path, item.pack(), what="moments item")
     return item
 
 
-def check_item(item: Item, ours: Item, members: list[str]) -> None:
-    """Refuse an item that is not a member's own, as it signed it, of our table's shape."""
+def check_item(item: Item, ours: Item, members: list[str], session: bytes) -> None:
+    """Refuse an item that is not a member's own for this session, as it signed it, of
+    our table's shape."""
     if item.origin not in members:
         raise MalformedFrameError(f"moments item from {item.origin}, not a member")
     try:
-        verify(public_key_from_peer_id(item.origin), item.signed(), item.sig)
+        verify(public_key_from_peer_id(item.origin), item.signed(session), item.sig)
     except BadSignatureError:
         raise MalformedFrameError(f"moments item of {item.origin}: bad signature") from None
     if item.numeric != ours.numeric or item.categories.keys() != ours.categories.keys():
@@ -171,6 +177,21 @@ def featurizer_of(items: list[Item]) -> Featurizer:
     }
     classes = tuple(sorted({v for i in items for v in i.classes}))
     count, total, squares = totals[:width], totals[width : 2 * width], totals[2 * width :]
+    # A member whose vector was not masked for this session leaves noise the size of the
+    # modulus (|value| ~ 2^103): no count of records is near that, or negative.
+    safe = np.maximum(count, 1.0)
+    implausible = (
+        (count < 0).any()
+        or (count > MAX_RECORDS).any()
+        or (np.abs(count - np.round(count)) > 1e-3).any()
+        or (squares < 0).any()
+        or (squares / safe - (total / safe) ** 2 < -1e-6 * (1 + squares / safe)).any()
+    )
+    if implausible:
+        raise ConfigError(
+            "feature moments: the masked sum is not a sum of moments (a member's masked "
+            "vector was not made for this session or was tampered with); nothing is used"
+        )
     return Featurizer.from_moments(
         Moments(items[0].numeric, count, total, squares, categories, classes)
     )
@@ -187,7 +208,7 @@ async def join_features(
     counted. Writes ``features.json`` to the state directory."""
     me, members = identity.peer_id, list(config.consortium.members)
     neighbours = [p for p in Membership.of(config).weights(me) if p != me]
-    ours = own_item(identity, config, moments)
+    ours, session = own_item(identity, config, moments), session_label(config)
     held: dict[str, Item] = {me: ours}
     has: dict[str, set[str]] = {p: set() for p in neighbours}  # what each neighbour holds
     rejected: Counter[str] = Counter()
@@ -209,7 +230,7 @@ async def join_features(
                     has[received.peer] = {str(p) for p in raw["have"]} & set(members)
                 if raw.get("item") is not None:
                     item = Item.unpack(bytes(raw["item"]))
-                    check_item(item, ours, members)
+                    check_item(item, ours, members, session)
                     held.setdefault(item.origin, item)
             except FrameError as exc:
                 rejected[exc.reason] += 1

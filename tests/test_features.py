@@ -273,3 +273,33 @@ def test_the_join_session_runs_over_real_libp2p(tmp_path: Path) -> None:
     encodings = [Featurizer.load(c.data.features).to_json() for c in configs if c.data.features]
     assert len(encodings) == 3
     assert encodings[0] == encodings[1] == encodings[2]
+
+
+def test_a_member_whose_vector_is_not_masked_for_the_session_poisons_nothing(
+    tmp_path: Path,
+) -> None:
+    """Its masks do not cancel: every site refuses the sum instead of training on noise.
+    (A member can always lie about its own moments, masked correctly; that is poisoning
+    by a member, which no aggregation of this kind can tell from an outlier site.)"""
+    import asyncio
+    from dataclasses import replace
+
+    from crypto import pairmask
+    from crypto.identity import load_key
+    from crypto.keyfile import write_secret
+    from node.config import load_config
+    from node.join_features import ITEM_FILE, own_item, session_label
+    from node.training.data import csv_moments
+
+    paths, _ = _join_consortium(tmp_path, 3)
+    config = load_config(paths[0])
+    identity = load_key(config.site.key)
+    honest = own_item(identity, config, csv_moments(paths[0].parent / "rows.csv", "died"))
+    own = csv_moments(paths[0].parent / "rows.csv", "died")
+    values = np.concatenate([own.count, own.total, own.squares]).tolist()
+    elsewhere = pairmask.masked(identity, list(config.consortium.members), b"elsewhere", values)
+    forged = replace(honest, masked=pairmask.to_bytes(elsewhere))
+    forged = replace(forged, sig=identity.sign(forged.signed(session_label(config))))
+    write_secret(config.site.state_dir / ITEM_FILE, forged.pack(), overwrite=True)
+    results = asyncio.run(_join_all(paths))
+    assert all(isinstance(r, ConfigError) and "not a sum of moments" in str(r) for r in results)
