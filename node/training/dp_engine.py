@@ -309,7 +309,31 @@ def _optimizer(module: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-class DpTrainer:
+class DpRows:
+    """What every DP trainer keeps: one :class:`_Row` per trained row and whether its
+    budget is spent; its accounting and its checkpoint state are the same for all."""
+
+    rows: list[_Row]
+    spent: list[bool]
+
+    def epsilon(self, row: int = 0) -> float:
+        return self.rows[row].epsilon()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [r.state_dict() for r in self.rows], "spent": list(self.spent)}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        if "rows" not in saved:
+            raise ConfigError(
+                "the checkpoint was written without DP: turning DP on for a model already "
+                "trained without it protects nothing; start a new state_dir"
+            )
+        for row, raw in zip(self.rows, saved["rows"], strict=True):
+            row.load_state_dict(raw)
+        self.spent = [bool(s) for s in saved["spent"]]
+
+
+class DpTrainer(DpRows):
     """DP-SGD for each row of ``inner.params``; prediction and the lr schedule are inner's.
 
     ``planned_rounds`` is the collaboration's length; the budget is spread over
@@ -372,9 +396,6 @@ class DpTrainer:
     def noise_multiplier(self) -> float:
         return self.rows[0].noise_multiplier
 
-    def epsilon(self, row: int = 0) -> float:
-        return self.rows[row].epsilon()
-
     def epsilons(self) -> list[float]:
         return [r.epsilon() for r in self.rows]
 
@@ -411,16 +432,3 @@ class DpTrainer:
 
     def predict_own(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         return self.inner.predict_own(features)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": [r.state_dict() for r in self.rows], "spent": list(self.spent)}
-
-    def load_state_dict(self, saved: dict[str, Any]) -> None:
-        if "rows" not in saved:
-            raise ConfigError(
-                "the checkpoint was written without DP: turning DP on for a model already "
-                "trained without it protects nothing; start a new state_dir"
-            )
-        for row, raw in zip(self.rows, saved["rows"], strict=True):
-            row.load_state_dict(raw)
-        self.spent = [bool(s) for s in saved["spent"]]

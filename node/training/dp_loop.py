@@ -19,21 +19,21 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
 
 from node.errors import ConfigError
 from node.training.dp_config import DpConfig, dp_rounds
-from node.training.dp_engine import _Row, check_dp_model
+from node.training.dp_engine import DpRows, _Row, check_dp_model
 from node.training.trainer import TrainStats
 
 if TYPE_CHECKING:
     from node.training.custom import TrainingLoop
 
 
-class DpTrainingLoop:
+class DpTrainingLoop(DpRows):
     """A :class:`TrainingLoop` trained with DP-SGD; the node sees a :class:`LocalTrainer`
     with the same accounting surface as :class:`node.training.dp_engine.DpTrainer`
     (``rows``, ``spent``, ``epsilon``)."""
@@ -76,9 +76,6 @@ class DpTrainingLoop:
             for group in row.optimizer.param_groups:
                 group["lr"] = float(group["lr"]) * scale
 
-    def epsilon(self, row: int = 0) -> float:
-        return self.rows[row].epsilon()
-
     def set_progress(self, fraction: float) -> None:
         self.loop.set_progress(fraction)
 
@@ -106,15 +103,3 @@ class DpTrainingLoop:
 
     def score(self) -> float | None:
         return self.loop.score()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": [r.state_dict() for r in self.rows], "spent": list(self.spent)}
-
-    def load_state_dict(self, saved: dict[str, Any]) -> None:
-        if "rows" not in saved:
-            raise ConfigError(
-                "the checkpoint was written without DP: turning DP on for a model already "
-                "trained without it protects nothing; start a new state_dir"
-            )
-        self.rows[0].load_state_dict(saved["rows"][0])
-        self.spent = [bool(s) for s in saved["spent"]]
