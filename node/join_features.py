@@ -110,17 +110,31 @@ class Item:
         raw = bounded_msgpack.unpack(
             data, MalformedFrameError, "moments item", max_array_len=1 << 16, max_map_len=4096
         )
+        if not isinstance(raw, dict):
+            raise MalformedFrameError("moments item is not a map")
         try:
-            item = cls(
-                str(raw["origin"]),
-                tuple(str(c) for c in raw["numeric"]),
-                bytes(raw["masked"]),
-                {str(c): tuple(map(str, v)) for c, v in raw["categories"].items()},
-                tuple(map(str, raw["classes"])),
-                bytes(raw["sig"]),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise MalformedFrameError(f"moments item: {exc}") from None
+            origin, numeric, masked = raw["origin"], raw["numeric"], raw["masked"]
+            categories, classes, sig = raw["categories"], raw["classes"], raw["sig"]
+        except KeyError as exc:
+            raise MalformedFrameError(f"moments item lacks {exc}") from None
+        names_ok = isinstance(numeric, list) and isinstance(classes, list)
+        if not (
+            isinstance(origin, str)
+            and isinstance(masked, bytes)
+            and isinstance(sig, bytes)
+            and isinstance(categories, dict)
+            and names_ok
+            and all(isinstance(v, list) for v in categories.values())
+        ):
+            raise MalformedFrameError("moments item has a field of the wrong type")
+        item = cls(
+            origin,
+            tuple(map(str, numeric)),
+            masked,
+            {str(c): tuple(map(str, v)) for c, v in categories.items()},
+            tuple(map(str, classes)),
+            sig,
+        )
         return item
 
 
@@ -229,7 +243,9 @@ async def join_features(
                 if received.peer in has:
                     has[received.peer] = {str(p) for p in raw["have"]} & set(members)
                 if raw.get("item") is not None:
-                    item = Item.unpack(bytes(raw["item"]))
+                    if not isinstance(raw["item"], bytes):
+                        raise MalformedFrameError("moments frame: item is not bytes")
+                    item = Item.unpack(raw["item"])
                     check_item(item, ours, members, session)
                     held.setdefault(item.origin, item)
             except FrameError as exc:

@@ -303,3 +303,78 @@ def test_a_member_whose_vector_is_not_masked_for_the_session_poisons_nothing(
     write_secret(config.site.state_dir / ITEM_FILE, forged.pack(), overwrite=True)
     results = asyncio.run(_join_all(paths))
     assert all(isinstance(r, ConfigError) and "not a sum of moments" in str(r) for r in results)
+
+
+@pytest.mark.slow
+def test_murmur_node_processes_join_then_train(tmp_path: Path) -> None:
+    """`murmur node` with [data] join_features, three real processes over libp2p: the
+    session runs on each node's own transport, then the rounds."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from sim.consortium import free_ports
+
+    root = Path(__file__).resolve().parent.parent
+    ports = free_ports(3)
+    addresses = ",".join(f"{n}=/ip4/127.0.0.1/tcp/{p}" for n, p in zip("abc", ports, strict=True))
+    init = ["consortium", "init", "--sites", "a,b,c", "--out", str(tmp_path), "--rounds", "6"]
+    assert main([*init, "--data", "csv:rows.csv", "--target", "died", "--address", addresses]) == 0
+    cohort = _cohort(rows=90)
+    for i, name in enumerate("abc"):
+        cohort.iloc[i::3].drop(columns=["site"]).to_csv(tmp_path / name / "rows.csv", index=False)
+        path = tmp_path / name / "site.toml"
+        path.write_text(path.read_text().replace("join_features = false", "join_features = true"))
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "node", "--config", str(tmp_path / n / "site.toml")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for n in "abc"
+    ]
+    outputs = [p.communicate(timeout=240) for p in processes]
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err.decode()[-2000:]
+    for out, _ in outputs:
+        finish = [e for e in map(json.loads, out.decode().splitlines()) if e["event"] == "finish"]
+        assert finish and finish[0]["round"] == 6
+    files = [(tmp_path / n / "state" / "features.json").read_text() for n in "abc"]
+    assert files[0] == files[1] == files[2] and '"<missing>"' in files[0]
+
+
+def test_a_moments_item_from_a_peer_is_refused_cleanly_whatever_it_holds(tmp_path: Path) -> None:
+    """Every malformed item is one MalformedFrameError: no crash, no size it dictates."""
+    import random
+
+    import msgpack
+
+    from node.errors import MalformedFrameError
+    from node.join_features import Item
+
+    good = Item("12D3KooW", ("age",), b"\0" * 48, {"ward": ("a",)}, ("no", "yes"), b"s" * 64)
+    packed = good.pack()
+    assert Item.unpack(packed) == good
+    hostile = [
+        msgpack.packb({**msgpack.unpackb(packed), "masked": 2**62}),  # bytes(n) would allocate n
+        msgpack.packb({**msgpack.unpackb(packed), "categories": {"ward": 7}}),
+        msgpack.packb([1, 2, 3]),
+        b"\xc1",
+    ]
+    for data in hostile:
+        with pytest.raises(MalformedFrameError):
+            Item.unpack(data)
+    rng = random.Random(0)
+    for _ in range(2000):
+        data = bytearray(packed)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        hostile.append(bytes(data))
+    for data in hostile:
+        try:
+            Item.unpack(data)
+        except MalformedFrameError:
+            continue
