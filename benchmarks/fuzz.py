@@ -240,9 +240,32 @@ def _ckks(rng: random.Random, n: int, crashes: list[str], out: Counter[str]) -> 
         stream.run(one)
 
 
+def _moments(rng: random.Random, n: int, crashes: list[str], out: Counter[str]) -> None:
+    """The join session's items (node.join_features): decode and check, as a site does."""
+    from node.join_features import Item, check_item
+
+    origin = SiteIdentity.generate()
+    members = [origin.peer_id, SiteIdentity.generate().peer_id]
+    session = b"fuzz session"
+    unsigned = Item(
+        origin.peer_id, ("age", "size"), b"\1" * 96, {"ward": ("a", "b")}, ("0", "1"), b""
+    )
+    ours = Item(**{**unsigned.__dict__, "sig": origin.sign(unsigned.signed(session))})
+    valid = ours.pack()
+    stream = _Stream("moments", crashes, out)
+
+    def one() -> str:
+        data = _mutate(rng, valid)
+        check_item(Item.unpack(data), ours, members, session)
+        return "mutated_admitted" if data != valid else "admitted"
+
+    for _ in range(n):
+        stream.run(one)
+
+
 def run(inputs: int = 1_000_000, seed: int = 0) -> dict[str, Any]:
-    """``inputs`` in all: 3/5 on frames and updates, 2/5 on the secure payloads, plus
-    inputs/500 CKKS ciphertexts."""
+    """3/5 of ``inputs`` on frames and updates, 2/5 on the secure payloads, 1/10 on the
+    join session's moments items, plus inputs/500 CKKS ciphertexts."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     outcomes: Counter[str] = Counter()
@@ -252,6 +275,7 @@ def run(inputs: int = 1_000_000, seed: int = 0) -> dict[str, Any]:
     guard = _frames(rng, inputs // 5, crashes, outcomes)
     held = asyncio.run(_secure(rng, inputs // 10, crashes, outcomes))
     _ckks(rng, max(inputs // 500, 10), crashes, outcomes)
+    _moments(rng, inputs // 10, crashes, outcomes)
     elapsed = time.perf_counter() - began
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     total = sum(outcomes.values()) + len(crashes)
@@ -264,7 +288,8 @@ def run(inputs: int = 1_000_000, seed: int = 0) -> dict[str, Any]:
         "crashes": len(crashes),
         "crash_examples": crashes[:5],
         "mutated_admitted": outcomes.get("frames:mutated_admitted", 0)
-        + outcomes.get("bytes:mutated_admitted", 0),
+        + outcomes.get("bytes:mutated_admitted", 0)
+        + outcomes.get("moments:mutated_admitted", 0),
         "outcomes": dict(sorted(outcomes.items())),
         "seconds": elapsed,
         "inputs_per_s": total / elapsed,
