@@ -244,7 +244,9 @@ class _Row:
         except StopIteration:
             self.batches = iter(self.loader)
             x, y = next(self.batches)
-        return x.to(self.device), y.to(self.device)
+        if x.device != self.device or y.device != self.device:  # a custom loop: CPU data
+            x, y = x.to(self.device), y.to(self.device)
+        return x, y
 
     def step(self) -> float:
         """One DP-SGD step on a Poisson-sampled batch (possibly empty: the noise is still
@@ -254,7 +256,9 @@ class _Row:
         outputs: torch.Tensor = self.module(x)
         # An empty batch still runs backward (zero per-sample gradients), whatever the loss
         # would make of no records; the step's noise is what the accountant counts.
-        loss = self.loss(outputs.float(), y) if len(y) else outputs.sum() * 0.0
+        if outputs.dtype != torch.float32:
+            outputs = outputs.float()
+        loss = self.loss(outputs, y) if len(y) else outputs.sum() * 0.0
         torch.autograd.backward([loss])
         self.optimizer.step()
         return float(loss.detach()) if len(y) else math.nan
