@@ -23,6 +23,7 @@ at the end (bounded whatever is sent).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import random
 import resource
@@ -250,7 +251,7 @@ def _moments(rng: random.Random, n: int, crashes: list[str], out: Counter[str]) 
     unsigned = Item(
         origin.peer_id, ("age", "size"), b"\1" * 96, {"ward": ("a", "b")}, ("0", "1"), b""
     )
-    ours = Item(**{**unsigned.__dict__, "sig": origin.sign(unsigned.signed(session))})
+    ours = dataclasses.replace(unsigned, sig=origin.sign(unsigned.signed(session)))
     valid = ours.pack()
     stream = _Stream("moments", crashes, out)
 

@@ -30,7 +30,7 @@ import hashlib
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import msgpack
@@ -44,6 +44,7 @@ from murmur import bounded_msgpack
 from node.config import NodeConfig
 from node.errors import ConfigError, FrameError, MalformedFrameError, TransportError
 from node.state.membership import Membership
+from node.training import features
 from node.training.features import Featurizer, Moments
 from node.transport.base import Transport
 from node.wire.frames import FrameGuard, seal
@@ -158,7 +159,7 @@ def own_item(identity: SiteIdentity, config: NodeConfig, moments: Moments) -> It
         b"",
     )
     signature = identity.sign(unsigned.signed(session_label(config)))
-    item = Item(**{**unsigned.__dict__, "sig": signature})
+    item = replace(unsigned, sig=signature)
     config.site.state_dir.mkdir(parents=True, exist_ok=True)
     write_secret(path, item.pack(), what="moments item")
     return item
@@ -186,10 +187,11 @@ def featurizer_of(items: list[Item]) -> Featurizer:
     except CryptoError as exc:
         raise ConfigError(f"feature moments: {exc}") from None
     width = len(items[0].numeric)
-    categories = {
-        c: tuple(sorted({v for i in items for v in i.categories[c]})) for c in items[0].categories
-    }
-    classes = tuple(sorted({v for i in items for v in i.classes}))
+    zeros = np.zeros(width)
+    # The names (categories, classes) are united as Moments add them; the sums are ours.
+    names = features.total(
+        Moments(i.numeric, zeros, zeros, zeros, i.categories, i.classes) for i in items
+    )
     count, total, squares = totals[:width], totals[width : 2 * width], totals[2 * width :]
     # A member whose vector was not masked for this session leaves noise the size of the
     # modulus (|value| ~ 2^103): no count of records is near that, or negative.
@@ -206,9 +208,7 @@ def featurizer_of(items: list[Item]) -> Featurizer:
             "feature moments: the masked sum is not a sum of moments (a member's masked "
             "vector was not made for this session or was tampered with); nothing is used"
         )
-    return Featurizer.from_moments(
-        Moments(items[0].numeric, count, total, squares, categories, classes)
-    )
+    return Featurizer.from_moments(replace(names, count=count, total=total, squares=squares))
 
 
 async def join_features(

@@ -15,6 +15,7 @@ too-far frames claim):
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from node.exchange.base import Exchange
 from node.state.links import Links
@@ -77,7 +78,7 @@ class Pacing:
         neighbour's silence (a round it sent nothing for)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + deadline_s
-        out_of_range = lambda peer, round: self.out_of_range(links, peer, round)  # noqa: E731
+        out_of_range = functools.partial(self.out_of_range, links)
         while True:
             waiting = exchange.waiting_for(t, exchange.suspected(), out_of_range)
             remaining = deadline - loop.time()
