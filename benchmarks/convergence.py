@@ -71,9 +71,10 @@ def _simulation(task: Task) -> Any:
     from node.training.dp_config import DpConfig
     from node.training.trainer import TrainConfig
     from sim.data import load_dataset
-    from sim.engine import RunSpec, Simulation
+    from sim.engine import Simulation
     from sim.partition import dirichlet, natural
     from sim.prep import prepare
+    from sim.results import RunSpec
     from topology import build_topology
 
     dataset, rounds = task["dataset"], task["rounds"]
@@ -117,7 +118,7 @@ def _run_task(task: Task) -> Task:
     import torch
 
     torch.set_num_threads(1)
-    from node.gossip.compress import parse_compressor
+    from node.gossip.registry import parse_compressor
 
     sim = _simulation(task)
     began = time.perf_counter()

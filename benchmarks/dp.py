@@ -27,15 +27,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from node.gossip.compress import parse_compressor
+from node.gossip.registry import parse_compressor
+from node.training.dp.engine import DpTrainer
 from node.training.dp_config import DpConfig
-from node.training.dp_engine import DpTrainer
 from node.training.flat import FlatLayout
 from node.training.models import build_model
 from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
 from sim.dp_sweep import sweep
-from sim.engine import RunSpec, Simulation
+from sim.engine import Simulation
 from sim.prep import FederatedData, dirichlet_sites
+from sim.results import RunSpec
 from topology import build_topology
 
 RESULTS = Path(__file__).parent / "results"

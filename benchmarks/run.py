@@ -19,14 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from node.gossip.compress import parse_compressor
+from node.gossip.registry import parse_compressor
 from node.gossip.step_size import auto_gammas
 from node.training.trainer import TrainConfig
 from sim.data import load_dataset
-from sim.engine import RunSpec, Simulation
+from sim.engine import Simulation
 from sim.partition import natural
 from sim.prep import FederatedData, dirichlet_sites, prepare
 from sim.report import with_targets
+from sim.results import RunSpec
 from topology import build_topology
 
 RESULTS = Path(__file__).parent / "results"

@@ -22,13 +22,15 @@ import numpy as np
 import torch
 
 from crypto.ckks import CkksCipher
-from node.gossip.compress import BlockK, parse_compressor
+from node.gossip.compress import BlockK
+from node.gossip.registry import parse_compressor
 from node.training.flat import FlatLayout
 from node.training.models import build_model
 from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
-from sim.engine import RunSpec, Simulation
+from sim.engine import Simulation
 from sim.prep import FederatedData, dirichlet_sites
 from sim.report import with_targets
+from sim.results import RunSpec
 from topology import build_topology
 
 RESULTS = Path(__file__).parent / "results"

@@ -15,7 +15,8 @@ import torch
 from node.config import NodeConfig
 from node.errors import ConfigError
 from node.gossip.choco import ChocoState
-from node.gossip.compress import Compressor, parse_compressor, stacked
+from node.gossip.compress import Compressor, stacked
+from node.gossip.registry import parse_compressor
 from node.gossip.step_guard import StepGuard, step_guard
 from node.gossip.tracking import GradientTracker
 from node.state.membership import Membership
@@ -29,8 +30,8 @@ from node.training.models import build_model
 from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData
 
 if TYPE_CHECKING:
-    from node.training.dp_engine import DpTrainer
-    from node.training.dp_loop import DpTrainingLoop
+    from node.training.dp.engine import DpTrainer
+    from node.training.dp.loop import DpTrainingLoop
 
 
 def _held_out(config: NodeConfig, encoding: Featurizer | None) -> SiteData | None:
@@ -83,7 +84,7 @@ class SiteParts:
         given = None if config.data.features is None else Featurizer.load(config.data.features)
         if loop is not None:
             held_out = _held_out(config, given)
-            return cls._custom(config, loop, held_out, membership)
+            return cls._custom(config, index, loop, held_out, membership)
         data = load_site_data(config.data.source, config.data.target, encoding=given)
         held_out = _held_out(config, data.encoding)
         torch.manual_seed(config.consortium.seed)
@@ -95,12 +96,13 @@ class SiteParts:
             x0.unsqueeze(0).clone(),
             StackedData.from_parts([(data.x, data.y)], torch.device("cpu")),
             config.train.trainer,
-            seed=config.consortium.seed * 7919 + index,
+            seed=config.consortium.seed,
+            first_row=index,
         )
         trainer: LocalTrainer = plain
         dp: DpTrainer | None = None
         if config.privacy is not None:
-            from node.training.dp_engine import DpTrainer  # Opacus loads only when used
+            from node.training.dp.engine import DpTrainer  # Opacus loads only when used
 
             # The noise and sampling seed is a secret from the OS CSPRNG (node.state.
             # site_secrets), never the public seed: any member could subtract it.
@@ -112,12 +114,15 @@ class SiteParts:
                 dp_seed(config.site.state_dir),
             )
             trainer = dp
-        return cls._gossip(config, membership, data, held_out, model, layout, x0, trainer, dp)
+        return cls._gossip(
+            config, index, membership, data, held_out, model, layout, x0, trainer, dp
+        )
 
     @classmethod
     def _custom(
         cls,
         config: NodeConfig,
+        index: int,
         loop: TrainingLoop,
         held_out: SiteData | None,
         membership: Membership,
@@ -126,20 +131,21 @@ class SiteParts:
         trainer: LocalTrainer = loop
         dp: DpTrainingLoop | None = None
         if config.privacy is not None:
-            from node.training.dp_loop import DpTrainingLoop  # Opacus loads only when used
+            from node.training.dp.loop import DpTrainingLoop  # Opacus loads only when used
 
             # Sampled and noised from the site's secret seed, as the built-in trainer is.
             seed = dp_seed(config.site.state_dir)
             dp = DpTrainingLoop(loop, config.privacy, config.train.rounds, seed)
             trainer = dp
         return cls._gossip(
-            config, membership, None, held_out, loop.model, loop.layout, x0, trainer, dp
+            config, index, membership, None, held_out, loop.model, loop.layout, x0, trainer, dp
         )
 
     @classmethod
     def _gossip(
         cls,
         config: NodeConfig,
+        index: int,
         membership: Membership,
         data: SiteData | None,
         held_out: SiteData | None,
@@ -159,7 +165,8 @@ class SiteParts:
                 "[gossip] compressor top-k:adaptive sizes k from the site's label counts, "
                 "which a custom: site does not give; use top-k:F"
             )
-        parsed = parse_compressor(config.gossip.compressor, config.consortium.seed, labels)
+        seed = config.consortium.seed
+        parsed = parse_compressor(config.gossip.compressor, seed, labels, site=index)
         compressor = stacked(parsed, 2 if tracker else 1)
         # γ from the public graph, the compressor and the dimension, and a guard that
         # halves it if this site's residuals grow (node.gossip.step_guard).

@@ -127,7 +127,7 @@ def _node(args: argparse.Namespace) -> int:
     prepare = source_preparer(kind)
     if prepare is not None:
         config = prepare(config, config.consortium.members.index(identity.peer_id))
-    from node.runtime import main as run_node
+    from node.launch import main as run_node
 
     return run_node(config)
 

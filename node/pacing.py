@@ -15,6 +15,7 @@ too-far frames claim):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 
 from node.exchange.base import Exchange
@@ -91,3 +92,22 @@ class Pacing:
                 break
         for p in links.neighbours:
             links.silent[p] = links.silent[p] + 1 if links.heard[p] < t else 0
+
+
+async def linger(
+    exchange: Exchange, links: Links, rounds: int, deadline_s: float, stopping: asyncio.Event
+) -> None:
+    """After the last round, keep answering for up to two deadlines, so that neighbours
+    still finishing get our last frames: until none is behind and the exchange owes
+    nothing (or the node is told to stop)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 2 * deadline_s
+    last = clock = rounds - 1
+    while loop.time() < end and not stopping.is_set():
+        clock += 1
+        unresolved = await exchange.linger(last, clock)
+        behind = [p for p in links.neighbours if links.heard[p] < last]
+        if not behind and not unresolved:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 0.5)

@@ -27,36 +27,33 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
-import torch
-
 from crypto.identity import SiteIdentity, load_key
 from node import site_checkpoint
 from node.assembly import SiteParts
 from node.config import NodeConfig
-from node.errors import NodeCrashedError
 from node.exchange.base import SUSPECT_AFTER
 from node.exchange.secure import SecureExchange
 from node.exchange.secure_round import SecureRound
 from node.inbox import receive
-from node.join_features import joined
 from node.key_admin import CHECKPOINT_FILE
 from node.learner import Learner
-from node.pacing import CATCH_UP_MAX, Pacing
+from node.pacing import CATCH_UP_MAX, Pacing, linger
 from node.reload import check_addresses, reload
 from node.site_log import RoundReport, SiteLog
 from node.state import checkpoint
 from node.state.links import Links
 from node.state.membership import Membership
+from node.tasks import Supervisor
 from node.training.custom import TrainingLoop
 from node.transport.base import Transport
 from node.wire.frames import PREFIX_BYTES, FrameGuard
 from node.wire.update import INCARNATION_BYTES
-from node.wiring import libp2p_transport, site_exchange, site_transport
+from node.wiring import site_exchange, site_transport
 
 if TYPE_CHECKING:
-    from node.telemetry import MqttTelemetry
+    pass
 
-__all__ = ["CATCH_UP_MAX", "SUSPECT_AFTER", "Node", "main"]
+__all__ = ["CATCH_UP_MAX", "SUSPECT_AFTER", "Node"]
 
 
 class Node:
@@ -97,7 +94,7 @@ class Node:
         self.heard = asyncio.Event()
         self.last_frame: dict[str, float] = {}  # event-loop time of each peer's last frame
         self.stopping = asyncio.Event()
-        self._crash: BaseException | None = None  # a supervised task's failure
+        self.tasks = Supervisor(self.stopping, self.heard)
         self._reload: NodeConfig | None = None
         self._reload_requested = False
         self.ckpt_path = config.site.state_dir / CHECKPOINT_FILE
@@ -117,22 +114,6 @@ class Node:
     def training(self) -> bool:
         return self._training
 
-    @property
-    def eps_spent(self) -> float:
-        return self.learner.eps_spent
-
-    @property
-    def log_stream(self) -> TextIO:
-        return self.log.log_stream
-
-    @property
-    def status_stream(self) -> TextIO:
-        return self.log.status_stream
-
-    @property
-    def telemetry(self) -> MqttTelemetry | None:
-        return self.log.telemetry
-
     def emit(self, event: str, **fields: Any) -> None:
         self.log.emit(event, **fields)
 
@@ -147,20 +128,7 @@ class Node:
         self.bytes_sent += PREFIX_BYTES + len(body)
 
     def supervise(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
-        """Own a background task's failure: an unexpected exception stops the node at the
-        next round boundary (checkpointed, nothing half-applied) with a clear error,
-        instead of leaving it running but deaf."""
-
-        def done(finished: asyncio.Task[None]) -> None:
-            if finished.cancelled() or finished.exception() is None:
-                return
-            if self._crash is None:
-                self._crash = finished.exception()
-            self.stopping.set()
-            self.heard.set()
-
-        task.add_done_callback(done)
-        return task
+        return self.tasks.supervise(task)
 
     def move_to(self, round: int) -> None:
         self.round = round
@@ -218,22 +186,17 @@ class Node:
             await self.exchange.join()
             while self.round < self.config.train.rounds and not self.stopping.is_set():
                 await self._round()
-            await self._linger()
+            gossip, rounds = self.config.gossip, self.config.train.rounds
+            await linger(self.exchange, self.links, rounds, gossip.deadline_s, self.stopping)
         finally:
             receiver.cancel()
             await self.exchange.aclose()
             await self.transport.aclose()
-        if self._crash is not None:
-            detail = f"{type(self._crash).__name__}: {self._crash}"
-            self.emit("crashed", round=self.round, detail=detail)
-            raise NodeCrashedError(
-                f"node stopped at round {self.round}: an internal task failed ({detail}); "
-                "its last checkpoint is intact and a restart resumes from it"
-            ) from self._crash
+        self.tasks.raise_if_crashed(self.round, self.emit)
         accuracy = self.learner.accuracy()
         result = {"round": self.round, "accuracy": accuracy, "bytes_sent": self.bytes_sent}
         if self.dp is not None:
-            result.update(eps_spent=self.eps_spent, dp_budget_spent=self.dp.spent[0])
+            result.update(eps_spent=self.learner.eps_spent, dp_budget_spent=self.dp.spent[0])
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.emit("finish", **result, rss_bytes=rss, rejected=self.rejections())
         await self.log.aclose()
@@ -274,7 +237,7 @@ class Node:
         rounds, learner = self.config.train.rounds, self.learner
         if learner.budget_spent and not self._budget_reported:
             self._budget_reported = True
-            self.emit("dp_budget_spent", round=t + 1, eps_spent=self.eps_spent)
+            self.emit("dp_budget_spent", round=t + 1, eps_spent=self.learner.eps_spent)
         due = (t + 1) % self.config.train.eval_every == 0 or self.round >= rounds
         self.log.round(
             RoundReport(
@@ -287,38 +250,9 @@ class Node:
                 neighbours=len(self.links.neighbours),
                 missed=missed,
                 bytes_sent=self.bytes_sent,
-                eps_spent=self.eps_spent,
+                eps_spent=self.learner.eps_spent,
                 eps_text=learner.eps_text(),
                 rejected=self.rejections(),
             ),
             self.identity.peer_id,
         )
-
-    async def _linger(self) -> None:
-        """Keep answering for a while so neighbours still finishing get our last frames."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 2 * self.config.gossip.deadline_s
-        last = clock = self.config.train.rounds - 1
-        while loop.time() < end and not self.stopping.is_set():
-            clock += 1
-            unresolved = await self.exchange.linger(last, clock)
-            behind = [p for p in self.links.neighbours if self.links.heard[p] < last]
-            if not behind and not unresolved:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), 0.5)
-
-
-def main(config: NodeConfig) -> int:
-    torch.set_num_threads(1)
-    asyncio.run(_start(config))
-    return 0
-
-
-async def _start(config: NodeConfig) -> None:
-    """A node from its config: the consortium's feature statistics first, when
-    ``[data] join_features`` asks for them (node.join_features), on the node's transport."""
-    identity = load_key(config.site.key)
-    transport = libp2p_transport(config, identity)
-    config = await joined(config, identity, transport)
-    await Node(config, transport).run()

@@ -35,13 +35,7 @@ def site_transport(
     """libp2p unless a transport is given (tests, the memory network), wrapped in the
     fault injector when ``[faults]`` asks for drops, delays or partitions."""
     if given is None:
-        from node.transport.p2p import P2PTransport  # libp2p loads only for a real node
-
-        gossip = config.gossip
-        timeout = max(2.0, gossip.deadline_s)
-        given = P2PTransport(
-            identity, config.site.listen, gossip.max_frame_bytes, timeout_s=timeout
-        )
+        given = libp2p_transport(config, identity)
     faults, members = config.faults, config.consortium.members
     if faults.drop or faults.delay_ms or faults.partitions:
         return FaultyTransport(given, faults, members, config.consortium.seed * 31 + index)

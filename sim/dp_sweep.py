@@ -23,8 +23,9 @@ from rich.table import Table
 from node.errors import ConfigError
 from node.gossip.compress import Compressor
 from node.training.dp_config import DpConfig
-from sim.engine import RunSpec, Simulation
+from sim.engine import Simulation
 from sim.prep import FederatedData
+from sim.results import RunSpec
 from topology import StaticTopology
 from topology.schedule import MatchingSchedule
 

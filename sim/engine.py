@@ -8,63 +8,31 @@ averages all models at a server each round (a reference, not something Murmur de
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from crypto.cipher import cipher_by_name
-from murmur.registry import Registry
 from node.errors import ConfigError
-from node.gossip.choco import ChocoState, add_self_contribution, consensus_distance, mix_step
-from node.gossip.compress import Compressor, Identity, require_shared_slots, stacked
-from node.gossip.step_guard import StepGuard, guarded_compress, step_guard
+from node.gossip.choco import ChocoState, consensus_distance
+from node.gossip.compress import Compressor, require_shared_slots
+from node.gossip.step_guard import step_guard
 from node.gossip.tracking import GradientTracker
-from node.training.dp_config import DpConfig, for_sites
+from node.training.dp_config import for_sites
 from node.training.flat import FlatLayout
 from node.training.models import build_model
-from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData, TrainConfig
-from sim.faults import FaultConfig, FaultModel
+from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData
+from sim.exchange import BatchedExchange, gossip_round
+from sim.faults import FaultModel
 from sim.metrics import accuracy, auc
 from sim.network import SimNetwork, dense_frame_bytes
 from sim.prep import FederatedData
 from sim.references import majority, pooled_logreg, train_central
+from sim.results import MethodResult, RunSpec, Tick, stability, step_summary
 from sim.secure_network import SecureSimNetwork
 from topology import MatchingSchedule, StaticTopology
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """What every method of one simulation shares."""
-
-    rounds: int
-    model: str
-    train: TrainConfig
-    gamma: float | None  # None: node.gossip.step_size's γ per site, with its runtime guard
-    seed: int
-    device: torch.device
-    eval_every: int = 1
-    faults: FaultConfig = field(default_factory=FaultConfig)
-    evaluate: bool = True  # False: time the rounds only (scale benchmarks)
-    secure: str = "off"  # off, or a cipher name (ckks, plain): secure aggregation
-    dp: DpConfig | None = None  # DP-SGD per site (and for central: on the pooled data)
-
-
-@dataclass
-class MethodResult:
-    method: str
-    rounds: list[int] = field(default_factory=list)
-    accuracy_mean: list[float] = field(default_factory=list)
-    accuracy_min: list[float] = field(default_factory=list)
-    bytes_per_node: list[float] = field(default_factory=list)
-    consensus: list[float] = field(default_factory=list)
-    final: dict[str, float | int | None] = field(default_factory=dict)
-
-
-Tick = Callable[[], None]
 
 
 class Simulation:
@@ -92,7 +60,7 @@ class Simulation:
         plain = BatchedTrainer(self.model, params, stacked, self.spec.train, self.spec.seed)
         if self.spec.dp is None:
             return plain
-        from node.training.dp_engine import DpTrainer  # Opacus loads only when DP is asked for
+        from node.training.dp.engine import DpTrainer  # Opacus loads only when DP is asked for
 
         dp = for_sites(self.spec.dp, [len(y) for _, y in self.data.train])
         pooled = len(parts) == 1 and self.n > 1  # central: its one row weighs 1
@@ -161,6 +129,8 @@ class Simulation:
         self, method: str, compressor: Compressor | None = None, tick: Tick | None = None
     ) -> MethodResult:
         """One method (see :data:`METHODS`) from the same initial model and data."""
+        from sim.methods import METHODS  # the built-in methods register there
+
         return METHODS.get(method)(self, method, compressor, tick)
 
     def _run_central(self, tick: Tick | None) -> MethodResult:
@@ -266,10 +236,7 @@ class Simulation:
         faults = (
             FaultModel(self.spec.faults, self.n, self.spec.seed) if self.spec.faults.any else None
         )
-        secure = None
-        if method != "dpsgd":
-            secure = self._secure_network(compressor, faults, state.xhat[0])
-        network = SimNetwork(self.topology.matrix(0), faults, self.spec.device)
+        exchange = self._exchange(method, compressor, faults, state.xhat[0])
         result = MethodResult(method)
         sent = np.zeros(self.n)
         virtual_ms = 0.0
@@ -284,24 +251,9 @@ class Simulation:
             stats = tracker.train(trainer, active) if tracker else trainer.train(active)
             train_s += stats.seconds
             with torch.no_grad():
-                q = guarded_compress(state, compressor, t, active, guard)
-                add_self_contribution(state, q, network.self_weight)
-                announced = None
-                if guard is not None:  # what this round's frames carry: (stamp, agreed)
-                    stamp, agreed = guard.announcement()
-                    announced = np.stack([np.full(self.n, float(stamp)), agreed.numpy()], 1)
-                if secure is None:
-                    traffic = network.exchange(q, state.s, working, alive, t, announced)
-                else:
-                    assert q.indices is not None and q.indices.dim() == 1
-                    traffic = secure.exchange(state.xhat, state.s, q.indices, t, working, alive)
-                if guard is not None:
-                    # Secure frames carry no step announcement (as on nodes): no agreement.
-                    heard = network.neighbour_min if secure is None else _nobody
-                    guard.step(state, heard)
-                step = guard.gamma.to(state.x.device) if guard is not None else gamma
+                step = guard if guard is not None else gamma
                 assert step is not None
-                mix_step(state, step, active)
+                traffic = gossip_round(exchange, t, state, compressor, step, working, alive, active)
                 if tracker:
                     tracker.sync(trainer)
                 if self.spec.evaluate:
@@ -313,11 +265,13 @@ class Simulation:
                 self._record(result, trainer, t, float(sent.mean()))
             if tick:
                 tick()
-        self.last_network, self.last_state, self.last_secure = network, state, secure
+        self.last_exchange, self.last_state = exchange, state
         loop_s = time.perf_counter() - began
-        cipher_s = {} if secure is None else {f"{k}_s": v for k, v in secure.cipher_seconds.items()}
-        steps = {} if guard is None else _step_summary(guard)
-        steps.update(_stability(result, trace))
+        cipher_s = {}
+        if isinstance(exchange, SecureSimNetwork):
+            cipher_s = {f"{k}_s": v for k, v in exchange.cipher_seconds.items()}
+        steps = {} if guard is None else step_summary(guard)
+        steps.update(stability(result, trace))
         return self._finish(
             result,
             trainer,
@@ -330,15 +284,17 @@ class Simulation:
             **cipher_s,
         )
 
-    def _secure_network(
-        self, compressor: Compressor, faults: FaultModel | None, start: torch.Tensor
-    ) -> SecureSimNetwork | None:
-        """The secure aggregation network for ``spec.secure``, or None in plaintext mode."""
-        if self.spec.secure == "off":
-            return None
+    def _exchange(
+        self, method: str, compressor: Compressor, faults: FaultModel | None, start: torch.Tensor
+    ) -> BatchedExchange:
+        """Plaintext gossip, or secure aggregation under ``spec.secure`` (never for dpsgd,
+        the dense reference)."""
+        weights = self.topology.matrix(0)
+        if method == "dpsgd" or self.spec.secure == "off":
+            return SimNetwork(weights, faults, self.spec.device)
         require_shared_slots(compressor, self.spec.secure)
         cipher = cipher_by_name(self.spec.secure)
-        return SecureSimNetwork(self.topology.matrix(0), faults, cipher, start, self.spec.seed)
+        return SecureSimNetwork(weights, faults, cipher, start, self.spec.seed)
 
     def _run_time_varying(self, tick: Tick | None) -> MethodResult:
         began = time.perf_counter()
@@ -358,84 +314,3 @@ class Simulation:
             if tick:
                 tick()
         return self._finish(result, trainer, began)
-
-
-def _step_summary(guard: StepGuard) -> dict[str, float]:
-    """The consensus steps the sites ended with and how often they backed off."""
-    return {
-        "gamma_min": float(guard.gamma.min()),
-        "gamma_max": float(guard.gamma.max()),
-        "step_backoffs": int(guard.backoffs.sum()),
-    }
-
-
-def _stability(result: MethodResult, trace: list[float]) -> dict[str, float]:
-    """Consensus distance after round 1, at round 50, at its peak and at the end (from every
-    round's value), and how far mean accuracy fell below its best in the run's last half."""
-    if not trace:
-        return {}
-    out = {
-        "consensus_first": trace[0],
-        "consensus_50": trace[min(49, len(trace) - 1)],
-        "consensus_max": max(trace),
-        "consensus_end": trace[-1],
-    }
-    if result.accuracy_mean:
-        half = [
-            a
-            for r, a in zip(result.rounds, result.accuracy_mean, strict=True)
-            if r > result.rounds[-1] / 2
-        ]
-        out["accuracy_best"] = max(result.accuracy_mean)
-        out["late_drop"] = max(result.accuracy_mean) - min(half or result.accuracy_mean[-1:])
-    return out
-
-
-def _nobody(values: torch.Tensor) -> torch.Tensor:
-    return torch.full_like(values, math.inf)
-
-
-MaybeCompressor = Compressor | None
-MethodRunner = Callable[[Simulation, str, MaybeCompressor, Tick | None], MethodResult]
-"""(the simulation, the method's name, the run's compressor, a per-round tick)."""
-METHODS: Registry[MethodRunner] = Registry("method", ConfigError)
-
-
-def register_method(name: str, runner: MethodRunner) -> None:
-    """Make ``--methods …,name`` run ``runner`` beside the built-in methods."""
-    METHODS.register(name, runner)
-
-
-def _central(sim: Simulation, _name: str, _c: MaybeCompressor, tick: Tick | None) -> MethodResult:
-    return sim._run_central(tick)
-
-
-def _independent(
-    sim: Simulation, name: str, _c: Compressor | None, tick: Tick | None
-) -> MethodResult:
-    return sim._run_independent(name, tick)
-
-
-def _dpsgd(sim: Simulation, name: str, _c: MaybeCompressor, tick: Tick | None) -> MethodResult:
-    return sim._run_gossip(name, Identity(), 1.0, tick)
-
-
-def _choco(
-    sim: Simulation, name: str, compressor: Compressor | None, tick: Tick | None
-) -> MethodResult:
-    if compressor is None:
-        raise ConfigError(f"method {name!r} needs a compressor")
-    tracking = name == "murmur-gt"
-    return sim._run_gossip(name, stacked(compressor, 2 if tracking else 1), None, tick)
-
-
-for _name, _runner in (
-    ("central", _central),
-    ("local", _independent),
-    ("fedavg", _independent),
-    ("dpsgd", _dpsgd),
-    ("murmur", _choco),
-    ("murmur-gt", _choco),
-):
-    register_method(_name, _runner)
-METHOD_NAMES = METHODS.names()

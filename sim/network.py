@@ -16,7 +16,7 @@ they ride on the next frame, which the backlog's resend rule allows for.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from crypto.identity import PEER_ID_CHARS
 from node.gossip.sparse import Sparse
-from node.state.backlog import InboundLink, OutboundLink
+from node.state.backlog import InboundLink, Item, OutboundLink
 from node.wire.frames import frame_size
 from node.wire.update import (
     encoded_item_size,
@@ -33,14 +33,8 @@ from node.wire.update import (
     payload_size,
     step_bytes,
 )
+from sim.exchange import BatchedExchange, Traffic
 from sim.faults import FaultModel
-
-
-@dataclass(frozen=True)
-class Traffic:
-    bytes_sent: NDArray[np.float64]  # (N,) this round, per sender
-    missed: int
-    round_ms: float
 
 
 def update_frame_bytes(dim: int, round: int, ack: int, items_bytes: int, n_items: int) -> int:
@@ -56,8 +50,22 @@ def dense_frame_bytes(dim: int, round: int) -> int:
     return update_frame_bytes(dim, round, round - 1, items, 1)
 
 
-class SimNetwork:
-    """Delivers each round's contributions into every node's running sum s_i."""
+@dataclass
+class _Round:
+    """What one round's ``contribute`` left for ``send`` and ``resolve``."""
+
+    t: int
+    q: Sparse
+    working: NDArray[np.bool_]
+    step: NDArray[np.float64] | None
+    dtype: torch.dtype  # of s (the backlog keeps items as s will add them)
+    fast: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    included: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    arrivals: list[tuple[int, list[Item]]] = field(default_factory=list)
+
+
+class SimNetwork(BatchedExchange):
+    """Plaintext gossip: each round's contributions into every node's running sum s_i."""
 
     def __init__(
         self, weights: NDArray[np.float64], faults: FaultModel | None, device: torch.device
@@ -86,11 +94,7 @@ class SimNetwork:
         adjacency = torch.zeros(n, n, dtype=torch.bool)
         adjacency[torch.from_numpy(self.dst), torch.from_numpy(self.src)] = True
         self.adjacency = adjacency
-
-    def neighbour_min(self, values: torch.Tensor) -> torch.Tensor:
-        """(N,) the smallest of each node's neighbours' ``values`` (inf for none)."""
-        spread = torch.where(self.adjacency, values.unsqueeze(0), math.inf)
-        return spread.min(1).values
+        self._round: _Round | None = None
 
     def _mixing(self, edges: NDArray[np.bool_]) -> torch.Tensor:
         """Sparse N×N matrix with W_ij at (i, j) for the chosen edges."""
@@ -130,42 +134,48 @@ class SimNetwork:
         payload = payload_size(q.dim, acks, items, np.ones_like(seq))
         return frame_size(PEER_ID_CHARS, np.full_like(seq, round), "update", payload)
 
-    def exchange(
+    def contribute(
         self,
+        t: int,
         q: Sparse,
-        s: torch.Tensor,
+        xhat: torch.Tensor,
         working: NDArray[np.bool_],
-        alive: NDArray[np.bool_],
-        round: int,
         step: NDArray[np.float64] | None = None,
-    ) -> Traffic:
-        """Send this round's q (rows of non-working nodes are ignored) and fold arrivals into s.
-        ``step`` is each node's (stamp, smallest known step), (N, 2): a frame announces
-        it when it changed (node.gossip.step_size)."""
+    ) -> None:
+        """Rows of non-working sites are ignored; x̂ is not needed (q is the item)."""
+        self._round = _Round(t, q, working, step, xhat.dtype)
+
+    def _current(self, t: int) -> _Round:
+        if self._round is None or self._round.t != t:
+            raise RuntimeError(f"round {t}: contribute, send and resolve run in that order")
+        return self._round
+
+    def send(self, t: int, alive: NDArray[np.bool_]) -> Traffic:
+        r = self._current(t)
         if self.faults is not None:
             on_time, round_ms = self.faults.deliveries(self.src, self.dst, alive)
         else:
             on_time, round_ms = np.ones(len(self.src), dtype=bool), 0.0
-        fresh = working[self.src]
+        q, fresh = r.q, r.working[self.src]
         sending = alive[self.src] & (fresh | self.has_backlog)
-        fast = sending & fresh & on_time & ~self.has_backlog
+        r.fast = sending & fresh & on_time & ~self.has_backlog
+        r.included = sending & fresh & on_time
         # The ack on j→i is what j has applied of i's items when the round starts.
         acks = np.array([link.applied for link in self.inbound], dtype=np.int64)[self.reverse]
         bytes_sent = np.zeros(self.n)
-        if step is not None:
-            announce = sending & (step[self.src] != self.announced).any(1)
-            np.add.at(bytes_sent, self.src[announce], float(step_bytes(int(step[0, 0]))))
-            self.announced[announce] = step[self.src[announce]]
-        fast_edges = np.flatnonzero(fast)
+        if r.step is not None:
+            announce = sending & (r.step[self.src] != self.announced).any(1)
+            np.add.at(bytes_sent, self.src[announce], float(step_bytes(int(r.step[0, 0]))))
+            self.announced[announce] = r.step[self.src[announce]]
+        fast_edges = np.flatnonzero(r.fast)
         if len(fast_edges):
-            frames = self._fast_bytes(q, round, fast_edges, acks[fast_edges])
+            frames = self._fast_bytes(q, t, fast_edges, acks[fast_edges])
             np.add.at(bytes_sent, self.src[fast_edges], frames.astype(np.float64))
             for e in fast_edges:  # sent and applied, as on a node: numbering moves on
                 self.outbound[e].next_seq += 1
                 self.inbound[e].applied += 1
-        self._fast(q, s, fast)
-        for e in np.flatnonzero(sending & ~fast):
-            j, i = int(self.src[e]), int(self.dst[e])
+        for e in np.flatnonzero(sending & ~r.fast):
+            j = int(self.src[e])
             link = self.outbound[e]
             if fresh[e]:
                 row = q.row(j)
@@ -175,23 +185,39 @@ class SimNetwork:
                 if idx is not None and not q.shared:
                     idx, values = idx[:kept], values[:kept]
                 if idx is not None:
-                    idx = idx.to(s.device)
-                link.push(idx, values.to(s.device, s.dtype), row.shared_round, quantum)
-            items = link.frame(round)
+                    idx = idx.to(self.device)
+                link.push(idx, values.to(self.device, r.dtype), row.shared_round, quantum)
+            items = link.frame(t)
             size = sum(encoded_item_size(item) for item in items)
-            bytes_sent[j] += update_frame_bytes(q.dim, round, int(acks[e]), size, len(items))
-            link.mark_sent(items, round)
-            if on_time[e]:
-                link.ack(self.inbound[e].accept(items, s[i]))
+            bytes_sent[j] += update_frame_bytes(q.dim, t, int(acks[e]), size, len(items))
+            link.mark_sent(items, t)
             self.has_backlog[e] = bool(link.pending)
+            if on_time[e]:
+                r.arrivals.append((int(e), items))
         return Traffic(
             bytes_sent=bytes_sent,
             missed=int((sending & ~on_time).sum()),
             round_ms=round_ms,
         )
 
-    def flush_pending(self, s: torch.Tensor) -> None:
-        """Deliver every backlog (used by tests and at the end of a run to check consistency)."""
+    def resolve(self, t: int, s: torch.Tensor) -> NDArray[np.bool_]:
+        r = self._current(t)
+        self._round = None
+        self._fast(r.q, s, r.fast)
+        for e, items in r.arrivals:
+            link = self.outbound[e]
+            link.ack(self.inbound[e].accept(items, s[int(self.dst[e])]))
+            self.has_backlog[e] = bool(link.pending)
+        included = np.zeros((self.n, self.n), dtype=bool)
+        included[self.dst[r.included], self.src[r.included]] = True
+        return included
+
+    def heard_steps(self, values: torch.Tensor) -> torch.Tensor:
+        spread = torch.where(self.adjacency, values.unsqueeze(0), math.inf)
+        return spread.min(1).values
+
+    def finish(self, s: torch.Tensor) -> None:
+        """Deliver every backlog (at the end of a run, and in tests of consistency)."""
         for e in np.flatnonzero(self.has_backlog):
             link = self.outbound[e]
             link.ack(self.inbound[e].accept(list(link.pending), s[int(self.dst[e])]))

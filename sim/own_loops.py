@@ -36,6 +36,43 @@ class LoopRun:
     events: str
 
 
+def loop_nodes(
+    loops: Sequence[TrainingLoop],
+    out: Path,
+    *,
+    rounds: int,
+    topology: str = "ring",
+    seed: int = 0,
+    gossip: dict[str, Any] | None = None,
+    privacy: DpConfig | None = None,
+    faults: dict[str, Any] | None = None,
+) -> list[tuple[str, Node, io.StringIO]]:
+    """Provision the consortium under ``out`` and build one node per loop on one
+    in-memory network: (name, node, its event log) per site, in the members' order."""
+    names = [f"site-{i}" for i in range(len(loops))]
+    addresses = {n: f"/memory/{n}" for n in names}
+    init(out, names, topology=topology, seed=seed, addresses=addresses, data="custom:sim")
+    network = MemoryNetwork()
+    built = []
+    for name, loop in zip(names, loops, strict=True):
+        config = load_config(out / name / "site.toml").edit(
+            site={"listen": addresses[name]},
+            train={"rounds": rounds},
+            gossip={"deadline_s": 2.0, **(gossip or {})},
+            faults=faults or {},
+        )
+        config = replace(config, privacy=privacy)
+        transport = MemoryTransport(network, load_key(config.site.key), config.site.listen)
+        log = io.StringIO()
+        built.append((name, Node(config, transport, log, io.StringIO(), loop=loop), log))
+    return built
+
+
+async def run_nodes(nodes: Sequence[Node]) -> list[dict[str, Any]]:
+    """Every node's whole run, side by side on this event loop."""
+    return list(await asyncio.gather(*(n.run() for n in nodes)))
+
+
 def simulate_loops(
     loops: Sequence[TrainingLoop],
     out: Path,
@@ -49,27 +86,11 @@ def simulate_loops(
     """Run one site per loop for ``rounds`` rounds; ``gossip`` sets ``[gossip]`` keys
     (``compressor``, ``secure``, ``gamma``, …) at every site, ``privacy`` their
     ``[privacy]``. Refuses an ``out`` that already holds a consortium."""
-    names = [f"site-{i}" for i in range(len(loops))]
-    addresses = {n: f"/memory/{n}" for n in names}
-    init(out, names, topology=topology, seed=seed, addresses=addresses, data="custom:sim")
-    network = MemoryNetwork()
-    nodes, logs = [], []
-    for name, loop in zip(names, loops, strict=True):
-        config = load_config(out / name / "site.toml").edit(
-            site={"listen": addresses[name]},
-            train={"rounds": rounds},
-            gossip={"deadline_s": 2.0, **(gossip or {})},
-        )
-        config = replace(config, privacy=privacy)
-        transport = MemoryTransport(network, load_key(config.site.key), config.site.listen)
-        logs.append(io.StringIO())
-        nodes.append(Node(config, transport, logs[-1], io.StringIO(), loop=loop))
-
-    async def run() -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(n.run() for n in nodes)))
-
-    results = asyncio.run(run())
+    built = loop_nodes(
+        loops, out, rounds=rounds, topology=topology, seed=seed, gossip=gossip, privacy=privacy
+    )
+    results = asyncio.run(run_nodes([node for _, node, _ in built]))
     return [
         LoopRun(name, result, log.getvalue())
-        for name, result, log in zip(names, results, logs, strict=True)
+        for (name, _, log), result in zip(built, results, strict=True)
     ]

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from sim.consortium import ConsortiumSpec, write_consortium
-from sim.engine import MethodResult
 from sim.errors import SimError
 from sim.faults import Crash
 from sim.prep import FederatedData
+from sim.results import MethodResult
 
 NODE_MODULE = "node.cli"
 

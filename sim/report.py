@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sim.engine import MethodResult
+from sim.results import MethodResult
 
 TARGET_FRACTION = 0.99
 REFERENCES = ("central", "pooled-logreg", "majority")  # pooled: no rounds, no bytes

@@ -20,141 +20,24 @@ from rich.progress import (
 )
 
 from node.cli import Command
-from node.config import DEFAULT_COMPRESSOR, SECURE_MODES, SPLITS, TrainSection, parse_partition
+from node.config import parse_partition
 from node.errors import ConfigError
-from node.gossip.compress import compressor_forms, parse_compressor
+from node.gossip.registry import parse_compressor
 from node.gossip.step_guard import step_guard
 from node.training.device import pick_device
-from node.training.dp_config import DpConfig, parse_dp
-from node.training.models import MODELS
-from node.training.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
+from node.training.dp_config import DpConfig
+from node.training.trainer import TrainConfig
 from sim import partition
 from sim.consortium import ConsortiumSpec
 from sim.data import load_dataset
-from sim.engine import METHOD_NAMES, METHODS, MethodResult, RunSpec, Simulation
+from sim.engine import Simulation
 from sim.faults import FaultConfig, parse_crash, parse_slow
+from sim.flags import add_arguments
+from sim.methods import METHOD_NAMES, METHODS
 from sim.prep import FederatedData, prepare
 from sim.report import plot, print_table, with_targets, write_summary
-from topology import TOPOLOGY_NAMES, build_topology, spectral_gap
-
-PARTITIONS = SPLITS
-TRAIN = TrainConfig()  # the flags' defaults are the node's: one source
-
-
-def gamma_arg(text: str) -> float | None:
-    """``auto`` or a step in (0, 1]; argparse prints the error on one line, exit 2."""
-    if text == "auto":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"γ must be 'auto' or a number in (0, 1], got {text!r}")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add(
-        "--backend",
-        choices=["inprocess", "process"],
-        default="inprocess",
-        help="inprocess (vectorised, virtual clock) or process (real node processes over "
-        "libp2p on 127.0.0.1; murmur and dpsgd run there, the references in-process)",
-    )
-    add("--nodes", type=int, default=16, help="number of simulated sites")
-    add(
-        "--topology",
-        default="ring",
-        help=", ".join(TOPOLOGY_NAMES),
-    )
-    add(
-        "--compressor",
-        default=DEFAULT_COMPRESSOR,
-        help=compressor_forms(),
-    )
-    add("--rounds", type=int, default=200)
-    add("--dataset", default="breast-cancer", help="breast-cancer, ncctg-lung, csv:PATH")
-    add("--target", help="label column of a CSV dataset (must be binary)")
-    add("--site-column", help="column naming each row's site, for --split natural")
-    add(
-        "--split",
-        choices=PARTITIONS,
-        default="auto",
-        help="auto: natural when the data has sites, dirichlet when --alpha is given, else iid",
-    )
-    add("--alpha", type=float, help="Dirichlet label-skew concentration (smaller: more skew)")
-    add(
-        "--methods",
-        default="central,local,fedavg,dpsgd,murmur",
-        help=f"comma list of {', '.join(METHOD_NAMES)}",
-    )
-    add("--model", default=TrainSection.model, help=", ".join(MODELS.forms()))
-    add("--optimizer", default=TRAIN.optimizer, choices=OPTIMIZERS)
-    add("--lr", type=float, default=TRAIN.lr)
-    add("--lr-schedule", default=TRAIN.lr_schedule, choices=SCHEDULES)
-    add("--momentum", type=float, default=TRAIN.momentum)
-    add("--nesterov", action="store_true", default=TRAIN.nesterov)
-    add("--weight-decay", type=float, default=TRAIN.weight_decay, help="L2 weight decay")
-    add("--prox-mu", type=float, default=TRAIN.prox_mu, help="FedProx μ (0: off)")
-    add("--local-steps", type=int, default=TRAIN.local_steps)
-    add("--batch-size", type=int, default=TRAIN.batch_size)
-    add(
-        "--time-budget",
-        type=float,
-        help="seconds of local training per round instead of --local-steps",
-    )
-    add(
-        "--gamma",
-        type=gamma_arg,
-        default=None,
-        help="CHOCO consensus step γ in (0, 1] for murmur; default auto: derived from the "
-        "graph's spectrum, the compressor's contraction and the dimension, with a per-site "
-        "back-off when its residuals grow",
-    )
-    add(
-        "--secure",
-        choices=SECURE_MODES,
-        default="off",
-        help="secure neighbourhood aggregation for murmur: ckks (real CKKS ciphertexts under "
-        "each receiver's key), plain (same protocol, no encryption: fast protocol checks), off",
-    )
-    add(
-        "--dp",
-        type=_dp_arg,
-        default=None,
-        help="DP-SGD per site, e.g. epsilon=3,delta=1e-5,clip=1.0,rounds=30 (rounds: spread "
-        "the budget over the first R rounds, then only mix; also weight=records|equal, "
-        "noise=σ, accountant=rdp|prv, secure_mode=1); central trains DP-SGD on the pooled data",
-    )
-    add(
-        "--dp-sweep",
-        help="comma list of ε (inf: no DP), e.g. 1,3,8,inf: accuracy vs ε of murmur with DP, "
-        "central DP-SGD and the non-private references, with a plot; δ and clip from --dp",
-    )
-    add("--eval-every", type=int, default=1)
-    add("--device", default="auto")
-    add("--seed", type=int, default=0)
-    add("--out", type=Path, default=Path("runs/sim"))
-    add("--drop", type=float, default=0.0, help="probability that a frame is lost")
-    add("--delay", type=float, default=0.0, help="mean frame latency in virtual ms")
-    add("--deadline", type=float, default=1000.0, help="round deadline in virtual ms")
-    add("--slow", action="append", default=[], help="NODE:FACTOR straggler (repeatable)")
-    add("--kill", action="append", default=[], help="NODE@ROUND[:RESTART] crash (repeatable)")
-    add(
-        "--partition",
-        action="append",
-        default=[],
-        help="A,B|C,D@R1:R2: the two groups cannot talk in rounds [R1, R2) (process backend)",
-    )
-
-
-def _dp_arg(text: str) -> DpConfig | None:
-    try:
-        return parse_dp(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+from sim.results import MethodResult, RunSpec
+from topology import build_topology, spectral_gap
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

@@ -19,6 +19,7 @@ payload fields) sized by the codec; a node's extra receipts while it waits are n
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,18 +30,35 @@ from crypto.cipher import Cipher, PublicKey, Sealed, SecretKey, open_envelope
 from crypto.identity import PEER_ID_CHARS, SiteIdentity
 from node.exchange.outbox import Outbox
 from node.exchange.plan import pick_aggregator, sign_contributors, verify_contributors
+from node.gossip.sparse import Sparse
 from node.wire.frames import frame_size
 from node.wire.sealed import basis, pack
 from node.wire.update import INCARNATION_BYTES
+from sim.exchange import BatchedExchange, Traffic
 from sim.faults import FaultModel
-from sim.network import Traffic
 
 # Simulated sites never start over, so every receiver keeps its first basis; its size is
 # what counts here (it is in every contribution, sum and receipt a node sends).
 BASE = basis(bytes(INCARNATION_BYTES), 0)
 
 
-class SecureSimNetwork:
+@dataclass
+class _SecureRound:
+    """What one round's ``contribute`` and ``send`` left for ``resolve``."""
+
+    t: int
+    xhat: torch.Tensor  # (N, D) float32 on the CPU, what the outboxes difference against
+    indices: torch.Tensor  # the round's shared slots
+    working: NDArray[np.bool_]
+    included: NDArray[np.bool_] = field(init=False)
+    sums: list[tuple[int, Sealed]] = field(default_factory=list)  # (receiver, its sum)
+
+    def __post_init__(self) -> None:
+        n = len(self.working)
+        self.included = np.zeros((n, n), dtype=bool)
+
+
+class SecureSimNetwork(BatchedExchange):
     """N sites exchanging encrypted contributions through per-receiver aggregators."""
 
     def __init__(
@@ -66,27 +84,35 @@ class SecureSimNetwork:
         start = x0.detach().to("cpu", torch.float32)
         self.outbox = {(j, i): Outbox(start.clone()) for i in range(n) for j in self.neighbours[i]}
         self.cipher_seconds = {"encrypt": 0.0, "aggregate": 0.0, "decrypt": 0.0}
+        self._round: _SecureRound | None = None
 
-    def exchange(
+    def contribute(
         self,
+        t: int,
+        q: Sparse,
         xhat: torch.Tensor,
-        s: torch.Tensor,
-        indices: torch.Tensor,
-        round: int,
         working: NDArray[np.bool_],
-        alive: NDArray[np.bool_],
-    ) -> Traffic:
-        """One round of contributions, aggregation and decryption into every s_i."""
-        xhat_cpu = xhat.detach().to("cpu", torch.float32)
-        idx = indices.to("cpu")
+        step: NDArray[np.float64] | None = None,
+    ) -> None:
+        """Parts are taken from ``xhat`` on ``q``'s shared slots; secure frames carry no
+        step announcement (as on nodes), so ``step`` is not sent."""
+        # The engine refused other compressors already (require_shared_slots).
+        assert q.indices is not None and q.indices.dim() == 1
+        self._round = _SecureRound(t, xhat.detach().to("cpu", torch.float32), q.indices, working)
+
+    def send(self, t: int, alive: NDArray[np.bool_]) -> Traffic:
+        """Contributions, aggregation and forwarding (ciphertexts are really made and added
+        here); what each receiver can open is decided, and decrypted at ``resolve``."""
+        r = self._current(t)
+        idx = r.indices.to("cpu")
         bytes_sent = np.zeros(self.n)
         missed = 0
         plan: list[tuple[int, int, list[int]]] = []  # (receiver, aggregator, contributors)
         for i in range(self.n):
             absent = [self.names[j] for j in self.neighbours[i] if not alive[j]]
             names = [self.names[j] for j in self.neighbours[i]]
-            picked = pick_aggregator(self.names[i], names, round, self.seed, absent)
-            contributors = [j for j in self.neighbours[i] if working[j]]
+            picked = pick_aggregator(self.names[i], names, t, self.seed, absent)
+            contributors = [j for j in self.neighbours[i] if r.working[j]]
             if not alive[i] or picked is None or not contributors:
                 continue  # nobody contributes to a site that is down or has no aggregator
             plan.append((i, self.names.index(picked), contributors))
@@ -97,7 +123,7 @@ class SecureSimNetwork:
         for k, (i, a, contributors) in enumerate(plan):
             arrived: dict[int, Sealed] = {}
             for j in contributors:
-                values = self.outbox[(j, i)].contribute(xhat_cpu[j], idx, round)
+                values = self.outbox[(j, i)].contribute(r.xhat[j], idx, t)
                 began = time.perf_counter()
                 sealed = self.cipher.encrypt(
                     (values.double() * self.weights[i, j]).numpy(), self.public[i]
@@ -106,43 +132,61 @@ class SecureSimNetwork:
                 data = sealed.to_bytes()
                 if j != a:
                     contrib = {"to": self.identities[i].peer_id, "sealed": data, "base": BASE}
-                    bytes_sent[j] += self._frame(round, "contrib", contrib)
+                    bytes_sent[j] += self._frame(t, "contrib", contrib)
                     ok = bool(on_time[hop])
                     hop += 1
                 else:
                     ok = bool(alive[a])
                 if ok:
                     arrived[j] = open_envelope(data, self.cipher, self.public[i], len(idx))
-            included = self._aggregate_and_open(
-                i, a, arrived, bool(forwards_ok[k]), s, idx, bytes_sent, round
-            )
+            opened = self._aggregate(i, a, arrived, bool(forwards_ok[k]), bytes_sent, t, len(idx))
+            included = set(arrived) if opened is not None else set()
+            if opened is not None:
+                r.sums.append((i, opened))
             for j in contributors:
-                self.outbox[(j, i)].resolve(round, j in included)
+                self.outbox[(j, i)].resolve(t, j in included)
+                r.included[i, j] = j in included
             for j in self.neighbours[i]:
-                receipt = self._receipt(j, round, j in included)
-                bytes_sent[i] += self._frame(round, "receipt", receipt)
+                receipt = self._receipt(j, t, j in included)
+                bytes_sent[i] += self._frame(t, "receipt", receipt)
             missed += len(contributors) - len(included)
-        return Traffic(
-            bytes_sent=bytes_sent,
-            missed=missed,
-            round_ms=first_ms + second_ms,
-        )
+        return Traffic(bytes_sent=bytes_sent, missed=missed, round_ms=first_ms + second_ms)
 
-    def _aggregate_and_open(
+    def resolve(self, t: int, s: torch.Tensor) -> NDArray[np.bool_]:
+        """Each receiver decrypts the sum it could open into s_i."""
+        r = self._current(t)
+        self._round = None
+        idx = r.indices.to(s.device)
+        for i, opened in r.sums:
+            began = time.perf_counter()
+            values = self.cipher.decrypt(opened, self.secrets[i])
+            self.cipher_seconds["decrypt"] += time.perf_counter() - began
+            s[i, idx] += torch.from_numpy(values).to(s.device, s.dtype)
+        return r.included
+
+    def finish(self, s: torch.Tensor) -> None:
+        """Nothing to deliver: what a receiver missed stays in its outboxes (a node's
+        linger only closes receipts, which are not frames here)."""
+
+    def _current(self, t: int) -> _SecureRound:
+        if self._round is None or self._round.t != t:
+            raise RuntimeError(f"round {t}: contribute, send and resolve run in that order")
+        return self._round
+
+    def _aggregate(
         self,
         i: int,
         a: int,
         arrived: dict[int, Sealed],
         forward_ok: bool,
-        s: torch.Tensor,
-        idx: torch.Tensor,
         bytes_sent: NDArray[np.float64],
         round: int,
-    ) -> set[int]:
-        """The aggregator adds and forwards; the receiver checks and decrypts. Returns the
-        contributors whose terms reached s_i."""
+        slots: int,
+    ) -> Sealed | None:
+        """The aggregator adds and forwards; the receiver checks the record. Returns the
+        sum the receiver can decrypt, if any."""
         if len(arrived) < 2:
-            return set()  # a sum of one would be that neighbour's update: never forwarded
+            return None  # a sum of one would be that neighbour's update: never forwarded
         began = time.perf_counter()
         total = self.cipher.add(list(arrived.values()), self.public[i])
         data = total.to_bytes()
@@ -159,16 +203,14 @@ class SecureSimNetwork:
         self.cipher_seconds["aggregate"] += time.perf_counter() - began
         bytes_sent[a] += self._frame(round, "sum", record.sum_fields(data))
         if not forward_ok:
-            return set()
+            return None
         began = time.perf_counter()
         verify_contributors(record, self.identities[a].public_key, data)
         if not record.decryptable(names):
-            return set()
-        opened = open_envelope(data, self.cipher, self.public[i], len(idx))
-        values = self.cipher.decrypt(opened, self.secrets[i])
+            return None
+        opened = open_envelope(data, self.cipher, self.public[i], slots)
         self.cipher_seconds["decrypt"] += time.perf_counter() - began
-        s[i, idx.to(s.device)] += torch.from_numpy(values).to(s.device, s.dtype)
-        return set(arrived)
+        return opened
 
     @staticmethod
     def _frame(round: int, topic: str, fields: dict[str, Any]) -> int:

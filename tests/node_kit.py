@@ -46,8 +46,8 @@ def run_nodes(nodes: list[Node]) -> list[dict[str, object]]:
 
 
 def log_of(node: Node) -> str:
-    assert isinstance(node.log_stream, io.StringIO)
-    return node.log_stream.getvalue()
+    assert isinstance(node.log.log_stream, io.StringIO)
+    return node.log.log_stream.getvalue()
 
 
 def events(node: Node, kind: str) -> list[dict[str, object]]:

@@ -26,7 +26,7 @@ ALLOWED = {
 }
 HEAVY = {  # dependency → the one module (or package) that may import it
     "tenseal": "crypto/ckks.py",
-    "opacus": "node/training/dp_engine.py",
+    "opacus": "node/training/dp/",
     "libp2p": "node/transport/p2p/",  # a folder: the one package that may
     "trio": "node/transport/p2p/",
     "aiomqtt": "node/telemetry.py",
@@ -84,8 +84,8 @@ loaded = sorted(m for m in ("tenseal", "opacus", "aiomqtt") if m in sys.modules)
 from libp2p.stream_muxer.yamux import yamux
 size = yamux.MAX_MESSAGE_SIZE
 import node.transport.p2p
-from node.training import dp_engine
-quiet = [f for f in warnings.filters if f[1] and any(f[1].match(m) for m in dp_engine.QUIET)]
+from node.training.dp import accounting
+quiet = [f for f in warnings.filters if f[1] and any(f[1].match(m) for m in accounting.QUIET)]
 print(json.dumps({"loaded": loaded, "same_size": yamux.MAX_MESSAGE_SIZE == size,
                   "same_filters": not quiet}))
 """

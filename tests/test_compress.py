@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from node.errors import UnknownCompressorError
-from node.gossip.compress import AdaptiveTopK, BlockK, parse_compressor
+from node.gossip.compress import AdaptiveTopK, BlockK
 from node.gossip.quantize import stochastic_quantize
+from node.gossip.registry import parse_compressor
 
 vectors = arrays(np.float32, st.integers(8, 300), elements=st.floats(-1e3, 1e3, width=32))
 fractions = st.floats(0.01, 1.0)

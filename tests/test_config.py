@@ -20,8 +20,9 @@ from node.state.membership import Membership
 from node.training.trainer import TrainConfig
 from sim.consortium import write_consortium
 from sim.faults import FaultConfig
+from sim.flags import TRAIN, add_arguments
 from sim.prep import FederatedData
-from sim.runner import TRAIN, add_arguments, consortium_spec, train_config
+from sim.runner import consortium_spec, train_config
 from tests.node_kit import subset
 
 IDS = [SiteIdentity.generate().peer_id for _ in range(4)]

@@ -186,15 +186,15 @@ def test_dp_sgd_on_your_own_loop(tmp_path: Path) -> None:
         assert node.dp is not None
         row = node.dp.rows[0]
         assert row.steps_taken == 6 * 3  # the DP rounds × the loop's steps, then no more
-        assert 0 < node.eps_spent <= 3.0 and result["eps_spent"] == node.eps_spent
+        assert 0 < node.learner.eps_spent <= 3.0 and result["eps_spent"] == node.learner.eps_spent
         assert row.noise_multiplier > 0.3  # noise really is added
         # sampled from the site's secret seed, not from anything public
         assert row.sample_gen.initial_seed() == dp_seed(node.config.site.state_dir)
         assert float(result["accuracy"]) > 0.8  # type: ignore[arg-type]  # majority ~50%
         assert (node.config.site.state_dir / "privacy.ledger").exists()
     again = Node(nodes[0].config, nodes[0].transport, io.StringIO(), io.StringIO(), loop=_loop(0))
-    assert again.eps_spent == 0.0 and again.restore()
-    assert again.eps_spent == pytest.approx(nodes[0].eps_spent)
+    assert again.learner.eps_spent == 0.0 and again.restore()
+    assert again.learner.eps_spent == pytest.approx(nodes[0].learner.eps_spent)
 
 
 def test_the_loop_simulator_runs_dp_and_secure_aggregation_together(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 
 from node.errors import ConfigError
+from node.training.dp.accounting import Ledger
+from node.training.dp.engine import DpTrainer
 from node.training.dp_config import DEFAULT_DP_CAP, DEFAULT_DP_SHARE, DpConfig, dp_rounds, parse_dp
-from node.training.dp_engine import DpTrainer, Ledger
 from node.training.flat import FlatLayout
 from node.training.models import build_model
 from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
@@ -224,8 +225,8 @@ def test_dp_nodes_spend_their_budget_and_stop_training(
     run_nodes(nodes)
     for node in nodes:
         assert node.dp is not None
-        assert 0 < node.eps_spent <= 4.0
-        assert node.eps_spent == pytest.approx(node.dp.epsilon())
+        assert 0 < node.learner.eps_spent <= 4.0
+        assert node.learner.eps_spent == pytest.approx(node.dp.epsilon())
         spent = events(node, "dp_budget_spent")
         rounds = events(node, "round")
         assert len(rounds) == 10
@@ -235,8 +236,8 @@ def test_dp_nodes_spend_their_budget_and_stop_training(
         assert len(trained) == min(allowed, 10)
         assert bool(spent) == (allowed < 10)
         assert all(e["missed"] == 0 for e in rounds[allowed:])  # still mixing with neighbours
-        assert isinstance(node.status_stream, io.StringIO)
-        assert "eps " in node.status_stream.getvalue().splitlines()[-1]
+        assert isinstance(node.log.status_stream, io.StringIO)
+        assert "eps " in node.log.status_stream.getvalue().splitlines()[-1]
 
 
 def test_epsilon_survives_a_restart(wisconsin16: FederatedData, tmp_path: Path) -> None:
@@ -246,12 +247,12 @@ def test_epsilon_survives_a_restart(wisconsin16: FederatedData, tmp_path: Path) 
     paths = _configs(data, tmp_path, rounds=4, dp=dp)
     first = memory_nodes(paths)
     run_nodes(first)
-    spent = [n.eps_spent for n in first]
+    spent = [n.learner.eps_spent for n in first]
     steps = [n.dp.rows[0].steps_taken for n in first if n.dp is not None]
     assert all(e > 0 for e in spent) and steps == [4, 4, 4]
     for node, before in zip(memory_nodes(paths), spent, strict=True):  # as after a kill
-        assert node.eps_spent == 0.0 and node.restore()
-        assert node.eps_spent == pytest.approx(before)
+        assert node.learner.eps_spent == 0.0 and node.restore()
+        assert node.learner.eps_spent == pytest.approx(before)
         assert node.dp is not None and node.dp.rows[0].steps_taken == 4
     for path in paths:  # the plan grew: three more rounds
         path.write_text(path.read_text().replace("rounds = 4", "rounds = 7"))
@@ -259,8 +260,8 @@ def test_epsilon_survives_a_restart(wisconsin16: FederatedData, tmp_path: Path) 
     run_nodes(more)
     for node, before in zip(more, spent, strict=True):
         assert node.dp is not None and node.dp.rows[0].steps_taken == 7
-        assert node.eps_spent > before
-        assert node.eps_spent == pytest.approx(node.dp.rows[0].ledger.epsilon(7))
+        assert node.learner.eps_spent > before
+        assert node.learner.eps_spent == pytest.approx(node.dp.rows[0].ledger.epsilon(7))
 
 
 @pytest.mark.slow

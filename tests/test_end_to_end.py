@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.gossip.compress import parse_compressor
+from node.gossip.registry import parse_compressor
 from node.training.trainer import TrainConfig
-from sim.engine import RunSpec, Simulation
+from sim.engine import Simulation
 from sim.prep import FederatedData
+from sim.results import RunSpec
 from topology import build_topology
 
 

@@ -9,7 +9,9 @@ from node.gossip.choco import (
     compress_step,
     mix_step,
 )
-from node.gossip.compress import Identity, parse_compressor
+from node.gossip.compress import Identity
+from node.gossip.registry import parse_compressor
+from sim.exchange import exchange_round
 from sim.faults import FaultConfig, FaultModel
 from sim.network import SimNetwork
 from topology import build_graph, metropolis_hastings, spectral_gap
@@ -33,7 +35,7 @@ def _gossip(
     for t in range(rounds):
         q = compress_step(state, comp, t)
         add_self_contribution(state, q, net.self_weight)
-        net.exchange(q, state.s, up, up, t)
+        exchange_round(net, t, q, state, up, up)
         mix_step(state, gamma)
         errors.append(float(((state.x - mean) ** 2).sum()))
     return state, net, errors
@@ -53,7 +55,7 @@ def test_choco_identity_gamma_one_equals_dense_dpsgd() -> None:
         reference += drift
         q = compress_step(state, Identity(), t)
         add_self_contribution(state, q, net.self_weight.double())
-        net.exchange(q, state.s, up, up, t)
+        exchange_round(net, t, q, state, up, up)
         mix_step(state, 1.0)
         reference = wt @ reference
         assert torch.allclose(state.x, reference, atol=1e-10)
@@ -89,10 +91,10 @@ def test_backlog_keeps_every_running_sum_exact_under_drops() -> None:
         state.x.add_(0.1 * torch.randn(n, 40, dtype=torch.float64))
         q = compress_step(state, comp, t)
         add_self_contribution(state, q, net.self_weight.double())
-        missed += net.exchange(q, state.s, up, up, t).missed
+        missed += exchange_round(net, t, q, state, up, up)[0].missed
         mix_step(state, 0.3)
     assert missed > 50  # the fault model really dropped frames
     expected = torch.from_numpy(w) @ state.xhat
     assert not torch.allclose(state.s, expected, atol=1e-9)  # backlogs still in flight
-    net.flush_pending(state.s)
+    net.finish(state.s)
     assert torch.allclose(state.s, expected, atol=1e-9)

@@ -27,8 +27,9 @@ from node.runtime import Node
 from node.state import checkpoint
 from node.state.backlog import Item
 from node.state.site_secrets import SEED_FILE, dp_seed
+from node.training.dp.engine import DpTrainer
+from node.training.dp.row import SECURE_RNG_WARNING
 from node.training.dp_config import DpConfig
-from node.training.dp_engine import SECURE_RNG_WARNING, DpTrainer
 from node.training.flat import FlatLayout
 from node.training.models import build_model
 from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
@@ -681,7 +682,7 @@ def test_dp_budget_survives_a_lost_checkpoint_and_the_ledger_is_required(
     paths = _dp_configs(subset(wisconsin16, 3), tmp_path, rounds=3, dp=loose)
     first = memory_nodes(paths)
     run_nodes(first)
-    spent = first[0].eps_spent
+    spent = first[0].learner.eps_spent
     assert spent > 0
     state = tmp_path / "node-0" / "state"
     ledger = state / "privacy.ledger"
@@ -691,7 +692,7 @@ def test_dp_budget_survives_a_lost_checkpoint_and_the_ledger_is_required(
     first_noise = again[0].dp.rows[0].noise_gen.initial_seed()  # type: ignore[union-attr]
     assert not again[0].restore()
     again[0].learner.reconcile_ledger(resumed=False)
-    assert again[0].eps_spent == pytest.approx(spent)  # not zero
+    assert again[0].learner.eps_spent == pytest.approx(spent)  # not zero
     # ... and fresh generators: the first life's noise is never replayed on a new model
     assert again[0].dp.rows[0].noise_gen.initial_seed() != first_noise  # type: ignore[union-attr]
     moved = ledger.with_name("elsewhere")

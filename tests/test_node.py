@@ -97,8 +97,8 @@ def test_restart_resumes_from_the_checkpoint(wisconsin16: FederatedData, tmp_pat
     again = _nodes(paths, MemoryNetwork())
     asyncio.run(run(again))
     for node in again:
-        assert isinstance(node.log_stream, io.StringIO)
-        log = node.log_stream.getvalue().splitlines()
+        assert isinstance(node.log.log_stream, io.StringIO)
+        log = node.log.log_stream.getvalue().splitlines()
         start = json.loads(log[0])
         rounds = [json.loads(line)["round"] for line in log if '"event": "round"' in line]
         assert start["resumed"] and start["round"] == 4
@@ -201,8 +201,9 @@ def test_bad_frames_are_counted_and_the_node_goes_on(
 def test_eight_processes_over_libp2p_match_in_process(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
-    from node.gossip.compress import parse_compressor
-    from sim.engine import RunSpec, Simulation
+    from node.gossip.registry import parse_compressor
+    from sim.engine import Simulation
+    from sim.results import RunSpec
 
     data = subset(wisconsin16, 8)
     rounds = 60
@@ -267,8 +268,8 @@ def test_removing_a_site_by_reload_reweights_and_stays_exact(
     asyncio.run(run())
     removed = nodes[4]
     assert removed.round < 30
-    assert isinstance(removed.log_stream, io.StringIO)
-    assert '"event": "removed"' in removed.log_stream.getvalue()
+    assert isinstance(removed.log.log_stream, io.StringIO)
+    assert '"event": "removed"' in removed.log.log_stream.getvalue()
     assert nodes[0].links.neighbours == [members[1], members[3]]
     assert all(n.round == 30 for n in nodes[:4])
     _exact_sums(nodes[:4], "ring")

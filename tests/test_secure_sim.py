@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from node.errors import ConfigError
-from node.gossip.compress import parse_compressor
+from node.gossip.registry import parse_compressor
 from node.training.trainer import TrainConfig
-from sim.engine import RunSpec, Simulation
+from sim.engine import Simulation
 from sim.faults import Crash, FaultConfig
 from sim.prep import FederatedData
+from sim.results import RunSpec
 from sim.secure_network import SecureSimNetwork
 from topology import build_topology
 
@@ -37,7 +38,7 @@ def test_sums_stay_exact_through_drops_and_a_crash(wisconsin16: FederatedData) -
     sim = Simulation(wisconsin16, build_topology("ring", 16), _spec(40, "plain", faults))
     result = sim.run("murmur", parse_compressor("block-k:0.2:64"))
     assert int(result.final["frames_missed"] or 0) > 20
-    network, state = sim.last_secure, sim.last_state
+    network, state = sim.last_exchange, sim.last_state
     assert isinstance(network, SecureSimNetwork)
     w = build_topology("ring", 16).matrix(0)
     for i in range(16):
@@ -71,7 +72,7 @@ def test_ckks_ring_matches_the_plaintext_run(wisconsin16: FederatedData) -> None
     gap = abs(float(ckks.final["accuracy_mean"] or 0) - float(plain.final["accuracy_mean"] or 0))
     assert gap <= 0.005
     assert float(ckks.final["accuracy_mean"] or 0) > 0.9
-    network = ckks_sim.last_secure
+    network = ckks_sim.last_exchange
     assert isinstance(network, SecureSimNetwork) and network.cipher.name == "ckks"
     # The same models up to CKKS noise, not merely the same accuracy.
     drift = float((ckks_sim.last_state.x - plain_sim.last_state.x).abs().max())

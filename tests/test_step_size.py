@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.gossip.choco import ChocoState, add_self_contribution, consensus_distance, mix_step
-from node.gossip.compress import parse_compressor
+from node.gossip.registry import parse_compressor
 from node.gossip.step_guard import MAX_BACKOFFS, StepGuard, guarded_compress, step_guard
 from node.gossip.step_size import (
     choose_gamma,
@@ -22,6 +22,7 @@ from node.gossip.step_size import (
     second_moment_rate,
     theorem_gamma,
 )
+from sim.exchange import exchange_round
 from sim.network import SimNetwork
 from topology import build_graph, metropolis_hastings
 
@@ -42,9 +43,9 @@ def _mix(
     for t in range(rounds):
         q = guarded_compress(state, comp, t, None, guard)
         add_self_contribution(state, q, net.self_weight)
-        net.exchange(q, state.s, up, up, t)
+        exchange_round(net, t, q, state, up, up)
         if guard is not None:
-            guard.step(state, net.neighbour_min)
+            guard.step(state, net.heard_steps)
         mix_step(state, guard.gamma if guard is not None else float(gamma or 0.0))
         distances.append(consensus_distance(state.x))
         means.append(state.x.mean(0))
@@ -148,8 +149,8 @@ def test_guard_rescues_a_step_that_is_too_large() -> None:
         state.x.add_(0.01 * torch.randn(9, 200, dtype=torch.float64, generator=gen))
         q = guarded_compress(state, comp, t, None, guard)
         add_self_contribution(state, q, net.self_weight)
-        net.exchange(q, state.s, up, up, t)
-        guard.step(state, net.neighbour_min)
+        exchange_round(net, t, q, state, up, up)
+        guard.step(state, net.heard_steps)
         assert torch.all(guard.gamma == guard.gamma[0])  # one γ at every site, always
         mix_step(state, guard.gamma)
         distances.append(consensus_distance(state.x))

@@ -84,7 +84,7 @@ def test_events_and_retained_status_reach_the_broker(
         mine = [e for topic, e in received if node.identity.peer_id in topic]
         assert [e["round"] for e in mine if e["event"] == "round"] == list(range(1, ROUNDS + 1))
         assert mine[0]["event"] == "start"
-        assert node.telemetry is not None and node.telemetry.dropped == 0
+        assert node.log.telemetry is not None and node.log.telemetry.dropped == 0
     assert sorted(status.values()) == [ROUNDS] * len(nodes)
 
 
@@ -100,9 +100,9 @@ def test_an_unreachable_broker_never_holds_up_the_node(
     asyncio.run(run())
     for node in nodes:
         assert node.round == ROUNDS
-        assert node.telemetry is not None and node.telemetry.published == 0
-        assert isinstance(node.log_stream, io.StringIO)
-        last = json.loads(node.log_stream.getvalue().splitlines()[-1])
+        assert node.log.telemetry is not None and node.log.telemetry.published == 0
+        assert isinstance(node.log.log_stream, io.StringIO)
+        last = json.loads(node.log.log_stream.getvalue().splitlines()[-1])
         assert last["event"] == "telemetry_dropped" and last["dropped"] >= ROUNDS
 
 
@@ -179,10 +179,10 @@ def test_broker_authentication_and_ca_pinned_tls(
 
     asyncio.run(run())
     for node in nodes:
-        assert node.round == ROUNDS and node.telemetry is not None
-        assert (node.telemetry.published >= ROUNDS) == published
+        assert node.round == ROUNDS and node.log.telemetry is not None
+        assert (node.log.telemetry.published >= ROUNDS) == published
         if not published:
-            assert node.telemetry.published == 0 and node.telemetry.last_error
+            assert node.log.telemetry.published == 0 and node.log.telemetry.last_error
 
 
 def test_a_readable_broker_password_file_is_refused(

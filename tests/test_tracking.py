@@ -15,16 +15,19 @@ import torch
 from crypto.identity import load_key
 from node.config import load_config
 from node.gossip.choco import ChocoState, add_self_contribution, mix_step
-from node.gossip.compress import parse_compressor, stacked
+from node.gossip.compress import stacked
+from node.gossip.registry import parse_compressor
 from node.gossip.step_guard import guarded_compress, step_guard
 from node.gossip.tracking import GradientTracker
 from node.runtime import Node
 from node.training.trainer import TrainConfig, TrainStats
 from node.transport.memory import MemoryNetwork, MemoryTransport
 from sim.consortium import ConsortiumSpec, write_consortium
-from sim.engine import RunSpec, Simulation
+from sim.engine import Simulation
+from sim.exchange import exchange_round
 from sim.network import SimNetwork
 from sim.prep import FederatedData
+from sim.results import RunSpec
 from tests.node_kit import subset
 from topology import build_graph, build_topology, metropolis_hastings
 
@@ -89,8 +92,8 @@ def _run(tracking: bool, rounds: int) -> tuple[Quadratic, list[float]]:
             trainer.train()
         q = guarded_compress(state, comp, t, None, guard)
         add_self_contribution(state, q, net.self_weight)
-        net.exchange(q, state.s, up, up, t)
-        guard.step(state, net.neighbour_min)
+        exchange_round(net, t, q, state, up, up)
+        guard.step(state, net.heard_steps)
         mix_step(state, guard.gamma)
         if tracker:
             tracker.sync(trainer)

@@ -70,7 +70,7 @@ class NodeConfig:
     data: DataSection
     train: TrainSection = field(default_factory=TrainSection)
     gossip: GossipSection = field(default_factory=GossipSection)
-    privacy: DpConfig | None = None  # [privacy]: DP-SGD with this budget (node.training.dp_engine)
+    privacy: DpConfig | None = None  # [privacy]: DP-SGD with this budget (node.training.dp)
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
     faults: FaultsSection = field(default_factory=FaultsSection)
     path: Path = Path("site.toml")

@@ -18,7 +18,8 @@ from crypto.errors import BadSignatureError
 from crypto.identity import public_key_from_peer_id
 from node.config.schema import AUTO, DOC, FLATTEN, KEY
 from node.errors import ConfigError
-from node.gossip.compress import parse_compressor, require_shared_slots
+from node.gossip.compress import require_shared_slots
+from node.gossip.registry import parse_compressor
 from node.training.data import BUILTIN_DATASETS
 from node.training.trainer import TrainConfig
 from topology import StaticTopology, Topology, TopologyError, build_topology

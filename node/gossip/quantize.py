@@ -12,6 +12,7 @@ output of a δ-contraction gives a δ(1 − k/(4·127²))-contraction in expecta
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -26,34 +27,58 @@ LEVELS = 127
 
 
 def stochastic_levels(
-    values: torch.Tensor, generator: torch.Generator
+    values: torch.Tensor, noise: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(K, k) values → integer levels in [-127, 127] (as floats) and the (K,) quantum."""
+    """(K, k) values → integer levels in [-127, 127] (as floats) and the (K,) quantum;
+    ``noise`` is uniform in [0, 1), (K, k), and decides each rounding."""
     scale = values.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(values.dtype).tiny)
     level = values / scale * LEVELS
-    noise = torch.rand(values.shape, generator=generator, dtype=values.dtype).to(values.device)
-    return torch.floor(level + noise).clamp_(-LEVELS, LEVELS), (scale / LEVELS).squeeze(1)
+    return torch.floor(level + noise.to(values.device)).clamp_(-LEVELS, LEVELS), (
+        scale / LEVELS
+    ).squeeze(1)
 
 
 def stochastic_quantize(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Quantize (K, k) values row-wise to 8 bits and return the dequantized values."""
-    levels, quantum = stochastic_levels(values, generator)
+    noise = torch.rand(values.shape, generator=generator, dtype=values.dtype)
+    levels, quantum = stochastic_levels(values, noise)
     return levels * quantum.unsqueeze(1)
+
+
+def site_generator(seed: int, round: int, site: int) -> torch.Generator:
+    """A CPU generator for one site's rounding in one round. Each site has its own stream
+    (its rounding errors are independent of its neighbours'), keyed by the public seed,
+    the round and the site's index in the consortium, so a node and the simulator's row
+    for that site round alike."""
+    key = hashlib.blake2b(f"murmur-q8:{seed}:{round}:{site}".encode(), digest_size=8)
+    return torch.Generator().manual_seed(int.from_bytes(key.digest(), "big") >> 1)
 
 
 class Quantized:
     """Wraps a compressor: same index set, 8-bit values."""
 
-    def __init__(self, inner: Compressor, seed: int) -> None:
+    def __init__(self, inner: Compressor, seed: int, first_site: int = 0) -> None:
+        """``first_site``: the consortium index of the first row compressed (a node
+        compresses only its own; the simulator, every site's from 0)."""
         self.inner = inner
         self.seed = seed
+        self.first_site = first_site
         self.name = f"{inner.name}+q8"
 
     def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
-        from node.gossip.compress import round_generator
-
         sparse = self.inner.compress(vectors, round)
-        levels, quantum = stochastic_levels(sparse.values, round_generator(self.seed, round, 3))
+        rows, width = sparse.values.shape
+        noise = torch.stack(
+            [
+                torch.rand(
+                    width,
+                    generator=site_generator(self.seed, round, self.first_site + r),
+                    dtype=sparse.values.dtype,
+                )
+                for r in range(rows)
+            ]
+        )
+        levels, quantum = stochastic_levels(sparse.values, noise)
         return replace(sparse, values=levels * quantum.unsqueeze(1), quantum=quantum)
 
     def kept_fraction(self, dim: int) -> float:

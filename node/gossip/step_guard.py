@@ -27,13 +27,7 @@ import torch
 from numpy.typing import NDArray
 
 from node.gossip.choco import ChocoState, compress_step
-from node.gossip.compress import (
-    AdaptiveTopK,
-    Compressor,
-    Stacked,
-    StackedIndex,
-    TopK,
-)
+from node.gossip.compress import AdaptiveTopK, Compressor, Stacked, StackedIndex, TopK
 from node.gossip.quantize import Quantized
 from node.gossip.sparse import Sparse
 from node.gossip.step_size import (

@@ -1,3 +1,3 @@
 """Local training at a site: models by name, the flat parameter layout, the (vmapped)
 trainer, the site's data files, device choice, and differential privacy (``dp_config``:
-the budget, plain data; ``dp_engine``: DP-SGD through Opacus, loaded only when used)."""
+the budget, plain data; ``dp``: DP-SGD through Opacus, loaded only when used)."""

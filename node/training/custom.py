@@ -20,7 +20,7 @@ Everything else applies unchanged: the site's ``site.toml`` (``[data] source =
 aggregation; the node compresses and gossips the model's parameters as one flat vector
 after each round's ``steps`` batches, and the mixed model is written back into the
 module before the next. A ``[privacy]`` section trains your loop with DP-SGD
-(:mod:`node.training.dp_loop`): your module, optimizer and loss, made private by Opacus,
+(:mod:`node.training.dp.loop`): your module, optimizer and loss, made private by Opacus,
 with records Poisson-sampled from your loader's dataset by a secret generator (so the
 loader must be a ``DataLoader``, and the loss average over its batch).
 

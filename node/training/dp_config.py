@@ -1,5 +1,5 @@
 """A site's differential-privacy budget: ``[privacy]`` in the node config, ``--dp`` in
-the simulator. Plain data, no Opacus: only :mod:`node.training.dp_engine` imports that,
+the simulator. Plain data, no Opacus: only :mod:`node.training.dp.engine` imports that,
 when DP is on."""
 
 from __future__ import annotations

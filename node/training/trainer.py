@@ -108,9 +108,13 @@ class StackedData:
         labels = torch.cat([y for _, y in parts]).to(device)
         return cls(features, labels, offsets.to(device), counts.to(device))
 
-    def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A (K, batch) minibatch per node, drawn uniformly with replacement."""
-        u = torch.rand(len(self.counts), batch, generator=generator).to(self.counts.device)
+    def sample(
+        self, batch: int, generators: list[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (K, batch) minibatch per node, drawn uniformly with replacement, row k from
+        ``generators[k]`` (so a row draws what that site's node draws on its own)."""
+        u = torch.stack([torch.rand(batch, generator=g) for g in generators])
+        u = u.to(self.counts.device)
         rows = self.offsets.unsqueeze(1) + (u * self.counts.unsqueeze(1)).long()
         return self.features[rows], self.labels[rows]
 
@@ -124,7 +128,7 @@ class TrainStats:
 
 class LocalTrainer(Protocol):
     """What a node needs of its local trainer: plain (:class:`BatchedTrainer`) or DP-SGD
-    (:class:`node.training.dp_engine.DpTrainer`, a wrapper around one)."""
+    (:class:`node.training.dp.engine.DpTrainer`, a wrapper around one)."""
 
     params: torch.Tensor
 
@@ -141,6 +145,11 @@ class LocalTrainer(Protocol):
     def load_state_dict(self, saved: dict[str, Any]) -> None: ...
 
 
+def row_seed(seed: int, site: int) -> int:
+    """The batch sampler's seed of ``site`` under the public ``seed``."""
+    return seed * 7919 + site
+
+
 class BatchedTrainer:
     """Trains the rows of ``params`` in place; optimizer state lives for the trainer's life."""
 
@@ -151,7 +160,11 @@ class BatchedTrainer:
         data: StackedData,
         config: TrainConfig,
         seed: int = 0,
+        first_row: int = 0,
     ) -> None:
+        """Row k samples its batches from its own generator, seeded ``seed · 7919 + first_row
+        + k`` (:func:`row_seed`): a node (one row, ``first_row`` its index) and the
+        simulator's row for that site draw the same batches."""
         self.model = model
         self.layout = FlatLayout.of(model)
         if params.dim() != 2 or params.shape[1] != self.layout.dim:
@@ -162,7 +175,8 @@ class BatchedTrainer:
         self.data = data
         self.config = config
         self.device = params.device
-        self.generator = torch.Generator().manual_seed(seed)
+        rows = range(first_row, first_row + params.shape[0])
+        self.generators = [torch.Generator().manual_seed(row_seed(seed, r)) for r in rows]
         self._plain_sgd = (
             config.optimizer == "sgd"
             and config.momentum == 0.0
@@ -195,7 +209,7 @@ class BatchedTrainer:
         return out
 
     def _step(self, active: torch.Tensor | None, start: torch.Tensor | None) -> torch.Tensor:
-        x, y = self.data.sample(self.config.batch_size, self.generator)
+        x, y = self.data.sample(self.config.batch_size, self.generators)
         leaves = {
             n: v.detach().requires_grad_(True) for n, v in self.layout.views(self.params).items()
         }
@@ -257,10 +271,16 @@ class BatchedTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to continue training exactly: sampler and optimizer."""
-        return {"generator": self.generator.get_state(), "optimizer": self.optimizer.state_dict()}
+        states = [g.get_state() for g in self.generators]
+        return {"generators": states, "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        self.generator.set_state(saved["generator"])
+        # A one-row checkpoint from before per-row generators holds one "generator".
+        states = saved["generators"] if "generators" in saved else [saved["generator"]]
+        if len(states) != len(self.generators):
+            raise ValueError(f"{len(states)} sampler states for {len(self.generators)} rows")
+        for generator, state in zip(self.generators, states, strict=True):
+            generator.set_state(state)
         self.optimizer.load_state_dict(saved["optimizer"])
 
     def _probabilities(self, inputs: torch.Tensor) -> torch.Tensor:

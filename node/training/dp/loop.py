@@ -1,6 +1,6 @@
 """DP-SGD on a site's own training loop (``[privacy]`` with ``custom:`` data).
 
-The same per-site guarantee as the built-in trainer (:mod:`node.training.dp_engine`): one
+The same per-site guarantee as the built-in trainer (:mod:`node.training.dp.engine`): one
 Opacus engine for the site's whole life, Poisson sampling, per-record clipping and noise,
 the budget spread over the DP rounds and never overspent, the accountant's history in
 the checkpoint and in the privacy ledger. What is the user's: the module (made private
@@ -25,8 +25,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from node.errors import ConfigError
+from node.training.dp.engine import DpRows
+from node.training.dp.row import DpRow, check_dp_model
 from node.training.dp_config import DpConfig, dp_rounds
-from node.training.dp_engine import DpRows, _Row, check_dp_model
 from node.training.trainer import TrainStats
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 class DpTrainingLoop(DpRows):
     """A :class:`TrainingLoop` trained with DP-SGD; the node sees a :class:`LocalTrainer`
-    with the same accounting surface as :class:`node.training.dp_engine.DpTrainer`
+    with the same accounting surface as :class:`node.training.dp.engine.DpTrainer`
     (``rows``, ``spent``, ``epsilon``)."""
 
     def __init__(self, loop: TrainingLoop, dp: DpConfig, planned_rounds: int, seed: int) -> None:
@@ -51,7 +52,7 @@ class DpTrainingLoop(DpRows):
         self.params, self.model, self.layout = loop.params, loop.model, loop.layout
         batch_size = loop.loader.batch_size or 1
         steps = dp_rounds(dp, planned_rounds) * loop.steps
-        row = _Row(
+        row = DpRow(
             loop.model,
             loop.optimizer,
             loop.loader.dataset,
