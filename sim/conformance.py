@@ -14,7 +14,7 @@ The local step needs no data and draws nothing at random: each site pulls its mo
 towards its own target c_i (one SGD step on ½‖x − c_i‖² a round), so every difference
 between the two runs is the exchange's. :func:`trained_on_nodes` and
 :func:`trained_in_simulator` then run the real trainer on real data both ways: row k of
-the simulator's batched trainer samples what site k's node samples (seed · 7919 + k), so
+the simulator's batched trainer samples what site k's node samples (node.training.sampling), so
 the models must agree too. ``tests/test_exchange_conformance.py`` runs the kit.
 """
 

@@ -1,4 +1,5 @@
-"""The batched trainer: its plain-SGD fast path must step exactly like torch.optim.SGD."""
+"""The batched trainer: its plain-SGD fast path must step exactly like torch.optim.SGD, and
+each row draws its own site's batches."""
 
 from __future__ import annotations
 
@@ -45,3 +46,22 @@ def test_inactive_rows_do_not_move() -> None:
         assert torch.equal(trainer.params[0], before[0])
         assert torch.equal(trainer.params[2], before[2])
         assert not torch.equal(trainer.params[1], before[1])
+
+
+def test_a_sites_batches_do_not_depend_on_who_else_is_sampled() -> None:
+    """Row k of a 16-row draw is what site k draws alone (a node), and the uniforms are
+    uniform and unrelated across sites and draws."""
+    from node.training.sampling import uniforms
+
+    together = uniforms(7, torch.arange(16), 3, 64)
+    alone = uniforms(7, torch.tensor([5]), 3, 64)
+    assert torch.equal(together[5], alone[0])
+    assert not torch.equal(together[4], together[5])
+    assert not torch.equal(uniforms(7, torch.tensor([5]), 4, 64), alone)
+    assert not torch.equal(uniforms(8, torch.tensor([5]), 3, 64), alone)
+    many = uniforms(0, torch.arange(100), 0, 10_000).flatten()
+    assert float(many.min()) >= 0.0 and float(many.max()) < 1.0
+    deciles = torch.histc(many, bins=10, min=0.0, max=1.0) / len(many)
+    assert float((deciles - 0.1).abs().max()) < 0.002
+    pairs = torch.stack([many[:-1], many[1:]])
+    assert abs(float(torch.corrcoef(pairs)[0, 1])) < 0.005

@@ -24,6 +24,7 @@ from torch.func import functional_call, vmap
 from node.errors import ConfigError
 from node.training.device import autocast_for
 from node.training.flat import FlatLayout
+from node.training.sampling import uniforms
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -108,12 +109,9 @@ class StackedData:
         labels = torch.cat([y for _, y in parts]).to(device)
         return cls(features, labels, offsets.to(device), counts.to(device))
 
-    def sample(
-        self, batch: int, generators: list[torch.Generator]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A (K, batch) minibatch per node, drawn uniformly with replacement, row k from
-        ``generators[k]`` (so a row draws what that site's node draws on its own)."""
-        u = torch.stack([torch.rand(batch, generator=g) for g in generators])
+    def sample(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (K, batch) minibatch per node, drawn uniformly with replacement: row k's
+        records picked by the uniforms ``u[k]`` (node.training.sampling)."""
         u = u.to(self.counts.device)
         rows = self.offsets.unsqueeze(1) + (u * self.counts.unsqueeze(1)).long()
         return self.features[rows], self.labels[rows]
@@ -145,11 +143,6 @@ class LocalTrainer(Protocol):
     def load_state_dict(self, saved: dict[str, Any]) -> None: ...
 
 
-def row_seed(seed: int, site: int) -> int:
-    """The batch sampler's seed of ``site`` under the public ``seed``."""
-    return seed * 7919 + site
-
-
 class BatchedTrainer:
     """Trains the rows of ``params`` in place; optimizer state lives for the trainer's life."""
 
@@ -162,9 +155,9 @@ class BatchedTrainer:
         seed: int = 0,
         first_row: int = 0,
     ) -> None:
-        """Row k samples its batches from its own generator, seeded ``seed · 7919 + first_row
-        + k`` (:func:`row_seed`): a node (one row, ``first_row`` its index) and the
-        simulator's row for that site draw the same batches."""
+        """Row k is site ``first_row + k``: its batches are a function of (``seed``, site,
+        step) (:mod:`node.training.sampling`), so a node (one row, ``first_row`` its
+        index) and the simulator's row for that site draw the same ones."""
         self.model = model
         self.layout = FlatLayout.of(model)
         if params.dim() != 2 or params.shape[1] != self.layout.dim:
@@ -175,8 +168,9 @@ class BatchedTrainer:
         self.data = data
         self.config = config
         self.device = params.device
-        rows = range(first_row, first_row + params.shape[0])
-        self.generators = [torch.Generator().manual_seed(row_seed(seed, r)) for r in rows]
+        self.seed = seed
+        self.sites = torch.arange(first_row, first_row + params.shape[0])
+        self.draws = 0  # batches drawn so far, by every row
         self._plain_sgd = (
             config.optimizer == "sgd"
             and config.momentum == 0.0
@@ -209,7 +203,8 @@ class BatchedTrainer:
         return out
 
     def _step(self, active: torch.Tensor | None, start: torch.Tensor | None) -> torch.Tensor:
-        x, y = self.data.sample(self.config.batch_size, self.generators)
+        x, y = self.data.sample(uniforms(self.seed, self.sites, self.draws, self.config.batch_size))
+        self.draws += 1
         leaves = {
             n: v.detach().requires_grad_(True) for n, v in self.layout.views(self.params).items()
         }
@@ -271,16 +266,12 @@ class BatchedTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to continue training exactly: sampler and optimizer."""
-        states = [g.get_state() for g in self.generators]
-        return {"generators": states, "optimizer": self.optimizer.state_dict()}
+        return {"draws": self.draws, "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        # A one-row checkpoint from before per-row generators holds one "generator".
-        states = saved["generators"] if "generators" in saved else [saved["generator"]]
-        if len(states) != len(self.generators):
-            raise ValueError(f"{len(states)} sampler states for {len(self.generators)} rows")
-        for generator, state in zip(self.generators, states, strict=True):
-            generator.set_state(state)
+        # A checkpoint from before counter-based sampling holds a generator's state,
+        # which says nothing about the counter: such a site draws its batches afresh.
+        self.draws = int(saved.get("draws", 0))
         self.optimizer.load_state_dict(saved["optimizer"])
 
     def _probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
