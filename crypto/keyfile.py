@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 from crypto.errors import KeyFileError
+from murmur.files import sync_directory
 
 
 def write_secret(path: Path, data: bytes, overwrite: bool = False, what: str = "key") -> None:
@@ -26,15 +27,6 @@ def write_secret(path: Path, data: bytes, overwrite: bool = False, what: str = "
         handle.flush()
         os.fsync(handle.fileno())  # a key lost to a power cut would lock the site out
     sync_directory(path.parent)
-
-
-def sync_directory(path: Path) -> None:
-    """fsync a directory, so that a file just created or renamed in it survives a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_secret(path: Path, hint: str = "") -> bytes:

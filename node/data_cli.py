@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from murmur.files import atomic_write
 from node.errors import ConfigError
 
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         from node.training.data import csv_moments
 
         m = csv_moments(args.csv, args.target)
-        args.out.write_text(json.dumps(m.to_json(), indent=1) + "\n")
+        atomic_write(args.out, (json.dumps(m.to_json(), indent=1) + "\n").encode())
         print(
             f"{args.out}: moments of {int(m.count.max(initial=0))} rows, {len(m.numeric)} "
             f"numeric and {len(m.categories)} categorical columns"

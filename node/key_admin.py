@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from crypto.cipher import cipher_by_name
-from crypto.keyfile import sync_directory
+from murmur.files import sync_directory
 from node.config import NodeConfig
 from node.errors import ConfigError
 from node.state import checkpoint

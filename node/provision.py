@@ -24,6 +24,7 @@ from pathlib import Path
 
 from crypto.errors import BadSignatureError
 from crypto.identity import SiteIdentity, load_key, public_key_from_peer_id, write_key
+from murmur.files import atomic_write
 from node.config import (
     ConsortiumSection,
     DataSection,
@@ -155,7 +156,7 @@ def _write_site(folder: Path, config: NodeConfig, name: str = "site.toml") -> Pa
     path = folder / name
     text = config.to_toml(comments=True, relative_to=folder)
     template = "\n" + "\n".join(_privacy_template()) if config.privacy is None else ""
-    path.write_text(text + template)
+    atomic_write(path, (text + template).encode())
     return path
 
 
@@ -238,8 +239,8 @@ def init(
         if site.name in identities:
             write_key(folder / "site.key", identities[site.name])
         _write_site(folder, configs[site.name])
-    (out / MANIFEST).write_text(manifest.to_toml())
-    (out / "README.md").write_text(_readme(manifest, set(peer_ids)))
+    atomic_write(out / MANIFEST, manifest.to_toml().encode())
+    atomic_write(out / "README.md", _readme(manifest, set(peer_ids)).encode())
     return manifest
 
 
@@ -253,7 +254,7 @@ def _rewrite_members(folder: Path, manifest: Manifest) -> list[Path]:
         config = load_config(path)
         updated = replace(config, consortium=manifest.consortium(site.name))
         written.append(_write_site(path.parent, updated))
-    (folder / MANIFEST).write_text(manifest.to_toml())
+    atomic_write(folder / MANIFEST, manifest.to_toml().encode())
     return written
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from crypto.keyfile import sync_directory
+from murmur.files import atomic_write
 from node.errors import ConfigError
 
 
@@ -31,15 +31,7 @@ def private_dir(path: Path) -> None:
 def save(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        os.fchmod(handle.fileno(), 0o600)  # a stale tmp file may have had another mode
-        handle.write(buffer.getbuffer())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    sync_directory(path.parent)
+    atomic_write(path, buffer.getvalue(), 0o600)
 
 
 def load(path: Path) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from crypto.keyfile import sync_directory
+from murmur.files import sync_directory
 from node.errors import ConfigError
 
 LEDGER_FILE = "privacy.ledger"

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from murmur.files import atomic_write
 from node.errors import ConfigError
 
 MISSING = "<missing>"
@@ -185,7 +186,7 @@ class Featurizer:
         }
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        atomic_write(path, (json.dumps(self.to_json(), indent=1) + "\n").encode())
 
     @classmethod
     def load(cls, path: Path) -> Featurizer:
