@@ -8,6 +8,7 @@ POSIX; the fsyncs make the rename survive a power cut too.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 
@@ -20,9 +21,13 @@ def sync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace ``path`` with ``data`` atomically; the file has ``mode`` from its creation
-    (0600 for anything secret: never readable by others, not even briefly)."""
+    (0600 for anything secret: never readable by others, not even briefly). Without
+    ``mode`` a file keeps the mode it had (an operator may have narrowed a config's),
+    and a new one gets 0644."""
+    if mode is None:
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as handle:

@@ -25,7 +25,7 @@ import secrets
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from crypto.identity import SiteIdentity, load_key
 from node import site_checkpoint
@@ -49,9 +49,6 @@ from node.transport.base import Transport
 from node.wire.frames import PREFIX_BYTES, FrameGuard
 from node.wire.update import INCARNATION_BYTES
 from node.wiring import site_exchange, site_transport
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["CATCH_UP_MAX", "SUSPECT_AFTER", "Node"]
 

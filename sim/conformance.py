@@ -43,6 +43,7 @@ from node.gossip.step_guard import StepGuard, step_guard
 from node.runtime import Node
 from node.state.membership import Membership
 from node.training.custom import TrainingLoop
+from node.transport.faulty import FaultyTransport
 from node.transport.memory import MemoryNetwork, MemoryTransport
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.engine import Simulation
@@ -87,6 +88,7 @@ class Outcome:
     bytes_sent: NDArray[np.float64]  # (N,) in all
     by_round: NDArray[np.float64]  # (R, N) sent by the end of each round
     weights: NDArray[np.float64]  # the W both ran with
+    lost: int  # frames the faults lost (nodes) or that missed the deadline (simulator)
 
 
 class _Pull(nn.Module):
@@ -154,6 +156,9 @@ def run_on_nodes(scenario: Scenario, out: Path | None = None) -> Outcome:
             bytes_sent=np.array([float(n.bytes_sent) for n in nodes]),
             by_round=np.array(by_round).T,
             weights=Membership.of(nodes[0].config).matrix(),
+            lost=sum(
+                n.transport.dropped for n in nodes if isinstance(n.transport, FaultyTransport)
+            ),
         )
 
 
@@ -209,15 +214,17 @@ def run_in_simulator(scenario: Scenario, weights: NDArray[np.float64]) -> Outcom
     everyone = np.ones(n, dtype=bool)
     sent = np.zeros(n)
     by_round = []
+    lost = 0
     for t in range(scenario.rounds):
         trainer.train()
         with torch.no_grad():
             traffic = gossip_round(exchange, t, state, compressor, step, everyone, everyone)
         sent += traffic.bytes_sent
         by_round.append(sent.copy())
+        lost += traffic.missed
     exchange.finish(state.s)
     x, xhat, s = state.x.clone(), state.xhat.clone(), state.s.clone()
-    return Outcome(x, xhat, s, sent, np.array(by_round), weights)
+    return Outcome(x, xhat, s, sent, np.array(by_round), weights, lost)
 
 
 def sum_errors(outcome: Outcome) -> NDArray[np.float64]:

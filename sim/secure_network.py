@@ -71,7 +71,10 @@ class SecureSimNetwork(BatchedExchange):
     ) -> None:
         self.n = n = weights.shape[0]
         self.weights = weights
-        self.self_weight = torch.tensor(np.diag(weights).copy(), dtype=torch.float64)
+        # On the model's device: the round adds W_ii q into s there (sim.exchange).
+        self.self_weight = torch.tensor(
+            np.diag(weights).copy(), dtype=torch.float64, device=x0.device
+        )
         self.faults = faults
         self.cipher = cipher
         self.seed = seed

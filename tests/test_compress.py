@@ -99,3 +99,20 @@ def test_block_k_fractions_differ_on_a_small_model() -> None:
     kept = [parse_compressor(f"block-k:{f}").kept_fraction(dim) for f in (0.05, 0.1)]
     assert kept[0] < kept[1]
     assert parse_compressor("block-k:0.1:256").kept_fraction(dim) == pytest.approx(1 / 5)
+
+
+def test_stacked_adaptive_rows_lead_with_what_they_send() -> None:
+    """Gradient tracking stacks [x | v]; top-k:adaptive pads each part's rows to the
+    largest k. A row's first ``kept`` entries must be every part's kept ones (the
+    simulator sends that prefix), not the first part's padding."""
+    from node.gossip.compress import AdaptiveTopK, Stacked
+
+    x = torch.randn(2, 40)
+    q = Stacked(AdaptiveTopK(0.5, [0.5, 0.1]), 2).compress(x, 0)
+    assert q.indices is not None
+    for r in range(2):
+        k = int(q.kept[r])
+        sent = q.indices[r, :k]
+        assert torch.equal(q.values[r, :k], x[r, sent])
+        halves = [int((sent < 20).sum()), int((sent >= 20).sum())]
+        assert halves[0] == halves[1] == k // 2  # both parts, each its own k

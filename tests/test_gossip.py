@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 
@@ -98,3 +100,42 @@ def test_backlog_keeps_every_running_sum_exact_under_drops() -> None:
     assert not torch.allclose(state.s, expected, atol=1e-9)  # backlogs still in flight
     net.finish(state.s)
     assert torch.allclose(state.s, expected, atol=1e-9)
+
+
+class _LoseOnce:
+    """Faults that lose edge 0's frame in round 0 and deliver everything else."""
+
+    def __init__(self) -> None:
+        self.round = 0
+
+    def deliveries(
+        self, src: np.ndarray, dst: np.ndarray, alive: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        on_time = np.ones(len(src), dtype=bool)
+        on_time[0] = self.round != 0
+        self.round += 1
+        return on_time, 0.0
+
+
+def test_a_part_counts_as_included_only_once_it_is_in_s() -> None:
+    """Edge 0 loses its round-0 item. Round 1's item arrives but cannot be applied before
+    the lost one (in order only), so it is not included; round 2 resends the backlog and
+    both rounds' parts go in, and every s_i is exact again."""
+    w = metropolis_hastings(build_graph("ring", 4))
+    net = SimNetwork(w, cast(FaultModel, _LoseOnce()), torch.device("cpu"))
+    x0 = torch.randn(4, 12, dtype=torch.float64)
+    state = ChocoState.start(x0.clone(), x0.mean(0))
+    comp = parse_compressor("top-k:0.5")
+    up = np.ones(4, dtype=bool)
+    j, i = int(net.src[0]), int(net.dst[0])
+    seen = []
+    for t in range(3):
+        state.x.add_(0.1 * torch.randn(4, 12, dtype=torch.float64))
+        q = compress_step(state, comp, t)
+        add_self_contribution(state, q, net.self_weight.double())
+        _, included = exchange_round(net, t, q, state, up, up)
+        seen.append(bool(included[i, j]))
+        assert included.sum() == 8 - (not seen[-1])  # every other part is in
+        mix_step(state, 0.5)
+    assert seen == [False, False, True]
+    assert torch.allclose(state.s, torch.from_numpy(w) @ state.xhat, atol=1e-12)

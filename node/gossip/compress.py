@@ -261,13 +261,24 @@ class Stacked:
         ]
         if any(p.indices is None for p in pieces):
             return Sparse(x.clone(), None, x.shape[1], _kept(x.shape[0], x.shape[1], x.device))
-        indices = [p.indices + k * part for k, p in enumerate(pieces) if p.indices is not None]
-        return Sparse(
-            torch.cat([p.values for p in pieces], 1),
-            torch.cat(indices, -1),
-            x.shape[1],
-            sum((p.kept for p in pieces), torch.zeros_like(pieces[0].kept)),
+        indices = torch.cat(
+            [p.indices + k * part for k, p in enumerate(pieces) if p.indices is not None], -1
         )
+        values = torch.cat([p.values for p in pieces], 1)
+        real = torch.cat(
+            [
+                torch.arange(p.values.shape[1], device=x.device).unsqueeze(0) < p.kept.unsqueeze(1)
+                for p in pieces
+            ],
+            1,
+        )
+        if not bool(real.all()) and indices.dim() == 2:
+            # Rows padded to the largest k (top-k:adaptive): every part's kept entries
+            # first, so that a row's first ``kept`` entries are what it sends.
+            order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
+            values, indices = values.gather(1, order), indices.gather(1, order)
+        kept = sum((p.kept for p in pieces), torch.zeros_like(pieces[0].kept))
+        return Sparse(values, indices, x.shape[1], kept)
 
     def kept_fraction(self, dim: int) -> float:
         return self.inner.kept_fraction(dim // self.parts)

@@ -12,13 +12,13 @@ output of a δ-contraction gives a δ(1 − k/(4·127²))-contraction in expecta
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 
 from node.gossip.sparse import Sparse
+from node.training.sampling import uniforms
 
 if TYPE_CHECKING:
     from node.gossip.compress import Compressor
@@ -45,13 +45,17 @@ def stochastic_quantize(values: torch.Tensor, generator: torch.Generator) -> tor
     return levels * quantum.unsqueeze(1)
 
 
-def site_generator(seed: int, round: int, site: int) -> torch.Generator:
-    """A CPU generator for one site's rounding in one round. Each site has its own stream
-    (its rounding errors are independent of its neighbours'), keyed by the public seed,
-    the round and the site's index in the consortium, so a node and the simulator's row
-    for that site round alike."""
-    key = hashlib.blake2b(f"murmur-q8:{seed}:{round}:{site}".encode(), digest_size=8)
-    return torch.Generator().manual_seed(int.from_bytes(key.digest(), "big") >> 1)
+DITHER_STREAM = 1  # node.training.sampling's stream for the rounding noise
+
+
+def dither(seed: int, round: int, sites: torch.Tensor, width: int) -> torch.Tensor:
+    """(K, width) rounding noise in [0, 1) for ``sites`` in ``round``. Each site has its
+    own (its rounding errors are independent of its neighbours'), keyed by the public
+    seed, the round and the site's index in the consortium, so a node and the
+    simulator's row for that site round alike. On a 2⁻²⁴ grid, so that float32 holds it
+    exactly (a uniform just below 1 must not round up to 1)."""
+    u = uniforms(seed, sites, round, width, stream=DITHER_STREAM)
+    return torch.floor(u * 2.0**24) / 2.0**24
 
 
 class Quantized:
@@ -68,16 +72,8 @@ class Quantized:
     def compress(self, vectors: torch.Tensor, round: int) -> Sparse:
         sparse = self.inner.compress(vectors, round)
         rows, width = sparse.values.shape
-        noise = torch.stack(
-            [
-                torch.rand(
-                    width,
-                    generator=site_generator(self.seed, round, self.first_site + r),
-                    dtype=sparse.values.dtype,
-                )
-                for r in range(rows)
-            ]
-        )
+        sites = torch.arange(self.first_site, self.first_site + rows)
+        noise = dither(self.seed, round, sites, width).to(sparse.values.dtype)
         levels, quantum = stochastic_levels(sparse.values, noise)
         return replace(sparse, values=levels * quantum.unsqueeze(1), quantum=quantum)
 

@@ -1,6 +1,6 @@
 """A site's differential-privacy budget: ``[privacy]`` in the node config, ``--dp`` in
-the simulator. Plain data, no Opacus: only :mod:`node.training.dp.engine` imports that,
-when DP is on."""
+the simulator. Plain data, no Opacus: only the package :mod:`node.training.dp` imports
+that, when DP is on."""
 
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ does it in a few vectorised integer operations for any number of sites (one gene
 per row cost ~0.07 ms a row per step, 70 ms a step at 1,000 sites). A checkpoint holds
 the draw counter, not a generator's state.
 
++q8's stochastic rounding draws from the same hash on its own stream (a site's rounding
+in round t), for the same reasons.
+
 The uniforms come from a 32-bit integer hash (Wellons' "lowbias32", two multiply-xorshift
 rounds) applied in turn to the seed, the site, the draw and the position in the batch,
 computed in int64 without overflow. This is for choosing minibatch rows, where any
@@ -36,12 +39,17 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def uniforms(seed: int, sites: torch.Tensor, draw: int, count: int) -> torch.Tensor:
-    """(K, count) uniforms in [0, 1) for the ``draw``-th batch of each of ``sites`` (K,)."""
+def uniforms(
+    seed: int, sites: torch.Tensor, draw: int, count: int, stream: int = 0
+) -> torch.Tensor:
+    """(K, count) uniforms in [0, 1) for the ``draw``-th batch of each of ``sites`` (K,);
+    ``stream`` keeps other uses apart (0: minibatches; 1: +q8's rounding)."""
     key = _mix(torch.tensor((seed >> 32) & MASK, dtype=torch.int64))
     key = _mix(key ^ (seed & MASK))
     row = _mix(key ^ _mix(sites.to(torch.int64) & MASK))
     row = _mix(row ^ (draw & MASK))
-    position = _mix(torch.arange(count, dtype=torch.int64) + 0x9E3779B9 & MASK)
+    if stream:
+        row = _mix(row ^ (stream & MASK))
+    position = _mix((torch.arange(count, dtype=torch.int64) + 0x9E3779B9) & MASK)
     bits = _mix(row.unsqueeze(1) ^ position.unsqueeze(0))
     return bits.to(torch.float64) / 2.0**32
