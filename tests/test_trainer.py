@@ -49,13 +49,17 @@ def test_inactive_rows_do_not_move() -> None:
 
 
 def test_a_sites_batches_do_not_depend_on_who_else_is_sampled() -> None:
-    """Row k of a 16-row draw is what site k draws alone (a node), and the uniforms are
+    """Row k of a many-row draw is what site k draws alone (a node), and the uniforms are
     uniform and unrelated across sites and draws."""
     from node.training.sampling import uniforms
 
     together = uniforms(7, torch.arange(16), 3, 64)
     alone = uniforms(7, torch.tensor([5]), 3, 64)
     assert torch.equal(together[5], alone[0])
+    # A node's few values take a Python path, many sites a tensor one: the same numbers.
+    crowd = uniforms(7, torch.arange(300), 3, 64, stream=1)
+    for site in (0, 5, 299):
+        assert torch.equal(crowd[site], uniforms(7, torch.tensor([site]), 3, 64, stream=1)[0])
     assert not torch.equal(together[4], together[5])
     assert not torch.equal(uniforms(7, torch.tensor([5]), 4, 64), alone)
     assert not torch.equal(uniforms(8, torch.tensor([5]), 3, 64), alone)
