@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.secure
 	$(PY) -m benchmarks.dp
 	$(PY) -m benchmarks.convergence
+	$(PY) -m benchmarks.audit
 
 # Re-resolve the pinned versions after changing dependencies in pyproject.toml.
 lock: $(STAMP)

@@ -21,11 +21,12 @@ def sync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
+def atomic_write(path: Path, data: bytes, mode: int | None = None, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically; the file has ``mode`` from its creation
     (0600 for anything secret: never readable by others, not even briefly). Without
     ``mode`` a file keeps the mode it had (an operator may have narrowed a config's),
-    and a new one gets 0644."""
+    and a new one gets 0644. ``durable=False`` skips the fsyncs, for a file whose last
+    version may be lost in a crash as long as it is never torn."""
     if mode is None:
         mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
     tmp = path.with_name(path.name + ".tmp")
@@ -34,6 +35,8 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
         os.fchmod(handle.fileno(), mode)  # a stale tmp file may have had another mode
         handle.write(data)
         handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
     os.replace(tmp, path)
-    sync_directory(path.parent)
+    if durable:
+        sync_directory(path.parent)

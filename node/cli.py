@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from murmur.errors import MurmurError
-from node import data_cli
+from node import audit_cli, data_cli
 from node.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -255,6 +255,12 @@ for _command in (
         "the consortium's feature statistics from each site's moments (node.data_cli)",
         data_cli.add_arguments,
         data_cli.run,
+    ),
+    Command(
+        "audit",
+        "verify, show or cross-check the audit logs nodes keep (node.audit)",
+        audit_cli.add_arguments,
+        audit_cli.run,
     ),
 ):
     register_command(_command)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from node.audit.log import frame_digest
 from node.errors import FrameError, FutureFrameError
+from node.wire.frames import PREFIX_BYTES
 
 if TYPE_CHECKING:
     from node.runtime import Node
@@ -44,4 +46,13 @@ async def receive(node: Node) -> None:
         except FrameError as exc:
             node.log.count_rejection(exc, peer)
             continue
+        body = received.body
+        node.audit.append(
+            "received",
+            peer=peer,
+            round=frame.round,
+            topic=frame.topic,
+            digest=frame_digest(body),
+            bytes=PREFIX_BYTES + len(body),
+        )
         node.heard.set()

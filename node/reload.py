@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from node.audit.log import config_digest
 from node.config import NodeConfig, load_config
 from node.errors import ConfigError
 from node.state.membership import Membership
@@ -53,6 +54,7 @@ def apply_membership(node: Node, config: NodeConfig) -> None:
     node.guard.set_allowlist(config.consortium.members)
     book = config.consortium.peers
     node.transport.set_peers({p: book[p] for p in node.exchange.peers if p in book})
+    node.audit.append("config", digest=config_digest(config))
     node.emit(
         "membership",
         members=len(config.consortium.members),

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 from crypto.identity import SiteIdentity, load_key
 from node import site_checkpoint
 from node.assembly import SiteParts
+from node.audit.log import AUDITED, AuditLog, config_digest, frame_digest
 from node.config import NodeConfig
 from node.exchange.base import SUSPECT_AFTER
 from node.exchange.secure import SecureExchange
@@ -46,7 +47,7 @@ from node.state.membership import Membership
 from node.tasks import Supervisor
 from node.training.custom import TrainingLoop
 from node.transport.base import Transport
-from node.wire.frames import PREFIX_BYTES, FrameGuard
+from node.wire.frames import PREFIX_BYTES, FrameGuard, peek
 from node.wire.update import INCARNATION_BYTES
 from node.wiring import site_exchange, site_transport
 
@@ -92,6 +93,7 @@ class Node:
         self.last_frame: dict[str, float] = {}  # event-loop time of each peer's last frame
         self.stopping = asyncio.Event()
         self.tasks = Supervisor(self.stopping, self.heard)
+        self.audit = AuditLog(config.site.state_dir, self.identity)
         self._reload: NodeConfig | None = None
         self._reload_requested = False
         self.ckpt_path = config.site.state_dir / CHECKPOINT_FILE
@@ -113,6 +115,8 @@ class Node:
 
     def emit(self, event: str, **fields: Any) -> None:
         self.log.emit(event, **fields)
+        if event in AUDITED:
+            self.audit.append(event, **fields)
 
     def rejections(self) -> dict[str, int]:
         """Every refused input so far, by reason: frames the guard refused, frames refused
@@ -122,7 +126,12 @@ class Node:
 
     async def send_body(self, peer: str, body: bytes) -> None:
         await self.transport.send(peer, body)
-        self.bytes_sent += PREFIX_BYTES + len(body)
+        size = PREFIX_BYTES + len(body)
+        self.bytes_sent += size
+        round, topic = peek(body)
+        self.audit.append(
+            "sent", peer=peer, round=round, topic=topic, digest=frame_digest(body), bytes=size
+        )
 
     def supervise(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
         return self.tasks.supervise(task)
@@ -167,6 +176,7 @@ class Node:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self.log.start()
+        self.audit.append("config", digest=config_digest(self.config))
         await self.transport.start()
         self.transport.set_peers({p: self.config.consortium.peers[p] for p in self.peer_set})
         self.emit(
@@ -189,13 +199,18 @@ class Node:
             receiver.cancel()
             await self.exchange.aclose()
             await self.transport.aclose()
-        self.tasks.raise_if_crashed(self.round, self.emit)
+            self.audit.flush()
+        try:
+            self.tasks.raise_if_crashed(self.round, self.emit)
+        finally:
+            self.audit.flush()
         accuracy = self.learner.accuracy()
         result = {"round": self.round, "accuracy": accuracy, "bytes_sent": self.bytes_sent}
         if self.dp is not None:
             result.update(eps_spent=self.learner.eps_spent, dp_budget_spent=self.dp.spent[0])
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.emit("finish", **result, rss_bytes=rss, rejected=self.rejections())
+        self.audit.flush()
         await self.log.aclose()
         return result
 
@@ -226,8 +241,9 @@ class Node:
         self.phase = "mixed"
         self.guard.advance(self.round)
         self.save()
-        missed = sum(p not in included for p in self.links.neighbours)
-        self._report(t, loss, missed, began)
+        absent = [p for p in self.links.neighbours if p not in included]
+        self.audit.close_round(t + 1, absent, self.learner.eps_spent if self.dp else None)
+        self._report(t, loss, len(absent), began)
 
     def _report(self, t: int, loss: float | None, missed: int, began: float) -> None:
         """Round t's event and status line (node.site_log)."""

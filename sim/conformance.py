@@ -24,6 +24,7 @@ import asyncio
 import io
 import json
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from torch import nn
 
 from crypto.cipher import cipher_by_name
 from crypto.identity import load_key
+from node.audit.check import read_entries
+from node.audit.log import LOG_FILE
 from node.config import load_config
 from node.gossip.choco import ChocoState
 from node.gossip.compress import stacked
@@ -89,6 +92,7 @@ class Outcome:
     by_round: NDArray[np.float64]  # (R, N) sent by the end of each round
     weights: NDArray[np.float64]  # the W both ran with
     lost: int  # frames the faults lost (nodes) or that missed the deadline (simulator)
+    topic_bytes: dict[str, float]  # all sites' bytes by frame topic
 
 
 class _Pull(nn.Module):
@@ -141,6 +145,11 @@ def run_on_nodes(scenario: Scenario, out: Path | None = None) -> Outcome:
         asyncio.run(run_nodes(nodes))
         if scenario.secure == "off":
             _deliver_owed(nodes)
+        topics: Counter[str] = Counter()
+        for node in nodes:
+            for entry in read_entries(node.config.site.state_dir / LOG_FILE):
+                if entry["kind"] == "sent":
+                    topics[entry["data"]["topic"]] += entry["data"]["bytes"]
         by_round = [
             [
                 float(e["bytes_sent"])
@@ -159,6 +168,7 @@ def run_on_nodes(scenario: Scenario, out: Path | None = None) -> Outcome:
             lost=sum(
                 n.transport.dropped for n in nodes if isinstance(n.transport, FaultyTransport)
             ),
+            topic_bytes={k: float(v) for k, v in topics.items()},
         )
 
 
@@ -224,7 +234,11 @@ def run_in_simulator(scenario: Scenario, weights: NDArray[np.float64]) -> Outcom
         lost += traffic.missed
     exchange.finish(state.s)
     x, xhat, s = state.x.clone(), state.xhat.clone(), state.s.clone()
-    return Outcome(x, xhat, s, sent, np.array(by_round), weights, lost)
+    if isinstance(exchange, SecureSimNetwork):
+        topics = {k: float(v) for k, v in exchange.topic_bytes.items()}
+    else:
+        topics = {"update": float(sent.sum())}
+    return Outcome(x, xhat, s, sent, np.array(by_round), weights, lost, topics)
 
 
 def sum_errors(outcome: Outcome) -> NDArray[np.float64]:

@@ -19,6 +19,7 @@ payload fields) sized by the codec; a node's extra receipts while it waits are n
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,7 @@ class SecureSimNetwork(BatchedExchange):
         self.outbox = {(j, i): Outbox(start.clone()) for i in range(n) for j in self.neighbours[i]}
         self.cipher_seconds = {"encrypt": 0.0, "aggregate": 0.0, "decrypt": 0.0}
         self._round: _SecureRound | None = None
+        self.topic_bytes: Counter[str] = Counter()  # every frame's bytes, by topic
 
     def contribute(
         self,
@@ -215,10 +217,12 @@ class SecureSimNetwork(BatchedExchange):
         self.cipher_seconds["decrypt"] += time.perf_counter() - began
         return opened
 
-    @staticmethod
-    def _frame(round: int, topic: str, fields: dict[str, Any]) -> int:
-        """Wire bytes of the node's frame with this payload (:mod:`node.wire.sealed`)."""
-        return int(frame_size(PEER_ID_CHARS, round, topic, len(pack(fields))))
+    def _frame(self, round: int, topic: str, fields: dict[str, Any]) -> int:
+        """Wire bytes of the node's frame with this payload (:mod:`node.wire.sealed`),
+        counted by topic too."""
+        size = int(frame_size(PEER_ID_CHARS, round, topic, len(pack(fields))))
+        self.topic_bytes[topic] += size
+        return size
 
     def _receipt(self, j: int, round: int, included: bool) -> dict[str, Any]:
         """The receipt a site sends neighbour j each round, in the node's form (one a round

@@ -45,16 +45,18 @@ def test_simulator_ends_where_the_nodes_end(scenario: Scenario) -> None:
 
 def test_secure_simulator_opens_the_sums_the_nodes_open() -> None:
     """Secure aggregation (the plaintext stand-in cipher, so equality is exact): the same
-    contributors in the same sums, so the same models. Bytes: the simulator sends each
-    neighbour one receipt a round, a node sends them as its wait goes (more at some
-    sites, fewer at others) and also exchanges keys before its first round; measured
-    5.8% per site at most over rounds 2-12, 13.6% in all."""
+    contributors in the same sums, so the same models, and the same contribution and sum
+    frames to the byte (the nodes' bytes by topic come from their audit logs). Receipts
+    differ by design: the simulator sends each neighbour one a round, a node sends them
+    as its wait goes and exchanges keys before its first round, so their count depends
+    on timing (measured: round bytes in all within 5.8-10.9% per site)."""
     scenario = Scenario(compressor="block-k:0.2", secure="plain", rounds=12)
     node = run_on_nodes(scenario)
     sim = run_in_simulator(scenario, node.weights)
     gaps = differences(node, sim)
     assert gaps["x"] < 1e-6 and gaps["xhat"] < 1e-6 and gaps["s"] < 1e-6, gaps
-    assert gaps["round_bytes"] < 0.1, (gaps, node.by_round, sim.by_round)
+    for topic in ("contrib", "sum"):
+        assert node.topic_bytes[topic] == sim.topic_bytes[topic] > 0, topic
     assert (sim.bytes_sent <= node.bytes_sent).all()  # the handshake is the node's alone
 
 

@@ -15,6 +15,7 @@ before; every rejection is counted.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -73,6 +74,21 @@ def seal(identity: SiteIdentity, round: int, topic: str, payload: bytes) -> byte
         [VERSION, frame.sender, frame.round, frame.nonce, frame.topic, frame.payload, signature]
     )
     return body
+
+
+def peek(body: bytes) -> tuple[int, str]:
+    """(round, topic) of a frame this site sealed, read without copying its payload (for
+    the audit log); raises MalformedFrameError on anything else."""
+    unpacker = msgpack.Unpacker(io.BytesIO(body), read_size=64)
+    try:
+        if unpacker.read_array_header() != 7:
+            raise ValueError("not a 7-field frame")
+        _version, _sender, round, _nonce, topic = (unpacker.unpack() for _ in range(5))
+    except (ValueError, msgpack.UnpackException, StopIteration) as exc:
+        raise MalformedFrameError(f"cannot read a frame's header: {exc}") from None
+    if not isinstance(round, int) or not isinstance(topic, str):
+        raise MalformedFrameError("frame header fields of the wrong type")
+    return round, topic
 
 
 def frame_size(sender_chars: int, round: N, topic: str, payload: N) -> N:

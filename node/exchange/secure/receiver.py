@@ -79,13 +79,29 @@ class Receiver(SecureSession):
             # (e.g. "scale out of bounds"): the sender's fault, never our node's.
             error = exc if isinstance(exc, FrameError) else SealedRejectedError(str(exc))
             self.on_reject(error, sender)
+            self.emit(
+                "sum_opened",
+                round=record.round,
+                aggregator=sender,
+                bitmap=record.bitmap,
+                kept=False,
+            )
             # a refused sum holds no contributor: an honest one naming them may still come
             self._bits[record.round] = self._bits.get(record.round, 0) & ~record.bitmap
             return
-        if record.round <= self.through or record.base != self.base:
+        kept = record.round > self.through and record.base == self.base
+        self.emit(
+            "sum_opened", round=record.round, aggregator=sender, bitmap=record.bitmap, kept=kept
+        )
+        if not kept:
             return  # resolved meanwhile without it, or we rebased meanwhile
         self.sums.setdefault(record.round, []).append((record, values))
         self.arrived()
+
+    def _opened(self, record: Contributors, aggregator: str, kept: bool) -> None:
+        """Every sum decrypted, kept or not, for the audit log (node.audit)."""
+        bitmap, round = record.bitmap, record.round
+        self.emit("sum_opened", round=round, aggregator=aggregator, bitmap=bitmap, kept=kept)
 
     def covered(self, round: int) -> set[str]:
         members: set[str] = set()

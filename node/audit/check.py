@@ -1,0 +1,175 @@
+"""Checking audit logs: one log against its own chain and head, two against each other.
+
+:func:`verify` names the first entry that is wrong and why: a line that is not a whole
+entry (cut or edited), a sequence number out of place (an entry deleted, inserted or
+moved), a link to the previous entry that does not hold (edited or reordered), a
+signature that does not match the site's key (edited or forged), or a log that ends
+before its signed head (truncated). :func:`cross_check` compares what one site logged as
+sent to a neighbour with what the neighbour logged as received: a frame received that
+was never sent, or sent with other contents, means one of the two logs lies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crypto.identity import public_key_from_peer_id
+from crypto.identity import verify as verify_signature
+from murmur.errors import MurmurError
+from node.audit.log import GENESIS, HEAD_FILE, digest, head_message
+
+FIELDS: dict[str, type | tuple[type, ...]] = {
+    "seq": int,
+    "t": (int, float),
+    "kind": str,
+    "data": dict,
+    "prev": str,
+    "sig": str,
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :func:`verify` found: entries read, the site they claim, the first bad one."""
+
+    entries: int
+    peer_id: str | None
+    first_bad: int | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.first_bad is None
+
+
+def read_entries(path: Path) -> list[dict[str, Any]]:
+    """Every whole entry of a log (for ``show`` and ``cross-check``; ``verify`` checks)."""
+    out = []
+    for line in path.read_bytes().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            break
+    return out
+
+
+def _peer_of(entries: list[dict[str, Any]]) -> str | None:
+    for entry in entries:
+        if entry.get("kind") == "start" and isinstance(entry.get("data"), dict):
+            peer = entry["data"].get("peer_id")
+            return peer if isinstance(peer, str) else None
+    return None
+
+
+def verify(path: Path, peer_id: str | None = None, head: Path | None = None) -> Verdict:
+    """Check ``path`` entry by entry against ``peer_id``'s key (default: the peer ID its
+    first ``start`` entry names, which the caller should compare with the consortium's
+    members) and against its head file (default: ``audit.head`` beside it)."""
+    lines = path.read_bytes().splitlines()
+    entries: list[dict[str, Any]] = []
+    for n, line in enumerate(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return Verdict(n, None, n, f"line {n + 1} is not a whole entry (cut or edited)")
+        if not isinstance(entry, dict) or any(
+            not isinstance(entry.get(k), kind) for k, kind in FIELDS.items()
+        ):
+            return Verdict(n, None, n, f"entry {n} lacks a field or has one of the wrong type")
+        entries.append(entry)
+    claimed = peer_id or _peer_of(entries)
+    if claimed is None:
+        return Verdict(len(entries), None, 0, "no start entry names the site, and no key given")
+    try:
+        key = public_key_from_peer_id(claimed)
+    except (MurmurError, ValueError) as exc:
+        return Verdict(len(entries), claimed, 0, f"bad peer ID {claimed!r}: {exc}")
+    previous = GENESIS
+    for n, entry in enumerate(entries):
+        if entry["seq"] != n:
+            return Verdict(
+                len(entries),
+                claimed,
+                n,
+                f"entry {n} carries sequence number {entry['seq']}: an entry was deleted, "
+                "inserted or moved",
+            )
+        if entry["prev"] != previous.hex():
+            return Verdict(
+                len(entries), claimed, n, f"entry {n} does not follow entry {n - 1} (edited)"
+            )
+        mine = digest(entry)
+        try:
+            verify_signature(key, mine, bytes.fromhex(entry["sig"]))
+        except (MurmurError, ValueError):
+            return Verdict(
+                len(entries), claimed, n, f"entry {n}'s signature is not {claimed}'s (edited)"
+            )
+        previous = mine
+    head_path = head if head is not None else path.with_name(HEAD_FILE)
+    if head_path.exists():
+        problem = _check_head(head_path, key, entries, previous)
+        if problem:
+            return Verdict(len(entries), claimed, len(entries), problem)
+    return Verdict(len(entries), claimed)
+
+
+def _check_head(path: Path, key: bytes, entries: list[dict[str, Any]], last: bytes) -> str:
+    try:
+        head = json.loads(path.read_text())
+        seq, recorded = int(head["seq"]), bytes.fromhex(head["digest"])
+        verify_signature(key, head_message(seq, recorded), bytes.fromhex(head["sig"]))
+    except (MurmurError, ValueError, KeyError, TypeError):
+        return f"{path.name} is not a head signed by this site"
+    if seq >= len(entries):
+        return (
+            f"truncated: the signed head names entry {seq}, the log ends at entry "
+            f"{len(entries) - 1}"
+        )
+    if digest(entries[seq]) != recorded:
+        return f"entry {seq} is not the one the signed head names (edited)"
+    return ""
+
+
+@dataclass(frozen=True)
+class CrossCheck:
+    """What one site logged as sent to another against what that one logged received."""
+
+    matched: int
+    sent_not_received: int  # lost on the way, or dropped from the receiver's log
+    received_not_sent: int  # the receiver logs a frame the sender never sent: a lie
+
+    @property
+    def ok(self) -> bool:
+        return self.received_not_sent == 0
+
+
+def cross_check(sender_log: Path, receiver_log: Path) -> CrossCheck:
+    sender, receiver = read_entries(sender_log), read_entries(receiver_log)
+    a, b = _peer_of(sender), _peer_of(receiver)
+
+    def frames(entries: list[dict[str, Any]], kind: str, peer: str | None) -> Counter[Any]:
+        return Counter(
+            (e["data"].get("round"), e["data"].get("topic"), e["data"].get("digest"))
+            for e in entries
+            if e.get("kind") == kind and e["data"].get("peer") == peer
+        )
+
+    sent, received = frames(sender, "sent", b), frames(receiver, "received", a)
+    matched = sum((sent & received).values())
+    return CrossCheck(matched, sum((sent - received).values()), sum((received - sent).values()))
+
+
+def describe(entry: dict[str, Any]) -> str:
+    """One readable line of an entry (``murmur audit show``)."""
+    import datetime
+
+    when = datetime.datetime.fromtimestamp(float(entry.get("t", 0)), datetime.UTC)
+    raw = entry.get("data")
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    fields = "  ".join(f"{k}={v}" for k, v in sorted(data.items()))
+    return f"{entry.get('seq'):>6}  {when:%Y-%m-%d %H:%M:%S.%f}  {entry.get('kind'):<11} {fields}"
