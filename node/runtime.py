@@ -32,6 +32,7 @@ from node import site_checkpoint
 from node.assembly import SiteParts
 from node.audit.log import AUDITED, AuditLog, config_digest, frame_digest
 from node.config import NodeConfig
+from node.errors import FrameError
 from node.exchange.base import SUSPECT_AFTER
 from node.exchange.secure import SecureExchange
 from node.exchange.secure_round import SecureRound
@@ -128,7 +129,10 @@ class Node:
         await self.transport.send(peer, body)
         size = PREFIX_BYTES + len(body)
         self.bytes_sent += size
-        round, topic = peek(body)
+        try:
+            round, topic = peek(body)
+        except FrameError:  # not a frame of ours (a test's raw bytes): logged as such
+            round, topic = -1, "?"
         self.audit.append(
             "sent", peer=peer, round=round, topic=topic, digest=frame_digest(body), bytes=size
         )

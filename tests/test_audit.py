@@ -119,3 +119,12 @@ def test_audit_cli_verifies_shows_and_cross_checks(
     b.flush()
     assert main(["audit", "cross-check", str(a.path), str(b.path)]) == 1
     assert "1 logged received and never sent" in capsys.readouterr().out
+
+
+def test_a_log_whose_last_entry_was_mangled_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    from node.errors import ConfigError
+
+    path, identity = _synthetic(tmp_path, entries=5)
+    path.write_bytes(path.read_bytes() + b"not an entry\n")
+    with pytest.raises(ConfigError, match="does not parse"):
+        AuditLog(tmp_path, identity)

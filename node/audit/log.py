@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from crypto.identity import SiteIdentity
 from murmur.files import atomic_write, sync_directory
+from node.errors import ConfigError
 
 if TYPE_CHECKING:
     from node.config import NodeConfig
@@ -109,8 +110,14 @@ class AuditLog:
                 os.fsync(handle.fileno())
         lines = keep.splitlines()
         if lines:
-            entry = json.loads(lines[-1])
-            self.seq, self.last = int(entry["seq"]), digest(entry)
+            try:
+                entry = json.loads(lines[-1])
+                self.seq, self.last = int(entry["seq"]), digest(entry)
+            except (ValueError, KeyError, TypeError):
+                raise ConfigError(
+                    f"{self.path} ends in an entry that does not parse: check it with "
+                    "`murmur audit verify`, then move it aside to start a new log"
+                ) from None
 
     def append(self, kind: str, **data: Any) -> None:
         entry: dict[str, Any] = {
