@@ -16,7 +16,6 @@ Writes ``benchmarks/results/audit.{json,md}``.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import random
 import statistics
@@ -25,15 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crypto.identity import SiteIdentity, load_key
+from crypto.identity import SiteIdentity
 from node.audit.check import verify
 from node.audit.log import LOG_FILE, AuditLog
-from node.config import load_config
-from node.runtime import Node
 from node.training.trainer import TrainConfig
-from node.transport.memory import MemoryNetwork, MemoryTransport
 from sim.audit_tamper import random_tampering
 from sim.consortium import ConsortiumSpec, write_consortium
+from sim.own_loops import memory_nodes, run_nodes
 from sim.prep import dirichlet_sites
 
 RESULTS = Path(__file__).parent / "results"
@@ -52,33 +49,18 @@ class _Silent(AuditLog):
 
 def _latencies(out: Path, audit: bool) -> list[float]:
     data = dirichlet_sites("breast-cancer", 16, 0.5, 0)
-    data = type(data)(
-        data.train[:SITES],
-        data.test[:SITES],
-        data.node_names[:SITES],
-        data.n_features,
-        data.n_classes,
-    )
+    data = data.first(SITES)
     train = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, lr_schedule="constant")
     spec = ConsortiumSpec(rounds=ROUNDS, train=train, compressor="top-k:0.1", deadline_s=2.0)
-    network, nodes, logs = MemoryNetwork(), [], []
-    for path in write_consortium(out, data, spec):
-        config = load_config(path)
-        link = MemoryTransport(network, load_key(config.site.key), config.site.listen)
-        logs.append(io.StringIO())
-        node = Node(config, link, log=logs[-1], status=io.StringIO())
-        if not audit:
-            node.audit = _Silent(config.site.state_dir, node.identity)
-        nodes.append(node)
-
-    async def run() -> None:
-        await asyncio.gather(*(n.run() for n in nodes))
-
-    asyncio.run(run())
+    nodes = memory_nodes(write_consortium(out, data, spec))
+    if not audit:
+        for node in nodes:
+            node.audit = _Silent(node.config.site.state_dir, node.identity)
+    asyncio.run(run_nodes(nodes))
     return [
         float(e["latency_s"])
-        for log in logs
-        for e in map(json.loads, log.getvalue().splitlines())
+        for node in nodes
+        for e in map(json.loads, node.log.log_stream.getvalue().splitlines())  # type: ignore[attr-defined]
         if e["event"] == "round"
     ]
 

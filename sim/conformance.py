@@ -21,7 +21,6 @@ the models must agree too. ``tests/test_exchange_conformance.py`` runs the kit.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import tempfile
 from collections import Counter
@@ -35,25 +34,21 @@ from numpy.typing import NDArray
 from torch import nn
 
 from crypto.cipher import cipher_by_name
-from crypto.identity import load_key
 from node.audit.check import read_entries
 from node.audit.log import LOG_FILE
-from node.config import load_config
 from node.gossip.choco import ChocoState
-from node.gossip.compress import stacked
 from node.gossip.registry import parse_compressor
 from node.gossip.step_guard import StepGuard, step_guard
 from node.runtime import Node
 from node.state.membership import Membership
 from node.training.custom import TrainingLoop
 from node.transport.faulty import FaultyTransport
-from node.transport.memory import MemoryNetwork, MemoryTransport
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.engine import Simulation
 from sim.exchange import BatchedExchange, gossip_round
 from sim.faults import FaultConfig, FaultModel
 from sim.network import SimNetwork
-from sim.own_loops import loop_nodes, run_nodes
+from sim.own_loops import loop_nodes, memory_nodes, run_nodes
 from sim.prep import FederatedData
 from sim.results import RunSpec
 from sim.secure_network import SecureSimNetwork
@@ -127,13 +122,13 @@ def _loops(scenario: Scenario) -> list[TrainingLoop]:
     return loops
 
 
-def run_on_nodes(scenario: Scenario, out: Path | None = None) -> Outcome:
+def run_on_nodes(scenario: Scenario) -> Outcome:
     """The scenario on real nodes (one event loop, the in-memory transport)."""
     with tempfile.TemporaryDirectory() as scratch:
         faults = {"drop": scenario.drop} if scenario.drop else None
         built = loop_nodes(
             _loops(scenario),
-            out or Path(scratch) / "consortium",
+            Path(scratch) / "consortium",
             rounds=scenario.rounds,
             topology=scenario.topology,
             seed=scenario.seed,
@@ -206,7 +201,7 @@ def run_in_simulator(scenario: Scenario, weights: NDArray[np.float64]) -> Outcom
     n = scenario.sites
     trainer = _Rows(_loops(scenario), scenario.seed)
     state = ChocoState.start(trainer.params, trainer.params[0].clone())
-    compressor = stacked(parse_compressor(scenario.compressor, scenario.seed), 1)
+    compressor = parse_compressor(scenario.compressor, scenario.seed)
     faults = (
         FaultModel(FaultConfig(drop=scenario.drop), n, scenario.seed) if scenario.drop else None
     )
@@ -279,12 +274,7 @@ def trained_on_nodes(data: FederatedData, spec: ConsortiumSpec) -> torch.Tensor:
     """(N, D) the models real nodes (memory transport) end with, from ``murmur sim
     --backend process``'s own consortium files for ``data`` and ``spec``."""
     with tempfile.TemporaryDirectory() as scratch:
-        network = MemoryNetwork()
-        nodes = []
-        for path in write_consortium(Path(scratch), data, spec):
-            config = load_config(path)
-            link = MemoryTransport(network, load_key(config.site.key), config.site.listen)
-            nodes.append(Node(config, link, log=io.StringIO(), status=io.StringIO()))
+        nodes = memory_nodes(write_consortium(Path(scratch), data, spec))
         asyncio.run(run_nodes(nodes))
         nodes.sort(key=lambda node: node.index)
         return torch.cat([node.state.x for node in nodes])

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -78,6 +79,20 @@ class BatchedExchange(ABC):
     @abstractmethod
     def finish(self, s: torch.Tensor) -> None:
         """After the last round: deliver what is still owed (a node's ``linger``)."""
+
+
+class _Round(Protocol):
+    t: int
+
+
+R = TypeVar("R", bound=_Round)
+
+
+def in_order(pending: R | None, t: int) -> R:
+    """What ``contribute`` left for round ``t``: ``send`` and ``resolve`` follow it, once."""
+    if pending is None or pending.t != t:
+        raise RuntimeError(f"round {t}: contribute, send and resolve run in that order")
+    return pending
 
 
 def exchange_round(

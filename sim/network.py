@@ -33,7 +33,7 @@ from node.wire.update import (
     payload_size,
     step_bytes,
 )
-from sim.exchange import BatchedExchange, Traffic
+from sim.exchange import BatchedExchange, Traffic, in_order
 from sim.faults import FaultModel
 
 
@@ -145,13 +145,8 @@ class SimNetwork(BatchedExchange):
         """Rows of non-working sites are ignored; x̂ is not needed (q is the item)."""
         self._round = _Round(t, q, working, step, xhat.dtype)
 
-    def _current(self, t: int) -> _Round:
-        if self._round is None or self._round.t != t:
-            raise RuntimeError(f"round {t}: contribute, send and resolve run in that order")
-        return self._round
-
     def send(self, t: int, alive: NDArray[np.bool_]) -> Traffic:
-        r = self._current(t)
+        r = in_order(self._round, t)
         if self.faults is not None:
             on_time, round_ms = self.faults.deliveries(self.src, self.dst, alive)
         else:
@@ -201,7 +196,7 @@ class SimNetwork(BatchedExchange):
         )
 
     def resolve(self, t: int, s: torch.Tensor) -> NDArray[np.bool_]:
-        r = self._current(t)
+        r = in_order(self._round, t)
         self._round = None
         self._fast(r.q, s, r.fast)
         for e, items in r.arrivals:

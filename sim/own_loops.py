@@ -68,6 +68,22 @@ def loop_nodes(
     return built
 
 
+def memory_nodes(
+    paths: Sequence[Path],
+    transport: type[MemoryTransport] = MemoryTransport,
+    network: MemoryNetwork | None = None,
+) -> list[Node]:
+    """One node per config file, all on one memory network (a fresh one unless given),
+    their event logs and status lines kept in memory (``node.log``)."""
+    network = network or MemoryNetwork()
+    nodes = []
+    for path in paths:
+        config = load_config(path)
+        link = transport(network, load_key(config.site.key), config.site.listen)
+        nodes.append(Node(config, link, log=io.StringIO(), status=io.StringIO()))
+    return nodes
+
+
 async def run_nodes(nodes: Sequence[Node]) -> list[dict[str, Any]]:
     """Every node's whole run, side by side on this event loop."""
     return list(await asyncio.gather(*(n.run() for n in nodes)))

@@ -31,6 +31,12 @@ class FederatedData:
     n_features: int
     n_classes: int
 
+    def first(self, n: int) -> FederatedData:
+        """The first ``n`` sites of this split."""
+        return FederatedData(
+            self.train[:n], self.test[:n], self.node_names[:n], self.n_features, self.n_classes
+        )
+
     def pooled(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
         parts = self.train if which == "train" else self.test
         return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])

@@ -35,7 +35,7 @@ from node.gossip.sparse import Sparse
 from node.wire.frames import frame_size
 from node.wire.sealed import basis, pack
 from node.wire.update import INCARNATION_BYTES
-from sim.exchange import BatchedExchange, Traffic
+from sim.exchange import BatchedExchange, Traffic, in_order
 from sim.faults import FaultModel
 
 # Simulated sites never start over, so every receiver keeps its first basis; its size is
@@ -108,7 +108,7 @@ class SecureSimNetwork(BatchedExchange):
     def send(self, t: int, alive: NDArray[np.bool_]) -> Traffic:
         """Contributions, aggregation and forwarding (ciphertexts are really made and added
         here); what each receiver can open is decided, and decrypted at ``resolve``."""
-        r = self._current(t)
+        r = in_order(self._round, t)
         idx = r.indices.to("cpu")
         bytes_sent = np.zeros(self.n)
         missed = 0
@@ -159,7 +159,7 @@ class SecureSimNetwork(BatchedExchange):
 
     def resolve(self, t: int, s: torch.Tensor) -> NDArray[np.bool_]:
         """Each receiver decrypts the sum it could open into s_i."""
-        r = self._current(t)
+        r = in_order(self._round, t)
         self._round = None
         idx = r.indices.to(s.device)
         for i, opened in r.sums:
@@ -172,11 +172,6 @@ class SecureSimNetwork(BatchedExchange):
     def finish(self, s: torch.Tensor) -> None:
         """Nothing to deliver: what a receiver missed stays in its outboxes (a node's
         linger only closes receipts, which are not frames here)."""
-
-    def _current(self, t: int) -> _SecureRound:
-        if self._round is None or self._round.t != t:
-            raise RuntimeError(f"round {t}: contribute, send and resolve run in that order")
-        return self._round
 
     def _aggregate(
         self,

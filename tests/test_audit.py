@@ -16,8 +16,9 @@ from node.cli import main
 from node.training.trainer import TrainConfig
 from sim.audit_tamper import random_tampering
 from sim.consortium import ConsortiumSpec, write_consortium
+from sim.own_loops import memory_nodes
 from sim.prep import FederatedData
-from tests.node_kit import memory_nodes, run_nodes, subset
+from tests.node_kit import run_nodes, subset
 
 TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, lr_schedule="constant")
 

@@ -22,9 +22,10 @@ from node.training.models import build_model
 from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.faults import Crash
+from sim.own_loops import memory_nodes
 from sim.prep import FederatedData
 from sim.process import run_processes
-from tests.node_kit import events, memory_nodes, run_nodes, subset
+from tests.node_kit import events, run_nodes, subset
 
 TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, lr_schedule="constant")
 

@@ -38,8 +38,9 @@ from node.wire.frames import Frame, FrameGuard, decode, seal
 from node.wire.sealed import pack
 from node.wire.update import encode_update
 from sim.consortium import ConsortiumSpec, write_consortium
+from sim.own_loops import memory_nodes
 from sim.prep import FederatedData
-from tests.node_kit import events, memory_nodes, run_nodes, subset
+from tests.node_kit import events, run_nodes, subset
 
 TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, lr_schedule="constant")
 DP = DpConfig(epsilon=3.0, delta=1e-3, clip=1.0, noise_multiplier=1.0, weight="equal")

@@ -22,9 +22,10 @@ from node.transport.memory import MemoryTransport
 from node.wire.frames import decode, seal
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.faults import Crash
+from sim.own_loops import memory_nodes
 from sim.prep import FederatedData
 from sim.process import run_processes
-from tests.node_kit import events, log_of, memory_nodes, run_nodes, subset
+from tests.node_kit import events, log_of, run_nodes, subset
 from topology import build_topology
 
 TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16)

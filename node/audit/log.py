@@ -143,14 +143,15 @@ class AuditLog:
         """Write what is buffered, fsync it, then the signed head (atomically)."""
         if not self.pending:
             return
+        created = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab") as handle:
             os.fchmod(handle.fileno(), 0o600)
             handle.write(b"".join(self.pending))
             handle.flush()
             os.fsync(handle.fileno())
-        if len(self.pending) == self.seq + 1:
-            sync_directory(self.path.parent)  # the log was just created
+        if created:
+            sync_directory(self.path.parent)
         self.pending.clear()
         head = {
             "seq": self.seq,

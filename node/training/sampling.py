@@ -4,8 +4,8 @@ Row k of a trainer (site ``first_row + k`` of the consortium) draws its d-th bat
 uniforms that depend only on (public seed, site, d): a node training its one row and the
 simulator training every site's row at once draw the same batches, and the simulator
 does it in a few vectorised integer operations for any number of sites (one generator
-per row cost ~0.07 ms a row per step, 70 ms a step at 1,000 sites; this costs 0.6 ms
-there, and ~30 µs for a node's batch of 16). A checkpoint holds the draw counter, not a
+per row cost ~0.07 ms a row per step, 70 ms a step at 1,000 sites; this costs 1.6 ms
+there, and ~13 µs for a node's batch of 16). A checkpoint holds the draw counter, not a
 generator's state.
 
 +q8's stochastic rounding draws from the same hash on its own stream (a site's rounding
@@ -27,8 +27,7 @@ import torch
 MASK = 0xFFFFFFFF
 M1, M2 = 0x7FEB352D, 0x846CA68B  # lowbias32's multipliers
 GOLDEN = 0x9E3779B9
-FEW = 64  # up to this many rows, their keys are mixed in Python ints (no tensor overhead)
-SMALL = 256  # up to this many values in all, each is mixed in Python ints too
+SMALL = 256  # up to this many values in all, each is mixed in Python ints
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -56,21 +55,10 @@ def _mix_int(x: int) -> int:
 
 
 def _row_key(seed: int, site: int, draw: int, stream: int) -> int:
+    """A row's key, from the seed, the site, the draw and the stream (~1 µs)."""
     key = _mix_int(_mix_int((seed >> 32) & MASK) ^ (seed & MASK))
     row = _mix_int(_mix_int(key ^ _mix_int(site & MASK)) ^ (draw & MASK))
     return _mix_int(row ^ (stream & MASK)) if stream else row
-
-
-def _row_keys(seed: int, sites: torch.Tensor, draw: int, stream: int) -> torch.Tensor:
-    """(K,) each row's key; the same values whichever way they are computed."""
-    if len(sites) <= FEW:
-        keys = [_row_key(seed, int(site), draw, stream) for site in sites.tolist()]
-        return torch.tensor(keys, dtype=torch.int64)
-    key = _mix(torch.tensor((seed >> 32) & MASK, dtype=torch.int64))
-    key = _mix(key ^ (seed & MASK))
-    row = _mix(key ^ _mix(sites.to(torch.int64) & MASK))
-    row = _mix(row ^ (draw & MASK))
-    return _mix(row ^ (stream & MASK)) if stream else row
 
 
 @functools.lru_cache(maxsize=64)
@@ -89,12 +77,11 @@ def uniforms(
 ) -> torch.Tensor:
     """(K, count) uniforms in [0, 1) for the ``draw``-th batch of each of ``sites`` (K,);
     ``stream`` keeps other uses apart (0: minibatches; 1: +q8's rounding)."""
-    if len(sites) * count <= SMALL:
+    keys = [_row_key(seed, int(site), draw, stream) for site in sites.tolist()]
+    if len(keys) * count <= SMALL:
         # A node's batch: a few dozen values, cheaper in Python ints than in tensor ops.
-        places = _position_ints(count)
-        keys = [_row_key(seed, int(site), draw, stream) for site in sites.tolist()]
-        values = [[_mix_int(key ^ p) for p in places] for key in keys]
+        values = [[_mix_int(key ^ p) for p in _position_ints(count)] for key in keys]
         return torch.tensor(values, dtype=torch.float64).reshape(len(keys), count) / 2.0**32
-    rows = _row_keys(seed, sites, draw, stream)
+    rows = torch.tensor(keys, dtype=torch.int64)
     bits = _mix(rows.unsqueeze(1) ^ _positions(count).unsqueeze(0))
     return bits.to(torch.float64) / 2.0**32
