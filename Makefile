@@ -8,9 +8,10 @@ OUT ?= runs/demo
 .PHONY: demo test lint typecheck bench system-deps clean lock
 
 # Debian packages: gcc and GMP build fastecdsa (libp2p); mosquitto is the MQTT broker
-# that the telemetry tests start on loopback.
+# that the telemetry tests start on loopback; chromium renders `murmur report`'s page
+# headless in tests/test_report.py.
 system-deps:
-	@missing=""; for p in gcc libgmp-dev mosquitto; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in gcc libgmp-dev mosquitto chromium; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -49,6 +50,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.dp
 	$(PY) -m benchmarks.convergence
 	$(PY) -m benchmarks.audit
+	$(PY) -m benchmarks.operations
 
 # Re-resolve the pinned versions after changing dependencies in pyproject.toml.
 lock: $(STAMP)

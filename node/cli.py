@@ -1,6 +1,7 @@
 """The ``murmur`` command. Bad input ends with one line naming the problem and exit code 2.
 
-The node's own commands (``node``, ``keygen``, ``keys``, ``consortium``, ``data``) are
+The node's own commands (``node``, ``keygen``, ``keys``, ``consortium``, ``data``,
+``audit``, ``watch``) are
 registered here. Other packages add
 theirs by name, through the ``murmur.commands`` entry-point group (``murmur sim`` comes
 from ``sim``), and data sources that must be prepared before a node starts (``builtin:``,
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from murmur.errors import MurmurError
-from node import audit_cli, data_cli
+from node import audit_cli, data_cli, watch
 from node.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -174,6 +175,9 @@ def _consortium_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--topology", default="ring", help="the consortium graph (as --topology)")
     init.add_argument("--seed", type=int, help="public seed (default: drawn at random)")
     init.add_argument("--rounds", type=int, help="planned rounds ([train] default)")
+    init.add_argument(
+        "--mqtt", help="the consortium's MQTT broker URL: write its config, a login per site"
+    )
     for p in (init, add := sub.add_parser("add-site", help="add a member; update every site")):
         p.add_argument("--data", help="[data] source to write (default csv:/data/murmur/site.csv)")
         p.add_argument("--target", help="[data] target for csv (default label)")
@@ -211,6 +215,7 @@ def _consortium(args: argparse.Namespace) -> int:
             data=args.data,
             target=args.target,
             rounds=args.rounds,
+            mqtt=args.mqtt,
         )
         print(f"wrote {len(manifest.sites)} sites to {args.out}/; next steps: {args.out}/README.md")
         return 0
@@ -261,6 +266,12 @@ for _command in (
         "verify, show or cross-check the audit logs nodes keep (node.audit)",
         audit_cli.add_arguments,
         audit_cli.run,
+    ),
+    Command(
+        "watch",
+        "a live view of the consortium from its MQTT status topics or metrics (node.watch)",
+        watch.add_arguments,
+        watch.run,
     ),
 ):
     register_command(_command)

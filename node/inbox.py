@@ -47,6 +47,7 @@ async def receive(node: Node) -> None:
             node.log.count_rejection(exc, peer)
             continue
         body = received.body
+        node.bytes_received += PREFIX_BYTES + len(body)
         node.audit.append(
             "received",
             peer=peer,

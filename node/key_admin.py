@@ -13,6 +13,11 @@ someone else holds). Rotation is therefore a procedure, run with the nodes stopp
 3. restart. Sums still in flight under the old key are refused and their contributions
    stay owed on their links, so every running sum stays exact.
 
+Both steps take the state directory's lock (:mod:`node.state.lock`), so they refuse to
+run beside a live node, and each leaves a signed entry in the site's audit log
+(``key_rotated`` with the new key id and the retired file, ``key_unpinned`` with the
+neighbour), beside the ``key_pinned`` entry the node writes when it pins the new key.
+
 A site that lost its key does step 1 too (there is nothing to retire), never starts with
 a silently regenerated key: its neighbours would refuse it, and it could not tell why.
 """
@@ -22,12 +27,16 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from crypto.cipher import cipher_by_name
+from crypto.identity import load_key
 from murmur.files import sync_directory
+from node.audit.log import AuditLog
 from node.config import NodeConfig
 from node.errors import ConfigError
 from node.state import checkpoint
+from node.state.lock import state_lock
 
 KEY_FILE = "encryption.key"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -44,30 +53,44 @@ def rotate(config: NodeConfig) -> str:
     cipher = cipher_by_name(config.gossip.secure)
     path = encryption_key_path(config)
     checkpoint.private_dir(config.site.state_dir)
-    if path.exists():
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        os.replace(path, path.with_name(f"{KEY_FILE}.retired-{stamp}"))
-        sync_directory(path.parent)
-    secret = cipher.generate()
-    cipher.save(secret, path)
-    return secret.public.key_id.hex()
+    with state_lock(config.site.state_dir, "murmur keys rotate"):
+        retired = None
+        if path.exists():
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            retired = path.with_name(f"{KEY_FILE}.retired-{stamp}")
+            os.replace(path, retired)
+            sync_directory(path.parent)
+        secret = cipher.generate()
+        cipher.save(secret, path)
+        key_id = secret.public.key_id.hex()
+        _audit(config, "key_rotated", key_id=key_id, retired=retired and retired.name)
+    return key_id
 
 
 def unpin(config: NodeConfig, peer: str) -> bool:
     """Forget the encryption key pinned for ``peer``; False if none was pinned."""
     ckpt = config.site.state_dir / CHECKPOINT_FILE
-    saved = checkpoint.load(ckpt)
-    if saved is None:
-        return False
-    saved = checkpoint.upgrade(saved, plaintext=config.gossip.secure == "off")
-    if saved["exchange"] is None or "keys" not in saved["exchange"]:
-        return False
-    keys = saved["exchange"]["keys"]
-    if peer not in keys:
-        return False
-    del keys[peer]
-    checkpoint.save(ckpt, saved)
+    with state_lock(config.site.state_dir, "murmur keys unpin"):
+        saved = checkpoint.load(ckpt)
+        if saved is None:
+            return False
+        saved = checkpoint.upgrade(saved, plaintext=config.gossip.secure == "off")
+        if saved["exchange"] is None or "keys" not in saved["exchange"]:
+            return False
+        keys = saved["exchange"]["keys"]
+        if peer not in keys:
+            return False
+        del keys[peer]
+        checkpoint.save(ckpt, saved)
+        _audit(config, "key_unpinned", peer=peer)
     return True
+
+
+def _audit(config: NodeConfig, kind: str, **data: Any) -> None:
+    """One signed entry in the site's audit log (the caller holds the state lock)."""
+    log = AuditLog(config.site.state_dir, load_key(config.site.key))
+    log.append(kind, **data)
+    log.flush()
 
 
 def require_key(config: NodeConfig) -> None:

@@ -25,11 +25,13 @@ from pathlib import Path
 from crypto.errors import BadSignatureError
 from crypto.identity import SiteIdentity, load_key, public_key_from_peer_id, write_key
 from murmur.files import atomic_write
+from node import broker
 from node.config import (
     ConsortiumSection,
     DataSection,
     NodeConfig,
     SiteSection,
+    TelemetrySection,
     TrainSection,
     load_config,
 )
@@ -57,6 +59,7 @@ class Manifest:
     seed: int
     topology: str
     sites: tuple[Site, ...]
+    mqtt: str | None = None  # the consortium's broker (node.broker), when it runs one
 
     def site(self, name: str) -> Site:
         for site in self.sites:
@@ -81,6 +84,7 @@ class Manifest:
             "# Written by `murmur consortium`; edit with add-site / remove-site.",
             f"seed = {self.seed}  # public: initial model and round seeds",
             f"topology = {toml_value(self.topology)}",
+            *([f"mqtt = {toml_value(self.mqtt)}"] if self.mqtt else []),
         ]
         for s in self.sites:
             lines += ["", "[[site]]", f"name = {toml_value(s.name)}"]
@@ -95,7 +99,8 @@ class Manifest:
             sites = tuple(
                 Site(str(s["name"]), str(s["peer_id"]), str(s["address"])) for s in raw["site"]
             )
-            return cls(int(raw["seed"]), str(raw["topology"]), sites)
+            mqtt = None if raw.get("mqtt") is None else str(raw["mqtt"])
+            return cls(int(raw["seed"]), str(raw["topology"]), sites, mqtt)
         except FileNotFoundError:
             raise ConfigError(f"{path} not found: run `murmur consortium init` first") from None
         except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -148,6 +153,11 @@ def _site_config(manifest: Manifest, site: Site, data: DataSection, rounds: int)
         consortium=manifest.consortium(site.name),
         data=data,
         train=TrainSection(rounds=rounds),
+        telemetry=(
+            TelemetrySection()
+            if manifest.mqtt is None
+            else broker.site_telemetry(manifest.mqtt, site.name)
+        ),
     )
 
 
@@ -204,8 +214,10 @@ def init(
     data: str | None = None,
     target: str | None = None,
     rounds: int | None = None,
+    mqtt: str | None = None,
 ) -> Manifest:
-    """Write a new consortium under ``out``; refuses a folder that already holds one."""
+    """Write a new consortium under ``out``; refuses a folder that already holds one.
+    ``mqtt``: the broker's URL, to write its config with a login per site (node.broker)."""
     addresses, peer_ids = dict(addresses or {}), dict(peer_ids or {})
     if len(names) < 2 or len(set(names)) != len(names):
         raise ConfigError("--sites needs at least two different site names")
@@ -229,7 +241,7 @@ def init(
         )
         for n in names
     )
-    manifest = Manifest(secrets.randbelow(2**31) if seed is None else seed, topology, sites)
+    manifest = Manifest(secrets.randbelow(2**31) if seed is None else seed, topology, sites, mqtt)
     planned = TrainSection.rounds if rounds is None else rounds
     configs = {s.name: _site_config(manifest, s, source, planned) for s in sites}  # validates
     out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +251,7 @@ def init(
         if site.name in identities:
             write_key(folder / "site.key", identities[site.name])
         _write_site(folder, configs[site.name])
+    _write_broker(out, manifest)
     atomic_write(out / MANIFEST, manifest.to_toml().encode())
     atomic_write(out / "README.md", _readme(manifest, set(peer_ids)).encode())
     return manifest
@@ -254,8 +267,15 @@ def _rewrite_members(folder: Path, manifest: Manifest) -> list[Path]:
         config = load_config(path)
         updated = replace(config, consortium=manifest.consortium(site.name))
         written.append(_write_site(path.parent, updated))
+    _write_broker(folder, manifest)
     atomic_write(folder / MANIFEST, manifest.to_toml().encode())
     return written
+
+
+def _write_broker(folder: Path, manifest: Manifest) -> None:
+    """The broker's logins and ACLs for the members as they now are (node.broker)."""
+    if manifest.mqtt is not None:
+        broker.write(folder, [(s.name, s.peer_id) for s in manifest.sites], manifest.mqtt)
 
 
 def update(manifest_path: Path, config_path: Path) -> NodeConfig:

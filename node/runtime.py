@@ -44,6 +44,7 @@ from node.reload import check_addresses, reload
 from node.site_log import RoundReport, SiteLog
 from node.state import checkpoint
 from node.state.links import Links
+from node.state.lock import state_lock
 from node.state.membership import Membership
 from node.tasks import Supervisor
 from node.training.custom import TrainingLoop
@@ -88,7 +89,7 @@ class Node:
         self._training = False
         self.guard = FrameGuard(config.consortium.members)
         self.pacing = Pacing(self.guard)
-        self.round, self.phase, self.bytes_sent = 0, "mixed", 0
+        self.round, self.phase, self.bytes_sent, self.bytes_received = 0, "mixed", 0, 0
         self._budget_reported = False
         self.heard = asyncio.Event()
         self.last_frame: dict[str, float] = {}  # event-loop time of each peer's last frame
@@ -158,7 +159,9 @@ class Node:
 
     def save(self) -> None:
         """Checkpoint atomically; then each part may announce what the checkpoint holds."""
+        began = time.perf_counter()
         site_checkpoint.save(self)
+        self.log.metrics.checkpointed(time.perf_counter() - began)
 
     def restore(self) -> bool:
         """Resume from the checkpoint (False: there is none)."""
@@ -168,8 +171,13 @@ class Node:
 
     async def run(self) -> dict[str, Any]:
         """Run to ``rounds`` (resuming from the checkpoint), then linger to serve the
-        neighbours' last frames; SIGTERM/SIGINT stop cleanly after a checkpoint."""
+        neighbours' last frames; SIGTERM/SIGINT stop cleanly after a checkpoint. The
+        state directory is this node's alone while it runs (node.state.lock)."""
         checkpoint.private_dir(self.config.site.state_dir)
+        with state_lock(self.config.site.state_dir):
+            return await self._run()
+
+    async def _run(self) -> dict[str, Any]:
         resumed = self.restore()
         self.learner.reconcile_ledger(resumed)
         loop = asyncio.get_running_loop()
@@ -201,6 +209,7 @@ class Node:
             await linger(self.exchange, self.links, rounds, gossip.deadline_s, self.stopping)
         finally:
             receiver.cancel()
+            self.log.stop_serving()
             await self.exchange.aclose()
             await self.transport.aclose()
             self.audit.flush()
@@ -267,6 +276,7 @@ class Node:
                 neighbours=len(self.links.neighbours),
                 missed=missed,
                 bytes_sent=self.bytes_sent,
+                bytes_received=self.bytes_received,
                 eps_spent=self.learner.eps_spent,
                 eps_text=learner.eps_text(),
                 rejected=self.rejections(),

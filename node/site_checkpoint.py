@@ -33,6 +33,7 @@ def save(node: Node) -> None:
             "phase": node.phase,
             "incarnation": node.incarnation,
             "bytes_sent": node.bytes_sent,
+            "bytes_received": node.bytes_received,
             "model": node.learner.snapshot(),
             "links": links,
             "exchange": exchange,
@@ -54,6 +55,7 @@ def restore(node: Node) -> bool:
     node.incarnation = bytes(saved.get("incarnation", node.incarnation))
     node.links = Links.restore(node.identity.peer_id, saved["links"], node.state.xhat[0])
     node.bytes_sent = int(saved["bytes_sent"])
+    node.bytes_received = int(saved.get("bytes_received", 0))  # older checkpoints lack it
     node.exchange.restore(saved["exchange"])
     node.guard.advance(node.round)
     if node.links.membership != Membership.of(node.config):

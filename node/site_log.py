@@ -1,8 +1,9 @@
 """What a site tells its operators: JSON events, the status line, MQTT, rejection counts.
 
 Kept out of the round loop so that the loop reads as the protocol. Every event goes to
-the log stream as one JSON line and, when ``[telemetry]`` names a broker, to MQTT
-(aiomqtt loads only then). Rejected input is counted in full and logged once per
+the log stream as one JSON line, into the Prometheus metrics the node serves
+(:mod:`node.metrics`) and, when ``[telemetry]`` names a broker, to MQTT (aiomqtt loads
+only then). Rejected input is counted in full and logged once per
 (peer, reason) and round, so a member flooding bad frames cannot flood the log.
 """
 
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from crypto.errors import KeyFileError
 from crypto.keyfile import read_secret
-from node.config import NodeConfig
+from node.config import METRICS_OFF, NodeConfig
 from node.errors import ConfigError, FrameError
+from node.metrics import MetricsServer, SiteMetrics
 
 if TYPE_CHECKING:
     from node.telemetry import MqttTelemetry
@@ -36,6 +38,7 @@ class RoundReport:
     neighbours: int
     missed: int
     bytes_sent: int
+    bytes_received: int
     eps_spent: float
     eps_text: str
     rejected: dict[str, int]
@@ -49,6 +52,10 @@ class SiteLog:
         self.log_stream = log
         self.status_stream = status
         self.telemetry = telemetry(config, me)
+        self.metrics = SiteMetrics(me, index)
+        self.metrics.planned(config.train.rounds)
+        self.metrics_address = config.telemetry.metrics
+        self.metrics_server: MetricsServer | None = None
         self.rejected: Counter[str] = Counter()  # refused after admission
         self._logged: set[tuple[str | None, str]] = set()
         self._quiet: Counter[str] = Counter()  # counted, not logged, this round
@@ -57,6 +64,7 @@ class SiteLog:
         record = {"t": round(time.time(), 4), "event": event, "node": self.index, **fields}
         self.log_stream.write(json.dumps(record) + "\n")
         self.log_stream.flush()
+        self.metrics.observe(record)
         if self.telemetry is not None:
             self.telemetry.publish(record)
 
@@ -92,6 +100,7 @@ class SiteLog:
             peers=peers,
             missed=r.missed,
             bytes_sent=r.bytes_sent,
+            bytes_received=r.bytes_received,
             eps_spent=r.eps_spent,
             rejected=r.rejected,
         )
@@ -106,10 +115,25 @@ class SiteLog:
         )
 
     def start(self) -> None:
+        """Serve the metrics and start publishing; neither failing stops the node."""
+        if self.metrics_address != METRICS_OFF:
+            try:
+                self.metrics_server = MetricsServer(self.metrics, self.metrics_address)
+            except OSError as exc:
+                self.emit("metrics_failed", address=self.metrics_address, detail=str(exc))
+            else:
+                self.emit("metrics", url=self.metrics_server.url)
         if self.telemetry is not None:
             self.telemetry.start()
 
+    def stop_serving(self) -> None:
+        """Close the metrics server (the node is stopping, or has crashed)."""
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+
     async def aclose(self) -> None:
+        self.stop_serving()
         if self.telemetry is None:
             return
         await self.telemetry.aclose()

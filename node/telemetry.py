@@ -12,7 +12,8 @@ Topics, under the configured prefix (default ``murmur``):
 
 - ``<prefix>/<peer_id>/events``: every event as JSON, QoS 1;
 - ``<prefix>/<peer_id>/status``: the latest ``round`` event, retained, so a dashboard
-  that connects later sees where each site stands at once.
+  that connects later sees where each site stands at once (:func:`follow_status`, which
+  ``murmur watch`` reads).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,47 @@ import aiomqtt
 from node.config import parse_broker
 
 QUEUE_LIMIT = 1000
+
+
+def tls_context(url: str, ca_file: Path | None) -> ssl.SSLContext | None:
+    """mqtts verifies the broker's certificate: against ``ca_file`` when given (a
+    consortium's own CA), else the system's trust store; plain mqtt has none."""
+    if not parse_broker(url)[2]:
+        return None
+    return ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+
+
+async def follow_status(
+    url: str,
+    prefix: str,
+    on_status: Callable[[str, bytes], None],
+    on_error: Callable[[str | None], None],
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: Path | None = None,
+) -> None:
+    """Call ``on_status(peer_id, payload)`` for every site's status (the retained ones
+    first) until cancelled, reconnecting with backoff; ``on_error`` hears each failure,
+    and None once connected."""
+    host, port, _tls = parse_broker(url)
+    context = tls_context(url, ca_file)
+    delay = 0.5
+    while True:
+        try:
+            async with aiomqtt.Client(
+                host, port, username=username, password=password, tls_context=context, timeout=5
+            ) as client:
+                await client.subscribe(f"{prefix}/+/status", qos=1)
+                on_error(None)
+                delay = 0.5
+                async for message in client.messages:
+                    payload = message.payload
+                    if isinstance(payload, (bytes, bytearray)):
+                        on_status(str(message.topic).split("/")[-2], bytes(payload))
+        except aiomqtt.MqttError as exc:
+            on_error(str(exc))
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 10.0)
 
 
 class MqttTelemetry:
@@ -43,14 +86,8 @@ class MqttTelemetry:
         password: str | None = None,
         ca_file: Path | None = None,
     ) -> None:
-        self.host, self.port, tls = parse_broker(url)
-        # mqtts verifies the broker's certificate: against ca_file when given (a
-        # consortium's own CA), else the system's trust store.
-        self.tls_context = (
-            ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
-            if tls
-            else None
-        )
+        self.host, self.port, _tls = parse_broker(url)
+        self.tls_context = tls_context(url, ca_file)
         self.username, self.password = username, password
         self.base = f"{prefix}/{peer_id}"
         self.peer_id = peer_id

@@ -19,12 +19,14 @@ import torch
 from crypto.identity import SiteIdentity, write_key
 from node.config import (
     DEFAULT_COMPRESSOR,
+    METRICS_OFF,
     ConsortiumSection,
     DataSection,
     FaultsSection,
     GossipSection,
     NodeConfig,
     SiteSection,
+    TelemetrySection,
     TrainSection,
 )
 from node.training.dp_config import DpConfig, for_sites
@@ -50,6 +52,16 @@ class ConsortiumSpec:
     secure: str = "off"
     dp: DpConfig | None = None
     method: str = "murmur"  # or murmur-gt
+    # Each node serves Prometheus metrics on its own loopback port (for `murmur watch`);
+    # off for in-process nodes, which share one process.
+    metrics: bool = False
+    mqtt: str | None = None  # every node publishes its events to this broker
+    # Each node's IPv4 address when the sites live in their own network namespaces
+    # (sim.netns); empty: every node listens on 127.0.0.1 on a free port.
+    hosts: tuple[str, ...] = ()
+
+
+SITE_PORT = 4001  # a namespaced site has its own address, so every site uses this port
 
 
 def free_ports(n: int) -> list[int]:
@@ -77,8 +89,16 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
     n = len(data.train)
     identities = [SiteIdentity.generate() for _ in range(n)]
     members = [i.peer_id for i in identities]
-    ports = free_ports(n)
-    addresses = {m: f"/ip4/127.0.0.1/tcp/{p}" for m, p in zip(members, ports, strict=True)}
+    if spec.hosts and len(spec.hosts) != n:
+        raise ValueError(f"{len(spec.hosts)} hosts for {n} nodes")
+    ports = free_ports(2 * n)
+    listen = (
+        [f"/ip4/{host}/tcp/{SITE_PORT}" for host in spec.hosts]
+        if spec.hosts
+        else [f"/ip4/127.0.0.1/tcp/{p}" for p in ports[:n]]
+    )
+    metrics = [f"127.0.0.1:{p}" if spec.metrics else METRICS_OFF for p in ports[n:]]
+    addresses = dict(zip(members, listen, strict=True))
     test_x, test_y = data.pooled("test")
     save_shard(out / "eval.npz", test_x, test_y, data.n_classes)
     dp = None if spec.dp is None else for_sites(spec.dp, [len(y) for _, y in data.train])
@@ -116,6 +136,7 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
                 secure=spec.secure,
             ),
             privacy=dp,
+            telemetry=TelemetrySection(mqtt=spec.mqtt, metrics=metrics[i]),
             faults=FaultsSection(
                 drop=spec.drop,
                 delay_ms=spec.delay_ms,

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ class _Proc:
     index: int
     config: Path
     module: str = NODE_MODULE  # what runs the site; tests swap in a hostile member
+    prefix: tuple[str, ...] = ()  # e.g. `ip netns exec NAME` for a site in a namespace
     popen: subprocess.Popen[bytes] | None = None
     offset: int = 0
     round: int = 0
@@ -53,7 +54,7 @@ class _Proc:
             open(self.log_path, "ab") as log,
         ):
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self._args()],
+                [*self.prefix, sys.executable, "-m", self.module, *self._args()],
                 stdout=log,
                 stderr=stderr,
                 env=env,
@@ -94,15 +95,26 @@ def run_processes(
     timeout_s: float = 600.0,
     tick: Callable[[int], None] | None = None,
     modules: dict[int, str] | None = None,
+    prefixes: Sequence[Sequence[str]] | None = None,
 ) -> MethodResult:
     """Run the consortium to completion and collect its curves. ``modules`` runs some
-    sites with another module than ``node.cli`` (taking ``--config``), for tests."""
+    sites with another module than ``node.cli`` (taking ``--config``), for tests;
+    ``prefixes`` starts node i's process under ``prefixes[i]`` (``ip netns exec NAME``,
+    with ``spec.hosts`` giving each namespace's address: :mod:`sim.netns`)."""
     n = len(data.train)
     for kill in kills:
         if not 0 <= kill.node < n:
             raise SimError(f"--kill names node {kill.node}; nodes are 0..{n - 1}")
     configs = write_consortium(out / "nodes", data, spec)
-    procs = [_Proc(i, path, (modules or {}).get(i, NODE_MODULE)) for i, path in enumerate(configs)]
+    procs = [
+        _Proc(
+            i,
+            path,
+            (modules or {}).get(i, NODE_MODULE),
+            tuple(prefixes[i]) if prefixes else (),
+        )
+        for i, path in enumerate(configs)
+    ]
     began = time.perf_counter()
     supervisor: list[dict[str, Any]] = []
     for proc in procs:

@@ -57,7 +57,7 @@ def write_summary(
     return path
 
 
-def _fmt(value: Any, kind: str) -> str:
+def fmt(value: Any, kind: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if kind == "pct":
@@ -97,7 +97,7 @@ def print_table(methods: dict[str, dict[str, Any]], console: Console | None = No
         for _, key, kind in columns[1:]:
             value = entry.get(key)
             cells.append(
-                f"{value:.3f}" if kind == "auc" and value is not None else _fmt(value, kind)
+                f"{value:.3f}" if kind == "auc" and value is not None else fmt(value, kind)
             )
         table.add_row(*cells)
     console.print(table)

@@ -202,7 +202,7 @@ def consortium_spec(
     args: argparse.Namespace, train: TrainConfig, method: str, faults: FaultConfig
 ) -> ConsortiumSpec:
     """What the process backend's nodes are configured with: the same flags as in-process
-    (dpsgd: identity compressor, γ = 1)."""
+    (dpsgd: identity compressor, γ = 1), and metrics served for ``murmur watch``."""
     for text in args.partition:
         parse_partition(text)
     return ConsortiumSpec(
@@ -222,6 +222,7 @@ def consortium_spec(
         secure="off" if method == "dpsgd" else args.secure,
         dp=args.dp,
         method="murmur-gt" if method == "murmur-gt" else "murmur",
+        metrics=True,  # each node on its own loopback port: `murmur watch --run OUT/<method>`
     )
 
 

@@ -36,10 +36,14 @@ def _binary(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _broker(conf: Path, ports: list[int]) -> Iterator[None]:
-    """Run mosquitto with ``conf`` until every listener in ``ports`` accepts."""
+def broker(conf: Path, ports: list[int], cwd: Path | None = None) -> Iterator[None]:
+    """Run mosquitto with ``conf`` (in ``cwd``, where its relative paths point) until
+    every listener in ``ports`` accepts."""
     proc = subprocess.Popen(
-        [_binary("mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [_binary("mosquitto"), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
     )
     try:
         deadline = time.monotonic() + 10
@@ -70,7 +74,7 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_ports(1)[0]
     conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    with _broker(conf, [port]):
+    with broker(conf, [port]):
         yield f"mqtt://127.0.0.1:{port}"
 
 
@@ -163,7 +167,7 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
         f"listener {plain} 127.0.0.1\n"
         f"listener {tls} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
     )
-    with _broker(conf, [plain, tls]):
+    with broker(conf, [plain, tls]):
         yield SecureBroker(
             f"mqtt://127.0.0.1:{plain}", f"mqtts://127.0.0.1:{tls}", ca, "site", "s3cret-pw"
         )

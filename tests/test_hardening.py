@@ -558,6 +558,31 @@ def test_key_rotation_procedure(wisconsin16: FederatedData, tmp_path: Path) -> N
         assert node.secure is not None and node.secure.keys[peer].key_id == new_id
         assert "key_mismatch" not in node.rejections()
         assert [e["missed"] for e in events(node, "round")][-2:] == [0, 0]
+    # Every step is in the sites' signed audit logs, and the logs still verify.
+    from node.audit.check import read_entries, verify
+
+    def kinds(i: int) -> list[tuple[str, dict[str, object]]]:
+        log = tmp_path / f"node-{i}" / "state" / "audit.log"
+        assert verify(log, nodes[i].identity.peer_id).ok
+        return [(str(e["kind"]), e["data"]) for e in read_entries(log)]
+
+    rotated = [d for k, d in kinds(0) if k == "key_rotated"]
+    assert rotated == [{"key_id": new_id.hex(), "retired": retired.name}]
+    for i in (1, 2):
+        mine = kinds(i)
+        unpinned = next(n for n, (k, _) in enumerate(mine) if k == "key_unpinned")
+        assert mine[unpinned][1] == {"peer": peer}
+        assert any(
+            k == "key_pinned" and d["peer"] == peer and d["key_id"] == new_id.hex()
+            for k, d in mine[unpinned:]
+        )
+    # Beside a running node the key tools refuse, naming the holder.
+    from node.state.lock import state_lock
+
+    with state_lock(tmp_path / "node-0" / "state"):
+        assert main(["keys", "rotate", "--config", str(paths[0])]) == 2
+        with pytest.raises(ConfigError, match=r"in use by a running node \(pid \d+\)"):
+            memory_nodes(paths[:1])[0].run().send(None)
 
 
 # -- 6. a node restarted without its checkpoint ----------------------------------------------

@@ -9,6 +9,8 @@ from node.config.loader import SECTIONS, NodeConfig, load_config
 from node.config.sections import (
     DEFAULT_COMPRESSOR,
     GOSSIP_METHODS,
+    METRICS_DEFAULT,
+    METRICS_OFF,
     SECURE_MODES,
     SPLITS,
     ConsortiumSection,
@@ -21,12 +23,15 @@ from node.config.sections import (
     TrainSection,
     consortium_topology,
     parse_broker,
+    parse_metrics_address,
     parse_partition,
 )
 
 __all__ = [
     "DEFAULT_COMPRESSOR",
     "GOSSIP_METHODS",
+    "METRICS_DEFAULT",
+    "METRICS_OFF",
     "SECTIONS",
     "SECURE_MODES",
     "SPLITS",
@@ -42,5 +47,6 @@ __all__ = [
     "consortium_topology",
     "load_config",
     "parse_broker",
+    "parse_metrics_address",
     "parse_partition",
 ]

@@ -30,7 +30,9 @@ target = "label"                       # or builtin:breast-cancer / builtin:ncct
             # accountant = "rdp" | "prv", secure_mode
 [telemetry] # mqtt = "mqtt://127.0.0.1:1883" (or mqtts://), topic = "murmur";
             # username, password_file (a 0600 file holding the password), ca_file
-            # (mqtts: trust this CA for the broker instead of the system's)
+            # (mqtts: trust this CA for the broker instead of the system's);
+            # metrics = "127.0.0.1:9464" (Prometheus /metrics and a status page at /;
+            # "off" turns it off)
 [faults]    # simulator only: drop, delay_ms, slow, partition ("A|B@R1:R2")
 ```
 

@@ -228,6 +228,21 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port or (8883 if tls else 1883), tls
 
 
+METRICS_OFF = "off"
+METRICS_DEFAULT = "127.0.0.1:9464"  # loopback: a site opens it to its scraper on purpose
+
+
+def parse_metrics_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) → (host, port); port 0 picks a free one."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(
+            f"[telemetry] metrics {text!r}: expected HOST:PORT, or {METRICS_OFF!r} to turn it off"
+        )
+    return host, int(port_text)
+
+
 @dataclass(frozen=True)
 class TelemetrySection:
     mqtt: str | None = field(default=None, metadata={DOC: "mqtt://HOST[:PORT] or mqtts://…"})
@@ -235,9 +250,18 @@ class TelemetrySection:
     username: str | None = None
     password_file: Path | None = field(default=None, metadata={DOC: "a 0600 file"})
     ca_file: Path | None = field(default=None, metadata={DOC: "mqtts: the broker's CA"})
+    metrics: str = field(
+        default=METRICS_DEFAULT,
+        metadata={DOC: "HOST:PORT for Prometheus /metrics and a status page at /, or 'off'"},
+    )
 
     def __post_init__(self) -> None:
         problems = []
+        if self.metrics != METRICS_OFF:
+            try:
+                parse_metrics_address(self.metrics)
+            except ConfigError as exc:
+                problems.append((True, str(exc).removeprefix("[telemetry] ")))
         if self.mqtt is not None:
             try:
                 parse_broker(self.mqtt)
