@@ -9,9 +9,11 @@ OUT ?= runs/demo
 
 # Debian packages: gcc and GMP build fastecdsa (libp2p); mosquitto is the MQTT broker
 # that the telemetry tests start on loopback; chromium renders `murmur report`'s page
-# headless in tests/test_report.py.
+# headless in tests/test_report.py; iptables and libnetfilter-queue-dev (which the
+# NetfilterQueue extension builds against) shape the namespaced WAN of sim.netns on
+# kernels without netem (sim.wan_shaping).
 system-deps:
-	@missing=""; for p in gcc libgmp-dev mosquitto chromium; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in gcc libgmp-dev mosquitto chromium iptables libnetfilter-queue-dev; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -51,6 +53,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.convergence
 	$(PY) -m benchmarks.audit
 	$(PY) -m benchmarks.operations
+	$(PY) -m benchmarks.wan
 
 # Re-resolve the pinned versions after changing dependencies in pyproject.toml.
 lock: $(STAMP)

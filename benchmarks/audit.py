@@ -6,6 +6,10 @@
   writes nothing; the ratio of median round latencies is the log's cost. Also each
   piece alone: an entry (JSON and an Ed25519 signature) and a round's flush (one write
   and fsync of the log, and the signed head written atomically).
+- The same A/B on real ``murmur node`` processes over libp2p on loopback, one process a
+  site as at a hospital (4 sites, an MLP with 64 hidden units, 4 local steps a round):
+  the reference processes run :mod:`benchmarks.unaudited_node`, the node with the silent
+  log. The two runs take turns, twice, so the machine's load falls on both alike.
 - Tampering: 1,000 random edits, re-signings by another key, deletions, reorderings,
   truncations and cuts of a 200-entry log, each of which ``verify`` must catch at the
   right entry.
@@ -32,12 +36,13 @@ from sim.audit_tamper import random_tampering
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.own_loops import memory_nodes, run_nodes
 from sim.prep import dirichlet_sites
+from sim.process import run_processes
 
 RESULTS = Path(__file__).parent / "results"
 SITES, ROUNDS = 8, 40
 
 
-class _Silent(AuditLog):
+class Silent(AuditLog):
     """The audit log with nothing written or signed: the reference run."""
 
     def append(self, kind: str, **data: Any) -> None:
@@ -55,7 +60,7 @@ def _latencies(out: Path, audit: bool) -> list[float]:
     nodes = memory_nodes(write_consortium(out, data, spec))
     if not audit:
         for node in nodes:
-            node.audit = _Silent(node.config.site.state_dir, node.identity)
+            node.audit = Silent(node.config.site.state_dir, node.identity)
     asyncio.run(run_nodes(nodes))
     return [
         float(e["latency_s"])
@@ -63,6 +68,26 @@ def _latencies(out: Path, audit: bool) -> list[float]:
         for e in map(json.loads, node.log.log_stream.getvalue().splitlines())  # type: ignore[attr-defined]
         if e["event"] == "round"
     ]
+
+
+PROCESS_SITES, REPEATS = 4, 3
+
+
+def _process_run(out: Path, audit: bool) -> tuple[list[float], float]:
+    """Round latencies of real node processes, with the log or with the silent one, and
+    the CPU seconds a node spent per round (from its start and finish events)."""
+    data = dirichlet_sites("breast-cancer", 16, 0.5, 0).first(PROCESS_SITES)
+    train = TrainConfig(optimizer="sgd", lr=0.1, batch_size=16, local_steps=4)
+    spec = ConsortiumSpec(rounds=ROUNDS, model="mlp:64", train=train, compressor="top-k:0.1")
+    modules = None if audit else dict.fromkeys(range(PROCESS_SITES), "benchmarks.unaudited_node")
+    run_processes(out, data, spec, kills=[], modules=modules)
+    events = list(map(json.loads, (out / "timeline.jsonl").read_text().splitlines()))
+    cpu = {e["node"]: -float(e["cpu_s"]) for e in events if e.get("event") == "start"}
+    for e in events:
+        if e.get("event") == "finish":
+            cpu[e["node"]] += float(e["cpu_s"])
+    latencies = [float(e["latency_s"]) for e in events if e.get("event") == "round"]
+    return latencies, statistics.mean(cpu.values()) / ROUNDS
 
 
 def _pieces(scratch: Path) -> dict[str, float]:
@@ -109,6 +134,17 @@ def main() -> None:
         without = _latencies(root / "without", audit=False)
         (root / "pieces").mkdir()
         pieces = _pieces(root / "pieces")
+        usual_with: list[float] = []
+        usual_without: list[float] = []
+        cpu_with: list[float] = []
+        cpu_without: list[float] = []
+        for k in range(REPEATS):
+            latencies, cpu = _process_run(root / f"process-with-{k}", audit=True)
+            usual_with += latencies
+            cpu_with.append(cpu)
+            latencies, cpu = _process_run(root / f"process-without-{k}", audit=False)
+            usual_without += latencies
+            cpu_without.append(cpu)
         (root / "tamper").mkdir()
         tamper = _tamperings(root / "tamper")
     median_with, median_without = statistics.median(with_log), statistics.median(without)
@@ -120,6 +156,12 @@ def main() -> None:
         "median_round_s_without_log": median_without,
         "cost_fraction": median_with / median_without - 1.0,
         **pieces,
+        "process_median_round_s_with_log": statistics.median(usual_with),
+        "process_median_round_s_without_log": statistics.median(usual_without),
+        "process_cost_fraction": statistics.median(usual_with) / statistics.median(usual_without)
+        - 1.0,
+        "process_cpu_s_per_round_with_log": statistics.mean(cpu_with),
+        "process_cpu_s_per_round_without_log": statistics.mean(cpu_without),
         "tamperings": tamper,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -137,7 +179,16 @@ def main() -> None:
         "|---|---|---|",
         f"| median round, audit log on | {1000 * median_with:.2f} ms | — |",
         f"| median round, audit log off | {1000 * median_without:.2f} ms | — |",
-        f"| cost of the log | {100 * report['cost_fraction']:+.1f}% of a round | ≤ 2% |",
+        f"| cost of the log, memory transport | {100 * report['cost_fraction']:+.1f}% of a round "
+        "| ≤ 2% |",
+        f"| real processes (4 sites, MLP 64, 4 local steps): median round, on / off | "
+        f"{1000 * report['process_median_round_s_with_log']:.2f} / "
+        f"{1000 * report['process_median_round_s_without_log']:.2f} ms | — |",
+        f"| cost of the log, real processes | {100 * report['process_cost_fraction']:+.1f}% "
+        "| ≤ 2% |",
+        f"| real processes: CPU a node spends a round, on / off | "
+        f"{1000 * report['process_cpu_s_per_round_with_log']:.2f} / "
+        f"{1000 * report['process_cpu_s_per_round_without_log']:.2f} ms | — |",
         f"| one entry (JSON + Ed25519 signature) | {1e6 * pieces['entry_s']:.0f} µs | — |",
         f"| a round's flush (write + fsync, signed head) | {1000 * pieces['flush_s']:.2f} ms | — |",
         f"| tamperings caught at the right entry | {caught} / {tried} | all |",

@@ -10,6 +10,7 @@ The key file is written with mode 0600 and refused when group or others can read
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,16 +76,22 @@ class SiteIdentity:
     def generate(cls) -> SiteIdentity:
         return cls(bytes(nacl.signing.SigningKey.generate()))
 
-    @property
-    def public_key(self) -> bytes:
-        return bytes(nacl.signing.SigningKey(self.seed).verify_key)
+    @functools.cached_property
+    def _signing_key(self) -> nacl.signing.SigningKey:
+        # Deriving the key pair from the seed is a scalar multiplication, as costly as a
+        # signature: done once, not for every frame and audit entry signed.
+        return nacl.signing.SigningKey(self.seed)
 
-    @property
+    @functools.cached_property
+    def public_key(self) -> bytes:
+        return bytes(self._signing_key.verify_key)
+
+    @functools.cached_property
     def peer_id(self) -> str:
         return peer_id_from_public_key(self.public_key)
 
     def sign(self, message: bytes) -> bytes:
-        return nacl.signing.SigningKey(self.seed).sign(message).signature
+        return self._signing_key.sign(message).signature
 
 
 def write_key(path: Path, identity: SiteIdentity, overwrite: bool = False) -> None:

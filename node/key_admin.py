@@ -87,10 +87,13 @@ def unpin(config: NodeConfig, peer: str) -> bool:
 
 
 def _audit(config: NodeConfig, kind: str, **data: Any) -> None:
-    """One signed entry in the site's audit log (the caller holds the state lock)."""
+    """One signed entry in the site's audit log (the caller holds the state lock), after
+    the entries a crashed node's checkpoint still holds for it (node.audit.log)."""
     log = AuditLog(config.site.state_dir, load_key(config.site.key))
+    saved = checkpoint.load(config.site.state_dir / CHECKPOINT_FILE)
+    log.recover(list((saved or {}).get("audit_tail", [])))
     log.append(kind, **data)
-    log.flush()
+    log.close()
 
 
 def require_key(config: NodeConfig) -> None:

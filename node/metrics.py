@@ -8,7 +8,8 @@ only sets numbers under prometheus-client's locks, and the HTTP server runs in i
 daemon threads, so a slow or hung scraper costs the round nothing. A port that cannot be
 bound is an event (``metrics_failed``), never a node that does not start.
 
-Only operational figures are exported (rounds, ε, bytes, peers, rejections, latencies):
+Only operational figures are exported (rounds, ε, bytes, peers, rejections, latencies,
+the time the audit log costs):
 never model values or data, and the training loss only for a site without DP (under DP
 the loss is a statistic of private batches; :meth:`node.learner.Learner.public_loss`).
 """
@@ -31,6 +32,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -46,6 +48,9 @@ class SiteMetrics:
     def __init__(self, peer_id: str, index: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_cpu_seconds_total, resident memory, open files: what an operator checks
+        # first when a site is slow.
+        ProcessCollector(registry=r)
         Info("murmur_site", "This site's peer ID and index", registry=r).info(
             {"peer_id": peer_id, "node": str(index)}
         )
@@ -77,6 +82,9 @@ class SiteMetrics:
         self.last_round = Gauge(
             "murmur_last_round_timestamp_seconds", "Unix time the last round ended", registry=r
         )
+        self.audit = Counter(
+            "murmur_audit_seconds", "Wall time spent keeping the audit log", registry=r
+        )
         self.events = Counter("murmur_events", "Events the node logged", ["event"], registry=r)
         self._totals: dict[str, float] = {}
         self.peer_id, self.index = peer_id, index
@@ -99,6 +107,7 @@ class SiteMetrics:
             self.eps.set(float(record["eps_spent"]))
         self._advance(self.sent, "sent", float(record.get("bytes_sent", 0)))
         self._advance(self.received, "received", float(record.get("bytes_received", 0)))
+        self._advance(self.audit, "audit", float(record.get("audit_s", 0.0)))
         for reason, count in dict(record.get("rejected") or {}).items():
             self._advance(self.rejected.labels(reason), f"rejected:{reason}", float(count))
         self.peers.set(float(record.get("peers", 0)))

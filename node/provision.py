@@ -200,7 +200,16 @@ def _readme(manifest: Manifest, own_keys: set[str]) -> str:
    `murmur consortium update --manifest consortium.toml --config site.toml`, which
    changes only `[consortium]`, then send the running node SIGHUP (`kill -HUP <pid>`):
    it reloads the membership at the next round boundary, without a restart.
+""" + (
+        ""
+        if manifest.mqtt is None
+        else f"""6. Telemetry: `broker/` is the consortium's MQTT broker ({manifest.mqtt}): copy it
+   to the broker's host and run `mosquitto -c mosquitto.conf` in it. Each site's folder
+   holds its own login (`mqtt.password`, 0600): a site may publish only under its own
+   peer ID. Watch every site with
+   `murmur watch --mqtt {manifest.mqtt} --password-file broker/watch.password`.
 """
+    )
 
 
 def init(

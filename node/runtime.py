@@ -175,7 +175,10 @@ class Node:
         state directory is this node's alone while it runs (node.state.lock)."""
         checkpoint.private_dir(self.config.site.state_dir)
         with state_lock(self.config.site.state_dir):
-            return await self._run()
+            try:
+                return await self._run()
+            finally:
+                self.audit.close()
 
     async def _run(self) -> dict[str, Any]:
         resumed = self.restore()
@@ -199,6 +202,7 @@ class Node:
             round=self.round,
             neighbours=len(self.links.neighbours),
             gamma=self.learner.gamma,
+            cpu_s=_cpu_s(),
         )
         receiver = self.supervise(asyncio.create_task(receive(self)))
         try:
@@ -221,8 +225,14 @@ class Node:
         result = {"round": self.round, "accuracy": accuracy, "bytes_sent": self.bytes_sent}
         if self.dp is not None:
             result.update(eps_spent=self.learner.eps_spent, dp_budget_spent=self.dp.spent[0])
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self.emit("finish", **result, rss_bytes=rss, rejected=self.rejections())
+        self.emit(
+            "finish",
+            **result,
+            rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            cpu_s=_cpu_s(),
+            audit_s=round(self.audit.busy_s, 6),
+            rejected=self.rejections(),
+        )
         self.audit.flush()
         await self.log.aclose()
         return result
@@ -253,9 +263,9 @@ class Node:
         self.round = self.pacing.next_round(self.links, self.exchange.suspected(), t)
         self.phase = "mixed"
         self.guard.advance(self.round)
-        self.save()
         absent = [p for p in self.links.neighbours if p not in included]
-        self.audit.close_round(t + 1, absent, self.learner.eps_spent if self.dp else None)
+        self.audit.end_round(t + 1, absent, learner.eps_spent if self.dp else None)
+        self.save()  # holds the audit entries not yet synced (node.audit.log)
         self._report(t, loss, len(absent), began)
 
     def _report(self, t: int, loss: float | None, missed: int, began: float) -> None:
@@ -277,9 +287,16 @@ class Node:
                 missed=missed,
                 bytes_sent=self.bytes_sent,
                 bytes_received=self.bytes_received,
+                audit_s=self.audit.busy_s,
                 eps_spent=self.learner.eps_spent,
                 eps_text=learner.eps_text(),
                 rejected=self.rejections(),
             ),
             self.identity.peer_id,
         )
+
+
+def _cpu_s() -> float:
+    """CPU seconds this process has used (user + system), for the start and finish events."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return round(usage.ru_utime + usage.ru_stime, 3)

@@ -34,6 +34,7 @@ def save(node: Node) -> None:
             "incarnation": node.incarnation,
             "bytes_sent": node.bytes_sent,
             "bytes_received": node.bytes_received,
+            "audit_tail": node.audit.tail(),
             "model": node.learner.snapshot(),
             "links": links,
             "exchange": exchange,
@@ -56,6 +57,9 @@ def restore(node: Node) -> bool:
     node.links = Links.restore(node.identity.peer_id, saved["links"], node.state.xhat[0])
     node.bytes_sent = int(saved["bytes_sent"])
     node.bytes_received = int(saved.get("bytes_received", 0))  # older checkpoints lack it
+    recovered = node.audit.recover(list(saved.get("audit_tail", [])))
+    if recovered:
+        node.emit("audit_recovered", entries=recovered)
     node.exchange.restore(saved["exchange"])
     node.guard.advance(node.round)
     if node.links.membership != Membership.of(node.config):

@@ -39,6 +39,7 @@ class RoundReport:
     missed: int
     bytes_sent: int
     bytes_received: int
+    audit_s: float  # this life's time spent keeping the audit log (node.audit.log)
     eps_spent: float
     eps_text: str
     rejected: dict[str, int]
@@ -101,6 +102,7 @@ class SiteLog:
             missed=r.missed,
             bytes_sent=r.bytes_sent,
             bytes_received=r.bytes_received,
+            audit_s=round(r.audit_s, 6),
             eps_spent=r.eps_spent,
             rejected=r.rejected,
         )

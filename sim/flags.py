@@ -129,6 +129,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="A,B|C,D@R1:R2: the two groups cannot talk in rounds [R1, R2) (process backend)",
     )
+    add(
+        "--wan",
+        help="process backend: each site in its own network namespace, links shaped by "
+        "delay=MS,jitter=MS,rate=MBIT,loss=PCT (e.g. delay=40,jitter=10,rate=50,loss=1; "
+        "needs root)",
+    )
 
 
 def _dp_arg(text: str) -> DpConfig | None:

@@ -21,6 +21,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from murmur.files import atomic_write
 from node.cli import Command
 from sim.errors import SimError
 from sim.report import fmt
@@ -41,7 +42,7 @@ COLUMNS = [
     ("bytes→99%", "bytes_to_target", "bytes"),
     ("wall s", "wall_s", "s"),
 ]
-FAULT_KEYS = ("drop", "delay", "deadline", "slow", "kill", "partition")
+FAULT_KEYS = ("drop", "delay", "deadline", "slow", "kill", "partition", "wan")
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
@@ -271,9 +272,7 @@ def write_report(run_dir: Path) -> Path:
         f"<p>{escape(str(run_dir.resolve()))}</p>{body}</body></html>\n"
     )
     path = run_dir / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, page.encode(), durable=False)
     return path
 
 

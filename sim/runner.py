@@ -37,6 +37,7 @@ from sim.methods import METHOD_NAMES, METHODS
 from sim.prep import FederatedData, prepare
 from sim.report import plot, print_table, with_targets, write_summary
 from sim.results import MethodResult, RunSpec
+from sim.wan_profile import WanProfile
 from topology import build_topology, spectral_gap
 
 
@@ -91,6 +92,12 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         )
     if args.rounds < 1 or args.eval_every < 1:
         raise ConfigError("--rounds and --eval-every must be at least 1")
+    if args.wan is not None:
+        if args.backend != "process":
+            raise ConfigError("--wan needs --backend process (real node processes)")
+        if args.kill:
+            raise ConfigError("--kill is not supported with --wan")
+        WanProfile.parse(args.wan)  # a bad profile fails before any work
     faults = FaultConfig(
         drop=args.drop,
         delay_ms=args.delay,
@@ -193,7 +200,12 @@ def _run_networked(
     def tick(round_: int) -> None:
         progress.update(task, completed=round_)
 
-    result = run_processes(args.out / method, data, spec, list(faults.crashes), tick=tick)
+    if args.wan is None:
+        result = run_processes(args.out / method, data, spec, list(faults.crashes), tick=tick)
+    else:
+        from sim.wan_run import run_wan
+
+        result, _how = run_wan(args.out / method, data, spec, WanProfile.parse(args.wan))
     result.method = method
     return result
 

@@ -13,12 +13,13 @@ from crypto.identity import SiteIdentity
 from node.audit.check import cross_check, verify
 from node.audit.log import HEAD_FILE, LOG_FILE, AuditLog
 from node.cli import main
+from node.errors import ConfigError
 from node.training.trainer import TrainConfig
 from sim.audit_tamper import random_tampering
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.own_loops import memory_nodes
 from sim.prep import FederatedData
-from tests.node_kit import run_nodes, subset
+from tests.node_kit import events, run_nodes, subset
 
 TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, lr_schedule="constant")
 
@@ -129,3 +130,47 @@ def test_a_log_whose_last_entry_was_mangled_is_refused_with_a_clear_error(tmp_pa
     path.write_bytes(path.read_bytes() + b"not an entry\n")
     with pytest.raises(ConfigError, match="does not parse"):
         AuditLog(tmp_path, identity)
+
+
+def test_entries_a_crash_lost_from_the_unsynced_log_come_back_from_the_checkpoint(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """The log is fsynced only every few rounds; what the disk lost in a crash is in the
+    checkpoint (fsynced every round) and the restarted node puts it back, in order."""
+    from node.key_admin import CHECKPOINT_FILE
+    from node.state import checkpoint
+
+    spec = ConsortiumSpec(rounds=11, train=TRAIN, compressor="top-k:0.1", deadline_s=1.0)
+    paths = write_consortium(tmp_path, subset(wisconsin16, 3), spec)
+    nodes = memory_nodes(paths)
+    run_nodes(nodes)
+    state = nodes[0].config.site.state_dir
+    saved = checkpoint.load(state / CHECKPOINT_FILE)
+    assert saved is not None
+    tail = [json.loads(line) for line in saved["audit_tail"]]
+    # Synced every 8 rounds (or 2 s): the last rounds were written but not yet synced
+    # when the last checkpoint was taken.
+    tail_rounds = [e["data"]["round"] for e in tail if e["kind"] == "round"]
+    assert tail_rounds and tail_rounds == list(range(tail_rounds[0], 12)), tail_rounds
+    # The crash: the disk lost everything after the last sync (and the head with it).
+    lines = (state / LOG_FILE).read_text().splitlines(keepends=True)
+    lost_from = tail[0]["seq"]
+    (state / LOG_FILE).write_text("".join(lines[:lost_from]) + lines[lost_from][:25])
+    for path in paths:
+        path.write_text(path.read_text().replace("rounds = 11", "rounds = 13"))
+    again = memory_nodes(paths)
+    run_nodes(again)
+    (recovered,) = events(again[0], "audit_recovered")
+    assert recovered["entries"] == len(tail)
+    entries = [json.loads(line) for line in (state / LOG_FILE).read_text().splitlines()]
+    assert entries[lost_from : lost_from + len(tail)] == tail  # back, byte for byte
+    assert verify(state / LOG_FILE, nodes[0].identity.peer_id).ok
+    assert [e["data"]["round"] for e in entries if e["kind"] == "round"] == list(range(1, 14))
+    assert cross_check(state / LOG_FILE, nodes[1].config.site.state_dir / LOG_FILE).ok
+    # A tail that does not continue the log (entries lost before it) is refused.
+    (tmp_path / "other").mkdir()
+    log = AuditLog(tmp_path / "other", SiteIdentity.generate())
+    log.append("start", round=0)
+    log.flush()
+    with pytest.raises(ConfigError, match="lost entries or was replaced"):
+        log.recover(saved["audit_tail"])

@@ -13,14 +13,24 @@ A neighbour's log is the anchor against a site that rolls back both files
 What is logged, by kind: ``config`` (SHA-256 of the config as TOML, at start and at each
 reload), ``start`` (peer ID, resumed or not, round), ``sent`` / ``received`` (peer,
 round, topic, BLAKE2b-128 digest of the frame, bytes), ``sum_opened`` (round, aggregator,
-contributor bitmap, kept or refused), ``membership``, ``key_pinned``, ``round`` (the
-neighbours missed, ε spent after it), ``dp_budget_spent``, ``finish``, ``crashed``.
-Entries are buffered and written with one fsync per round, after the round's checkpoint
-(``close_round``), so logging costs a write and an fsync a round, not one per frame; the
-head is replaced atomically, without an fsync of its own. A crash loses at most the
-entries since the last round's flush (a neighbour's log still holds the frames). The
-files are 0600 in the 0700 state directory: they name peers and rounds, which is the
-site's business.
+contributor bitmap, kept or refused), ``membership``, ``key_pinned``, ``key_rotated``
+and ``key_unpinned`` (written by ``murmur keys``), ``round`` (the neighbours missed, ε
+spent after it), ``dp_budget_spent``, ``finish``, ``crashed``, ``audit_recovered``.
+
+Durability without an fsync of its own each round: a round's entries are written to the
+file in one write when the round ends (``end_round``), and the checkpoint the node writes
+right after, which is fsynced anyway, holds every entry not yet known to be on disk
+(``tail``). The log itself is fsynced, and its signed head replaced atomically, by a
+writer thread every few rounds (``SYNC_EVERY_ROUNDS``, ``SYNC_EVERY_S``), off the round.
+After a crash the restarted node appends what the log lost from its checkpoint
+(``recover``, logged as ``audit_recovered``), so no entry of a checkpointed round is ever
+lost; a crash loses only what happened after the last checkpoint, which the node then
+does again (a neighbour's log still holds the frames).
+
+The files are 0600 in the 0700 state directory: they name peers and rounds, which is the
+site's business. ``busy_s`` counts the wall time spent appending and flushing, so a
+node reports what its log costs it (the ``round`` event's ``audit_s``, and the metric
+``murmur_audit_seconds_total``) in the very run it keeps it.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +54,8 @@ LOG_FILE = "audit.log"
 HEAD_FILE = "audit.head"
 GENESIS = bytes(32)
 HEAD_DOMAIN = b"murmur-audit-head/1"
+SYNC_EVERY_ROUNDS = 8  # the log's fsync: at most this many rounds apart,
+SYNC_EVERY_S = 2.0  # or this many seconds; until then the checkpoint holds the entries
 
 
 # Node events that also go into the audit log, as they are (node.runtime.Node.emit).
@@ -58,6 +71,7 @@ AUDITED = frozenset(
         "dp_budget_spent",
         "finish",
         "crashed",
+        "audit_recovered",
     }
 )
 
@@ -94,12 +108,24 @@ class AuditLog:
         self.head_path = state_dir / HEAD_FILE
         self.identity = identity
         self.seq, self.last = -1, GENESIS
-        self.pending: list[bytes] = []
+        self.pending: list[tuple[int, bytes]] = []  # (seq, line): appended, not written
+        self.unsynced: list[tuple[int, bytes]] = []  # written, not yet known to be on disk
+        self.synced_seq = -1  # set by the writer thread once an fsync has returned
+        self._fd: int | None = None
+        self._created = False
+        self._rounds_unsynced, self._last_sync = 0, time.monotonic()
+        # Appends and writes run on the event loop, syncs in the writer thread: each keeps
+        # its own clock, so neither updates the other's.
+        self.append_s = self.sync_s = 0.0
+        # Its own thread: in the shared default executor a sync would queue behind other
+        # sites' (or this site's) training, which runs there too.
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="murmur-audit")
+        self._syncing: Future[None] | None = None
         self._resume()
 
     def _resume(self) -> None:
         """Continue the chain from the last complete entry on disk. A line torn by a crash
-        mid-write is cut off (it was never part of a flushed round)."""
+        mid-write is cut off (the checkpoint's tail still holds it: :meth:`recover`)."""
         if not self.path.exists():
             return
         data = self.path.read_bytes()
@@ -118,8 +144,10 @@ class AuditLog:
                     f"{self.path} ends in an entry that does not parse: check it with "
                     "`murmur audit verify`, then move it aside to start a new log"
                 ) from None
+        self.synced_seq = self.seq
 
     def append(self, kind: str, **data: Any) -> None:
+        began = time.perf_counter()
         entry: dict[str, Any] = {
             "seq": self.seq + 1,
             "t": round(time.time(), 6),
@@ -130,34 +158,112 @@ class AuditLog:
         mine = digest(entry)
         entry["sig"] = self.identity.sign(mine).hex()
         line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        self.pending.append(line.encode() + b"\n")
+        self.pending.append((entry["seq"], line.encode() + b"\n"))
         self.seq, self.last = entry["seq"], mine
+        self.append_s += time.perf_counter() - began
+
+    def end_round(self, round: int, missed: list[str], eps_spent: float | None) -> None:
+        """The round's entry (who was missing, ε spent after it), and every entry of the
+        round written to the file in one write, without an fsync: until the next sync the
+        checkpoint the node writes next holds them (:meth:`tail`). Every
+        ``SYNC_EVERY_ROUNDS`` rounds or ``SYNC_EVERY_S`` seconds the writer thread fsyncs
+        the log and writes the signed head, off the round."""
+        self.append("round", round=round, missed=missed, eps_spent=eps_spent)
+        self._write()
+        self._rounds_unsynced += 1
+        due = time.monotonic() - self._last_sync >= SYNC_EVERY_S
+        if (self._rounds_unsynced >= SYNC_EVERY_ROUNDS or due) and (
+            self._syncing is None or self._syncing.done()
+        ):
+            self._sync_soon()
 
     def close_round(self, round: int, missed: list[str], eps_spent: float | None) -> None:
-        """The round's entry (who was missing, ε spent after it), then one write and fsync
-        for all of the round's entries; called after the round's checkpoint."""
+        """The round's entry, then everything written and synced at once (tools, tests)."""
         self.append("round", round=round, missed=missed, eps_spent=eps_spent)
         self.flush()
 
+    def tail(self) -> list[bytes]:
+        """Every entry not yet known to be on disk, for the checkpoint: written without an
+        fsync, or not written yet. The checkpoint is fsynced anyway, so the log's
+        durability costs no fsync of its own in a round; a node restarted after a crash
+        puts back what the log lost (:meth:`recover`)."""
+        synced = self.synced_seq
+        self.unsynced = [(seq, line) for seq, line in self.unsynced if seq > synced]
+        return [line for _, line in self.unsynced] + [line for _, line in self.pending]
+
+    def recover(self, tail: list[bytes]) -> int:
+        """Append the entries of a checkpoint's ``tail`` that the log lost in a crash, and
+        sync; returns how many. A tail that does not continue the log's chain is refused:
+        entries were lost before it, or the log was replaced."""
+        missing = [line for line in tail if int(json.loads(line)["seq"]) > self.seq]
+        if not missing:
+            return 0
+        first = json.loads(missing[0])
+        if int(first["seq"]) != self.seq + 1 or first["prev"] != self.last.hex():
+            raise ConfigError(
+                f"{self.path} ends at entry {self.seq}, but the checkpoint's unsynced entries "
+                f"go on from entry {int(first['seq']) - 1} with another digest: the log lost "
+                "entries or was replaced; check it with `murmur audit verify`"
+            )
+        last = json.loads(missing[-1])
+        self.pending = [(int(json.loads(line)["seq"]), line) for line in missing]
+        self.seq, self.last = int(last["seq"]), digest(last)
+        self.flush()
+        return len(missing)
+
     def flush(self) -> None:
-        """Write what is buffered, fsync it, then the signed head (atomically)."""
+        """Write what is buffered, fsync it, then the signed head (atomically); waits for
+        a sync already under way, so syncs stay in order."""
+        self._write()
+        if self._syncing is not None:
+            self._syncing.result()
+        if self.synced_seq < self.seq:
+            self._sync(self.seq, self.last)
+
+    def close(self) -> None:
+        """Write and sync what is left and stop the writer thread (the node is stopping)."""
+        self.flush()
+        self.writer.shutdown(wait=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def busy_s(self) -> float:
+        return self.append_s + self.sync_s
+
+    def _write(self) -> None:
         if not self.pending:
             return
-        created = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "ab") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(b"".join(self.pending))
-            handle.flush()
-            os.fsync(handle.fileno())
-        if created:
+        began = time.perf_counter()
+        if self._fd is None:
+            self._created = not self.path.exists()
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.fchmod(self._fd, 0o600)
+        os.write(self._fd, b"".join(line for _, line in self.pending))
+        self.unsynced += self.pending
+        self.pending = []
+        self.append_s += time.perf_counter() - began
+
+    def _sync_soon(self) -> None:
+        self._rounds_unsynced, self._last_sync = 0, time.monotonic()
+        self._syncing = self.writer.submit(self._sync, self.seq, self.last)
+
+    def _sync(self, seq: int, last: bytes) -> None:
+        """fsync everything written up to entry ``seq``, then the signed head after it."""
+        began = time.perf_counter()
+        assert self._fd is not None
+        os.fsync(self._fd)
+        if self._created:
             sync_directory(self.path.parent)
-        self.pending.clear()
+            self._created = False
         head = {
-            "seq": self.seq,
-            "digest": self.last.hex(),
-            "sig": self.identity.sign(head_message(self.seq, self.last)).hex(),
+            "seq": seq,
+            "digest": last.hex(),
+            "sig": self.identity.sign(head_message(seq, last)).hex(),
         }
         # No fsync for the head: a crash may lose its last version (then the log is longer
         # than its head, which verify accepts) but never tears it.
         atomic_write(self.head_path, (json.dumps(head) + "\n").encode(), 0o600, durable=False)
+        self.synced_seq = seq
+        self.sync_s += time.perf_counter() - began
