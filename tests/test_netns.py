@@ -247,36 +247,35 @@ def _shown(host: Host) -> str:
     return _qdisc(host) + rules
 
 
-def _loss_fraction(profile: WanProfile, backend: str, count: int = 500) -> float:
-    """The fraction of ``count`` UDP datagrams from site 1 that site 0 never received."""
+def _between_two_sites(
+    profile: WanProfile, backend: str, sink: str, source: str, arg: int, timeout: float
+) -> tuple[str, str]:
+    """Run ``sink`` in site 0 and ``source`` (to the sink's port, with ``arg``) in site 1:
+    what the sink printed last, and the source's output."""
     with wan(2, profile, shaping=backend) as hosts:
-        argv = hosts[0].command([sys.executable, "-c", UDP_SINK, hosts[0].address])
-        with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as sink:
-            assert sink.stdout is not None
-            port = sink.stdout.readline().strip()
-            source = [sys.executable, "-c", UDP_SOURCE, hosts[0].address, port, str(count)]
+        argv = hosts[0].command([sys.executable, "-c", sink, hosts[0].address])
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as server:
+            assert server.stdout is not None
+            port = server.stdout.readline().strip()
+            client = [sys.executable, "-c", source, hosts[0].address, port, str(arg)]
             done = subprocess.run(
-                hosts[1].command(source), capture_output=True, text=True, timeout=60
+                hosts[1].command(client), capture_output=True, text=True, timeout=timeout
             )
             assert done.returncode == 0, done.stderr
-            received = int(sink.stdout.readline())
-    return 1 - received / count
+            return server.stdout.readline(), done.stdout
+
+
+def _loss_fraction(profile: WanProfile, backend: str, count: int = 500) -> float:
+    """The fraction of ``count`` UDP datagrams from site 1 that site 0 never received."""
+    received, _ = _between_two_sites(profile, backend, UDP_SINK, UDP_SOURCE, count, 60)
+    return 1 - int(received) / count
 
 
 def _transfer_s(profile: WanProfile, backend: str, size: int) -> float:
     """Seconds site 1 takes to send ``size`` bytes to site 0 over one TCP connection."""
-    with wan(2, profile, shaping=backend) as hosts:
-        argv = hosts[0].command([sys.executable, "-c", TCP_SINK, hosts[0].address])
-        with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as sink:
-            assert sink.stdout is not None
-            port = sink.stdout.readline().strip()
-            source = [sys.executable, "-c", TCP_SOURCE, hosts[0].address, port, str(size)]
-            done = subprocess.run(
-                hosts[1].command(source), capture_output=True, text=True, timeout=120
-            )
-            assert done.returncode == 0, done.stderr
-            assert int(sink.stdout.readline()) == size
-    return float(done.stdout)
+    got, seconds = _between_two_sites(profile, backend, TCP_SINK, TCP_SOURCE, size, 120)
+    assert int(got) == size
+    return float(seconds)
 
 
 # --- the profile: no root needed -------------------------------------------------------
