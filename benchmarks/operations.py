@@ -2,19 +2,23 @@
 stay out of the learning path, and does the metrics endpoint answer while nodes train?
 
 One consortium of real ``murmur node`` processes over libp2p on loopback (the
-multi-process simulator: 4 sites, Wisconsin, ring, MLP, top-k 10%) runs three times:
+multi-process simulator: 4 sites, Wisconsin, ring, MLP, top-k 10%) runs in four modes:
 
 - **quiet**: metrics off, no broker;
 - **observed**: every node serves metrics and publishes to a real mosquitto; a scraper
-  thread fetches every node's ``/metrics`` and ``/`` every 50 ms and times each answer,
-  and ``murmur watch --mqtt`` follows the broker in its own process;
+  thread fetches every node's ``/metrics`` and ``/`` every second (Prometheus' default
+  is 15 s) and ``murmur watch --mqtt`` follows the broker in its own process;
+- **stress**: the same, scraped every 50 ms: 40 requests a second to each node;
 - **broker down**: the nodes are told of a broker that is not running, and serve metrics
   with no one scraping.
 
-The three runs take turns, twice over (quiet, observed, down, quiet, …), so that a change
-in the machine's load falls on all of them alike. Reported: each mode's median round
-latency over both of its runs and its ratio to quiet, and the scrape latencies (median,
-p95, max) taken while the nodes were training. Writes ``benchmarks/results/operations.{json,md}``.
+The modes take turns, three times over (quiet, observed, stress, down, quiet, …), so that
+a change in the machine's load falls on all of them alike. Reported for each mode: the
+median round latency over its runs and its ratio to quiet, and the CPU a node spends a
+round (from its start and finish events), which tells a node's own work apart from the
+scraper, the watch and the broker taking the machine's two cores from it; and the scrape
+latencies (median, p95, max) of the answers given while the nodes were training (between
+the first and last round events). Writes ``benchmarks/results/operations.{json,md}``.
 """
 
 from __future__ import annotations
@@ -43,8 +47,7 @@ from sim.prep import dirichlet_sites
 from sim.process import run_processes
 
 RESULTS = Path(__file__).parent / "results"
-SITES, ROUNDS = 4, 40
-SCRAPE_EVERY_S = 0.05
+SITES, ROUNDS = 4, 150
 
 
 @contextlib.contextmanager
@@ -65,8 +68,10 @@ def _mosquitto(folder: Path) -> Iterator[str]:
 class _Scraper:
     """Fetches every node's pages on a timer; keeps the time of each answer."""
 
-    def __init__(self, nodes_dir: Path) -> None:
-        self.nodes_dir, self.latencies_s, self.failures = nodes_dir, list[float](), 0
+    def __init__(self, nodes_dir: Path, every_s: float) -> None:
+        self.nodes_dir, self.every_s = nodes_dir, every_s
+        self.answers: list[tuple[float, float]] = []  # (unix time, seconds to answer)
+        self.failures = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run)
 
@@ -88,10 +93,10 @@ class _Scraper:
                 try:
                     with urllib.request.urlopen(url, timeout=5) as reply:
                         reply.read()
-                    self.latencies_s.append(time.perf_counter() - began)
+                    self.answers.append((time.time(), time.perf_counter() - began))
                 except (urllib.error.URLError, ConnectionError, TimeoutError):
                     self.failures += 1  # not up yet, or already finished
-            time.sleep(SCRAPE_EVERY_S)
+            self.stop.wait(self.every_s)
 
 
 def _run(out: Path, mode: str, broker: str | None) -> dict[str, Any]:
@@ -105,9 +110,9 @@ def _run(out: Path, mode: str, broker: str | None) -> dict[str, Any]:
         metrics=mode != "quiet",
         mqtt=None if mode == "quiet" else broker,
     )
-    scraper = _Scraper(out / "nodes")
+    scraper = _Scraper(out / "nodes", SCRAPE_EVERY_S.get(mode, 0.0))
     watch = None
-    if mode == "observed":
+    if mode in SCRAPE_EVERY_S:
         scraper.thread.start()
         assert broker is not None
         watch = subprocess.Popen(
@@ -125,26 +130,31 @@ def _run(out: Path, mode: str, broker: str | None) -> dict[str, Any]:
         if watch is not None:
             watch.terminate()
             watch.wait(10)
-    events = [
-        json.loads(line)
-        for line in (out / "timeline.jsonl").read_text().splitlines()
-        if '"round"' in line
-    ]
-    latencies = [float(e["latency_s"]) for e in events if e.get("event") == "round"]
+    events = list(map(json.loads, (out / "timeline.jsonl").read_text().splitlines()))
+    rounds = [e for e in events if e.get("event") == "round"]
+    first, last = min(float(e["t"]) for e in rounds), max(float(e["t"]) for e in rounds)
+    cpu = {e["node"]: -float(e["cpu_s"]) for e in events if e.get("event") == "start"}
+    for e in events:
+        if e.get("event") == "finish":
+            cpu[e["node"]] += float(e["cpu_s"])
+    training = [s for t, s in scraper.answers if first <= t <= last]
     return {
         "mode": mode,
         "wall_s": time.perf_counter() - began,
-        "median_round_s": statistics.median(latencies),
-        "round_latencies_s": latencies,
-        "scrape_samples_ms": [1000 * x for x in scraper.latencies_s],
+        "median_round_s": statistics.median(float(e["latency_s"]) for e in rounds),
+        "round_latencies_s": [float(e["latency_s"]) for e in rounds],
+        "cpu_s_per_round": statistics.mean(cpu.values()) / ROUNDS,
+        "scrape_samples_ms": [1000 * x for x in training],
         "accuracy_mean": result.accuracy_mean[-1],
-        "scrapes": len(scraper.latencies_s),
+        "scrapes": len(training),
         "scrape_failures": scraper.failures,
     }
 
 
-MODES = ("quiet", "observed", "broker down")
-REPEATS = 2
+MODES = ("quiet", "observed", "stress", "broker down")
+# How often each watched mode scrapes every node's two pages.
+SCRAPE_EVERY_S = {"observed": 1.0, "stress": 0.05}
+REPEATS = 3
 
 
 def main() -> None:
@@ -158,70 +168,82 @@ def main() -> None:
                     url = dead if mode == "broker down" else broker
                     runs.append(_run(root / f"{k}-{i}", mode, url))
                     runs[-1]["repeat"] = k
-    modes: list[dict[str, Any]] = []
-    for mode in MODES:
-        mine = [r for r in runs if r["mode"] == mode]
-        scrapes = [ms for r in mine for ms in r.pop("scrape_samples_ms")]
-        modes.append(
-            {
-                "mode": mode,
-                "median_round_s": statistics.median(
-                    [x for r in mine for x in r.pop("round_latencies_s")]
-                ),
-                "accuracy_mean": [r["accuracy_mean"] for r in mine],
-                "scrapes": len(scrapes),
-                "scrape_ms": (
-                    {
-                        "median": float(np.median(scrapes)),
-                        "p95": float(np.percentile(scrapes, 95)),
-                        "max": max(scrapes),
-                    }
-                    if scrapes
-                    else None
-                ),
-            }
-        )
-    quiet = modes[0]["median_round_s"]
-    for mode_figures in modes:
-        mode_figures["round_ratio_to_quiet"] = mode_figures["median_round_s"] / quiet
-    observed = modes[1]
+    modes = [_mode_figures(mode, [r for r in runs if r["mode"] == mode]) for mode in MODES]
+    quiet = modes[0]
+    for m in modes:
+        m["round_ratio_to_quiet"] = m["median_round_s"] / quiet["median_round_s"]
+        m["cpu_ratio_to_quiet"] = m["cpu_s_per_round"] / quiet["cpu_s_per_round"]
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "sites": SITES,
         "rounds": ROUNDS,
+        "scrape_every_s": SCRAPE_EVERY_S,
         "modes": modes,
         "runs": runs,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "operations.json").write_text(json.dumps(report, indent=2))
-    scrape = observed["scrape_ms"] or {"median": float("nan"), "p95": float("nan"), "max": 0.0}
-    lines = [
+    lines = _table(report)
+    (RESULTS / "operations.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _mode_figures(mode: str, mine: list[dict[str, Any]]) -> dict[str, Any]:
+    """One mode over its runs: the median round, CPU a round, the scrapes' latencies."""
+    scrapes = [ms for r in mine for ms in r.pop("scrape_samples_ms")]
+    return {
+        "mode": mode,
+        "median_round_s": statistics.median(x for r in mine for x in r.pop("round_latencies_s")),
+        "cpu_s_per_round": statistics.mean(r["cpu_s_per_round"] for r in mine),
+        "accuracy_mean": [r["accuracy_mean"] for r in mine],
+        "scrapes": len(scrapes),
+        "scrape_ms": (
+            {
+                "median": float(np.median(scrapes)),
+                "p95": float(np.percentile(scrapes, 95)),
+                "max": max(scrapes),
+            }
+            if scrapes
+            else None
+        ),
+    }
+
+
+def _table(report: dict[str, Any]) -> list[str]:
+    modes = report["modes"]
+    watched = [m for m in modes if m["scrape_ms"]]
+    return [
         "# Operations benchmarks: metrics, MQTT telemetry and `murmur watch`",
         "",
-        f"Measured {report['date']}; {SITES} real node processes over libp2p on loopback, "
-        f"Wisconsin, ring, MLP 64, top-k 10%, {ROUNDS} rounds; each mode run {REPEATS}× in "
-        "turn with the others (median round over both runs; accuracy of each run).",
+        f"Measured {report['date']}; {SITES} real node processes over libp2p on loopback "
+        f"(2 cores), Wisconsin, ring, MLP 64, top-k 10%, {ROUNDS} rounds; the modes take "
+        f"turns, {REPEATS} runs each (median round over its runs; CPU a node spends a round, "
+        "mean; final accuracy of each run). Observed and stress: metrics scraped, status "
+        "published to mosquitto, `murmur watch --mqtt` running.",
         "",
-        "| run | median round | vs quiet | final accuracy |",
-        "|---|---|---|---|",
+        "| run | scraped every | median round | vs quiet | node CPU a round | vs quiet "
+        "| final accuracy |",
+        "|---|---|---|---|---|---|---|",
         *(
-            f"| {m['mode']} | {1000 * m['median_round_s']:.1f} ms | "
-            f"{m['round_ratio_to_quiet']:.3f}× | "
+            f"| {m['mode']} | "
+            + (f"{SCRAPE_EVERY_S[m['mode']]:g} s" if m["mode"] in SCRAPE_EVERY_S else "—")
+            + f" | {1000 * m['median_round_s']:.1f} ms | {m['round_ratio_to_quiet']:.3f}× | "
+            f"{1000 * m['cpu_s_per_round']:.2f} ms | {m['cpu_ratio_to_quiet']:.3f}× | "
             + " / ".join(f"{100 * a:.1f}%" for a in m["accuracy_mean"])
             + " |"
             for m in modes
         ),
         "",
-        "| scrapes while training (observed run) | value | target |",
-        "|---|---|---|",
-        f"| answered (every {1000 * SCRAPE_EVERY_S:.0f} ms, every node, / and /metrics) | "
-        f"{observed['scrapes']} | — |",
-        f"| median | {scrape['median']:.2f} ms | — |",
-        f"| p95 | {scrape['p95']:.2f} ms | — |",
-        f"| max | {scrape['max']:.2f} ms | < 50 ms |",
+        "| scrapes answered while the nodes trained | answered | median | p95 | max "
+        "(target < 50 ms) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {m['mode']} (every {SCRAPE_EVERY_S[m['mode']]:g} s, / and /metrics) | "
+            f"{m['scrapes']} | {m['scrape_ms']['median']:.2f} ms | "
+            f"{m['scrape_ms']['p95']:.2f} ms | {m['scrape_ms']['max']:.2f} ms |"
+            for m in watched
+        ),
     ]
-    (RESULTS / "operations.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

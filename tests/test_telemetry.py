@@ -48,6 +48,7 @@ def test_events_and_retained_status_reach_the_broker(
     nodes = _ring(tmp_path, wisconsin16, mosquitto)
     host, port, _ = parse_broker(mosquitto)
     received: list[tuple[str, dict[str, Any]]] = []
+    messages: list[str] = []
 
     async def listen(ready: asyncio.Event) -> None:
         async with aiomqtt.Client(host, port) as client:
@@ -55,7 +56,10 @@ def test_events_and_retained_status_reach_the_broker(
             ready.set()
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
-                received.append((str(message.topic), json.loads(message.payload)))
+                batch = json.loads(message.payload)
+                assert isinstance(batch, list) and batch
+                messages.append(str(message.topic))
+                received.extend((str(message.topic), event) for event in batch)
                 if sum(1 for _, e in received if e["event"] == "finish") == len(nodes):
                     return
 
@@ -84,6 +88,8 @@ def test_events_and_retained_status_reach_the_broker(
         mine = [e for topic, e in received if node.identity.peer_id in topic]
         assert [e["round"] for e in mine if e["event"] == "round"] == list(range(1, ROUNDS + 1))
         assert mine[0]["event"] == "start"
+        # Batched: a message carries every event of its half second, not one each.
+        assert messages.count(f"test/{node.identity.peer_id}/events") < len(mine) / 2
         assert node.log.telemetry is not None and node.log.telemetry.dropped == 0
     assert sorted(status.values()) == [ROUNDS] * len(nodes)
 
