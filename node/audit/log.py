@@ -91,6 +91,12 @@ def digest(entry: dict[str, Any]) -> bytes:
     return hashlib.blake2b(canonical(entry), digest_size=32).digest()
 
 
+def signed_line(body: bytes, signature: bytes) -> bytes:
+    """An entry's line: its canonical JSON with ``sig`` added (the order of keys in a line
+    does not matter: :func:`canonical` sorts them again), so an entry is serialised once."""
+    return body[:-1] + b',"sig":"' + signature.hex().encode() + b'"}\n'
+
+
 def frame_digest(body: bytes) -> str:
     """What a sender and its receiver both log of one frame (hex BLAKE2b-128)."""
     return hashlib.blake2b(body, digest_size=16).hexdigest()
@@ -148,18 +154,19 @@ class AuditLog:
 
     def append(self, kind: str, **data: Any) -> None:
         began = time.perf_counter()
-        entry: dict[str, Any] = {
-            "seq": self.seq + 1,
+        seq = self.seq + 1
+        entry = {
+            "seq": seq,
             "t": round(time.time(), 6),
             "kind": kind,
             "data": data,
             "prev": self.last.hex(),
         }
-        mine = digest(entry)
-        entry["sig"] = self.identity.sign(mine).hex()
-        line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        self.pending.append((entry["seq"], line.encode() + b"\n"))
-        self.seq, self.last = entry["seq"], mine
+        body = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        body_bytes = body.encode()  # what digest(entry) hashes, built once
+        mine = hashlib.blake2b(body_bytes, digest_size=32).digest()
+        self.pending.append((seq, signed_line(body_bytes, self.identity.sign(mine))))
+        self.seq, self.last = seq, mine
         self.append_s += time.perf_counter() - began
 
     def end_round(self, round: int, missed: list[str], eps_spent: float | None) -> None:
