@@ -5,6 +5,12 @@ the run left one, as ``murmur audit verify --peer-key`` would be: the log's own 
 entry only claims a signer, and a log rewritten and re-signed under another key would
 verify against its own claim. Frames sent and received are counted over the entries that
 parse, up to the first line that does not.
+
+Three layouts hold sites: a simulator run (``nodes/<site>/``), a consortium folder that
+``murmur consortium init`` wrote and the sites ran in (``<site>/site.toml`` beside
+``consortium.toml``), and one site's own folder (``site.toml``), which is what a site's
+data-protection officer has. Each site's log is found where its ``site.toml`` puts its
+state directory (``state/`` when there is no readable config).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from pathlib import Path
 from crypto.identity import load_key
 from murmur.errors import MurmurError
 from node.audit.check import Verdict, read_entries, verify
+from node.audit.log import LOG_FILE
+from node.config import load_config
 
 
 @dataclass(frozen=True)
@@ -29,11 +37,29 @@ class SiteAudit:
     note: str = ""  # why the log was checked against its own claim instead of site.key
 
 
+def site_folders(folder: Path) -> list[Path]:
+    """The site folders of a run, a consortium folder or one site (module docstring)."""
+    if (folder / "nodes").is_dir():
+        return sorted((p for p in (folder / "nodes").iterdir() if p.is_dir()), key=_natural)
+    if (folder / "site.toml").is_file():
+        return [folder]
+    return sorted((p.parent for p in folder.glob("*/site.toml")), key=_natural)
+
+
+def _state_dir(site: Path) -> Path:
+    try:
+        return load_config(site / "site.toml").site.state_dir
+    except (MurmurError, OSError, ValueError):
+        return site / "state"  # no config left, or one that no longer loads
+
+
 def audit_logs(folder: Path) -> list[SiteAudit]:
-    """Every ``folder/nodes/*/state/audit.log``, checked, in site order (node-2 < node-10)."""
+    """Every site's audit log under ``folder``, checked, in site order (node-2 < node-10)."""
     out = []
-    for log in sorted((folder / "nodes").glob("*/state/audit.log"), key=_natural):
-        site = log.parent.parent
+    for site in site_folders(folder):
+        log = _state_dir(site) / LOG_FILE
+        if not log.is_file():
+            continue
         peer, note = None, ""
         if (site / "site.key").is_file():
             try:
@@ -53,7 +79,7 @@ def audit_logs(folder: Path) -> list[SiteAudit]:
     return out
 
 
-def _natural(log: Path) -> tuple[str, int]:
-    name = log.parent.parent.name
+def _natural(site: Path) -> tuple[str, int]:
+    name = site.name
     digits = re.search(r"(\d+)$", name)
     return (name[: digits.start()], int(digits.group(1))) if digits else (name, -1)

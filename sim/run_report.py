@@ -3,7 +3,9 @@
 A run directory (``murmur sim --out DIR``) holds ``summary.json`` and PNG plots, and with
 ``--backend process`` one folder per networked method (``DIR/murmur/``) holding the merged
 ``timeline.jsonl`` and ``nodes/node-<i>/`` with each site's logs and audit log; a folder
-written by :func:`sim.process.run_processes` alone has only the latter. The page gathers
+written by :func:`sim.process.run_processes` alone has only the latter. A consortium
+folder (``murmur consortium init --out DIR``, the sites run in it) or a single site's
+folder gives the audit section (:mod:`sim.run_audit`). The page gathers
 all of it for someone who was not at the terminal (a site's data-protection officer, a
 reviewer): a single file that can be mailed or archived, so images are embedded as data
 URIs, the CSS is inline, and there is no script and no link to fetch. Everything read
@@ -84,13 +86,16 @@ def image(png: bytes, alt: str) -> str:
 
 
 def parts(run_dir: Path) -> list[tuple[str, Path]]:
-    """The process-backend folders of the run: itself, then one per networked method."""
-    found = [("", run_dir)] if _is_part(run_dir) else []
-    subdirs = sorted(p for p in run_dir.iterdir() if p.is_dir() and _is_part(p))
+    """The folders of the run that hold sites: itself, then one per networked method of a
+    ``murmur sim`` run (a consortium's or a site's folder is one part, its sites inside)."""
+    if any((run_dir / name).exists() for name in ("consortium.toml", "site.toml")):
+        return [("", run_dir)]
+    found = [("", run_dir)] if _is_process_run(run_dir) else []
+    subdirs = sorted(p for p in run_dir.iterdir() if p.is_dir() and _is_process_run(p))
     return found + [(p.name, p) for p in subdirs]
 
 
-def _is_part(folder: Path) -> bool:
+def _is_process_run(folder: Path) -> bool:
     return (folder / "timeline.jsonl").is_file() or (folder / "nodes").is_dir()
 
 
@@ -237,7 +242,7 @@ def audit_section(found: list[tuple[str, Path]]) -> str:
                 f"<td>{escape(signer)}</td></tr>"
             )
     if not rows:
-        return missing("Audit logs (nodes/*/state/audit.log)")
+        return missing("Audit logs (each site's state/audit.log)")
     headers = ["run", "site", "verified", "entries", "frames sent", "frames received", "signed by"]
     return table(headers, rows, "audit")
 
@@ -251,8 +256,9 @@ def write_report(run_dir: Path) -> Path:
     found = parts(run_dir)
     if summary is None and not found:
         raise SimError(
-            f"{run_dir} is not a murmur run: it has no summary.json and no nodes/ folder "
-            "(murmur sim --out DIR writes them)"
+            f"{run_dir} is not a murmur run: it has no summary.json, no nodes/ folder, "
+            "no consortium.toml and no site.toml (murmur sim --out DIR writes a run; "
+            "murmur consortium init --out DIR a consortium)"
         )
     config = (summary or {}).get("config")
     methods = (summary or {}).get("methods")

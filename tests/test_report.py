@@ -268,6 +268,33 @@ def test_a_tampered_audit_log_names_its_first_bad_entry(process_run: Path, tmp_p
     assert "Results (summary.json): " + NOT_RECORDED in html  # a process folder alone
 
 
+def test_a_consortium_folder_and_one_site_folder_get_their_audit_logs_checked(
+    process_run: Path, tmp_path: Path
+) -> None:
+    """What a consortium run leaves where its sites ran: ``murmur consortium init``'s
+    folder with a folder a site (here the process run's sites, which hold real logs),
+    and what one site's data-protection officer has: that site's folder alone."""
+    folder = tmp_path / "consortium"
+    assert main(["consortium", "init", "--sites", "a,b", "--out", str(folder)]) == 0
+    for name in ("a", "b"):
+        shutil.rmtree(folder / name)
+    nodes = process_run / "murmur" / "nodes"
+    for site in sorted(p for p in nodes.iterdir() if p.is_dir()):
+        shutil.copytree(site, folder / site.name, symlinks=True)
+    tables = _tables(write_report(folder).read_text())
+    audit = tables["audit"]
+    assert [c[0] for c in _column(audit, "site")] == [f"node-{i}" for i in range(4)]
+    assert {v[0] for v in _column(audit, "verified")} == {"OK"}
+    entries = [int(c[1]) for c in _column(audit, "entries")]
+    assert entries == [
+        len((nodes / f"node-{i}" / "state" / "audit.log").read_text().splitlines())
+        for i in range(4)
+    ]
+    one = _tables(write_report(folder / "node-2").read_text())["audit"]
+    assert [c[0] for c in _column(one, "site")] == ["node-2"]
+    assert [int(c[1]) for c in _column(one, "entries")] == entries[2:3]
+
+
 def test_a_folder_that_is_not_a_run_is_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -275,7 +302,7 @@ def test_a_folder_that_is_not_a_run_is_one_line_exit_2(
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(tmp_path) in err
-    assert "no summary.json and no nodes/" in err
+    assert "no summary.json, no nodes/ folder" in err
     assert not (tmp_path / "report.html").exists()
     with pytest.raises(SimError, match="no such run directory"):
         write_report(tmp_path / "absent")
