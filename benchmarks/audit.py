@@ -4,9 +4,8 @@
   the in-memory transport, so a round is as short as it gets and the log's share as
   large) runs in one process with the audit log and with it replaced by one that writes
   nothing, taking turns three times over; the ratio of median round latencies is the
-  log's cost. Also each
-  piece alone: an entry (JSON and an Ed25519 signature) and a round's flush (one write
-  and fsync of the log, and the signed head written atomically).
+  log's cost. Also each piece alone: an entry (JSON and an Ed25519 signature) and a
+  round's flush (one write and fsync of the log, and the signed head written atomically).
 - The same A/B on real ``murmur node`` processes over libp2p on loopback, one process a
   site as at a hospital (4 sites, an MLP with 64 hidden units, 4 local steps a round,
   150 rounds): the reference processes run :mod:`benchmarks.unaudited_node`, the node
@@ -40,6 +39,7 @@ from sim.consortium import ConsortiumSpec, write_consortium
 from sim.own_loops import memory_nodes, run_nodes
 from sim.prep import dirichlet_sites
 from sim.process import run_processes
+from sim.run_timeline import cpu_s_per_round, read_timeline
 
 RESULTS = Path(__file__).parent / "results"
 SITES, ROUNDS = 8, 40
@@ -86,13 +86,9 @@ def _process_run(out: Path, audit: bool) -> tuple[list[float], float]:
     )
     modules = None if audit else dict.fromkeys(range(PROCESS_SITES), "benchmarks.unaudited_node")
     run_processes(out, data, spec, kills=[], modules=modules)
-    events = list(map(json.loads, (out / "timeline.jsonl").read_text().splitlines()))
-    cpu = {e["node"]: -float(e["cpu_s"]) for e in events if e.get("event") == "start"}
-    for e in events:
-        if e.get("event") == "finish":
-            cpu[e["node"]] += float(e["cpu_s"])
+    events = read_timeline(out / "timeline.jsonl")
     latencies = [float(e["latency_s"]) for e in events if e.get("event") == "round"]
-    return latencies, statistics.mean(cpu.values()) / PROCESS_ROUNDS
+    return latencies, cpu_s_per_round(events, PROCESS_ROUNDS)
 
 
 def _pieces(scratch: Path) -> dict[str, float]:

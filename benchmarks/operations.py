@@ -45,6 +45,7 @@ from node.training.trainer import TrainConfig
 from sim.consortium import ConsortiumSpec, free_ports
 from sim.prep import dirichlet_sites
 from sim.process import run_processes
+from sim.run_timeline import cpu_s_per_round, read_timeline
 
 RESULTS = Path(__file__).parent / "results"
 SITES, ROUNDS = 4, 150
@@ -130,20 +131,16 @@ def _run(out: Path, mode: str, broker: str | None) -> dict[str, Any]:
         if watch is not None:
             watch.terminate()
             watch.wait(10)
-    events = list(map(json.loads, (out / "timeline.jsonl").read_text().splitlines()))
+    events = read_timeline(out / "timeline.jsonl")
     rounds = [e for e in events if e.get("event") == "round"]
     first, last = min(float(e["t"]) for e in rounds), max(float(e["t"]) for e in rounds)
-    cpu = {e["node"]: -float(e["cpu_s"]) for e in events if e.get("event") == "start"}
-    for e in events:
-        if e.get("event") == "finish":
-            cpu[e["node"]] += float(e["cpu_s"])
     training = [s for t, s in scraper.answers if first <= t <= last]
     return {
         "mode": mode,
         "wall_s": time.perf_counter() - began,
         "median_round_s": statistics.median(float(e["latency_s"]) for e in rounds),
         "round_latencies_s": [float(e["latency_s"]) for e in rounds],
-        "cpu_s_per_round": statistics.mean(cpu.values()) / ROUNDS,
+        "cpu_s_per_round": cpu_s_per_round(events, ROUNDS),
         "scrape_samples_ms": [1000 * x for x in training],
         "accuracy_mean": result.accuracy_mean[-1],
         "scrapes": len(training),

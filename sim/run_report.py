@@ -27,7 +27,7 @@ from murmur.files import atomic_write
 from node.cli import Command
 from sim.errors import SimError
 from sim.report import fmt
-from sim.run_audit import audit_logs
+from sim.run_audit import audit_logs, site_folders
 from sim.run_timeline import plot_timeline, read_timeline, site_stats, supervisor_events
 
 NOT_RECORDED = "not recorded for this run"
@@ -88,7 +88,7 @@ def image(png: bytes, alt: str) -> str:
 def parts(run_dir: Path) -> list[tuple[str, Path]]:
     """The folders of the run that hold sites: itself, then one per networked method of a
     ``murmur sim`` run (a consortium's or a site's folder is one part, its sites inside)."""
-    if any((run_dir / name).exists() for name in ("consortium.toml", "site.toml")):
+    if not _is_process_run(run_dir) and site_folders(run_dir):
         return [("", run_dir)]
     found = [("", run_dir)] if _is_process_run(run_dir) else []
     subdirs = sorted(p for p in run_dir.iterdir() if p.is_dir() and _is_process_run(p))
@@ -256,8 +256,8 @@ def write_report(run_dir: Path) -> Path:
     found = parts(run_dir)
     if summary is None and not found:
         raise SimError(
-            f"{run_dir} is not a murmur run: it has no summary.json, no nodes/ folder, "
-            "no consortium.toml and no site.toml (murmur sim --out DIR writes a run; "
+            f"{run_dir} is not a murmur run: it has no summary.json, no nodes/ folder "
+            "and no site.toml in it or a folder below (murmur sim --out DIR writes a run; "
             "murmur consortium init --out DIR a consortium)"
         )
     config = (summary or {}).get("config")

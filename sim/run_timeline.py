@@ -45,6 +45,16 @@ def read_timeline(path: Path) -> list[dict[str, Any]]:
     return sorted(events, key=lambda e: float(e.get("t", 0.0)))
 
 
+def cpu_s_per_round(events: list[dict[str, Any]], rounds: int) -> float:
+    """The CPU seconds a node spent a round, mean over the nodes: each node's ``cpu_s``
+    from its start to its finish event (one life each: a run without restarts)."""
+    cpu = {e["node"]: -float(e["cpu_s"]) for e in events if e.get("event") == "start"}
+    for e in events:
+        if e.get("event") == "finish":
+            cpu[e["node"]] += float(e["cpu_s"])
+    return sum(cpu.values()) / len(cpu) / rounds
+
+
 def _rejected_total(event: dict[str, Any]) -> int:
     counts = event.get("rejected")
     return sum(int(v) for v in counts.values()) if isinstance(counts, dict) else 0

