@@ -91,7 +91,7 @@ def _audit(config: NodeConfig, kind: str, **data: Any) -> None:
     the entries a crashed node's checkpoint still holds for it (node.audit.log)."""
     log = AuditLog(config.site.state_dir, load_key(config.site.key))
     saved = checkpoint.load(config.site.state_dir / CHECKPOINT_FILE)
-    log.recover((saved or {}).get("audit_tail", b""))
+    log.recover((saved or {}).get("audit_tail", ""))
     log.append(kind, **data)
     log.close()
 

@@ -57,7 +57,7 @@ def restore(node: Node) -> bool:
     node.links = Links.restore(node.identity.peer_id, saved["links"], node.state.xhat[0])
     node.bytes_sent = int(saved["bytes_sent"])
     node.bytes_received = int(saved.get("bytes_received", 0))  # older checkpoints lack it
-    recovered = node.audit.recover(saved.get("audit_tail", b""))
+    recovered = node.audit.recover(saved.get("audit_tail", ""))
     if recovered:
         node.emit("audit_recovered", entries=recovered)
     node.exchange.restore(saved["exchange"])

@@ -132,6 +132,30 @@ def test_a_log_whose_last_entry_was_mangled_is_refused_with_a_clear_error(tmp_pa
         AuditLog(tmp_path, identity)
 
 
+def test_a_checkpoint_taken_just_after_a_sync_loads_and_recovers_nothing(
+    tmp_path: Path,
+) -> None:
+    """Nothing unsynced: the checkpoint's tail is empty, and must still load under
+    ``weights_only`` (an empty ``bytes`` did not: a node crashed then could not restart)."""
+    from node.state import checkpoint
+
+    identity = SiteIdentity.generate()
+    log = AuditLog(tmp_path, identity)
+    log.append("start", peer_id=identity.peer_id, round=0)
+    log.close_round(1, [], None)
+    assert log.tail() == ""
+    checkpoint.save(tmp_path / "checkpoint.pt", {"audit_tail": log.tail()})
+    saved = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert saved is not None and saved["audit_tail"] == ""
+    again = AuditLog(tmp_path, identity)
+    assert again.recover(saved["audit_tail"]) == 0
+    log.append("sent", peer="p", round=1, topic="update", digest="0" * 32, bytes=1)
+    checkpoint.save(tmp_path / "checkpoint.pt", {"audit_tail": log.tail()})
+    saved = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert saved is not None
+    assert [json.loads(x)["kind"] for x in saved["audit_tail"].splitlines()] == ["sent"]
+
+
 def test_entries_a_crash_lost_from_the_unsynced_log_come_back_from_the_checkpoint(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
@@ -147,7 +171,7 @@ def test_entries_a_crash_lost_from_the_unsynced_log_come_back_from_the_checkpoin
     state = nodes[0].config.site.state_dir
     saved = checkpoint.load(state / CHECKPOINT_FILE)
     assert saved is not None
-    assert isinstance(saved["audit_tail"], bytes)  # one object for the pickler
+    assert isinstance(saved["audit_tail"], str)  # one object for the pickler
     tail = [json.loads(line) for line in saved["audit_tail"].splitlines()]
     # Synced every 8 rounds (or 2 s): the last rounds were written but not yet synced
     # when the last checkpoint was taken.
