@@ -11,7 +11,7 @@ import pytest
 
 from crypto.identity import SiteIdentity
 from node.audit.check import cross_check, verify
-from node.audit.log import HEAD_FILE, LOG_FILE, AuditLog
+from node.audit.log import HEAD_FILE, LOG_FILE, AuditLog, digest
 from node.cli import main
 from node.errors import ConfigError
 from node.training.trainer import TrainConfig
@@ -79,6 +79,31 @@ def test_a_thousand_random_tamperings_are_all_detected_at_the_right_entry(tmp_pa
         assert verdict.first_bad == first_bad, (kind, verdict, first_bad)
         seen[kind] = seen.get(kind, 0) + 1
     assert len(seen) == 6 and min(seen.values()) > 100
+
+
+def test_one_signature_covers_a_write_and_forgeries_without_the_key_show(tmp_path: Path) -> None:
+    """Only the last entry of each write is signed; entries appended or a chain rewritten
+    without the key are still caught, the latter at the signature that vouched for it."""
+    path, identity = _synthetic(tmp_path)
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    signed = [n for n, entry in enumerate(entries) if "sig" in entry]
+    assert signed == [11, 22, 33, 44, 55, 64]  # each close_round's write, and the last
+    # a stranger appends entries (no key, so no signature)
+    stranger = AuditLog(tmp_path, SiteIdentity.generate())
+    stranger.append("sent", peer="q", round=99, topic="update", digest="ff" * 16, bytes=1)
+    stranger.pending[-1] = (stranger.seq, stranger.pending[-1][1], None)  # left unsigned
+    stranger.close()
+    verdict = verify(path, identity.peer_id, head=tmp_path / "no-head")
+    assert verdict.first_bad == 65 and "covered by no signature" in verdict.reason, verdict
+    # entry 25 edited and the chain rewritten from it on: the signatures cannot be
+    entries[25]["data"]["bytes"] = 0
+    for n in range(26, len(entries)):
+        entries[n]["prev"] = digest(entries[n - 1]).hex()
+    path.write_text(
+        "".join(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in entries)
+    )
+    verdict = verify(path, identity.peer_id)
+    assert verdict.first_bad == 33 and "entries 23 to 32" in verdict.reason, verdict
 
 
 def test_a_log_torn_by_a_crash_is_repaired_and_continues(tmp_path: Path) -> None:

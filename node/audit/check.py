@@ -3,10 +3,17 @@
 :func:`verify` names the first entry that is wrong and why: a line that is not a whole
 entry (cut or edited), a sequence number out of place (an entry deleted, inserted or
 moved), a link to the previous entry that does not hold (edited or reordered), a
-signature that does not match the site's key (edited or forged), or a log that ends
-before its signed head (truncated). :func:`cross_check` compares what one site logged as
-sent to a neighbour with what the neighbour logged as received: a frame received that
-was never sent, or sent with other contents, means one of the two logs lies.
+signature that does not match the site's key (edited or forged), entries after the last
+signature (appended by someone without the key), or a log that ends before its signed
+head (truncated). Only the last entry of each write is signed (:mod:`node.audit.log`):
+when a link breaks, the entry after it is still vouched for if the chain from it holds
+up to a good signature, and then the entry before the break is the one that was edited.
+A chain rewritten from an entry on without the key shows at the next signature, which
+vouched for the entries since the signature before it: the verdict names that range.
+
+:func:`cross_check` compares what one site logged as sent to a neighbour with what the
+neighbour logged as received: a frame received that was never sent, or sent with other
+contents, means one of the two logs lies.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "kind": str,
     "data": dict,
     "prev": str,
-    "sig": str,
 }
 
 
@@ -76,8 +82,10 @@ def verify(path: Path, peer_id: str | None = None, head: Path | None = None) -> 
             entry = json.loads(line)
         except ValueError:
             return Verdict(n, None, n, f"line {n + 1} is not a whole entry (cut or edited)")
-        if not isinstance(entry, dict) or any(
-            not isinstance(entry.get(k), kind) for k, kind in FIELDS.items()
+        if (
+            not isinstance(entry, dict)
+            or any(not isinstance(entry.get(k), kind) for k, kind in FIELDS.items())
+            or not isinstance(entry.get("sig", ""), str)
         ):
             return Verdict(n, None, n, f"entry {n} lacks a field or has one of the wrong type")
         entries.append(entry)
@@ -88,7 +96,9 @@ def verify(path: Path, peer_id: str | None = None, head: Path | None = None) -> 
         key = public_key_from_peer_id(claimed)
     except (MurmurError, ValueError) as exc:
         return Verdict(len(entries), claimed, 0, f"bad peer ID {claimed!r}: {exc}")
-    previous = GENESIS
+    digests = [digest(entry) for entry in entries]
+    head_path = head if head is not None else path.with_name(HEAD_FILE)
+    since = 0  # the first entry no good signature has vouched for yet
     for n, entry in enumerate(entries):
         if entry["seq"] != n:
             return Verdict(
@@ -98,27 +108,64 @@ def verify(path: Path, peer_id: str | None = None, head: Path | None = None) -> 
                 f"entry {n} carries sequence number {entry['seq']}: an entry was deleted, "
                 "inserted or moved",
             )
-        if entry["prev"] != previous.hex():
+        if entry["prev"] != (digests[n - 1] if n else GENESIS).hex():
+            if n and "sig" not in entries[n - 1] and _vouched(key, entries, digests, n):
+                return Verdict(
+                    len(entries),
+                    claimed,
+                    n - 1,
+                    f"entry {n - 1} is not the one entry {n} follows (edited)",
+                )
             return Verdict(
                 len(entries), claimed, n, f"entry {n} does not follow entry {n - 1} (edited)"
             )
-        mine = digest(entry)
-        try:
-            verify_signature(key, mine, bytes.fromhex(entry["sig"]))
-        except (MurmurError, ValueError):
-            return Verdict(
-                len(entries), claimed, n, f"entry {n}'s signature is not {claimed}'s (edited)"
-            )
-        previous = mine
-    head_path = head if head is not None else path.with_name(HEAD_FILE)
+        if "sig" in entry:
+            if not _signed(key, digests[n], entry["sig"]):
+                vouched = (
+                    f", or one of entries {since} to {n - 1} it vouches for," if since < n else ""
+                )
+                return Verdict(
+                    len(entries),
+                    claimed,
+                    n,
+                    f"entry {n}'s signature is not {claimed}'s: entry {n}{vouched} was edited",
+                )
+            since = n + 1
     if head_path.exists():
-        problem = _check_head(head_path, key, entries, previous)
+        problem = _check_head(head_path, key, entries, digests)
         if problem:
             return Verdict(len(entries), claimed, len(entries), problem)
+    unsigned = next((n for n in range(len(entries), 0, -1) if "sig" in entries[n - 1]), 0)
+    if unsigned < len(entries):
+        return Verdict(
+            len(entries),
+            claimed,
+            unsigned,
+            f"entries {unsigned} to {len(entries) - 1} are covered by no signature "
+            "(appended without the site's key)",
+        )
     return Verdict(len(entries), claimed)
 
 
-def _check_head(path: Path, key: bytes, entries: list[dict[str, Any]], last: bytes) -> str:
+def _signed(key: bytes, mine: bytes, sig: str) -> bool:
+    try:
+        verify_signature(key, mine, bytes.fromhex(sig))
+    except (MurmurError, ValueError):
+        return False
+    return True
+
+
+def _vouched(key: bytes, entries: list[dict[str, Any]], digests: list[bytes], n: int) -> bool:
+    """Whether entry ``n`` is the site's: the chain from it holds up to a good signature."""
+    for m in range(n, len(entries)):
+        if m > n and entries[m]["prev"] != digests[m - 1].hex():
+            return False
+        if "sig" in entries[m]:
+            return _signed(key, digests[m], entries[m]["sig"])
+    return False
+
+
+def _check_head(path: Path, key: bytes, entries: list[dict[str, Any]], digests: list[bytes]) -> str:
     try:
         head = json.loads(path.read_text())
         seq, recorded = int(head["seq"]), bytes.fromhex(head["digest"])
@@ -130,7 +177,7 @@ def _check_head(path: Path, key: bytes, entries: list[dict[str, Any]], last: byt
             f"truncated: the signed head names entry {seq}, the log ends at entry "
             f"{len(entries) - 1}"
         )
-    if digest(entries[seq]) != recorded:
+    if digests[seq] != recorded:
         return f"entry {seq} is not the one the signed head names (edited)"
     return ""
 
