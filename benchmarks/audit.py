@@ -3,9 +3,11 @@
 - Cost: the same 8-site consortium (Wisconsin, ring, top-k 10%, 40 rounds, real nodes on
   the in-memory transport, so a round is as short as it gets and the log's share as
   large) runs in one process with the audit log and with it replaced by one that writes
-  nothing, taking turns three times over; the ratio of median round latencies is the
-  log's cost. Also each piece alone: an entry (JSON and an Ed25519 signature) and a
-  round's flush (one write and fsync of the log, and the signed head written atomically).
+  nothing, taking turns five times over; the ratio of median round latencies is the
+  log's cost, beside the pairs' mean difference and its 95% interval. Also each piece
+  alone: an entry (its JSON and digest), the log's whole work a round (measured as CPU,
+  its writer thread included), and a round's flush (one write and fsync of the log, and
+  the signed head written atomically).
 - The same A/B on real ``murmur node`` processes over libp2p on loopback, one process a
   site as at a hospital (4 sites, an MLP with 64 hidden units, 4 local steps a round,
   150 rounds): the reference processes run :mod:`benchmarks.unaudited_node`, the node
@@ -75,7 +77,7 @@ def _latencies(out: Path, audit: bool) -> list[float]:
     ]
 
 
-PROCESS_SITES, PROCESS_ROUNDS, REPEATS, PROCESS_PAIRS = 4, 150, 3, 5
+PROCESS_SITES, PROCESS_ROUNDS, REPEATS, PROCESS_PAIRS = 4, 150, 5, 5
 
 
 def paired_interval(on: list[float], off: list[float]) -> tuple[float, float, float]:
@@ -173,9 +175,13 @@ def main() -> None:
         root = Path(scratch)
         with_log: list[float] = []
         without: list[float] = []
+        run_with: list[float] = []  # each run's median round
+        run_without: list[float] = []
         for k in range(REPEATS):  # in turns, so the machine's load falls on both alike
-            with_log += _latencies(root / f"with-{k}", audit=True)
-            without += _latencies(root / f"without-{k}", audit=False)
+            with_log += (latencies := _latencies(root / f"with-{k}", audit=True))
+            run_with.append(statistics.median(latencies))
+            without += (latencies := _latencies(root / f"without-{k}", audit=False))
+            run_without.append(statistics.median(latencies))
         (root / "pieces").mkdir()
         pieces = _pieces(root / "pieces")
         usual_with: list[float] = []
@@ -200,6 +206,9 @@ def main() -> None:
         "median_round_s_with_log": median_with,
         "median_round_s_without_log": median_without,
         "cost_fraction": median_with / median_without - 1.0,
+        "cost_fraction_interval": [
+            x / statistics.mean(run_without) for x in paired_interval(run_with, run_without)
+        ],
         **pieces,
         "process_median_round_s_with_log": statistics.median(usual_with),
         "process_median_round_s_without_log": statistics.median(usual_without),
@@ -231,7 +240,9 @@ def main() -> None:
         f"| median round, audit log on | {1000 * median_with:.2f} ms | — |",
         f"| median round, audit log off | {1000 * median_without:.2f} ms | — |",
         f"| cost of the log, memory transport | {100 * report['cost_fraction']:+.1f}% of a round "
-        "| ≤ 2% |",
+        "(the {} pairs' mean {:+.1f}% [95% interval {:+.1f}%, {:+.1f}%]) | ≤ 2% |".format(
+            REPEATS, *(100 * x for x in report["cost_fraction_interval"])
+        ),
         f"| real processes ({PROCESS_SITES} sites, MLP 64, 4 local steps, {PROCESS_ROUNDS} "
         "rounds, on and off in turns): median round, on / off | "
         f"{1000 * report['process_median_round_s_with_log']:.2f} / "
