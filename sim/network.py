@@ -31,6 +31,7 @@ from node.wire.update import (
     item_size,
     link_item_values,
     payload_size,
+    row_index_widths,
     step_bytes,
 )
 from sim.exchange import BatchedExchange, Traffic, in_order
@@ -130,7 +131,11 @@ class SimNetwork(BatchedExchange):
         seq = np.array([self.outbound[e].next_seq for e in edges], dtype=np.int64)
         count = q.kept.cpu().numpy().astype(np.int64)[self.src[edges]]
         kind = "dense" if q.indices is None else ("shared" if q.shared else "explicit")
-        items = item_size(seq, count, kind, q.quantum is not None, q.shared_round or 0)
+        width: NDArray[np.int64] | int = 1
+        if kind == "explicit":
+            assert q.indices is not None
+            width = row_index_widths(q.indices, q.kept, q.dim)[self.src[edges]]
+        items = item_size(seq, count, kind, q.quantum is not None, q.shared_round or 0, width)
         payload = payload_size(q.dim, acks, items, np.ones_like(seq))
         return frame_size(PEER_ID_CHARS, np.full_like(seq, round), "update", payload)
 

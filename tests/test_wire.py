@@ -38,8 +38,10 @@ def items(draw: st.DrawFn) -> Item:
         count = len(indices)
     else:
         count = draw(st.integers(0, 40))
+        # A compressor's index set: distinct indices, in any order (top-k's is by size).
         indices = torch.tensor(
-            draw(st.lists(st.integers(0, DIM - 1), min_size=count, max_size=count))
+            draw(st.lists(st.integers(0, DIM - 1), min_size=count, max_size=count, unique=True)),
+            dtype=torch.int64,
         )
     quantum = draw(st.floats(2.0**-20, 10.0, width=32)) if quantized else None
     if quantum is not None:
@@ -61,11 +63,17 @@ def test_payload_size_is_the_encoded_length(batch: list[Item], ack: int) -> None
     assert decoded.ack == ack
     for sent, got in zip(batch, decoded.items, strict=True):
         assert (got.seq, got.reset, got.shared_round) == (sent.seq, sent.reset, sent.shared_round)
-        assert torch.equal(got.values, sent.values)  # 8-bit values too: bit for bit
-        if sent.indices is None:
-            assert got.indices is None
-        else:
-            assert got.indices is not None and torch.equal(got.indices, sent.indices)
+        if sent.indices is None or sent.shared_round is not None:
+            assert torch.equal(got.values, sent.values)  # 8-bit values too: bit for bit
+            if sent.indices is None:
+                assert got.indices is None
+            else:
+                assert got.indices is not None and torch.equal(got.indices, sent.indices)
+        else:  # explicit indices arrive in increasing order, each with its own value
+            assert got.indices is not None
+            order = torch.argsort(sent.indices)
+            assert torch.equal(got.indices, sent.indices[order])
+            assert torch.equal(got.values, sent.values[order])
 
 
 @settings(max_examples=100, deadline=None)
@@ -90,7 +98,9 @@ def test_shared_indices_and_q8_cost_what_they_should() -> None:
     explicit = encoded_item_size(Item(0, idx, values))
     shared = encoded_item_size(Item(0, idx, values, shared_round=3))
     q8 = encoded_item_size(Item(0, idx, values, shared_round=3, quantum=1.0))
-    assert explicit - shared == 4 * k + 1  # the int32 indices and their bin header, less the round
+    # Explicit: a width byte and one byte a gap (gaps of 7 here) with a bin header; shared
+    # sends the round (one byte) instead.
+    assert explicit - shared == (2 + 1 + k) - 1
     assert shared - q8 == 3 * k - 7  # 4k float32 bytes → k levels + [4-byte quantum] framing
 
 
@@ -106,6 +116,41 @@ def test_shared_indices_and_q8_cost_what_they_should() -> None:
     ],
 )
 def test_bad_items_are_malformed(item: list[object], match: str) -> None:
+    payload = msgpack.packb({"dim": DIM, "ack": -1, "inc": NO_INC, "items": [item]})
+    with pytest.raises(MalformedFrameError, match=match):
+        decode_update(payload, DIM, _shared, max_round=3)
+
+
+@pytest.mark.parametrize(
+    ("indices", "width"),
+    [([5], 1), ([0, 255], 1), ([0, 257], 2), ([3, 60_000, 60_001], 2), ([0, 99_999], 4)],
+)
+def test_explicit_indices_take_the_narrowest_gap_width(indices: list[int], width: int) -> None:
+    dim = 100_000
+    item = Item(0, torch.tensor(indices[::-1]), torch.arange(len(indices), dtype=torch.float32))
+    payload = encode_update(dim, -1, [item])
+    field = msgpack.unpackb(payload)["items"][0][1]
+    assert field[0] == width and len(field) == 1 + width * len(indices)
+    assert payload_size(dim, -1, encoded_item_size(item), 1) == len(payload)
+    got = decode_update(payload, dim).items[0]
+    assert got.indices is not None and got.indices.tolist() == indices
+    assert got.values.tolist() == list(range(len(indices)))[::-1]
+
+
+@pytest.mark.parametrize(
+    ("field", "match"),
+    [
+        (b"", "width byte"),
+        (b"\x03" + b"\x00" * 6, "width byte"),  # no such width
+        (b"\x01" + b"\x00", "one 1-byte gap per value"),  # one gap for two values
+        (b"\x02" + b"\x00\x00" * 3, "one 2-byte gap per value"),
+        (b"\x02" + b"\x00\x00" + b"\x2b\x01", "outside"),  # 0, then 0 + 299 + 1 = 300
+        (b"\x04" + b"\xff\xff\xff\xff" * 2, "outside"),  # no wrap-around past 2^32
+        ([1, 2], "width byte"),  # not bytes at all
+    ],
+)
+def test_bad_explicit_indices_are_malformed(field: object, match: str) -> None:
+    item = [0, field, np.zeros(2, "<f4").tobytes(), False]
     payload = msgpack.packb({"dim": DIM, "ack": -1, "inc": NO_INC, "items": [item]})
     with pytest.raises(MalformedFrameError, match=match):
         decode_update(payload, DIM, _shared, max_round=3)
