@@ -131,7 +131,7 @@ class SimNetwork(BatchedExchange):
         seq = np.array([self.outbound[e].next_seq for e in edges], dtype=np.int64)
         count = q.kept.cpu().numpy().astype(np.int64)[self.src[edges]]
         kind = "dense" if q.indices is None else ("shared" if q.shared else "explicit")
-        width: NDArray[np.int64] | int = 1
+        width: NDArray[np.int64] | None = None
         if kind == "explicit":
             assert q.indices is not None
             width = row_index_widths(q.indices, q.kept, q.dim)[self.src[edges]]

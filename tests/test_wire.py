@@ -147,10 +147,12 @@ def test_explicit_indices_take_the_narrowest_gap_width(indices: list[int], width
         (b"\x02" + b"\x00\x00" + b"\x2b\x01", "outside"),  # 0, then 0 + 299 + 1 = 300
         (b"\x04" + b"\xff\xff\xff\xff" * 2, "outside"),  # no wrap-around past 2^32
         ([1, 2], "width byte"),  # not bytes at all
+        (b"\x01" + b"\x00" * (DIM + 1), "explicit indices for a"),  # more than dim distinct
     ],
 )
 def test_bad_explicit_indices_are_malformed(field: object, match: str) -> None:
-    item = [0, field, np.zeros(2, "<f4").tobytes(), False]
+    count = DIM + 1 if isinstance(field, bytes) and len(field) == DIM + 2 else 2
+    item = [0, field, np.zeros(count, "<f4").tobytes(), False]
     payload = msgpack.packb({"dim": DIM, "ack": -1, "inc": NO_INC, "items": [item]})
     with pytest.raises(MalformedFrameError, match=match):
         decode_update(payload, DIM, _shared, max_round=3)

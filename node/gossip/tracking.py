@@ -45,6 +45,22 @@ where the guard never fires are unchanged. It is not in because the node would h
 agree on the training scale across sites (announcements carry one γ, which mixes the
 learned contraction of top-k with the back-offs), and sites stepping at different scales
 track a biased average.
+
+Measured 2026-12-06 (16 Wisconsin sites, Dirichlet α 0.5, a ring, block-k 10%, defaults):
+the models oscillate apart with growing swings — consensus distance 0.15 after round 1,
+701 at its peak within 200 rounds, 4,280 over 2,000 (``murmur``: 0.66), and the guard
+never fires, because it arms only after two analysed mixing times (≈ 330 rounds here)
+and the swings start within 30. On GBSG2 (German breast cancer study, lifelines' copy,
+recurrence as the label), ring, top-k 1%, 2,000 rounds: consensus 16 at round 1,000
+against 5 for ``murmur``. Linearised, tracking with mixing that contracts by 1 − ε a
+round needs η·L ≲ ε², and compression makes ε small (≈ 0.003 here against 0.1 dense),
+so at the defaults' lr the loop is unstable by a wide margin. Tried and not kept:
+clipping the tracked step to twice the site's own step norm (local, no agreement needed)
+cut the ring/block-k peak to 127–137 and kept Wisconsin at 96.4 % / 95.6 %, but GBSG2
+still ended at consensus 14; a training step scaled by the mixing-rate ratio to dense
+gossip (the linear condition) is stable but learns too slowly (Wisconsin ring top-k 1%,
+200 rounds: 83.6 % against 95.8 %). The fix still to build is a back-off of the training
+step agreed across sites (see above), armed from the first window for this method.
 """
 
 from __future__ import annotations

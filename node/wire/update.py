@@ -91,6 +91,8 @@ def _index_field(item: Item, order: NDArray[np.int64] | None) -> bytes | int | N
         return item.shared_round
     assert order is not None
     gaps = index_gaps(item.indices.to("cpu", torch.int64).numpy()[order])
+    if len(gaps) and (gaps.min() < 0 or gaps.max() >= 2**32):  # a compressor's bug, not a peer's
+        raise ValueError("explicit indices must be distinct and below 2**32")
     width = index_width(int(gaps.max()) if len(gaps) else 0)
     return bytes([width]) + gaps.astype(f"<u{width}").tobytes()
 
@@ -250,6 +252,8 @@ def _explicit_indices(field: object, count: int, dim: int) -> NDArray[np.int64]:
     if not isinstance(field, bytes) or not field or field[0] not in INDEX_WIDTHS:
         raise MalformedFrameError("item indices must be a width byte (1, 2 or 4) and gaps")
     width = field[0]
+    if count > dim:  # distinct indices below dim: refused before any array is built
+        raise MalformedFrameError(f"{count} explicit indices for a {dim}-parameter model")
     if len(field) != 1 + width * count:
         raise MalformedFrameError(f"item indices must be one {width}-byte gap per value")
     gaps = np.frombuffer(field, dtype=f"<u{width}", offset=1).astype(np.int64)
@@ -282,18 +286,26 @@ def values_size(count: N, quantized: bool) -> N:
     return bin_size(4 * count)
 
 
-def index_size(count: N, kind: str, shared_round: int = 0, width: N | int = 4) -> N:
+def index_size(count: N, kind: str, shared_round: int = 0, width: N | int | None = None) -> N:
     """Encoded bytes of an item's ``index`` field: ``dense``, ``explicit`` (gap-coded,
-    ``width`` bytes a gap: :func:`index_width`) or ``shared``."""
+    ``width`` bytes a gap: :func:`index_width`, which only the index set can tell) or
+    ``shared``."""
     if kind == "dense":
         return count * 0 + NIL
     if kind == "shared":
         return count * 0 + int_size(shared_round)
+    if width is None:
+        raise ValueError("an explicit index field's size needs its gap width")
     return bin_size(1 + width * count)
 
 
 def item_size(
-    seq: N, count: N, kind: str, quantized: bool, shared_round: int = 0, width: N | int = 4
+    seq: N,
+    count: N,
+    kind: str,
+    quantized: bool,
+    shared_round: int = 0,
+    width: N | int | None = None,
 ) -> N:
     """Encoded bytes of one ``[seq, index, values, reset]`` item."""
     return (
