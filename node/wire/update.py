@@ -84,24 +84,29 @@ def index_gaps(sorted_indices: NDArray[np.int64]) -> NDArray[np.int64]:
     return np.asarray(gaps, dtype=np.int64)
 
 
-def _index_field(item: Item, order: NDArray[np.int64] | None) -> bytes | int | None:
+SortedGaps = tuple[NDArray[np.int64], NDArray[np.int64], int]  # order, gaps, width
+
+
+def _sorted_gaps(item: Item) -> SortedGaps:
+    """An explicit item's sorting permutation, its gaps and their width: what the encoder
+    writes and :func:`encoded_item_size` counts, from one rule."""
+    assert item.indices is not None
+    idx = item.indices.to("cpu", torch.int64).numpy()
+    order = np.argsort(idx, kind="stable")
+    gaps = index_gaps(idx[order])
+    return order, gaps, index_width(int(gaps.max()) if len(gaps) else 0)
+
+
+def _index_field(item: Item, explicit: SortedGaps | None) -> bytes | int | None:
     if item.indices is None:
         return None
     if item.shared_round is not None:
         return item.shared_round
-    assert order is not None
-    gaps = index_gaps(item.indices.to("cpu", torch.int64).numpy()[order])
+    assert explicit is not None
+    _, gaps, width = explicit
     if len(gaps) and (gaps.min() < 0 or gaps.max() >= 2**32):  # a compressor's bug, not a peer's
         raise ValueError("explicit indices must be distinct and below 2**32")
-    width = index_width(int(gaps.max()) if len(gaps) else 0)
     return bytes([width]) + gaps.astype(f"<u{width}").tobytes()
-
-
-def _explicit_order(item: Item) -> NDArray[np.int64] | None:
-    """The permutation that sorts an explicit item's indices (None for other items)."""
-    if item.indices is None or item.shared_round is not None:
-        return None
-    return np.argsort(item.indices.to("cpu", torch.int64).numpy(), kind="stable")
 
 
 def _values_field(item: Item, order: NDArray[np.int64] | None) -> bytes | list[bytes]:
@@ -123,8 +128,9 @@ def encode_update(
 ) -> bytes:
     packed = []
     for i in items:
-        order = _explicit_order(i)
-        packed.append([i.seq, _index_field(i, order), _values_field(i, order), i.reset])
+        explicit = _sorted_gaps(i) if index_kind(i) == "explicit" else None
+        order = None if explicit is None else explicit[0]
+        packed.append([i.seq, _index_field(i, explicit), _values_field(i, order), i.reset])
     fields: dict[str, object] = {"dim": dim, "ack": ack, "inc": list(inc), "items": packed}
     if step is not None:
         fields["step"] = [int(step[0]), float(step[1])]
@@ -337,10 +343,7 @@ def index_kind(item: Item) -> str:
 
 def encoded_item_size(item: Item) -> int:
     kind = index_kind(item)
-    width = 1
-    if kind == "explicit" and item.indices is not None and item.indices.numel():
-        idx = np.sort(item.indices.to("cpu", torch.int64).numpy())
-        width = index_width(int(index_gaps(idx).max()))
+    width = _sorted_gaps(item)[2] if kind == "explicit" else None
     return item_size(
         item.seq,
         int(item.values.numel()),
