@@ -276,6 +276,8 @@ def summarise(done: list[Task]) -> dict[str, Any]:
                 "bytes_to_target": hit_bytes,
                 "seconds": t["seconds"],
                 "eps_spent": final.get("eps_spent"),
+                "stop_first": final.get("stop_first"),
+                "stop_last": final.get("stop_last"),
             }
         )
     for c in cells:
@@ -399,13 +401,24 @@ def checks(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _stopped(cell: dict[str, Any]) -> str:
+    """The rounds the sites stopped training (node.gossip.validation_stop), or —."""
+    first, last = cell.get("stop_first"), cell.get("stop_last")
+    if first is None:
+        return "—"
+    return f"{first}" if first == last else f"{first}–{last}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Convergence matrix",
         "",
         f"Measured {report['date']} on {report['machine']} "
         f"in {report['wall_s']:.0f} s. `--gamma auto` everywhere; model mlp:32, SGD lr 0.3, "
-        "batch 16, one local step a round, cosine schedule over the horizon.",
+        "batch 16, one local step a round, cosine schedule over the horizon; gossip methods "
+        "hold back 20% of each site's rows and stop training (mixing goes on) 50 rounds "
+        "after the consortium's tracked validation loss last improved (the stopped "
+        "column: rounds the first and last site stopped; docs/gossip.md).",
         "",
     ]
     lines += [
@@ -466,8 +479,9 @@ def markdown(report: dict[str, Any]) -> str:
                 f"## {ds}, {rounds} rounds",
                 "",
                 "| topology | compressor | kept | acc mean / worst % | AUC (gap) | "
-                "consensus r1 · r50 · max · end | late drop | γ | bytes→99% (dpsgd ÷) | ok |",
-                "|---|---|---|---|---|---|---|---|---|---|",
+                "consensus r1 · r50 · max · end | late drop | γ | stopped | "
+                "bytes→99% (dpsgd ÷) | ok |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for c in rows:
                 comp = c["compressor"] or "dpsgd (identity)"
@@ -488,7 +502,8 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{_f(c['auc_mean'])} ({_f(c['auc_gap'], digits=2)}) | "
                     f"{_f(c['consensus_first'], digits=2)} · {_f(c['consensus_50'], digits=2)} · "
                     f"{_f(c['consensus_max'], digits=2)} · {_f(c['consensus_end'], digits=2)} | "
-                    f"{_f(c['late_drop'], True)} | {gamma} | {_bytes(c['bytes_to_target'])}"
+                    f"{_f(c['late_drop'], True)} | {gamma} | {_stopped(c)} | "
+                    f"{_bytes(c['bytes_to_target'])}"
                     f"{'' if ratio is None else f' ({ratio:.1f}×)'} | "
                     f"{'✓' if c['stable'] else 'GROWS'} |"
                 )

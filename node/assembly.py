@@ -19,6 +19,12 @@ from node.gossip.compress import Compressor, stacked
 from node.gossip.registry import parse_compressor
 from node.gossip.step_guard import StepGuard, step_guard
 from node.gossip.tracking import GradientTracker
+from node.gossip.validation_stop import (
+    ValidationStop,
+    split_validation,
+    validation_sums,
+    window_rounds,
+)
 from node.state.membership import Membership
 from node.state.privacy_ledger import PrivacyLedger
 from node.state.site_secrets import dp_seed
@@ -41,6 +47,16 @@ def _held_out(config: NodeConfig, encoding: Featurizer | None) -> SiteData | Non
     return load_site_data(config.data.eval_source, config.data.target, encoding=encoding)
 
 
+def _stops(config: NodeConfig) -> bool:
+    """Whether the consortium's validation stop runs (node.gossip.validation_stop): a
+    built-in trainer without DP, in the plaintext mode, with a patience."""
+    return (
+        config.train.trainer.stop_patience > 0
+        and config.privacy is None
+        and config.gossip.secure == "off"
+    )
+
+
 @dataclass
 class SiteParts:
     data: SiteData | None  # None: a custom loop holds its own data
@@ -56,6 +72,10 @@ class SiteParts:
     compressor: Compressor
     guard_step: StepGuard | None  # None: a configured γ, kept as it is
     gamma: float
+    # The consortium's validation stop and this site's held-back rows (None where it is
+    # off: DP, secure aggregation, a custom loop, stop_patience 0).
+    stop: ValidationStop | None = None
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def dim(self) -> int:
@@ -91,10 +111,13 @@ class SiteParts:
         model = build_model(config.train.model, data.x.shape[1], data.n_classes)
         layout = FlatLayout.of(model)
         x0 = layout.to_vector(model).detach()
+        fit, validation = (data.x, data.y), None
+        if _stops(config):
+            fit, validation = split_validation(data.x, data.y, config.consortium.seed, index)
         plain = BatchedTrainer(
             model,
             x0.unsqueeze(0).clone(),
-            StackedData.from_parts([(data.x, data.y)], torch.device("cpu")),
+            StackedData.from_parts([fit], torch.device("cpu")),
             config.train.trainer,
             seed=config.consortium.seed,
             first_row=index,
@@ -108,15 +131,20 @@ class SiteParts:
             # site_secrets), never the public seed: any member could subtract it.
             dp = DpTrainer(
                 plain,
-                [(data.x, data.y)],
+                [fit],
                 config.privacy,
                 config.train.rounds,
                 dp_seed(config.site.state_dir),
             )
             trainer = dp
-        return cls._gossip(
+        parts = cls._gossip(
             config, index, membership, data, held_out, model, layout, x0, trainer, dp
         )
+        if validation is not None:
+            patience, matrix = config.train.trainer.stop_patience, membership.matrix()
+            parts.stop = ValidationStop(1, patience, window_rounds(matrix))
+            parts.validation = validation
+        return parts
 
     @classmethod
     def _custom(
@@ -190,6 +218,14 @@ class SiteParts:
             guard_step=guard,
             gamma=gamma,
         )
+
+    def validation_sums(self) -> torch.Tensor:
+        """(1, 2): this site's summed validation cross-entropy and its number of rows."""
+        assert self.validation is not None
+        x, y = self.validation
+        with torch.no_grad():
+            probs = self.trainer.predict_own([x])
+        return validation_sums(probs, [y])
 
     def accuracy(self) -> float | None:
         """Held-out accuracy of the current model: on ``[data] eval`` rows when given,

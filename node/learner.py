@@ -24,6 +24,7 @@ from node.errors import ConfigError
 from node.gossip.choco import add_self_contribution, mix_step
 from node.gossip.sparse import Sparse
 from node.gossip.step_guard import StepGuard, guarded_compress
+from node.wire.update import Validation
 
 Emit = Callable[..., None]
 
@@ -38,6 +39,7 @@ class Learner:
         self.trainer, self.dp, self.ledger = parts.trainer, parts.dp, parts.ledger
         self.tracker, self.state, self.compressor = parts.tracker, parts.state, parts.compressor
         self.guard_step, self.gamma = parts.guard_step, parts.gamma
+        self.stop = parts.stop
 
     @property
     def dim(self) -> int:
@@ -47,9 +49,17 @@ class Learner:
         """Runs in a worker thread: local training, then CHOCO step 1 (q, and x̂ += q).
         It writes x and x̂ only; s, which the event loop adds neighbours' items into, is
         touched only on the event loop (:meth:`add_own`)."""
+        if self.stopped:
+            # The consortium stopped training (node.gossip.validation_stop): the model
+            # only mixes from here, so it still compresses and sends.
+            with torch.no_grad():
+                q = guarded_compress(self.state, self.compressor, t, None, self.guard_step)
+            return math.nan, q
         self.trainer.set_progress(t / self.config.train.rounds)
         before = self.dp_history()
         stats = self.tracker.train(self.trainer) if self.tracker else self.trainer.train()
+        if self.stop is not None and self.stop.due(t):
+            self._observe(t)
         after = self.dp_history()
         if self.ledger is not None and after != before:
             # Recorded durably before this round's noised update can leave the site.
@@ -72,6 +82,57 @@ class Learner:
             mix_step(self.state, self.gamma)
             if self.tracker:
                 self.tracker.sync(self.trainer)
+
+    # -- validation stop --------------------------------------------------------------------
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop is not None and bool(self.stop.stopped[0])
+
+    def announcement(self) -> Validation | None:
+        """What this round's frames say of the validation stop (None: it is off)."""
+        if self.stop is None:
+            return None
+        if self.stopped:
+            return Validation(None)
+        total, rows = self.stop.estimate[0].tolist()
+        return Validation((total, rows))
+
+    def _observe(self, t: int) -> None:
+        """A window's end: score the held-back rows into the estimate, maybe stop."""
+        assert self.stop is not None
+        if bool(self.stop.observe(t, self.parts.validation_sums())[0]):
+            self._stopped_event(t, "its reading of the validation loss stopped improving")
+
+    def mix_validation(
+        self, t: int, heard: dict[str, Validation], weights: dict[str, float], me: str
+    ) -> None:
+        """e_i ← Σ_j W_ij e_j over this round's announcements (a neighbour not heard from
+        counts as our own estimate); a stopped neighbour stops us."""
+        if self.stop is None:
+            return
+        own = self.stop.estimate[0]
+        mixed = own * weights[me]
+        for peer, weight in weights.items():
+            if peer == me:
+                continue
+            said = heard.get(peer)
+            estimate = None if said is None else said.estimate
+            value = own if estimate is None else torch.tensor(estimate, dtype=torch.float64)
+            mixed = mixed + weight * value
+        told = any(v.estimate is None for v in heard.values())
+        now = self.stop.mix(mixed.unsqueeze(0), torch.tensor([told]), t)
+        if bool(now[0]):
+            self._stopped_event(t, "a neighbour stopped")
+
+    def _stopped_event(self, t: int, why: str) -> None:
+        assert self.stop is not None
+        self.emit(
+            "training_stopped",
+            round=t + 1,
+            detail=f"training stops, mixing goes on: {why}",
+            validation_loss=float(self.stop.reading()[0]),
+        )
 
     def _guard(self, t: int, heard_steps: Callable[[int], list[float]]) -> None:
         """Feed this round's residuals to the step guard; log a back-off."""
@@ -170,6 +231,7 @@ class Learner:
             "trainer": self.trainer.state_dict(),
             "tracker": None if self.tracker is None else self.tracker.previous.clone(),
             "guard": None if self.guard_step is None else self.guard_step.state_dict(),
+            "validation": None if self.stop is None else self.stop.state_dict(),
         }
 
     def restore(self, saved: dict[str, Any], where: object) -> None:
@@ -183,6 +245,9 @@ class Learner:
         if self.tracker is not None:
             self.tracker.previous.copy_(saved["tracker"])
             self.tracker.sync(self.trainer)
+        validation = saved.get("validation")
+        if self.stop is not None and validation is not None:
+            self.stop.load_state_dict(validation)
         guard = saved.get("guard")
         if self.guard_step is not None and guard is not None:
             self.guard_step.load_state_dict(guard)

@@ -51,7 +51,9 @@ def site_exchange(
     mode, gossip = config.gossip.secure, config.gossip
     if mode == "off":
         guard = learner.guard_step
-        return PlaintextExchange(host, learner.dim, indices, guard, gossip.max_frame_bytes)
+        return PlaintextExchange(
+            host, learner.dim, indices, guard, gossip.max_frame_bytes, learner.announcement
+        )
     require_shared_slots(learner.compressor, mode)
     assert indices is not None  # a shared-index compressor, checked above
     require_key(config)  # a lost encryption key is never silently regenerated

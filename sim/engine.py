@@ -32,6 +32,7 @@ from sim.prep import FederatedData
 from sim.references import majority, pooled_logreg, train_central
 from sim.results import MethodResult, RunSpec, Tick, stability, step_summary
 from sim.secure_network import SecureSimNetwork
+from sim.validation import SiteValidation
 from topology import MatchingSchedule, StaticTopology
 
 
@@ -224,7 +225,8 @@ class Simulation:
                 )
             return self._run_time_varying(tick)
         began = time.perf_counter()
-        trainer = self._trainer(self.data.train)
+        checks = self._validation()
+        trainer = self._trainer(self.data.train if checks is None else checks.fit)
         tracker = GradientTracker(trainer.params, self.x0) if method == "murmur-gt" else None
         state = tracker.state if tracker else ChocoState.start(trainer.params, self.x0)
         dim = state.x.shape[1]
@@ -248,12 +250,20 @@ class Simulation:
             working = faults.working(t, alive) if faults else alive
             active = torch.from_numpy(working).to(self.spec.device) if faults else None
             trainer.set_progress(t / self.spec.rounds)
-            stats = tracker.train(trainer, active) if tracker else trainer.train(active)
+            learning = active if checks is None else checks.training(active)
+            stats = tracker.train(trainer, learning) if tracker else trainer.train(learning)
             train_s += stats.seconds
+            if checks is not None:
+                checks.after_training(t, trainer, working)
             with torch.no_grad():
                 step = guard if guard is not None else gamma
                 assert step is not None
-                traffic = gossip_round(exchange, t, state, compressor, step, working, alive, active)
+                said = None if checks is None else checks.stopped()
+                traffic = gossip_round(
+                    exchange, t, state, compressor, step, working, alive, active, said
+                )
+                if checks is not None:
+                    checks.after_gossip(t, working & alive)
                 if tracker:
                     tracker.sync(trainer)
                 if self.spec.evaluate:
@@ -272,6 +282,8 @@ class Simulation:
             cipher_s = {f"{k}_s": v for k, v in exchange.cipher_seconds.items()}
         steps = {} if guard is None else step_summary(guard)
         steps.update(stability(result, trace))
+        if checks is not None:
+            steps.update(checks.summary())
         return self._finish(
             result,
             trainer,
@@ -282,6 +294,19 @@ class Simulation:
             train_s=train_s,
             **steps,
             **cipher_s,
+        )
+
+    def _validation(self) -> SiteValidation | None:
+        """The consortium's validation stop (node.gossip.validation_stop), where it runs:
+        not under DP (the losses are outside the accountant) nor secure aggregation (its
+        frames carry sealed sums only), nor with ``stop_patience`` 0."""
+        if self.spec.train.stop_patience == 0 or self.spec.dp is not None:
+            return None
+        if self.spec.secure != "off":
+            return None
+        weights = self.topology.matrix(0)
+        return SiteValidation(
+            self.data.train, weights, self.spec.train.stop_patience, self.spec.seed
         )
 
     def _exchange(

@@ -58,10 +58,13 @@ class BatchedExchange(ABC):
         xhat: torch.Tensor,
         working: NDArray[np.bool_],
         step: NDArray[np.float64] | None = None,
+        validation: NDArray[np.bool_] | None = None,
     ) -> None:
         """Round ``t``'s parts: rows of ``q`` (already in ``xhat`` and in s) of the sites
         that are ``working``. ``step`` is each site's (stamp, smallest known consensus
-        step), (N, 2), which a frame announces when it changed (node.gossip.step_size)."""
+        step), (N, 2), which a frame announces when it changed (node.gossip.step_size).
+        ``validation``: every frame announces its sender's validation-stop estimate, or
+        that it has stopped (True) (node.gossip.validation_stop)."""
 
     @abstractmethod
     def send(self, t: int, alive: NDArray[np.bool_]) -> Traffic:
@@ -103,9 +106,10 @@ def exchange_round(
     working: NDArray[np.bool_],
     alive: NDArray[np.bool_],
     step: NDArray[np.float64] | None = None,
+    validation: NDArray[np.bool_] | None = None,
 ) -> tuple[Traffic, NDArray[np.bool_]]:
     """contribute, send, resolve: round ``t`` of ``exchange`` on ``state``."""
-    exchange.contribute(t, q, state.xhat, working, step)
+    exchange.contribute(t, q, state.xhat, working, step, validation)
     traffic = exchange.send(t, alive)
     return traffic, exchange.resolve(t, state.s)
 
@@ -119,12 +123,14 @@ def gossip_round(
     working: NDArray[np.bool_],
     alive: NDArray[np.bool_],
     active: torch.Tensor | None = None,
+    validation: NDArray[np.bool_] | None = None,
 ) -> Traffic:
     """CHOCO's round after local training, for every site: compress, take one's own part
     into s, exchange, then mix with the fixed γ or the guard's per-site steps (which the
     frames announce and the guard agrees on, node.gossip.step_guard). Rows of sites that
-    are not ``working`` (``active``: the same on the model's device) stay as they are. The
-    node's round is the same (node.learner)."""
+    are not ``working`` (``active``: the same on the model's device) stay as they are.
+    ``validation``: each site's stopped flag, when frames carry validation-stop
+    announcements. The node's round is the same (node.learner)."""
     guard = step if isinstance(step, StepGuard) else None
     q = guarded_compress(state, compressor, t, active, guard)
     add_self_contribution(state, q, exchange.self_weight)
@@ -132,7 +138,7 @@ def gossip_round(
     if guard is not None:  # what this round's frames carry: (stamp, agreed)
         stamp, agreed = guard.announcement()
         announced = np.stack([np.full(exchange.n, float(stamp)), agreed.numpy()], 1)
-    traffic, _ = exchange_round(exchange, t, q, state, working, alive, announced)
+    traffic, _ = exchange_round(exchange, t, q, state, working, alive, announced, validation)
     if guard is not None:
         guard.step(state, exchange.heard_steps)
     mix_step(state, step.gamma.to(state.x.device) if isinstance(step, StepGuard) else step, active)

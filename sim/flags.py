@@ -80,6 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--weight-decay", type=float, default=TRAIN.weight_decay, help="L2 weight decay")
     add("--prox-mu", type=float, default=TRAIN.prox_mu, help="FedProx μ (0: off)")
     add("--local-steps", type=int, default=TRAIN.local_steps)
+    add(
+        "--stop-patience",
+        type=int,
+        default=TRAIN.stop_patience,
+        help="gossip methods hold back 20%% of each site's rows and stop training (mixing "
+        "goes on) after N rounds without a better consortium validation loss; 0: never. "
+        "Off under --dp and --secure",
+    )
     add("--batch-size", type=int, default=TRAIN.batch_size)
     add(
         "--time-budget",

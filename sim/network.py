@@ -33,6 +33,7 @@ from node.wire.update import (
     payload_size,
     row_index_widths,
     step_bytes,
+    validation_bytes,
 )
 from sim.exchange import BatchedExchange, Traffic, in_order
 from sim.faults import FaultModel
@@ -59,6 +60,7 @@ class _Round:
     q: Sparse
     working: NDArray[np.bool_]
     step: NDArray[np.float64] | None
+    validation: NDArray[np.bool_] | None  # each sender's stopped flag, when frames carry it
     dtype: torch.dtype  # of s (the backlog keeps items as s will add them)
     fast: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     fresh_seq: dict[int, int] = field(default_factory=dict)  # slow edge → round t's item
@@ -146,9 +148,10 @@ class SimNetwork(BatchedExchange):
         xhat: torch.Tensor,
         working: NDArray[np.bool_],
         step: NDArray[np.float64] | None = None,
+        validation: NDArray[np.bool_] | None = None,
     ) -> None:
         """Rows of non-working sites are ignored; x̂ is not needed (q is the item)."""
-        self._round = _Round(t, q, working, step, xhat.dtype)
+        self._round = _Round(t, q, working, step, validation, xhat.dtype)
 
     def send(self, t: int, alive: NDArray[np.bool_]) -> Traffic:
         r = in_order(self._round, t)
@@ -166,6 +169,9 @@ class SimNetwork(BatchedExchange):
             announce = sending & (r.step[self.src] != self.announced).any(1)
             np.add.at(bytes_sent, self.src[announce], float(step_bytes(int(r.step[0, 0]))))
             self.announced[announce] = r.step[self.src[announce]]
+        if r.validation is not None:  # every frame carries its sender's announcement
+            val = np.where(r.validation, validation_bytes(True), validation_bytes(False))
+            np.add.at(bytes_sent, self.src[sending], val[self.src[sending]].astype(np.float64))
         fast_edges = np.flatnonzero(r.fast)
         if len(fast_edges):
             frames = self._fast_bytes(q, t, fast_edges, acks[fast_edges])

@@ -54,6 +54,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size,
         time_budget_s=args.time_budget,
         lr_schedule=args.lr_schedule,
+        stop_patience=args.stop_patience,
     )
 
 

@@ -98,9 +98,10 @@ class SecureSimNetwork(BatchedExchange):
         xhat: torch.Tensor,
         working: NDArray[np.bool_],
         step: NDArray[np.float64] | None = None,
+        validation: NDArray[np.bool_] | None = None,
     ) -> None:
         """Parts are taken from ``xhat`` on ``q``'s shared slots; secure frames carry no
-        step announcement (as on nodes), so ``step`` is not sent."""
+        step or validation announcement (as on nodes), so neither is sent."""
         # The engine refused other compressors already (require_shared_slots).
         assert q.indices is not None and q.indices.dim() == 1
         self._round = _SecureRound(t, xhat.detach().to("cpu", torch.float32), q.indices, working)

@@ -158,7 +158,8 @@ def test_every_sim_training_flag_reaches_the_process_backends_nodes(
         shlex.split(
             "--optimizer sgd --lr 0.07 --lr-schedule constant --momentum 0.5 --nesterov "
             "--weight-decay 0.002 --prox-mu 0.01 --local-steps 3 --batch-size 8 --time-budget "
-            "2.5 --model logistic --rounds 7 --eval-every 2 --seed 3 --compressor block-k:0.1 "
+            "2.5 --stop-patience 30 --model logistic --rounds 7 --eval-every 2 --seed 3 "
+            "--compressor block-k:0.1 "
             "--gamma 0.3 --deadline 1500 --secure plain --drop 0.05 --delay 3 --dp "
             "epsilon=3,delta=1e-5,rounds=5,weight=equal"
         )

@@ -31,6 +31,7 @@ from node.gossip.sparse import Sparse
 from node.state.links import Links
 from node.state.membership import Membership
 from node.wire.frames import Frame
+from node.wire.update import Validation
 
 SUSPECT_AFTER = 3  # rounds (plaintext) or deadlines (secure) of silence: taken to be down
 
@@ -120,6 +121,11 @@ class Exchange(ABC):
     def heard_steps(self, stamp: int) -> list[float]:
         """Consensus steps the neighbours announced for ``stamp`` (node.gossip.step_guard)."""
         return []
+
+    def heard_validation(self, t: int) -> dict[str, Validation]:
+        """Neighbours' validation-stop announcements of round ``t``
+        (node.gossip.validation_stop); none in modes whose frames carry none."""
+        return {}
 
     @abstractmethod
     def snapshot(self) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ from node.wire.update import (
     MAX_INCARNATIONS,
     MAX_SHARED_ITEMS,
     NO_INCARNATION,
+    Validation,
     decode_update,
     encode_update,
     encoded_item_size,
@@ -36,6 +37,7 @@ from node.wire.update import (
 )
 
 Announcement = tuple[int, float]  # (stamp, γ)
+VAL_ROUNDS_KEPT = 4  # a neighbour is at most a round or two ahead of us or behind
 
 
 class PlaintextExchange(Exchange):
@@ -46,7 +48,10 @@ class PlaintextExchange(Exchange):
         shared_indices: Callable[[int], torch.Tensor] | None,
         guard_step: StepGuard | None,
         max_frame_bytes: int,
+        validation: Callable[[], Validation | None] = lambda: None,
     ) -> None:
+        """``validation`` gives what this round's frames announce of the validation stop
+        (node.gossip.validation_stop; None: it is off)."""
         self.host = host
         self.dim = dim
         self.shared_indices = shared_indices
@@ -57,6 +62,9 @@ class PlaintextExchange(Exchange):
         # Each neighbour's last announced step, and what each link last carried.
         self.neighbour_step: dict[str, Announcement] = {}
         self.announced: dict[str, Announcement] = {}
+        self.validation = validation
+        # Each neighbour's validation-stop announcements of its last few rounds, by round.
+        self.neighbour_val: dict[str, dict[int, Validation]] = {}
         self.retired: dict[str, list[bytes]] = {}  # neighbours' earlier incarnations
         # Links owed a dense copy of x̂ (a neighbour restarted from nothing); sent only
         # when no training thread is writing x̂.
@@ -99,6 +107,11 @@ class PlaintextExchange(Exchange):
             old = self.neighbour_step.get(frame.sender)
             if old is None or (update.step[0], -update.step[1]) > (old[0], -old[1]):
                 self.neighbour_step[frame.sender] = update.step
+        if update.val is not None:
+            said = self.neighbour_val.setdefault(frame.sender, {})
+            said[frame.round] = update.val
+            for stale in sorted(said)[:-VAL_ROUNDS_KEPT]:
+                del said[stale]
         links.incarnation[frame.sender] = update.inc
         links.inbound[frame.sender].accept(update.items, self.host.state.s[0])
         if update.echo == self.host.incarnation:  # an ack for our previous life means nothing
@@ -150,7 +163,9 @@ class PlaintextExchange(Exchange):
                 if self.announced.get(peer) != mine:
                     step = mine
             inc = (host.incarnation, links.incarnation.get(peer, NO_INCARNATION))
-            payload = encode_update(self.dim, links.acked[peer], items, step, inc)
+            payload = encode_update(
+                self.dim, links.acked[peer], items, step, inc, self.validation()
+            )
             try:
                 await host.send_body(peer, seal(host.identity, t, "update", payload))
             except TransportError as exc:
@@ -198,6 +213,20 @@ class PlaintextExchange(Exchange):
     def heard_steps(self, stamp: int) -> list[float]:
         inbound = self.host.links.inbound
         return [v for p, (s, v) in self.neighbour_step.items() if p in inbound and s == stamp]
+
+    def heard_validation(self, t: int) -> dict[str, Validation]:
+        """Each neighbour's announcement of round ``t`` (the estimates mix round by round,
+        so a neighbour a round ahead is read at ``t``); a stop heard at any earlier
+        round stands."""
+        out: dict[str, Validation] = {}
+        for peer, said in self.neighbour_val.items():
+            if peer not in self.host.links.inbound:
+                continue
+            if any(v.estimate is None for r, v in said.items() if r <= t):
+                out[peer] = Validation(None)
+            elif t in said:
+                out[peer] = said[t]
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         return {"heard": dict(self.neighbour_step), "announced": dict(self.announced)}

@@ -54,6 +54,13 @@ class TrainConfig:
     lr_schedule: str = field(
         default="cosine", metadata={"toml_doc": "cosine (over the planned rounds) or constant"}
     )
+    stop_patience: int = field(
+        default=50,
+        metadata={
+            "toml_doc": "stop training (mixing goes on) after N rounds without a better "
+            "consortium validation loss; 0: never (node.gossip.validation_stop)"
+        },
+    )
 
     def __post_init__(self) -> None:
         problems = [
@@ -77,6 +84,11 @@ class TrainConfig:
                     "nesterov needs optimizer 'sgd' with momentum > 0",
                 ),
                 (self.prox_mu < 0, "prox_mu (FedProx μ) must be >= 0"),
+                (
+                    self.stop_patience != 0 and self.stop_patience < 10,
+                    f"stop_patience must be 0 (never stop) or at least 10 rounds, "
+                    f"got {self.stop_patience}",
+                ),
                 (
                     self.time_budget_s is not None and not self.time_budget_s > 0,
                     f"time_budget_s must be positive, got {self.time_budget_s}",

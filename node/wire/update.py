@@ -23,6 +23,11 @@ could not read from the int32 form, and strictly increasing indices rule out dup
 
 :func:`payload_size` and :func:`item_size` give the encoded length without encoding;
 ``tests/test_wire.py`` pins them to ``len(encode_update(...))``.
+
+Two optional entries announce the sender's gossiped control values: ``step`` its
+(stamp, consensus step) when it changed (:mod:`node.gossip.step_guard`), and ``val`` its
+tracked estimate of the consortium's validation loss, two float32 (sum, rows), or empty
+bytes once it has stopped training (:mod:`node.gossip.validation_stop`).
 """
 
 from __future__ import annotations
@@ -66,6 +71,18 @@ class Update:
     step: tuple[int, float] | None = None  # sender's (stamp, γ) when changed (step_size)
     inc: bytes = NO_INCARNATION  # the sender's incarnation id
     echo: bytes = NO_INCARNATION  # ours, as the sender last heard it (its ack is for it)
+    val: Validation | None = None  # the sender's validation-stop announcement, if any
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A site's validation-stop announcement: its tracked (loss sum, rows) estimate of the
+    consortium's validation loss, or ``None`` once it has stopped training."""
+
+    estimate: tuple[float, float] | None
+
+
+VALIDATION_BYTES = 8  # two float32
 
 
 INDEX_WIDTHS = (1, 2, 4)
@@ -125,6 +142,7 @@ def encode_update(
     items: list[Item],
     step: tuple[int, float] | None = None,
     inc: tuple[bytes, bytes] = (NO_INCARNATION, NO_INCARNATION),
+    val: Validation | None = None,
 ) -> bytes:
     packed = []
     for i in items:
@@ -134,6 +152,8 @@ def encode_update(
     fields: dict[str, object] = {"dim": dim, "ack": ack, "inc": list(inc), "items": packed}
     if step is not None:
         fields["step"] = [int(step[0]), float(step[1])]
+    if val is not None:
+        fields["val"] = b"" if val.estimate is None else np.asarray(val.estimate, "<f4").tobytes()
     out: bytes = msgpack.packb(fields)
     return out
 
@@ -150,8 +170,10 @@ def decode_update(
     msg = bounded_msgpack.unpack(
         payload, MalformedFrameError, "update payload", max_array_len=MAX_ITEMS, max_map_len=8
     )
-    if not isinstance(msg, dict) or set(msg) - {"step"} != {"dim", "ack", "inc", "items"}:
-        raise MalformedFrameError("update payload needs exactly dim, ack, inc, items (and step)")
+    if not isinstance(msg, dict) or set(msg) - {"step", "val"} != {"dim", "ack", "inc", "items"}:
+        raise MalformedFrameError(
+            "update payload needs exactly dim, ack, inc, items (and step, val)"
+        )
     inc = msg["inc"]
     if (
         not isinstance(inc, list)
@@ -178,13 +200,26 @@ def decode_update(
         ):
             raise MalformedFrameError("update step must be [stamp, γ in (0, 1]]")
         step = (step[0], step[1])
+    val = _validation(msg["val"]) if "val" in msg else None
     shared = sum(1 for raw in msg["items"] if isinstance(raw, list) and _names_round(raw))
     if shared > MAX_SHARED_ITEMS:
         raise MalformedFrameError(
             f"{shared} shared-index items in one frame; at most {MAX_SHARED_ITEMS}"
         )
     items = [_item(raw, dim, shared_indices, max_round) for raw in msg["items"]]
-    return Update(dim, ack, items, step, inc[0], inc[1])
+    return Update(dim, ack, items, step, inc[0], inc[1], val)
+
+
+def _validation(raw: object) -> Validation:
+    """``val``: empty (stopped) or two finite float32, the row count not negative."""
+    if not isinstance(raw, bytes) or len(raw) not in (0, VALIDATION_BYTES):
+        raise MalformedFrameError(f"update val must be 0 or {VALIDATION_BYTES} bytes")
+    if not raw:
+        return Validation(None)
+    total, rows = (float(v) for v in np.frombuffer(raw, "<f4"))
+    if not (np.isfinite(total) and np.isfinite(rows)) or rows < 0.0:
+        raise MalformedFrameError("update val must be two finite float32, rows ≥ 0")
+    return Validation((total, rows))
 
 
 def _names_round(raw: list[Any]) -> bool:
@@ -357,6 +392,11 @@ def encoded_item_size(item: Item) -> int:
 def step_bytes(stamp: int) -> int:
     """Encoded bytes of the ``"step": [stamp, float64]`` entry of an update payload."""
     return str_size(4) + array_header(2) + int_size(stamp) + 9
+
+
+def validation_bytes(stopped: bool) -> int:
+    """Encoded bytes of the ``"val"`` entry of an update payload."""
+    return str_size(3) + bin_size(0 if stopped else VALIDATION_BYTES)
 
 
 def payload_size(dim: int, ack: N, items_bytes: N, n_items: N) -> N:
