@@ -21,6 +21,7 @@ from node.gossip.step_guard import StepGuard, step_guard
 from node.gossip.tracking import GradientTracker
 from node.gossip.validation_stop import (
     ValidationStop,
+    earliest_stop,
     split_validation,
     validation_sums,
     window_rounds,
@@ -47,13 +48,16 @@ def _held_out(config: NodeConfig, encoding: Featurizer | None) -> SiteData | Non
     return load_site_data(config.data.eval_source, config.data.target, encoding=encoding)
 
 
-def _stops(config: NodeConfig) -> bool:
+def _stops(config: NodeConfig, window: int) -> bool:
     """Whether the consortium's validation stop runs (node.gossip.validation_stop): a
-    built-in trainer without DP, in the plaintext mode, with a patience."""
+    built-in trainer without DP, in the plaintext mode, with a patience that lets a stop
+    come before the last round."""
+    patience = config.train.trainer.stop_patience
     return (
-        config.train.trainer.stop_patience > 0
+        patience > 0
         and config.privacy is None
         and config.gossip.secure == "off"
+        and earliest_stop(window, patience) < config.train.rounds
     )
 
 
@@ -112,7 +116,8 @@ class SiteParts:
         layout = FlatLayout.of(model)
         x0 = layout.to_vector(model).detach()
         fit, validation = (data.x, data.y), None
-        if _stops(config):
+        window = window_rounds(membership.matrix())
+        if _stops(config, window):
             fit, validation = split_validation(data.x, data.y, config.consortium.seed, index)
         plain = BatchedTrainer(
             model,
@@ -141,8 +146,7 @@ class SiteParts:
             config, index, membership, data, held_out, model, layout, x0, trainer, dp
         )
         if validation is not None:
-            patience, matrix = config.train.trainer.stop_patience, membership.matrix()
-            parts.stop = ValidationStop(1, patience, window_rounds(matrix))
+            parts.stop = ValidationStop(1, config.train.trainer.stop_patience, window)
             parts.validation = validation
         return parts
 

@@ -80,6 +80,13 @@ class StaleFrameError(FrameError):
     reason = "stale"
 
 
+class EarlyStopError(FrameError):
+    """A neighbour announced a training stop before any site can make one (the first
+    reading needs two windows and the patience after it: node.gossip.validation_stop)."""
+
+    reason = "early_stop"
+
+
 class FutureFrameError(FrameError):
     """A signed frame for a round too far ahead of ours: its contents are not used, but
     its round is a (member-signed) claim of where the sender is, for catching up."""

@@ -24,6 +24,7 @@ from node.errors import ConfigError
 from node.gossip.choco import add_self_contribution, mix_step
 from node.gossip.sparse import Sparse
 from node.gossip.step_guard import StepGuard, guarded_compress
+from node.gossip.validation_stop import earliest_stop
 from node.wire.update import Validation
 
 Emit = Callable[..., None]
@@ -40,6 +41,7 @@ class Learner:
         self.tracker, self.state, self.compressor = parts.tracker, parts.state, parts.compressor
         self.guard_step, self.gamma = parts.guard_step, parts.gamma
         self.stop = parts.stop
+        self._stop_news: str | None = None  # why it stopped, for the event loop to log
 
     @property
     def dim(self) -> int:
@@ -89,6 +91,12 @@ class Learner:
     def stopped(self) -> bool:
         return self.stop is not None and bool(self.stop.stopped[0])
 
+    def earliest_stop(self) -> int:
+        """The first round (1-based) any site can stop in; 0 where the stop is off."""
+        if self.stop is None:
+            return 0
+        return earliest_stop(self.stop.window, self.stop.patience)
+
     def announcement(self) -> Validation | None:
         """What this round's frames say of the validation stop (None: it is off)."""
         if self.stop is None:
@@ -102,7 +110,8 @@ class Learner:
         """A window's end: score the held-back rows into the estimate, maybe stop."""
         assert self.stop is not None
         if bool(self.stop.observe(t, self.parts.validation_sums())[0]):
-            self._stopped_event(t, "its reading of the validation loss stopped improving")
+            # Logged by mix_validation, on the event loop (this runs in the worker thread).
+            self._stop_news = "its reading of the validation loss stopped improving"
 
     def mix_validation(
         self, t: int, heard: dict[str, Validation], weights: dict[str, float], me: str
@@ -123,7 +132,10 @@ class Learner:
         told = any(v.estimate is None for v in heard.values())
         now = self.stop.mix(mixed.unsqueeze(0), torch.tensor([told]), t)
         if bool(now[0]):
-            self._stopped_event(t, "a neighbour stopped")
+            self._stop_news = "a neighbour stopped"
+        if self._stop_news is not None:
+            self._stopped_event(t, self._stop_news)
+            self._stop_news = None
 
     def _stopped_event(self, t: int, why: str) -> None:
         assert self.stop is not None
@@ -131,7 +143,7 @@ class Learner:
             "training_stopped",
             round=t + 1,
             detail=f"training stops, mixing goes on: {why}",
-            validation_loss=float(self.stop.reading()[0]),
+            best_validation_loss=float(self.stop.best[0]),
         )
 
     def _guard(self, t: int, heard_steps: Callable[[int], list[float]]) -> None:
@@ -208,6 +220,8 @@ class Learner:
         """The training loss is a statistic of private batches outside the DP guarantee
         (a loss per round per site can reveal records), so a DP site logs and publishes
         none; a site without DP has made no promise about its records and shows it."""
+        if loss is None or math.isnan(loss):
+            return None  # no training this round (stopped, or the budget is spent)
         return loss if self.dp is None else None
 
     def eps_text(self) -> str:

@@ -52,7 +52,13 @@ def site_exchange(
     if mode == "off":
         guard = learner.guard_step
         return PlaintextExchange(
-            host, learner.dim, indices, guard, gossip.max_frame_bytes, learner.announcement
+            host,
+            learner.dim,
+            indices,
+            guard,
+            gossip.max_frame_bytes,
+            learner.announcement,
+            learner.earliest_stop(),
         )
     require_shared_slots(learner.compressor, mode)
     assert indices is not None  # a shared-index compressor, checked above

@@ -20,6 +20,7 @@ from node.gossip.choco import ChocoState, consensus_distance
 from node.gossip.compress import Compressor, require_shared_slots
 from node.gossip.step_guard import step_guard
 from node.gossip.tracking import GradientTracker
+from node.gossip.validation_stop import earliest_stop, window_rounds
 from node.training.dp_config import for_sites
 from node.training.flat import FlatLayout
 from node.training.models import build_model
@@ -250,7 +251,7 @@ class Simulation:
             working = faults.working(t, alive) if faults else alive
             active = torch.from_numpy(working).to(self.spec.device) if faults else None
             trainer.set_progress(t / self.spec.rounds)
-            learning = active if checks is None else checks.training(active)
+            learning = active if checks is None else checks.training(active, self.spec.device)
             stats = tracker.train(trainer, learning) if tracker else trainer.train(learning)
             train_s += stats.seconds
             if checks is not None:
@@ -263,7 +264,8 @@ class Simulation:
                     exchange, t, state, compressor, step, working, alive, active, said
                 )
                 if checks is not None:
-                    checks.after_gossip(t, working & alive)
+                    assert said is not None
+                    checks.after_gossip(t, said, exchange.heard(), working)
                 if tracker:
                     tracker.sync(trainer)
                 if self.spec.evaluate:
@@ -299,15 +301,16 @@ class Simulation:
     def _validation(self) -> SiteValidation | None:
         """The consortium's validation stop (node.gossip.validation_stop), where it runs:
         not under DP (the losses are outside the accountant) nor secure aggregation (its
-        frames carry sealed sums only), nor with ``stop_patience`` 0."""
-        if self.spec.train.stop_patience == 0 or self.spec.dp is not None:
-            return None
-        if self.spec.secure != "off":
+        frames carry sealed sums only), nor with ``stop_patience`` 0, nor where no stop
+        could come before the last round."""
+        patience = self.spec.train.stop_patience
+        if patience == 0 or self.spec.dp is not None or self.spec.secure != "off":
             return None
         weights = self.topology.matrix(0)
-        return SiteValidation(
-            self.data.train, weights, self.spec.train.stop_patience, self.spec.seed
-        )
+        window = window_rounds(weights)
+        if earliest_stop(window, patience) >= self.spec.rounds:
+            return None
+        return SiteValidation(self.data.train, weights, patience, self.spec.seed, window)
 
     def _exchange(
         self, method: str, compressor: Compressor, faults: FaultModel | None, start: torch.Tensor

@@ -75,6 +75,11 @@ class BatchedExchange(ABC):
     def resolve(self, t: int, s: torch.Tensor) -> NDArray[np.bool_]:
         """Close round ``t``: fold what arrived into ``s``; ``included[i, j]``."""
 
+    def heard(self) -> NDArray[np.bool_]:
+        """(N, N): ``[i, j]`` when neighbour j's frame of the last round reached i in time
+        (its announcements with it); none in modes whose frames announce nothing."""
+        return np.zeros((self.n, self.n), dtype=bool)
+
     def heard_steps(self, values: torch.Tensor) -> torch.Tensor:
         """(N,) the smallest step each site's neighbours announced (inf for none)."""
         return torch.full_like(values, math.inf)

@@ -39,9 +39,12 @@ from sim.exchange import BatchedExchange, Traffic, in_order
 from sim.faults import FaultModel
 
 
-def update_frame_bytes(dim: int, round: int, ack: int, items_bytes: int, n_items: int) -> int:
-    """Wire bytes of one node's ``update`` frame (what :class:`node.runtime.Node` sends)."""
-    payload = payload_size(dim, ack, items_bytes, n_items)
+def update_frame_bytes(
+    dim: int, round: int, ack: int, items_bytes: int, n_items: int, announced: int = 0
+) -> int:
+    """Wire bytes of one node's ``update`` frame (what :class:`node.runtime.Node` sends);
+    ``announced``: the bytes of its ``step`` and ``val`` entries, inside the payload."""
+    payload = payload_size(dim, ack, items_bytes, n_items) + announced
     return int(frame_size(PEER_ID_CHARS, round, "update", payload))
 
 
@@ -94,6 +97,7 @@ class SimNetwork(BatchedExchange):
         self.inbound = [InboundLink() for _ in range(len(src))]
         self.has_backlog = np.zeros(len(src), dtype=bool)
         self.announced = np.full((len(src), 2), np.nan)  # (stamp, step) a link last carried
+        self.delivered = np.zeros(len(src), dtype=bool)  # the last round's frames that arrived
         adjacency = torch.zeros(n, n, dtype=torch.bool)
         adjacency[torch.from_numpy(self.dst), torch.from_numpy(self.src)] = True
         self.adjacency = adjacency
@@ -127,7 +131,12 @@ class SimNetwork(BatchedExchange):
         )
 
     def _fast_bytes(
-        self, q: Sparse, round: int, edges: NDArray[np.int64], acks: NDArray[np.int64]
+        self,
+        q: Sparse,
+        round: int,
+        edges: NDArray[np.int64],
+        acks: NDArray[np.int64],
+        announced: NDArray[np.int64],
     ) -> NDArray[np.int64]:
         """Wire bytes of the one-item frames on ``edges`` (vectorised over edges)."""
         seq = np.array([self.outbound[e].next_seq for e in edges], dtype=np.int64)
@@ -138,7 +147,7 @@ class SimNetwork(BatchedExchange):
             assert q.indices is not None
             width = row_index_widths(q.indices, q.kept, q.dim)[self.src[edges]]
         items = item_size(seq, count, kind, q.quantum is not None, q.shared_round or 0, width)
-        payload = payload_size(q.dim, acks, items, np.ones_like(seq))
+        payload = payload_size(q.dim, acks, items, np.ones_like(seq)) + announced
         return frame_size(PEER_ID_CHARS, np.full_like(seq, round), "update", payload)
 
     def contribute(
@@ -165,16 +174,21 @@ class SimNetwork(BatchedExchange):
         # The ack on j→i is what j has applied of i's items when the round starts.
         acks = np.array([link.applied for link in self.inbound], dtype=np.int64)[self.reverse]
         bytes_sent = np.zeros(self.n)
+        # What each frame announces besides its items, inside its payload: the step when
+        # it changed, the validation-stop estimate (or stop) in every frame.
+        announced = np.zeros(len(self.src), dtype=np.int64)
         if r.step is not None:
             announce = sending & (r.step[self.src] != self.announced).any(1)
-            np.add.at(bytes_sent, self.src[announce], float(step_bytes(int(r.step[0, 0]))))
+            announced[announce] += step_bytes(int(r.step[0, 0]))
             self.announced[announce] = r.step[self.src[announce]]
-        if r.validation is not None:  # every frame carries its sender's announcement
+        if r.validation is not None:
             val = np.where(r.validation, validation_bytes(True), validation_bytes(False))
-            np.add.at(bytes_sent, self.src[sending], val[self.src[sending]].astype(np.float64))
+            announced += val[self.src].astype(np.int64)
+        # Frames that arrive this round: what a receiver hears of its neighbours' values.
+        self.delivered = sending & on_time
         fast_edges = np.flatnonzero(r.fast)
         if len(fast_edges):
-            frames = self._fast_bytes(q, t, fast_edges, acks[fast_edges])
+            frames = self._fast_bytes(q, t, fast_edges, acks[fast_edges], announced[fast_edges])
             np.add.at(bytes_sent, self.src[fast_edges], frames.astype(np.float64))
             for e in fast_edges:  # sent and applied, as on a node: numbering moves on
                 self.outbound[e].next_seq += 1
@@ -195,7 +209,9 @@ class SimNetwork(BatchedExchange):
                 r.fresh_seq[int(e)] = link.next_seq - 1
             items = link.frame(t)
             size = sum(encoded_item_size(item) for item in items)
-            bytes_sent[j] += update_frame_bytes(q.dim, t, int(acks[e]), size, len(items))
+            bytes_sent[j] += update_frame_bytes(
+                q.dim, t, int(acks[e]), size, len(items), int(announced[e])
+            )
             link.mark_sent(items, t)
             self.has_backlog[e] = bool(link.pending)
             if on_time[e]:
@@ -222,6 +238,12 @@ class SimNetwork(BatchedExchange):
             if self.inbound[e].applied >= seq:
                 included[self.dst[e], self.src[e]] = True
         return included
+
+    def heard(self) -> NDArray[np.bool_]:
+        """(N, N): ``[i, j]`` when j's frame of the last round reached i in time."""
+        out = np.zeros((self.n, self.n), dtype=bool)
+        out[self.dst[self.delivered], self.src[self.delivered]] = True
+        return out
 
     def heard_steps(self, values: torch.Tensor) -> torch.Tensor:
         spread = torch.where(self.adjacency, values.unsqueeze(0), math.inf)

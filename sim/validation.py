@@ -18,7 +18,6 @@ from node.gossip.validation_stop import (
     mix_estimates,
     split_validation,
     validation_sums,
-    window_rounds,
 )
 from node.training.trainer import LocalTrainer
 
@@ -29,23 +28,21 @@ class SiteValidation:
     """Each site's validation rows and the :class:`ValidationStop` of all of them."""
 
     def __init__(
-        self, train: Parts, weights: NDArray[np.float64], patience: int, seed: int
+        self, train: Parts, weights: NDArray[np.float64], patience: int, seed: int, window: int
     ) -> None:
         splits = [split_validation(x, y, seed, i) for i, (x, y) in enumerate(train)]
         self.fit: Parts = [fit for fit, _ in splits]
         self.val_x = [x for _, (x, _) in splits]
         self.val_y = [y for _, (_, y) in splits]
         self.weights = weights
-        off = weights.copy()
-        np.fill_diagonal(off, 0.0)
-        self.adjacency = torch.from_numpy(off > 0)  # [receiver, sender]
-        self.stop = ValidationStop(len(train), patience, window_rounds(weights))
+        self.stop = ValidationStop(len(train), patience, window)
 
-    def training(self, active: torch.Tensor | None) -> torch.Tensor | None:
-        """The rows that take optimizer steps this round: ``active`` and not stopped."""
+    def training(self, active: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """The rows that take optimizer steps this round (on the models' ``device``):
+        ``active`` and not stopped."""
         if not bool(self.stop.stopped.any()):
             return active
-        live = (~self.stop.stopped).to(active.device if active is not None else "cpu")
+        live = (~self.stop.stopped).to(device)
         return live if active is None else active & live
 
     def after_training(self, t: int, trainer: LocalTrainer, working: NDArray[np.bool_]) -> None:
@@ -55,19 +52,23 @@ class SiteValidation:
         with torch.no_grad():
             probs = trainer.predict_own(self.val_x)
         sums = validation_sums([p.cpu() for p in probs], self.val_y)
-        down = torch.from_numpy(~working).unsqueeze(1)
-        self.stop.observe(t, torch.where(down, self.stop.estimate, sums))
+        self.stop.observe(t, sums, torch.from_numpy(working))
 
     def stopped(self) -> NDArray[np.bool_]:
         """What this round's frames announce: each sender's stopped flag."""
         return self.stop.stopped.numpy().copy()
 
-    def after_gossip(self, t: int, sending: NDArray[np.bool_]) -> None:
-        """Mix the estimates the frames carried; stop where a neighbour said it stopped."""
-        mixed = mix_estimates(self.weights, self.stop.estimate, sending)
-        said = self.stop.stopped & torch.from_numpy(sending)
-        heard = (self.adjacency & said.unsqueeze(0)).any(1)
-        self.stop.mix(mixed, heard, t)
+    def after_gossip(
+        self, t: int, said: NDArray[np.bool_], heard: NDArray[np.bool_], working: NDArray[np.bool_]
+    ) -> None:
+        """Mix the estimates of the frames that arrived (``heard[i, j]``; ``said``: the
+        stopped flags they carried); stop where an arrived frame said its sender stopped.
+        Sites not ``working`` this round change nothing."""
+        stopped_sender = torch.from_numpy(said).unsqueeze(0)
+        arrived = torch.from_numpy(heard)
+        mixed = mix_estimates(self.weights, self.stop.estimate, heard & ~said[None, :])
+        told = (arrived & stopped_sender).any(1)
+        self.stop.mix(mixed, told, t, torch.from_numpy(working))
 
     def summary(self) -> dict[str, float]:
         """When the sites stopped training (the first and the last), for the results."""

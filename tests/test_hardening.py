@@ -36,7 +36,7 @@ from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
 from node.transport.memory import MemoryNetwork, MemoryTransport
 from node.wire.frames import Frame, FrameGuard, decode, seal
 from node.wire.sealed import pack
-from node.wire.update import encode_update
+from node.wire.update import Validation, encode_update
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.own_loops import memory_nodes
 from sim.prep import FederatedData
@@ -213,6 +213,29 @@ def test_a_far_future_round_moves_no_one(wisconsin16: FederatedData, tmp_path: P
     assert victim.rejections()["future"] == 3
     (finish,) = events(victim, "finish")
     assert finish["rejected"]["future"] == 3  # type: ignore[index]
+
+
+def test_a_stop_announced_before_any_site_could_stop_is_refused(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """A member announces the consortium's training stop in round 3; the first round any
+    site can stop in is 30 (two 10-round windows, then the patience): the frame is
+    refused and counted, and the victim trains on until the honest stop."""
+    train = replace(TRAIN, stop_patience=10)
+    spec = ConsortiumSpec(rounds=32, train=train, compressor="top-k:0.1", deadline_s=1.0)
+    network, nodes = _consortium(wisconsin16, tmp_path, 4, spec)
+    victim, insider = nodes[0], nodes[1]
+    assert victim.learner.earliest_stop() == 30
+
+    async def attack() -> None:
+        rogue = await _rogue_started(network, insider, victim, 2)
+        payload = encode_update(victim.dim, -1, [], val=Validation(None))
+        await rogue.send(victim.identity.peer_id, seal(insider.identity, 2, "update", payload))
+
+    _run_with(nodes, attack())
+    assert victim.rejections()["early_stop"] == 1
+    stops = [int(str(e["round"])) for e in events(victim, "training_stopped")]
+    assert all(r >= 30 for r in stops), stops
 
 
 def test_a_restarted_site_still_catches_up_to_its_slowest_neighbour() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from node.errors import FrameError, StaleFrameError, TransportError
+from node.errors import EarlyStopError, FrameError, StaleFrameError, TransportError
 from node.exchange.base import SUSPECT_AFTER, Exchange, Host, OutOfRange
 from node.gossip.sparse import Sparse
 from node.gossip.step_guard import StepGuard
@@ -49,9 +49,11 @@ class PlaintextExchange(Exchange):
         guard_step: StepGuard | None,
         max_frame_bytes: int,
         validation: Callable[[], Validation | None] = lambda: None,
+        earliest_stop: int = 0,
     ) -> None:
         """``validation`` gives what this round's frames announce of the validation stop
-        (node.gossip.validation_stop; None: it is off)."""
+        (node.gossip.validation_stop; None: it is off); a neighbour's stop announced in a
+        round before ``earliest_stop`` (1-based) is one no honest site can make."""
         self.host = host
         self.dim = dim
         self.shared_indices = shared_indices
@@ -63,6 +65,7 @@ class PlaintextExchange(Exchange):
         self.neighbour_step: dict[str, Announcement] = {}
         self.announced: dict[str, Announcement] = {}
         self.validation = validation
+        self.earliest_stop = earliest_stop
         # Each neighbour's validation-stop announcements of its last few rounds, by round.
         self.neighbour_val: dict[str, dict[int, Validation]] = {}
         self.retired: dict[str, list[bytes]] = {}  # neighbours' earlier incarnations
@@ -108,6 +111,11 @@ class PlaintextExchange(Exchange):
             if old is None or (update.step[0], -update.step[1]) > (old[0], -old[1]):
                 self.neighbour_step[frame.sender] = update.step
         if update.val is not None:
+            if update.val.estimate is None and frame.round + 1 < self.earliest_stop:
+                raise EarlyStopError(
+                    f"{frame.sender} announced a stop in round {frame.round + 1}, before "
+                    f"round {self.earliest_stop}, the first any site can stop in"
+                )
             said = self.neighbour_val.setdefault(frame.sender, {})
             said[frame.round] = update.val
             for stale in sorted(said)[:-VAL_ROUNDS_KEPT]:

@@ -47,9 +47,17 @@ compressed consensus, which converges to the average of the models (Koloskova et
 
 Off under DP (the losses are statistics of private rows that the accountant does not
 charge), under secure aggregation (its frames carry only sealed sums) and for custom
-training loops (the loop holds its own data). A member can send a false estimate and move
-its neighbours' stop earlier or later; it cannot touch their models. Robust aggregation
-of the estimates belongs with the Byzantine-robust gossip.
+training loops (the loop holds its own data), and where no stop could come before the last
+round (:func:`earliest_stop`: the first reading needs two windows, then ``patience``
+rounds, counted in whole windows), so a short run trains on every row. The window is
+fixed for the run: it is in the checkpoint, and a membership change does not move it (all
+sites reset their estimates in the same rounds). A site's held-back rows follow its
+index among the members, as its batch draws do.
+
+A member can lie: a false estimate moves its neighbours' readings, and a false stop halts
+their training, though never before :func:`earliest_stop` (an announcement of a stop
+before then is refused and counted). It cannot touch their models; robust aggregation of
+the estimates belongs with the Byzantine-robust gossip.
 """
 
 from __future__ import annotations
@@ -73,6 +81,13 @@ def window_rounds(weights: np.ndarray) -> int:
     whole tens (at least MIN_WINDOW)."""
     gap = max(spectral_gap(weights), 1e-6)
     return MIN_WINDOW * max(1, math.ceil(MIXING_TIMES / gap / MIN_WINDOW))
+
+
+def earliest_stop(window: int, patience: int) -> int:
+    """The first round (1-based) an honest site can stop in: its first reading comes at
+    the end of the second window, and ``patience`` rounds, counted in whole windows,
+    after it."""
+    return window * (2 + math.ceil(patience / window))
 
 
 def split_validation(
@@ -110,6 +125,7 @@ class ValidationStop:
     window: int = MIN_WINDOW  # rounds between scores (window_rounds)
     estimate: torch.Tensor = field(init=False)  # (K, 2) e_i
     scored: bool = field(init=False, default=False)  # a window's scores are mixing
+    windows: int = field(init=False, default=0)  # window ends passed (a node may skip rounds)
     best: torch.Tensor = field(init=False)  # (K,) the lowest reading so far
     best_round: torch.Tensor = field(init=False)  # (K,) int64, the round of that reading
     stopped: torch.Tensor = field(init=False)  # (K,) bool
@@ -125,15 +141,23 @@ class ValidationStop:
         self.stopped_round = torch.full((self.k,), -1, dtype=torch.int64)
 
     def due(self, round: int) -> bool:
-        """Whether round ``round`` (0-based) ends a window: score after its training."""
-        return (round + 1) % self.window == 0
+        """Whether a window has ended since the last score, by round ``round`` (0-based):
+        score after its training. A node catching up may skip a window's last round; it
+        scores in the first round it runs after it, as its neighbours reset."""
+        return (round + 1) // self.window > self.windows
 
-    def observe(self, round: int, sums: torch.Tensor) -> torch.Tensor:
+    def observe(
+        self, round: int, sums: torch.Tensor, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """A window's end: judge the reading the last window's scores have mixed to, then
-        start mixing this window's sums u (K, 2). Returns the (K,) mask of sites that
-        stopped now (:meth:`decide`)."""
-        now = self.decide(round) if self.scored else torch.zeros(self.k, dtype=torch.bool)
-        self.estimate = sums.to(torch.float64).clone()
+        start mixing this window's sums u (K, 2). Rows not ``active`` (down) keep their
+        estimate and do not judge. Returns the (K,) mask of sites that stopped now."""
+        self.windows = (round + 1) // self.window
+        live = torch.ones(self.k, dtype=torch.bool) if active is None else active.cpu()
+        now = torch.zeros(self.k, dtype=torch.bool)
+        if self.scored:
+            now = self.decide(round, live)
+        self.estimate = torch.where(live.unsqueeze(1), sums.to(torch.float64), self.estimate)
         self.scored = True
         return now
 
@@ -142,24 +166,34 @@ class ValidationStop:
         rows = self.estimate[:, 1]
         return torch.where(rows > 0, self.estimate[:, 0] / rows.clamp_min(1e-12), math.inf)
 
-    def decide(self, round: int) -> torch.Tensor:
-        """Compare readings with the best; stop sites ``patience`` rounds past theirs.
-        Returns the (K,) mask of sites that stopped now."""
+    def decide(self, round: int, live: torch.Tensor) -> torch.Tensor:
+        """Compare the ``live`` sites' readings with their best; stop those ``patience``
+        rounds past theirs. Returns the (K,) mask of sites that stopped now."""
         value = self.reading()
-        better = (value < self.best) & ~self.stopped
+        better = (value < self.best) & ~self.stopped & live
         self.best = torch.where(better, value, self.best)
         self.best_round = torch.where(better, round, self.best_round)
         # No site holds validation rows (all too small): nothing to judge, never stop.
         judged = torch.isfinite(self.best)
-        due = ~self.stopped & judged & (round - self.best_round >= self.patience)
+        due = ~self.stopped & live & judged & (round - self.best_round >= self.patience)
         self._stop(due, round)
         return due
 
-    def mix(self, mixed: torch.Tensor, heard_stop: torch.Tensor, round: int) -> torch.Tensor:
+    def mix(
+        self,
+        mixed: torch.Tensor,
+        heard_stop: torch.Tensor,
+        round: int,
+        active: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """After the round's frames: e ← the W-mix of the estimates (``mixed``, (K, 2)), and
-        sites that heard a stopped neighbour stop. Returns the mask of sites stopped now."""
-        self.estimate = torch.where(self.stopped.unsqueeze(1), self.estimate, mixed)
-        due = heard_stop & ~self.stopped
+        sites that heard a stopped neighbour stop; rows not ``active`` (down) keep theirs.
+        Returns the mask of sites stopped now."""
+        live = ~self.stopped
+        if active is not None:
+            live &= active.cpu()
+        self.estimate = torch.where(live.unsqueeze(1), mixed, self.estimate)
+        due = heard_stop & live
         self._stop(due, round)
         return due
 
@@ -171,6 +205,8 @@ class ValidationStop:
         return {
             "estimate": self.estimate.clone(),
             "scored": torch.tensor(self.scored),
+            "windows": torch.tensor(self.windows),
+            "window": torch.tensor(self.window),
             "best": self.best.clone(),
             "best_round": self.best_round.clone(),
             "stopped": self.stopped.clone(),
@@ -179,8 +215,9 @@ class ValidationStop:
 
     def load_state_dict(self, saved: dict[str, torch.Tensor]) -> None:
         for name, value in saved.items():
-            if name == "scored":
-                self.scored = bool(value)
+            if name in ("scored", "windows", "window"):
+                # The window is fixed for the run: a restart keeps the one it began with.
+                setattr(self, name, bool(value) if name == "scored" else int(value))
                 continue
             current = getattr(self, name)
             if value.shape != current.shape:
@@ -188,15 +225,16 @@ class ValidationStop:
             setattr(self, name, value.to(current.dtype).clone())
 
 
-def mix_estimates(weights: np.ndarray, estimate: torch.Tensor, sending: np.ndarray) -> torch.Tensor:
-    """Σ_j W_ij e_j for every site (the simulator's rows), a neighbour that sent nothing
-    this round counting as the site's own estimate (as on a node). Neighbours' estimates
-    arrive as the float32 the frames carry."""
+def mix_estimates(weights: np.ndarray, estimate: torch.Tensor, heard: np.ndarray) -> torch.Tensor:
+    """Σ_j W_ij e_j for every site (the simulator's rows): ``heard[i, j]`` says that site i
+    has neighbour j's estimate of this round (its frame arrived, and j had not stopped);
+    any other neighbour counts as the site's own estimate, as on a node. Neighbours'
+    estimates arrive as the float32 the frames carry."""
     w = torch.from_numpy(weights).to(torch.float64)
-    sent = estimate.to(torch.float32).to(torch.float64)
     off = w.clone()
     off.fill_diagonal_(0.0)
-    silent = ~torch.from_numpy(sending)
-    moved = off[:, silent].sum(1)
-    off[:, silent] = 0.0
+    silent = ~torch.from_numpy(heard)
+    moved = (off * silent).sum(1)
+    off = off * ~silent
+    sent = estimate.to(torch.float32).to(torch.float64)
     return off @ sent + (torch.diagonal(w) + moved).unsqueeze(1) * estimate

@@ -211,14 +211,15 @@ def decode_update(
 
 
 def _validation(raw: object) -> Validation:
-    """``val``: empty (stopped) or two finite float32, the row count not negative."""
+    """``val``: empty (stopped) or two finite float32, neither negative (a loss sum and a
+    row count, each a convex mix of the sites' own)."""
     if not isinstance(raw, bytes) or len(raw) not in (0, VALIDATION_BYTES):
         raise MalformedFrameError(f"update val must be 0 or {VALIDATION_BYTES} bytes")
     if not raw:
         return Validation(None)
     total, rows = (float(v) for v in np.frombuffer(raw, "<f4"))
-    if not (np.isfinite(total) and np.isfinite(rows)) or rows < 0.0:
-        raise MalformedFrameError("update val must be two finite float32, rows ≥ 0")
+    if not (np.isfinite(total) and np.isfinite(rows)) or total < 0.0 or rows < 0.0:
+        raise MalformedFrameError("update val must be two finite float32 ≥ 0")
     return Validation((total, rows))
 
 
