@@ -20,7 +20,6 @@ from node.gossip.choco import ChocoState, consensus_distance
 from node.gossip.compress import Compressor, require_shared_slots
 from node.gossip.step_guard import step_guard
 from node.gossip.tracking import GradientTracker
-from node.gossip.validation_stop import earliest_stop, window_rounds
 from node.training.dp_config import for_sites
 from node.training.flat import FlatLayout
 from node.training.models import build_model
@@ -33,7 +32,7 @@ from sim.prep import FederatedData
 from sim.references import majority, pooled_logreg, train_central
 from sim.results import MethodResult, RunSpec, Tick, stability, step_summary
 from sim.secure_network import SecureSimNetwork
-from sim.validation import SiteValidation
+from sim.validation import SiteValidation, stop_plan
 from topology import MatchingSchedule, StaticTopology
 
 
@@ -303,13 +302,11 @@ class Simulation:
         not under DP (the losses are outside the accountant) nor secure aggregation (its
         frames carry sealed sums only), nor with ``stop_patience`` 0, nor where no stop
         could come before the last round."""
-        patience = self.spec.train.stop_patience
-        if patience == 0 or self.spec.dp is not None or self.spec.secure != "off":
-            return None
         weights = self.topology.matrix(0)
-        window = window_rounds(weights)
-        if earliest_stop(window, patience) >= self.spec.rounds:
+        window, _ = stop_plan(self.spec, weights)
+        if window is None:
             return None
+        patience = self.spec.train.stop_patience
         return SiteValidation(self.data.train, weights, patience, self.spec.seed, window)
 
     def _exchange(

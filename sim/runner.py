@@ -37,8 +37,11 @@ from sim.methods import METHOD_NAMES, METHODS
 from sim.prep import FederatedData, prepare
 from sim.report import plot, print_table, with_targets, write_summary
 from sim.results import MethodResult, RunSpec
+from sim.validation import stop_plan
 from sim.wan_profile import WanProfile
 from topology import build_topology, spectral_gap
+
+GOSSIP_METHODS = ("dpsgd", "murmur", "murmur-gt")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -153,6 +156,13 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         + ("" if args.secure == "off" else f" · murmur with secure aggregation ({args.secure})")
         + ("" if args.dp is None else f" · DP ε={args.dp.epsilon:g} δ={args.dp.delta:g}")
     )
+    _, config["validation_stop"] = (
+        stop_plan(spec, topology.matrix(0))
+        if topology.static
+        else (None, "off on a time-varying graph (dense D-PSGD mixes with no stop)")
+    )
+    if any(m in GOSSIP_METHODS for m in methods):
+        console.print(f"validation stop (gossip methods): {config['validation_stop']}")
     results = []
     began = time.perf_counter()
     with Progress(

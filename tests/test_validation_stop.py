@@ -26,6 +26,7 @@ from node.gossip.validation_stop import (
     split_validation,
     window_rounds,
 )
+from node.training.dp_config import DpConfig
 from node.training.trainer import TrainConfig
 from node.wire.update import Validation, decode_update, encode_update, validation_bytes
 from sim.consortium import ConsortiumSpec, write_consortium
@@ -34,6 +35,7 @@ from sim.faults import FaultConfig
 from sim.own_loops import memory_nodes
 from sim.prep import FederatedData
 from sim.results import RunSpec
+from sim.validation import stop_plan
 from tests.node_kit import events, run_nodes, subset
 from topology import build_topology, metropolis_hastings
 
@@ -260,3 +262,21 @@ def test_the_simulator_stops_under_lost_frames_and_a_short_run_keeps_every_row(
     assert float(stopped["consensus_end"] or 0) < float(unstopped["consensus_end"] or 0)
     short = run(100, 20)  # a 60-round window: the first stop could come at round 180
     assert "stopped_sites" not in short
+
+
+def test_the_run_says_whether_the_stop_is_on_and_why() -> None:
+    ring = metropolis_hastings(nx.cycle_graph(16))  # a 60-round window
+
+    def spec(rounds: int, secure: str = "off", dp: DpConfig | None = None) -> RunSpec:
+        cpu = torch.device("cpu")
+        return RunSpec(rounds, "mlp:32", TrainConfig(), None, 0, cpu, secure=secure, dp=dp)
+
+    window, text = stop_plan(spec(200), ring)
+    assert window == 60 and "round 180 at the earliest" in text
+    assert stop_plan(spec(180), ring) == (
+        None,
+        "off: on this graph the first stop could come at round 180",
+    )
+    assert stop_plan(spec(200, secure="ckks"), ring)[0] is None
+    dp = DpConfig(epsilon=3.0, delta=1e-5)
+    assert "--dp" in stop_plan(spec(200, dp=dp), ring)[1]
