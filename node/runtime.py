@@ -202,6 +202,7 @@ class Node:
             round=self.round,
             neighbours=len(self.links.neighbours),
             gamma=self.learner.gamma,
+            validation_stop=self.learner.stop_text(),
             cpu_s=_cpu_s(),
         )
         receiver = self.supervise(asyncio.create_task(receive(self)))

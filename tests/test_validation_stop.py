@@ -217,6 +217,8 @@ def test_nodes_stop_where_the_simulator_stops(wisconsin16: FederatedData, tmp_pa
         [int(str(e["round"])) for e in events(node, "training_stopped")] for node in nodes
     ]
     assert all(len(s) == 1 for s in node_stops), node_stops
+    (start,) = events(nodes[0], "start")
+    assert start["validation_stop"] == "on: every 10 rounds, patience 10, round 30 at the earliest"
     run = RunSpec(spec.rounds, spec.model, train, None, spec.seed, torch.device("cpu"))
     sim = Simulation(data, build_topology(spec.topology, 4, spec.seed), run)
     result = sim.run("murmur", parse_compressor(spec.compressor, spec.seed))
