@@ -21,10 +21,9 @@ from node.gossip.step_guard import StepGuard, step_guard
 from node.gossip.tracking import GradientTracker
 from node.gossip.validation_stop import (
     ValidationStop,
-    earliest_stop,
     split_validation,
+    stop_plan,
     validation_sums,
-    window_rounds,
 )
 from node.state.membership import Membership
 from node.state.privacy_ledger import PrivacyLedger
@@ -48,19 +47,6 @@ def _held_out(config: NodeConfig, encoding: Featurizer | None) -> SiteData | Non
     return load_site_data(config.data.eval_source, config.data.target, encoding=encoding)
 
 
-def _stops(config: NodeConfig, window: int) -> bool:
-    """Whether the consortium's validation stop runs (node.gossip.validation_stop): a
-    built-in trainer without DP, in the plaintext mode, with a patience that lets a stop
-    come before the last round."""
-    patience = config.train.trainer.stop_patience
-    return (
-        patience > 0
-        and config.privacy is None
-        and config.gossip.secure == "off"
-        and earliest_stop(window, patience) < config.train.rounds
-    )
-
-
 @dataclass
 class SiteParts:
     data: SiteData | None  # None: a custom loop holds its own data
@@ -80,6 +66,7 @@ class SiteParts:
     # off: DP, secure aggregation, a custom loop, stop_patience 0).
     stop: ValidationStop | None = None
     validation: tuple[torch.Tensor, torch.Tensor] | None = None
+    stop_text: str = "off for a custom training loop"  # whether it runs, and why
 
     @property
     def dim(self) -> int:
@@ -116,8 +103,14 @@ class SiteParts:
         layout = FlatLayout.of(model)
         x0 = layout.to_vector(model).detach()
         fit, validation = (data.x, data.y), None
-        window = window_rounds(membership.matrix())
-        if _stops(config, window):
+        window, stop_text = stop_plan(
+            config.train.trainer.stop_patience,
+            config.train.rounds,
+            membership.matrix(),
+            private=config.privacy is not None,
+            secure=config.gossip.secure != "off",
+        )
+        if window is not None:
             fit, validation = split_validation(data.x, data.y, config.consortium.seed, index)
         plain = BatchedTrainer(
             model,
@@ -145,7 +138,8 @@ class SiteParts:
         parts = cls._gossip(
             config, index, membership, data, held_out, model, layout, x0, trainer, dp
         )
-        if validation is not None:
+        parts.stop_text = stop_text
+        if window is not None:
             parts.stop = ValidationStop(1, config.train.trainer.stop_patience, window)
             parts.validation = validation
         return parts

@@ -92,23 +92,8 @@ class Learner:
         return self.stop is not None and bool(self.stop.stopped[0])
 
     def stop_text(self) -> str:
-        """The validation stop as the start event states it: on (window, patience, first
-        round it can come in) or off and why (node.gossip.validation_stop)."""
-        if self.stop is not None:
-            return (
-                f"on: every {self.stop.window} rounds, patience {self.stop.patience}, "
-                f"round {self.earliest_stop()} at the earliest"
-            )
-        config = self.config
-        if config.train.trainer.stop_patience == 0:
-            return "off: stop_patience = 0"
-        if config.privacy is not None:
-            return "off under [privacy]"
-        if config.gossip.secure != "off":
-            return "off under secure aggregation"
-        if self.parts.data is None:
-            return "off for a custom training loop"
-        return "off: no stop could come before the last round"
+        """Whether the validation stop runs at this site, and why (the start event)."""
+        return self.parts.stop_text
 
     def earliest_stop(self) -> int:
         """The first round (1-based) any site can stop in; 0 where the stop is off."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -156,13 +157,15 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         + ("" if args.secure == "off" else f" · murmur with secure aggregation ({args.secure})")
         + ("" if args.dp is None else f" · DP ε={args.dp.epsilon:g} δ={args.dp.delta:g}")
     )
-    _, config["validation_stop"] = (
+    _, stop_text = (
         stop_plan(spec, topology.matrix(0))
         if topology.static
         else (None, "off on a time-varying graph (dense D-PSGD mixes with no stop)")
     )
+    config["validation_stop"] = stop_text
     if any(m in GOSSIP_METHODS for m in methods):
-        console.print(f"validation stop (gossip methods): {config['validation_stop']}")
+        # escape: the line names config sections ("[train]"), which rich reads as markup
+        console.print(f"validation stop (gossip methods): {escape(stop_text)}")
     results = []
     began = time.perf_counter()
     with Progress(

@@ -15,12 +15,11 @@ from numpy.typing import NDArray
 
 from node.gossip.validation_stop import (
     ValidationStop,
-    earliest_stop,
     mix_estimates,
     split_validation,
     validation_sums,
-    window_rounds,
 )
+from node.gossip.validation_stop import stop_plan as plan
 from node.training.trainer import LocalTrainer
 from sim.results import RunSpec
 
@@ -28,23 +27,9 @@ Parts = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def stop_plan(spec: RunSpec, weights: NDArray[np.float64]) -> tuple[int | None, str]:
-    """The gossip methods' validation stop for this run: its window, or None where it is
-    off, and a line saying which and why (printed by ``murmur sim``)."""
-    patience = spec.train.stop_patience
-    if patience == 0:
-        return None, "off (--stop-patience 0)"
-    if spec.dp is not None:
-        return None, "off under --dp (the losses would be outside the accountant)"
-    if spec.secure != "off":
-        return None, "off under --secure (its frames carry sealed sums only)"
-    window = window_rounds(weights)
-    first = earliest_stop(window, patience)
-    if first >= spec.rounds:
-        return None, f"off: on this graph the first stop could come at round {first}"
-    return window, (
-        f"on: 20% of each site's rows held back, scored every {window} rounds; training "
-        f"stops {patience} rounds after the best reading (round {first} at the earliest)"
-    )
+    """The gossip methods' validation stop for this run (:func:`plan`)."""
+    private, secure = spec.dp is not None, spec.secure != "off"
+    return plan(spec.train.stop_patience, spec.rounds, weights, private=private, secure=secure)
 
 
 class SiteValidation:

@@ -218,7 +218,10 @@ def test_nodes_stop_where_the_simulator_stops(wisconsin16: FederatedData, tmp_pa
     ]
     assert all(len(s) == 1 for s in node_stops), node_stops
     (start,) = events(nodes[0], "start")
-    assert start["validation_stop"] == "on: every 10 rounds, patience 10, round 30 at the earliest"
+    assert start["validation_stop"] == (
+        "on: 20% of each site's rows held back, scored every 10 rounds; training stops "
+        "10 rounds after the best reading (round 30 at the earliest)"
+    )
     run = RunSpec(spec.rounds, spec.model, train, None, spec.seed, torch.device("cpu"))
     sim = Simulation(data, build_topology(spec.topology, 4, spec.seed), run)
     result = sim.run("murmur", parse_compressor(spec.compressor, spec.seed))

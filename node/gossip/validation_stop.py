@@ -90,6 +90,32 @@ def earliest_stop(window: int, patience: int) -> int:
     return window * (2 + math.ceil(patience / window))
 
 
+def stop_plan(
+    patience: int, rounds: int, weights: np.ndarray, *, private: bool, secure: bool
+) -> tuple[int | None, str]:
+    """Whether the stop runs, for the node and the simulator alike: its window, or None
+    where it is off, and a line saying which and why (``murmur sim`` prints it, a node's
+    start event carries it)."""
+    if patience == 0:
+        return None, "off (--stop-patience / [train] stop_patience 0)"
+    if private:
+        return None, "off under DP (--dp / [privacy]: the losses would be outside the accountant)"
+    if secure:
+        return (
+            None,
+            "off under secure aggregation (--secure / [gossip] secure: its frames carry "
+            "sealed sums only)",
+        )
+    window = window_rounds(weights)
+    first = earliest_stop(window, patience)
+    if first >= rounds:
+        return None, f"off: on this graph the first stop could come at round {first}"
+    return window, (
+        f"on: 20% of each site's rows held back, scored every {window} rounds; training "
+        f"stops {patience} rounds after the best reading (round {first} at the earliest)"
+    )
+
+
 def split_validation(
     x: torch.Tensor, y: torch.Tensor, seed: int, site: int
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
