@@ -16,6 +16,12 @@
   steadier figure, reported with the 95% interval of the pairs' differences, which on
   this machine is wider than the 2% target. The log's own CPU a round, measured alone,
   is the sharper figure for what the log itself does.
+- The sharpest of the three: the same real processes keeping a :class:`Blinking` log,
+  kept for 8 rounds and silent for 8, in turn, within each run (eight runs of 320 rounds,
+  taking turns at which block comes first), so rounds with and without the log share the
+  machine's load at the same moment. Each process notes its CPU clock at each round's
+  end; the cost is the mean difference between adjacent blocks, with its 95% interval,
+  beside each run's own estimate (how much they differ is the honest spread).
 - Tampering: 1,000 random edits, re-signings by another key, deletions, reorderings,
   truncations and cuts of a 224-entry log written a round (8 entries) at a time, each
   of which ``verify`` must catch at the right entry.
@@ -27,16 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from crypto.identity import SiteIdentity
 from node.audit.check import verify
-from node.audit.log import LOG_FILE, AuditLog, frame_digest
+from node.audit.log import LOG_FILE, AuditLog
 from node.training.trainer import TrainConfig
 from sim.audit_tamper import random_tampering
 from sim.consortium import ConsortiumSpec, write_consortium
@@ -55,29 +64,130 @@ class Silent(AuditLog):
     def append(self, kind: str, **data: Any) -> None:
         return None
 
+    def frame(self, kind: str, peer: str, round: int, topic: str, body: bytes, size: int) -> None:
+        return None
+
     def flush(self) -> None:
         return None
 
 
-def _latencies(out: Path, audit: bool) -> list[float]:
+BLOCK = 8  # a blinking log is kept this many rounds, then silent as many, in turn
+BLINK_FIRST = "MURMUR_BENCH_AUDIT_FIRST"  # "on" or "off": the block a blinking run starts with
+BLINK_CPU = "blink-cpu.json"  # a blinking log's (round, process CPU s) at each round's end
+
+
+def kept(t: int, first_on: bool) -> bool:
+    """Whether a blinking log is kept in round ``t`` (0-based)."""
+    return ((t // BLOCK) % 2 == 0) == first_on
+
+
+class Blinking(AuditLog):
+    """The audit log kept in alternate blocks of :data:`BLOCK` rounds and silent in the
+    others, so one run holds its own reference: rounds with and without the log run side
+    by side under the same load, where separate runs on this machine differ by several
+    percent from one to the next. A kept block ends with everything written and synced,
+    on the round (so counted against the log), so no entry of it rides along in the
+    silent block's checkpoints. The process reads which block comes first from
+    :data:`BLINK_FIRST`, so runs can take turns and a drift within a run cancels. It
+    notes the process's CPU clock at each round's end and writes the notes beside the log
+    when the node closes it (:data:`BLINK_CPU`): the CPU a round costs is far steadier than
+    its wall time, which waits on the slowest neighbour."""
+
+    def __init__(self, state_dir: Path, identity: SiteIdentity) -> None:
+        super().__init__(state_dir, identity)
+        self.first_on = os.environ.get(BLINK_FIRST, "on") == "on"
+        self.next_round = 0
+        self.cpu: list[tuple[int, float]] = []
+
+    def append(self, kind: str, **data: Any) -> None:
+        if kept(self.next_round, self.first_on):
+            super().append(kind, **data)
+
+    def frame(self, kind: str, peer: str, round: int, topic: str, body: bytes, size: int) -> None:
+        if kept(self.next_round, self.first_on):
+            super().frame(kind, peer, round, topic, body, size)
+
+    def end_round(self, round: int, missed: list[str], eps_spent: float | None) -> None:
+        if kept(self.next_round, self.first_on):
+            super().end_round(round, missed, eps_spent)
+            if not kept(round, self.first_on):  # nothing carried into a silent block
+                self.flush()
+        self.next_round = round
+        self.cpu.append((round, time.process_time()))
+
+    def close(self) -> None:
+        super().close()
+        (self.path.parent / BLINK_CPU).write_text(json.dumps(self.cpu))
+
+
+def cpu_by_round(notes: list[tuple[int, float]]) -> dict[int, list[float]]:
+    """A blinking log's CPU notes as the CPU seconds of each 0-based round: from one
+    round's end to the next, so a round's checkpoint and report after its end fall in the
+    next round (the first round of a block is left out of :func:`block_pairs` for this)."""
+    return {int(r1) - 1: [c1 - c0] for (r0, c0), (r1, c1) in pairwise(notes) if r1 == r0 + 1}
+
+
+def block_pairs(latencies: dict[int, list[float]], first_on: bool) -> list[tuple[float, float]]:
+    """(mean round latency with the log, without it) of each pair of adjacent blocks of a
+    blinking run, keyed by 0-based round. The first pair (warm-up) is left out, and so is
+    each block's first round: the writes and the sync the previous block started spill
+    into it."""
+    means: dict[int, list[float]] = {}
+    for t, values in latencies.items():
+        if t % BLOCK:
+            means.setdefault(t // BLOCK, []).append(statistics.mean(values))
+    pairs = []
+    for block in range(2, max(means, default=0), 2):
+        if block in means and block + 1 in means:
+            a, b = statistics.mean(means[block]), statistics.mean(means[block + 1])
+            pairs.append((a, b) if kept(block * BLOCK, first_on) else (b, a))
+    return pairs
+
+
+def _memory_run(
+    out: Path, rounds: int, log: Callable[[Path, SiteIdentity], AuditLog] | None
+) -> dict[int, list[float]]:
+    """Every node's round latencies by 0-based round, the log replaced by ``log`` when given."""
     data = dirichlet_sites("breast-cancer", 16, 0.5, 0)
     data = data.first(SITES)
     train = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, lr_schedule="constant")
-    spec = ConsortiumSpec(rounds=ROUNDS, train=train, compressor="top-k:0.1", deadline_s=2.0)
+    spec = ConsortiumSpec(rounds=rounds, train=train, compressor="top-k:0.1", deadline_s=2.0)
     nodes = memory_nodes(write_consortium(out, data, spec))
-    if not audit:
+    if log is not None:
         for node in nodes:
-            node.audit = Silent(node.config.site.state_dir, node.identity)
+            node.audit = log(node.config.site.state_dir, node.identity)
     asyncio.run(run_nodes(nodes))
-    return [
-        float(e["latency_s"])
-        for node in nodes
-        for e in map(json.loads, node.log.log_stream.getvalue().splitlines())  # type: ignore[attr-defined]
-        if e["event"] == "round"
-    ]
+    latencies: dict[int, list[float]] = {}
+    for node in nodes:
+        for e in map(json.loads, node.log.log_stream.getvalue().splitlines()):  # type: ignore[attr-defined]
+            if e["event"] == "round":
+                latencies.setdefault(int(e["round"]) - 1, []).append(float(e["latency_s"]))
+    return latencies
+
+
+def _latencies(out: Path, audit: bool) -> list[float]:
+    by_round = _memory_run(out, ROUNDS, None if audit else Silent)
+    return [x for values in by_round.values() for x in values]
+
+
+def _memory_blink(
+    out: Path, first_on: bool
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Block pairs of the round latencies and of the process CPU a round (all the nodes,
+    one process) of a run on the memory transport keeping :class:`Blinking` logs."""
+    logs: list[Blinking] = []
+
+    def log(state_dir: Path, identity: SiteIdentity) -> AuditLog:
+        logs.append(Blinking(state_dir, identity))
+        logs[-1].first_on = first_on
+        return logs[-1]
+
+    wall = block_pairs(_memory_run(out, BLINK_ROUNDS, log), first_on)
+    return wall, block_pairs(cpu_by_round(logs[0].cpu), first_on)
 
 
 PROCESS_SITES, PROCESS_ROUNDS, REPEATS, PROCESS_PAIRS = 4, 150, 5, 5
+BLINK_ROUNDS, BLINK_RUNS, PROCESS_BLINK_RUNS = 320, 2, 8
 
 
 def paired_interval(on: list[float], off: list[float]) -> tuple[float, float, float]:
@@ -92,26 +202,69 @@ def paired_interval(on: list[float], off: list[float]) -> tuple[float, float, fl
     return mean, mean - half, mean + half
 
 
-def _process_run(out: Path, audit: bool) -> tuple[list[float], float]:
-    """Round latencies of real node processes, with the log or with the silent one, and
-    the CPU seconds a node spent per round (from its start and finish events)."""
+def _process_run(out: Path, audit: bool) -> tuple[list[float], float, float]:
+    """Round latencies of real node processes, with the log or with the silent one, the
+    CPU seconds a node spent per round (from its start and finish events), and the wall
+    seconds a round that the nodes' logs counted themselves (``audit_s``, as an operator
+    sees it in the metrics)."""
+    module = None if audit else "benchmarks.unaudited_node"
+    events = _process_events(out, PROCESS_ROUNDS, module)
+    rounds = [e for e in events if e.get("event") == "round"]
+    own = {e["node"]: float(e["audit_s"]) for e in rounds}  # the last round's running total
+    own_s = statistics.mean(own.values()) / PROCESS_ROUNDS
+    latencies = [float(e["latency_s"]) for e in rounds]
+    return latencies, cpu_s_per_round(events, PROCESS_ROUNDS), own_s
+
+
+def _process_events(out: Path, rounds: int, module: str | None) -> list[dict[str, Any]]:
+    """The timeline of a run of real node processes, every site running ``module``."""
     data = dirichlet_sites("breast-cancer", 16, 0.5, 0).first(PROCESS_SITES)
-    train = TrainConfig(optimizer="sgd", lr=0.1, batch_size=16, local_steps=4)
-    spec = ConsortiumSpec(
-        rounds=PROCESS_ROUNDS, model="mlp:64", train=train, compressor="top-k:0.1"
-    )
-    modules = None if audit else dict.fromkeys(range(PROCESS_SITES), "benchmarks.unaudited_node")
+    # No validation stop: its scoring every few rounds would fall unevenly on a blinking
+    # run's blocks (every round is then alike: each trains, evaluates and checkpoints).
+    train = TrainConfig(optimizer="sgd", lr=0.1, batch_size=16, local_steps=4, stop_patience=0)
+    spec = ConsortiumSpec(rounds=rounds, model="mlp:64", train=train, compressor="top-k:0.1")
+    modules = None if module is None else dict.fromkeys(range(PROCESS_SITES), module)
     run_processes(out, data, spec, kills=[], modules=modules)
-    events = read_timeline(out / "timeline.jsonl")
-    latencies = [float(e["latency_s"]) for e in events if e.get("event") == "round"]
-    return latencies, cpu_s_per_round(events, PROCESS_ROUNDS)
+    return read_timeline(out / "timeline.jsonl")
+
+
+def _process_blink(
+    out: Path, first_on: bool
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Block pairs of the round latencies, and of each process's CPU a round, of a run of
+    real node processes keeping :class:`Blinking` logs."""
+    os.environ[BLINK_FIRST] = "on" if first_on else "off"
+    try:
+        events = _process_events(out, BLINK_ROUNDS, "benchmarks.blinking_audit_node")
+    finally:
+        del os.environ[BLINK_FIRST]
+    latencies: dict[int, list[float]] = {}
+    for e in events:
+        if e.get("event") == "round":
+            latencies.setdefault(int(e["round"]) - 1, []).append(float(e["latency_s"]))
+    cpu = [
+        pair
+        for notes in sorted(out.rglob(BLINK_CPU))
+        for pair in block_pairs(cpu_by_round(json.loads(notes.read_text())), first_on)
+    ]
+    return block_pairs(latencies, first_on), cpu
+
+
+def blink_cost(pairs: list[tuple[float, float]]) -> list[float]:
+    """The log's cost as a fraction of a round without it, from a blinking run's block
+    pairs: the mean paired difference and its 95% interval."""
+    on, off = [a for a, _ in pairs], [b for _, b in pairs]
+    return [x / statistics.mean(off) for x in paired_interval(on, off)]
 
 
 def _pieces(scratch: Path) -> dict[str, float]:
     log = AuditLog(scratch, SiteIdentity.generate())
+    frame = random.Random(5).randbytes(1200)
     began = time.perf_counter()
-    for i in range(2000):
-        log.append("sent", peer="p" * 52, round=i, topic="update", digest="0" * 32, bytes=900)
+    for i in range(2000):  # noted, then sealed five at a time as a round's are
+        log.frame("sent", "p" * 52, i, "update", frame, len(frame))
+        if i % 5 == 4:
+            log.tail()
     entry_s = (time.perf_counter() - began) / 2000
     flushes = []
     for i in range(50):
@@ -128,7 +281,12 @@ def _round_work(scratch: Path, rounds: int = 400) -> dict[str, float]:
     """The CPU the log's own work costs a ring node a round, its writer thread included:
     two frames sent and two received (their digests and entries), the round's entry and
     write, the two checkpoints' tails, and its share of the syncs. Rounds are paced 4 ms
-    apart so the syncs keep up as they do between real rounds."""
+    apart so the syncs keep up as they do between real rounds; the CPU the pacing itself
+    costs (a sleep's wake-up, measured alone) is taken off."""
+    began = time.process_time()
+    for _ in range(rounds):
+        time.sleep(0.004)
+    pacing = time.process_time() - began
     (scratch / "round").mkdir()
     log = AuditLog(scratch / "round", SiteIdentity.generate())
     peers = [SiteIdentity.generate().peer_id for _ in range(2)]
@@ -137,14 +295,14 @@ def _round_work(scratch: Path, rounds: int = 400) -> dict[str, float]:
     for r in range(rounds):
         for kind in ("sent", "received"):
             for peer in peers:
-                log.append(kind, peer=peer, round=r, topic="update", digest=frame_digest(frame))
+                log.frame(kind, peer, r, "update", frame, len(frame))
             if kind == "sent":
                 log.tail()  # the write-ahead checkpoint
         log.end_round(r + 1, [], None)
         log.tail()  # the checkpoint after the round
         time.sleep(0.004)
     log.close()  # the syncs the writer thread did are in the process's CPU too
-    return {"round_cpu_s": (time.process_time() - began) / rounds}
+    return {"round_cpu_s": (time.process_time() - began - pacing) / rounds}
 
 
 def _tamperings(scratch: Path) -> dict[str, Any]:
@@ -188,13 +346,29 @@ def main() -> None:
         usual_without: list[float] = []
         cpu_with: list[float] = []
         cpu_without: list[float] = []
+        own: list[float] = []
         for k in range(PROCESS_PAIRS):
-            latencies, cpu = _process_run(root / f"process-with-{k}", audit=True)
+            latencies, cpu, own_s = _process_run(root / f"process-with-{k}", audit=True)
             usual_with += latencies
             cpu_with.append(cpu)
-            latencies, cpu = _process_run(root / f"process-without-{k}", audit=False)
+            own.append(own_s / statistics.median(latencies))
+            latencies, cpu, _ = _process_run(root / f"process-without-{k}", audit=False)
             usual_without += latencies
             cpu_without.append(cpu)
+        blink_wall: list[tuple[float, float]] = []
+        blink_cpu: list[tuple[float, float]] = []
+        blink_runs: list[float] = []  # each run's own estimate of the CPU cost
+        for k in range(PROCESS_BLINK_RUNS):
+            wall, cpu_pairs = _process_blink(root / f"blink-{k}", first_on=k % 2 == 0)
+            blink_wall += wall
+            blink_cpu += cpu_pairs
+            blink_runs.append(blink_cost(cpu_pairs)[0])
+        memory_wall: list[tuple[float, float]] = []
+        memory_cpu: list[tuple[float, float]] = []
+        for k in range(BLINK_RUNS):
+            wall, cpu_pairs = _memory_blink(root / f"memory-blink-{k}", first_on=k % 2 == 0)
+            memory_wall += wall
+            memory_cpu += cpu_pairs
         (root / "tamper").mkdir()
         tamper = _tamperings(root / "tamper")
     median_with, median_without = statistics.median(with_log), statistics.median(without)
@@ -221,6 +395,19 @@ def main() -> None:
             x / statistics.mean(cpu_without) for x in paired_interval(cpu_with, cpu_without)
         ],
         "round_cpu_fraction": pieces["round_cpu_s"] / statistics.mean(cpu_without),
+        "process_own_fraction_runs": own,
+        "blink_rounds": BLINK_ROUNDS,
+        "blink_block": BLOCK,
+        "process_blink_runs": PROCESS_BLINK_RUNS,
+        "process_blink_cpu_s_per_round": {
+            "with_log": statistics.mean(a for a, _ in blink_cpu),
+            "without_log": statistics.mean(b for _, b in blink_cpu),
+        },
+        "process_blink_cpu_cost": blink_cost(blink_cpu),
+        "process_blink_cpu_cost_runs": blink_runs,
+        "process_blink_wall_cost": blink_cost(blink_wall),
+        "memory_blink_cpu_cost": blink_cost(memory_cpu),
+        "memory_blink_wall_cost": blink_cost(memory_wall),
         "tamperings": tamper,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -256,7 +443,39 @@ def main() -> None:
         "{:+.1f}% [{:+.1f}%, {:+.1f}%] | ≤ 2% |".format(
             PROCESS_PAIRS, *(100 * x for x in report["process_cpu_cost_fraction_interval"])
         ),
-        f"| one entry (JSON and its digest; a write's last also signed) | "
+        "| **real processes, the log kept and silent in alternate blocks of {} rounds within "
+        "each run** ({} runs × {} rounds, 4 sites each; a block's first round and each run's "
+        "first pair of blocks left out): CPU a round, kept / silent | {:.2f} / {:.2f} ms "
+        "| — |".format(
+            BLOCK,
+            PROCESS_BLINK_RUNS,
+            BLINK_ROUNDS,
+            *(1000 * v for v in report["process_blink_cpu_s_per_round"].values()),
+        ),
+        "| ↳ **CPU cost of the log**, mean of {} block pairs [95% interval] | **{:+.1f}%** "
+        "[{:+.1f}%, {:+.1f}%] | ≤ 2% |".format(
+            len(blink_cpu), *(100 * x for x in report["process_blink_cpu_cost"])
+        ),
+        "| ↳ the same, each run alone | {} | — |".format(
+            ", ".join(f"{100 * x:+.1f}%" for x in blink_runs)
+        ),
+        "| ↳ round latency cost, mean of {} block pairs [95% interval] | {:+.1f}% "
+        "[{:+.1f}%, {:+.1f}%] | ≤ 2% |".format(
+            len(blink_wall), *(100 * x for x in report["process_blink_wall_cost"])
+        ),
+        "| memory transport, alternate blocks ({} runs × {} rounds, 8 sites in one process): "
+        "CPU cost [95% interval] / round latency cost [95% interval] | {:+.1f}% [{:+.1f}%, "
+        "{:+.1f}%] / {:+.1f}% [{:+.1f}%, {:+.1f}%] | ≤ 2% |".format(
+            BLINK_RUNS,
+            BLINK_ROUNDS,
+            *(100 * x for x in report["memory_blink_cpu_cost"]),
+            *(100 * x for x in report["memory_blink_wall_cost"]),
+        ),
+        "| the log's time as the nodes count it themselves (``audit_s``), of the median "
+        "round, in each run with the log | {} | ≤ 2% |".format(
+            ", ".join(f"{100 * x:.1f}%" for x in own)
+        ),
+        f"| one frame's entry (noted; then its frame's digest, JSON and chain digest) | "
         f"{1e6 * pieces['entry_s']:.0f} µs | — |",
         f"| the log's own CPU a round, writer thread included (4 frames, its round entry, "
         f"two tails) | {1e6 * pieces['round_cpu_s']:.0f} µs = "

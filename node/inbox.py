@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from node.audit.log import frame_digest
 from node.errors import FrameError, FutureFrameError
 from node.wire.frames import PREFIX_BYTES
 
@@ -48,12 +47,5 @@ async def receive(node: Node) -> None:
             continue
         body = received.body
         node.bytes_received += PREFIX_BYTES + len(body)
-        node.audit.append(
-            "received",
-            peer=peer,
-            round=frame.round,
-            topic=frame.topic,
-            digest=frame_digest(body),
-            bytes=PREFIX_BYTES + len(body),
-        )
+        node.audit.frame("received", peer, frame.round, frame.topic, body, PREFIX_BYTES + len(body))
         node.heard.set()

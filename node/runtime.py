@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from crypto.identity import SiteIdentity, load_key
 from node import site_checkpoint
 from node.assembly import SiteParts
-from node.audit.log import AUDITED, AuditLog, config_digest, frame_digest
+from node.audit.log import AUDITED, AuditLog, config_digest
 from node.config import NodeConfig
 from node.errors import FrameError
 from node.exchange.base import SUSPECT_AFTER
@@ -134,9 +134,7 @@ class Node:
             round, topic = peek(body)
         except FrameError:  # not a frame of ours (a test's raw bytes): logged as such
             round, topic = -1, "?"
-        self.audit.append(
-            "sent", peer=peer, round=round, topic=topic, digest=frame_digest(body), bytes=size
-        )
+        self.audit.frame("sent", peer, round, topic, body, size)
 
     def supervise(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
         return self.tasks.supervise(task)

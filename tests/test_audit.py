@@ -8,10 +8,20 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crypto.identity import SiteIdentity
 from node.audit.check import cross_check, verify
-from node.audit.log import HEAD_FILE, LOG_FILE, AuditLog, digest
+from node.audit.log import (
+    HEAD_FILE,
+    LOG_FILE,
+    AuditLog,
+    canonical,
+    digest,
+    frame_digest,
+    frame_line,
+)
 from node.cli import main
 from node.errors import ConfigError
 from node.training.trainer import TrainConfig
@@ -35,6 +45,55 @@ def _synthetic(tmp_path: Path, entries: int = 60) -> tuple[Path, SiteIdentity]:
             log.close_round(i // 10, [], None)
     log.flush()
     return tmp_path / LOG_FILE, identity
+
+
+_ANY_TEXT = st.text() | st.from_regex(r"[A-Za-z0-9_.:/+=-]*", fullmatch=True)
+
+
+@given(
+    seq=st.integers(0, 2**63),
+    t=st.floats(allow_nan=True, allow_infinity=True) | st.floats(0, 2e9),
+    kind=st.sampled_from(["sent", "received"]) | _ANY_TEXT,
+    peer=_ANY_TEXT,
+    topic=_ANY_TEXT,
+    round_=st.integers(-1, 2**40) | st.booleans(),
+    size=st.integers(0, 2**40),
+)
+def test_a_frame_line_is_the_canonical_json_or_none(
+    seq: int, t: float, kind: str, peer: str, topic: str, round_: int, size: int
+) -> None:
+    """The formatted frame entry is byte for byte what the encoder makes (verify hashes
+    the encoder's), and values the template cannot write as JSON would fall back."""
+    data = {"peer": peer, "round": round_, "topic": topic, "bytes": size, "digest": "ab" * 16}
+    entry = {"seq": seq, "t": t, "kind": kind, "data": data, "prev": "cd" * 32}
+    line = frame_line(seq, t, kind, data, "cd" * 32)
+    if line is not None:
+        assert line == canonical(entry)
+    plain = all(x.isascii() and x.isalnum() for x in (kind, peer, topic))
+    if plain and type(round_) is int and t == t and abs(t) != float("inf"):
+        assert line is not None  # the fast path is taken where it can be
+
+
+def test_the_checkpoint_tail_holds_exactly_what_is_not_yet_synced(tmp_path: Path) -> None:
+    """Noted entries join the tail when it is taken; a sync drops them from it, and a
+    flush leaves nothing behind (a tool that never takes a tail does not pile it up)."""
+    log = AuditLog(tmp_path, SiteIdentity.generate())
+    log.append("start", round=0)
+    log.frame("sent", "peer", 0, "update", b"frame", 9)
+    first = log.tail().splitlines()
+    assert [json.loads(line)["seq"] for line in first] == [0, 1]
+    log.end_round(1, [], None)
+    assert [json.loads(line)["seq"] for line in log.tail().splitlines()] == [0, 1, 2]
+    log.flush()
+    assert log.tail() == "" and log._tail_text == ""
+    for r in range(2, 40):
+        log.close_round(r, [], None)
+    assert log._tail_text == ""
+    log.close()
+    entries = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert [e["seq"] for e in entries] == list(range(41))
+    assert entries[1]["data"]["digest"] == frame_digest(b"frame")
+    assert verify(tmp_path / LOG_FILE, log.identity.peer_id).ok
 
 
 def test_a_consortium_run_leaves_a_verifiable_log_at_every_site(
@@ -91,6 +150,7 @@ def test_one_signature_covers_a_write_and_forgeries_without_the_key_show(tmp_pat
     # a stranger appends entries (no key, so no signature)
     stranger = AuditLog(tmp_path, SiteIdentity.generate())
     stranger.append("sent", peer="q", round=99, topic="update", digest="ff" * 16, bytes=1)
+    stranger._seal()
     stranger.pending[-1] = (stranger.seq, stranger.pending[-1][1], None)  # left unsigned
     stranger.close()
     verdict = verify(path, identity.peer_id, head=tmp_path / "no-head")
@@ -213,7 +273,10 @@ def test_entries_a_crash_lost_from_the_unsynced_log_come_back_from_the_checkpoin
     (recovered,) = events(again[0], "audit_recovered")
     assert recovered["entries"] == len(tail)
     entries = [json.loads(line) for line in (state / LOG_FILE).read_text().splitlines()]
-    assert entries[lost_from : lost_from + len(tail)] == tail  # back, byte for byte
+    back = entries[lost_from : lost_from + len(tail)]
+    assert back[:-1] == tail[:-1]  # back, byte for byte
+    # the last was not written yet when the checkpoint was taken: recovery's write signs it
+    assert "sig" in back[-1] and {k: v for k, v in back[-1].items() if k != "sig"} == tail[-1]
     assert verify(state / LOG_FILE, nodes[0].identity.peer_id).ok
     assert [e["data"]["round"] for e in entries if e["kind"] == "round"] == list(range(1, 14))
     assert cross_check(state / LOG_FILE, nodes[1].config.site.state_dir / LOG_FILE).ok

@@ -4,16 +4,17 @@ An entry is ``{"seq", "t", "kind", "data", "prev"}`` and, for the last entry of 
 write, ``"sig"``: ``prev`` is the BLAKE2b-256 digest of the previous entry (32 zero bytes
 for the first), and ``sig`` the site key's Ed25519 signature of this entry's own digest,
 taken over its canonical JSON without ``sig``. Through the chain one signature covers
-every entry before it, so a round (its sent, received and round entries, written
-together) costs one signature rather than one an entry: a signature was 18 µs of an
-entry's 28, and four of a round's five signatures were most of what the log cost a
-round. Editing, deleting or reordering an entry breaks the chain at that entry, and
-``verify`` still names it (the entry after it is vouched for by the next signature);
-rewriting the chain from an entry on needs the site's key for the next signature. An
-attacker who holds the site's disk holds its key file too, so signing less often gives
-that attacker nothing the key would not. Cutting entries off the end leaves a valid chain, so
-every flush also writes the head (the last entry's sequence number and digest, signed)
-to ``audit.head`` beside the log, atomically: a log shorter than its head was truncated.
+every entry before it, so a write costs one signature rather than one an entry. A node
+writes every few rounds (below), so a signature vouches for a few rounds' entries: a
+signature and a write each round were a third of what the log cost a real node a round
+(``benchmarks/results/audit.md``). Editing, deleting or reordering an entry breaks the
+chain at that entry, and ``verify`` still names it (the entry after it is vouched for by
+the next signature); rewriting the chain from an entry on needs the site's key for the
+next signature. An attacker who holds the site's disk holds its key file too, so signing
+less often gives that attacker nothing the key would not. Cutting entries off the end
+leaves a valid chain, so every sync also writes the head (the last entry's sequence
+number and digest, signed) to ``audit.head`` beside the log, atomically: a log shorter
+than its head was truncated.
 A neighbour's log is the anchor against a site that rolls back both files
 (``murmur audit cross-check``).
 
@@ -24,11 +25,12 @@ contributor bitmap, kept or refused), ``membership``, ``key_pinned``, ``key_rota
 and ``key_unpinned`` (written by ``murmur keys``), ``round`` (the neighbours missed, ε
 spent after it), ``dp_budget_spent``, ``finish``, ``crashed``, ``audit_recovered``.
 
-Durability without an fsync of its own each round: a round's entries are written to the
-file in one write when the round ends (``end_round``), and the checkpoint the node writes
-right after, which is fsynced anyway, holds every entry not yet known to be on disk
-(``tail``). The log itself is fsynced, and its signed head replaced atomically, by a
-writer thread every few rounds (``SYNC_EVERY_ROUNDS``, ``SYNC_EVERY_S``), off the round.
+Durability without a write or an fsync of its own each round: the checkpoint the node
+writes at the end of every round (and before it sends), which is fsynced anyway, holds
+every entry not yet known to be on disk (``tail``). Every few rounds
+(``SYNC_EVERY_ROUNDS``, ``SYNC_EVERY_S``) the entries since are written in one write and
+signed, and a writer thread fsyncs the log and replaces its signed head atomically, off
+the round.
 After a crash the restarted node appends what the log lost from its checkpoint
 (``recover``, logged as ``audit_recovered``), so no entry of a checkpointed round is ever
 lost; a crash loses only what happened after the last checkpoint, which the node then
@@ -44,7 +46,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -88,10 +92,50 @@ def config_digest(config: NodeConfig) -> str:
     return hashlib.sha256(config.to_toml().encode()).hexdigest()
 
 
+# One encoder for every entry: ``json.dumps`` with these options builds a new one a call.
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+# A frame's entry (four of a round's five), formatted in one call: what ``_encode`` makes
+# of it, keys sorted, for values JSON writes as they are (:func:`frame_line`).
+_FRAME_LINE = (
+    b'{"data":{"bytes":%d,"digest":"%s","peer":"%s","round":%d,"topic":"%s"},'
+    b'"kind":"%s","prev":"%s","seq":%d,"t":%r}'
+)
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/+=-]*")
+
+
+def frame_line(seq: int, t: float, kind: str, data: dict[str, Any], prev: str) -> bytes | None:
+    """A frame entry's canonical JSON (:func:`canonical`), about a third of the encoder's
+    time, or None where a value would need JSON's escapes or is not a plain int or a
+    finite float (then the encoder makes the line)."""
+    peer, topic, size, round_ = data["peer"], data["topic"], data["bytes"], data["round"]
+    if not (
+        type(size) is int
+        and type(round_) is int
+        and type(seq) is int
+        and type(t) is float
+        and math.isfinite(t)
+        and all(type(x) is str and _PLAIN.fullmatch(x) for x in (peer, topic, kind, prev))
+    ):
+        return None
+    digest = data["digest"].encode()
+    return _FRAME_LINE % (
+        size,
+        digest,
+        peer.encode(),
+        round_,
+        topic.encode(),
+        kind.encode(),
+        prev.encode(),
+        seq,
+        t,
+    )
+
+
 def canonical(entry: dict[str, Any]) -> bytes:
     """The bytes an entry's digest is taken over: its JSON without ``sig``, keys sorted."""
-    body = {k: v for k, v in entry.items() if k != "sig"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _encode({k: v for k, v in entry.items() if k != "sig"}).encode()
 
 
 def digest(entry: dict[str, Any]) -> bytes:
@@ -120,13 +164,22 @@ class AuditLog:
         self.path = state_dir / LOG_FILE
         self.head_path = state_dir / HEAD_FILE
         self.identity = identity
-        self.seq, self.last = -1, GENESIS
-        # (seq, line, digest to sign): appended, not written. A line is the entry's
+        self.seq, self.last = -1, GENESIS  # of the last entry sealed (:meth:`_seal`)
+        # (kind, data, time, frame) of each entry noted since the last seal: an entry is
+        # only noted when it happens, and serialised, chained and hashed (a frame's digest
+        # too) with the others at the next seal (a checkpoint's tail, or a write). Done an
+        # entry at a time between the node's other work, each entry ran with cold caches:
+        # about 40 µs an entry in a real node against 7 in a loop (measured).
+        self.raw: list[tuple[str, dict[str, Any], float, bytes | None]] = []
+        # (seq, line, digest to sign): sealed, not written. A line is the entry's
         # canonical JSON; the last one written gets its signature then (:meth:`_write`).
         self.pending: list[tuple[int, bytes, bytes | None]] = []
-        # (last seq, lines) of each write not yet known to be on disk: the checkpoint's
-        # tail is a join of a few chunks, not of every line since the last sync
-        self.unsynced: list[tuple[int, bytes]] = []
+        # Every sealed entry not yet known to be on disk, as log lines, and (last seq,
+        # end in the text) of each seal: the checkpoint's tail, kept as one text that
+        # grows by a seal's lines and loses a prefix once a sync covers it, so a tail
+        # costs no join of every line since the last sync, twice a round.
+        self._tail_text = ""
+        self._tail_marks: list[tuple[int, int]] = []
         self.synced_seq = -1  # set by the writer thread once an fsync has returned
         self._fd: int | None = None
         self._created = False
@@ -164,34 +217,53 @@ class AuditLog:
         self.synced_seq = self.seq
 
     def append(self, kind: str, **data: Any) -> None:
+        """Note an entry; it is serialised and chained at the next seal (:attr:`raw`), so
+        its values must not change until then (a node's are built for the call)."""
+        self.raw.append((kind, data, time.time(), None))
+
+    def frame(self, kind: str, peer: str, round: int, topic: str, body: bytes, size: int) -> None:
+        """Note a frame ``sent`` or ``received``: peer, round, topic, its digest
+        (:func:`frame_digest`, taken at the next seal) and its bytes on the wire."""
+        data: dict[str, Any] = {"peer": peer, "round": round, "topic": topic, "bytes": size}
+        self.raw.append((kind, data, time.time(), body))
+
+    def _seal(self) -> None:
+        """Serialise, chain and hash every entry noted since the last seal, in order."""
+        if not self.raw:
+            return
         began = time.perf_counter()
-        seq = self.seq + 1
-        entry = {
-            "seq": seq,
-            "t": round(time.time(), 6),
-            "kind": kind,
-            "data": data,
-            "prev": self.last.hex(),
-        }
-        body = canonical(entry)  # what digest(entry) hashes, built once
-        mine = hashlib.blake2b(body, digest_size=32).digest()
-        self.pending.append((seq, body + b"\n", mine))
-        self.seq, self.last = seq, mine
+        seq, last, pending, lines = self.seq, self.last, self.pending, []
+        for kind, data, t, frame in self.raw:
+            seq += 1
+            t, prev, line = round(t, 6), last.hex(), None
+            if frame is not None:
+                data["digest"] = frame_digest(frame)
+                line = frame_line(seq, t, kind, data, prev)
+            if line is None:  # what digest(entry) hashes, built once
+                entry = {"seq": seq, "t": t, "kind": kind, "data": data, "prev": prev}
+                line = _encode(entry).encode()
+            last = hashlib.blake2b(line, digest_size=32).digest()
+            pending.append((seq, line + b"\n", last))
+            lines.append(line)
+        self.raw = []
+        self.seq, self.last = seq, last
+        self._tail_text += (b"\n".join(lines) + b"\n").decode()
+        self._tail_marks.append((seq, len(self._tail_text)))
         self.append_s += time.perf_counter() - began
 
     def end_round(self, round: int, missed: list[str], eps_spent: float | None) -> None:
-        """The round's entry (who was missing, ε spent after it), and every entry of the
-        round written to the file in one write, without an fsync: until the next sync the
-        checkpoint the node writes next holds them (:meth:`tail`). Every
-        ``SYNC_EVERY_ROUNDS`` rounds or ``SYNC_EVERY_S`` seconds the writer thread fsyncs
-        the log and writes the signed head, off the round."""
+        """The round's entry (who was missing, ε spent after it). Every
+        ``SYNC_EVERY_ROUNDS`` rounds or ``SYNC_EVERY_S`` seconds, what the rounds since
+        logged is written in one write, its last entry signed, and the writer thread
+        fsyncs it and writes the signed head, off the round. Until then the checkpoint the
+        node writes next holds the entries (:meth:`tail`)."""
         self.append("round", round=round, missed=missed, eps_spent=eps_spent)
-        self._write()
         self._rounds_unsynced += 1
         due = time.monotonic() - self._last_sync >= SYNC_EVERY_S
         if (self._rounds_unsynced >= SYNC_EVERY_ROUNDS or due) and (
             self._syncing is None or self._syncing.done()
         ):
+            self._write()
             self._sync_soon()
 
     def close_round(self, round: int, missed: list[str], eps_spent: float | None) -> None:
@@ -209,17 +281,27 @@ class AuditLog:
         not bytes: an empty ``bytes`` pickles as a call to ``bytes()``, which a
         ``weights_only`` load refuses, so a checkpoint taken just after a sync would not
         load."""
-        synced = self.synced_seq
-        self.unsynced = [(seq, chunk) for seq, chunk in self.unsynced if seq > synced]
-        return b"".join(
-            [*(chunk for _, chunk in self.unsynced), *(line for _, line, _ in self.pending)]
-        ).decode()
+        self._seal()
+        self._prune()
+        return self._tail_text
+
+    def _prune(self) -> None:
+        """Drop from the tail the seals a sync has covered."""
+        synced, cut, done = self.synced_seq, 0, 0
+        for seq, end in self._tail_marks:
+            if seq > synced:
+                break
+            cut, done = end, done + 1
+        if done:
+            self._tail_text = self._tail_text[cut:]
+            self._tail_marks = [(seq, end - cut) for seq, end in self._tail_marks[done:]]
 
     def recover(self, tail: str | list[bytes]) -> int:
         """Append the entries of a checkpoint's ``tail`` that the log lost in a crash, and
         sync; returns how many. A tail that does not continue the log's chain is refused:
         entries were lost before it, or the log was replaced. (Checkpoints written before
         the tail was one text hold a list of lines: the same entries.)"""
+        self._seal()
         chunks = tail.encode().splitlines() if isinstance(tail, str) else list(tail)
         lines = [bytes(line).rstrip(b"\n") + b"\n" for line in chunks if line.strip()]
         missing = [line for line in lines if int(json.loads(line)["seq"]) > self.seq]
@@ -249,6 +331,8 @@ class AuditLog:
             self._syncing.result()
         if self.synced_seq < self.seq:
             self._sync(self.seq, self.last)
+        self._rounds_unsynced, self._last_sync = 0, time.monotonic()  # nothing left to sync
+        self._prune()
 
     def close(self) -> None:
         """Write and sync what is left and stop the writer thread (the node is stopping)."""
@@ -263,6 +347,7 @@ class AuditLog:
         return self.append_s + self.sync_s
 
     def _write(self) -> None:
+        self._seal()
         if not self.pending:
             return
         began = time.perf_counter()
@@ -270,12 +355,11 @@ class AuditLog:
             self._created = not self.path.exists()
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.fchmod(self._fd, 0o600)
-        *lines, (seq, line, mine) = self.pending
+        *lines, (_, line, mine) = self.pending
         if mine is not None:  # the write's last entry carries the signature for all of it
             line = signed_line(line[:-1], self.identity.sign(mine))
         chunk = b"".join([*(line for _, line, _ in lines), line])
         os.write(self._fd, chunk)
-        self.unsynced.append((seq, chunk))
         self.pending = []
         self.append_s += time.perf_counter() - began
 
