@@ -63,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
             f"{sender} → {receiver}: {result.matched} frames match, "
             f"{result.sent_not_received} sent and not logged received (lost, or cut from "
             f"the receiver's log), {result.received_not_sent} logged received and never sent"
+            + (
+                f"; {result.beyond} of rounds one of the logs has not finished, not compared"
+                if result.beyond
+                else ""
+            )
         )
         failed |= not result.ok
     return 1 if failed else 0

@@ -74,6 +74,48 @@ def test_a_frame_line_is_the_canonical_json_or_none(
         assert line is not None  # the fast path is taken where it can be
 
 
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(kind=st.text(), data=st.dictionaries(st.text(), _JSON, max_size=4))
+def test_any_entry_is_written_as_its_canonical_json(kind: str, data: dict[str, object]) -> None:
+    """An entry noted with ``append`` is sealed to exactly what verify hashes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        log = AuditLog(Path(scratch), SiteIdentity.generate())
+        log.append(kind, **data)
+        (line,) = log.tail().encode().splitlines()  # bytes: only newlines end a line
+        entry = json.loads(line)
+        assert entry["kind"] == kind and entry["data"] == data
+        assert line == canonical(entry)
+        log.close()
+
+
+def test_a_value_json_cannot_hold_fails_at_the_caller_and_the_log_goes_on(
+    tmp_path: Path,
+) -> None:
+    log = AuditLog(tmp_path, SiteIdentity.generate())
+    log.append("start", round=0)
+    with pytest.raises(TypeError):
+        log.append("membership", added={"a set"})
+    log.append("finish", round=1)
+    log.close()
+    assert [json.loads(x)["kind"] for x in (tmp_path / LOG_FILE).read_text().splitlines()] == [
+        "start",
+        "finish",
+    ]
+    # recovering after something was logged would overwrite it: refused
+    again = AuditLog(tmp_path, log.identity)
+    again.append("start", round=1)
+    with pytest.raises(RuntimeError, match="recovers before"):
+        again.recover("")
+
+
 def test_the_checkpoint_tail_holds_exactly_what_is_not_yet_synced(tmp_path: Path) -> None:
     """Noted entries join the tail when it is taken; a sync drops them from it, and a
     flush leaves nothing behind (a tool that never takes a tail does not pile it up)."""
@@ -116,7 +158,27 @@ def test_a_consortium_run_leaves_a_verifiable_log_at_every_site(
         logs.append(path)
     # neighbours' logs agree: nothing logged as received that the other did not send
     result = cross_check(logs[0], logs[1])
-    assert result.ok and result.matched >= 4
+    assert result.ok and result.matched >= 4 and result.beyond == 0
+    # A log that ends early (read while its node runs, or a crash it was never restarted
+    # from: the last rounds are only in its checkpoint) is behind, not lying.
+    full = logs[0].read_text()
+    lines = full.splitlines(keepends=True)
+    rounds = [n for n, line in enumerate(lines) if json.loads(line)["kind"] == "round"]
+    logs[0].write_text("".join(lines[: rounds[1] + 1]))  # rounds 0 and 1 finished
+    behind = cross_check(logs[0], logs[1])
+    assert behind.ok and behind.beyond > 0 and behind.matched >= 2, behind
+    # ... while a frame logged received in a round both finished, never sent, still shows
+    received = next(
+        json.loads(x)
+        for x in logs[1].read_text().splitlines()
+        if json.loads(x)["kind"] == "received" and json.loads(x)["data"]["round"] == 0
+    )
+    received["data"]["digest"] = "00" * 16
+    (tmp_path / "lying.log").write_text(
+        logs[1].read_text() + json.dumps(received, sort_keys=True) + "\n"
+    )
+    assert cross_check(logs[0], tmp_path / "lying.log").received_not_sent == 1
+    logs[0].write_text(full)
     # a restart continues the same chain
     again = memory_nodes([n.config.path for n in nodes])
     run_nodes(again)

@@ -184,20 +184,33 @@ def _check_head(path: Path, key: bytes, entries: list[dict[str, Any]], digests: 
 
 @dataclass(frozen=True)
 class CrossCheck:
-    """What one site logged as sent to another against what that one logged received."""
+    """What one site logged as sent to another against what that one logged received,
+    over the rounds both logs have finished."""
 
     matched: int
     sent_not_received: int  # lost on the way, or dropped from the receiver's log
     received_not_sent: int  # the receiver logs a frame the sender never sent: a lie
+    beyond: int = 0  # frames of rounds the other log has not finished: not compared
 
     @property
     def ok(self) -> bool:
         return self.received_not_sent == 0
 
 
+def _finished(entries: list[dict[str, Any]]) -> float:
+    """The rounds a log has finished: the frames of round r are all in it once its
+    ``round`` entry for r + 1 is (none: every round counts). A node writes its log every
+    few rounds and its checkpoint holds the rest, so a log read while its node runs, or
+    after a crash it was not restarted from, ends a few rounds early without lying."""
+    done = [e["data"].get("round") for e in entries if e.get("kind") == "round"]
+    rounds = [r for r in done if isinstance(r, int)]
+    return max(rounds) if rounds else float("inf")
+
+
 def cross_check(sender_log: Path, receiver_log: Path) -> CrossCheck:
     sender, receiver = read_entries(sender_log), read_entries(receiver_log)
     a, b = _peer_of(sender), _peer_of(receiver)
+    until = min(_finished(sender), _finished(receiver))
 
     def frames(entries: list[dict[str, Any]], kind: str, peer: str | None) -> Counter[Any]:
         return Counter(
@@ -206,9 +219,17 @@ def cross_check(sender_log: Path, receiver_log: Path) -> CrossCheck:
             if e.get("kind") == kind and e["data"].get("peer") == peer
         )
 
-    sent, received = frames(sender, "sent", b), frames(receiver, "received", a)
+    def compared(frames: Counter[Any]) -> Counter[Any]:
+        return Counter({k: n for k, n in frames.items() if isinstance(k[0], int) and k[0] < until})
+
+    sent_all, received_all = frames(sender, "sent", b), frames(receiver, "received", a)
+    sent, received = compared(sent_all), compared(received_all)
+    beyond = sum(sent_all.values()) + sum(received_all.values())
+    beyond -= sum(sent.values()) + sum(received.values())
     matched = sum((sent & received).values())
-    return CrossCheck(matched, sum((sent - received).values()), sum((received - sent).values()))
+    return CrossCheck(
+        matched, sum((sent - received).values()), sum((received - sent).values()), beyond
+    )
 
 
 def describe(entry: dict[str, Any]) -> str:

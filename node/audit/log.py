@@ -34,7 +34,10 @@ the round.
 After a crash the restarted node appends what the log lost from its checkpoint
 (``recover``, logged as ``audit_recovered``), so no entry of a checkpointed round is ever
 lost; a crash loses only what happened after the last checkpoint, which the node then
-does again (a neighbour's log still holds the frames).
+does again (a neighbour's log still holds the frames). Until then, and in a log read
+while its node runs, the last few rounds (at most ``SYNC_EVERY_ROUNDS``, or
+``SYNC_EVERY_S``) are missing from the file: ``cross-check`` compares only the rounds
+both logs have finished, so a log that is behind is not taken for one that lies.
 
 The files are 0600 in the 0700 state directory: they name peers and rounds, which is the
 site's business. ``busy_s`` counts the wall time spent appending and flushing, so a
@@ -102,6 +105,9 @@ _FRAME_LINE = (
     b'{"data":{"bytes":%d,"digest":"%s","peer":"%s","round":%d,"topic":"%s"},'
     b'"kind":"%s","prev":"%s","seq":%d,"t":%r}'
 )
+# Any other entry, its data and kind already JSON (encoded when noted): the encoder's
+# output for the whole entry is these pieces in this order, keys sorted.
+_ENTRY_LINE = b'{"data":%s,"kind":%s,"prev":"%s","seq":%d,"t":%r}'
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/+=-]*")
 
 
@@ -165,12 +171,12 @@ class AuditLog:
         self.head_path = state_dir / HEAD_FILE
         self.identity = identity
         self.seq, self.last = -1, GENESIS  # of the last entry sealed (:meth:`_seal`)
-        # (kind, data, time, frame) of each entry noted since the last seal: an entry is
-        # only noted when it happens, and serialised, chained and hashed (a frame's digest
-        # too) with the others at the next seal (a checkpoint's tail, or a write). Done an
-        # entry at a time between the node's other work, each entry ran with cold caches:
-        # about 40 µs an entry in a real node against 7 in a loop (measured).
-        self.raw: list[tuple[str, dict[str, Any], float, bytes | None]] = []
+        # (kind, its data, time) of each entry noted since the last seal: a frame's data
+        # as a dict, any other entry's kind and data as JSON. Entries are formatted,
+        # chained and hashed together at the next seal (a checkpoint's tail, or a write):
+        # done an entry at a time between the node's other work, each entry ran with cold
+        # caches, about 40 µs an entry in a real node against 7 in a loop (measured).
+        self.raw: list[tuple[str, tuple[bytes, bytes] | dict[str, Any], float]] = []
         # (seq, line, digest to sign): sealed, not written. A line is the entry's
         # canonical JSON; the last one written gets its signature then (:meth:`_write`).
         self.pending: list[tuple[int, bytes, bytes | None]] = []
@@ -217,34 +223,42 @@ class AuditLog:
         self.synced_seq = self.seq
 
     def append(self, kind: str, **data: Any) -> None:
-        """Note an entry; it is serialised and chained at the next seal (:attr:`raw`), so
-        its values must not change until then (a node's are built for the call)."""
-        self.raw.append((kind, data, time.time(), None))
+        """Note an entry: its data and kind are serialised now (a value JSON cannot hold
+        fails here, at the caller), the entry chained and hashed at the next seal."""
+        self.raw.append((kind, (_encode(kind).encode(), _encode(data).encode()), time.time()))
 
     def frame(self, kind: str, peer: str, round: int, topic: str, body: bytes, size: int) -> None:
         """Note a frame ``sent`` or ``received``: peer, round, topic, its digest
-        (:func:`frame_digest`, taken at the next seal) and its bytes on the wire."""
-        data: dict[str, Any] = {"peer": peer, "round": round, "topic": topic, "bytes": size}
-        self.raw.append((kind, data, time.time(), body))
+        (:func:`frame_digest`) and its bytes on the wire. The digest is taken now, so no
+        frame is held until the seal."""
+        data = {"peer": peer, "round": round, "topic": topic, "bytes": size}
+        data["digest"] = frame_digest(body)
+        self.raw.append((kind, data, time.time()))
 
     def _seal(self) -> None:
-        """Serialise, chain and hash every entry noted since the last seal, in order."""
+        """Chain and hash every entry noted since the last seal, in order, and add them to
+        what is pending and to the tail, all at once (nothing is kept half done)."""
         if not self.raw:
             return
         began = time.perf_counter()
-        seq, last, pending, lines = self.seq, self.last, self.pending, []
-        for kind, data, t, frame in self.raw:
+        seq, last, sealed, lines = self.seq, self.last, [], []
+        for kind, noted, t in self.raw:
             seq += 1
-            t, prev, line = round(t, 6), last.hex(), None
-            if frame is not None:
-                data["digest"] = frame_digest(frame)
-                line = frame_line(seq, t, kind, data, prev)
-            if line is None:  # what digest(entry) hashes, built once
-                entry = {"seq": seq, "t": t, "kind": kind, "data": data, "prev": prev}
-                line = _encode(entry).encode()
+            t, prev = round(t, 6), last.hex()
+            if isinstance(noted, tuple):  # kind and data, as JSON
+                kind_json, data_json = noted
+                line = _ENTRY_LINE % (data_json, kind_json, prev.encode(), seq, t)
+            else:  # a frame's entry
+                line = (
+                    frame_line(seq, t, kind, noted, prev)
+                    or _encode(
+                        {"seq": seq, "t": t, "kind": kind, "data": noted, "prev": prev}
+                    ).encode()
+                )
             last = hashlib.blake2b(line, digest_size=32).digest()
-            pending.append((seq, line + b"\n", last))
+            sealed.append((seq, line + b"\n", last))
             lines.append(line)
+        self.pending.extend(sealed)
         self.raw = []
         self.seq, self.last = seq, last
         self._tail_text += (b"\n".join(lines) + b"\n").decode()
@@ -301,7 +315,8 @@ class AuditLog:
         sync; returns how many. A tail that does not continue the log's chain is refused:
         entries were lost before it, or the log was replaced. (Checkpoints written before
         the tail was one text hold a list of lines: the same entries.)"""
-        self._seal()
+        if self.raw or self.pending:  # they would be overwritten below
+            raise RuntimeError("the audit log recovers before anything else is logged")
         chunks = tail.encode().splitlines() if isinstance(tail, str) else list(tail)
         lines = [bytes(line).rstrip(b"\n") + b"\n" for line in chunks if line.strip()]
         missing = [line for line in lines if int(json.loads(line)["seq"]) > self.seq]
@@ -359,7 +374,9 @@ class AuditLog:
         if mine is not None:  # the write's last entry carries the signature for all of it
             line = signed_line(line[:-1], self.identity.sign(mine))
         chunk = b"".join([*(line for _, line, _ in lines), line])
-        os.write(self._fd, chunk)
+        view = memoryview(chunk)
+        while view:  # a short write (a full disk) must not leave a line torn mid-file
+            view = view[os.write(self._fd, view) :]
         self.pending = []
         self.append_s += time.perf_counter() - began
 
