@@ -38,7 +38,7 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -157,11 +157,19 @@ def _memory_run(
         for node in nodes:
             node.audit = log(node.config.site.state_dir, node.identity)
     asyncio.run(run_nodes(nodes))
+    return latency_by_round(
+        e
+        for node in nodes
+        for e in map(json.loads, node.log.log_stream.getvalue().splitlines())  # type: ignore[attr-defined]
+    )
+
+
+def latency_by_round(events: Iterable[dict[str, Any]]) -> dict[int, list[float]]:
+    """Every ``round`` event's latency, by 0-based round."""
     latencies: dict[int, list[float]] = {}
-    for node in nodes:
-        for e in map(json.loads, node.log.log_stream.getvalue().splitlines()):  # type: ignore[attr-defined]
-            if e["event"] == "round":
-                latencies.setdefault(int(e["round"]) - 1, []).append(float(e["latency_s"]))
+    for e in events:
+        if e.get("event") == "round":
+            latencies.setdefault(int(e["round"]) - 1, []).append(float(e["latency_s"]))
     return latencies
 
 
@@ -238,16 +246,12 @@ def _process_blink(
         events = _process_events(out, BLINK_ROUNDS, "benchmarks.blinking_audit_node")
     finally:
         del os.environ[BLINK_FIRST]
-    latencies: dict[int, list[float]] = {}
-    for e in events:
-        if e.get("event") == "round":
-            latencies.setdefault(int(e["round"]) - 1, []).append(float(e["latency_s"]))
     cpu = [
         pair
         for notes in sorted(out.rglob(BLINK_CPU))
         for pair in block_pairs(cpu_by_round(json.loads(notes.read_text())), first_on)
     ]
-    return block_pairs(latencies, first_on), cpu
+    return block_pairs(latency_by_round(events), first_on), cpu
 
 
 def blink_cost(pairs: list[tuple[float, float]]) -> list[float]:

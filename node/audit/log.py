@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import time
@@ -99,44 +98,32 @@ def config_digest(config: NodeConfig) -> str:
 _encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
-# A frame's entry (four of a round's five), formatted in one call: what ``_encode`` makes
-# of it, keys sorted, for values JSON writes as they are (:func:`frame_line`).
-_FRAME_LINE = (
-    b'{"data":{"bytes":%d,"digest":"%s","peer":"%s","round":%d,"topic":"%s"},'
-    b'"kind":"%s","prev":"%s","seq":%d,"t":%r}'
-)
-# Any other entry, its data and kind already JSON (encoded when noted): the encoder's
-# output for the whole entry is these pieces in this order, keys sorted.
+# A frame's data (four of a round's five entries), formatted in one call: what ``_encode``
+# makes of it, keys sorted, for values JSON writes as they are (:func:`frame_template`).
+_FRAME_DATA = b'{"bytes":%d,"digest":"%s","peer":"%s","round":%d,"topic":"%s"}'
+# Every entry, its kind and data already JSON (encoded when noted): the encoder's output
+# for the whole entry is these pieces in this order, keys sorted.
 _ENTRY_LINE = b'{"data":%s,"kind":%s,"prev":"%s","seq":%d,"t":%r}'
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/+=-]*")
 
 
-def frame_line(seq: int, t: float, kind: str, data: dict[str, Any], prev: str) -> bytes | None:
-    """A frame entry's canonical JSON (:func:`canonical`), about a third of the encoder's
-    time, or None where a value would need JSON's escapes or is not a plain int or a
-    finite float (then the encoder makes the line)."""
+def frame_template(data: dict[str, Any]) -> bytes | None:
+    """A frame entry's data as its canonical JSON, about a third of the encoder's time, or
+    None where a value would need JSON's escapes or is not a plain int (then the encoder
+    writes it: :func:`frame_data`)."""
     peer, topic, size, round_ = data["peer"], data["topic"], data["bytes"], data["round"]
     if not (
         type(size) is int
         and type(round_) is int
-        and type(seq) is int
-        and type(t) is float
-        and math.isfinite(t)
-        and all(type(x) is str and _PLAIN.fullmatch(x) for x in (peer, topic, kind, prev))
+        and all(type(x) is str and _PLAIN.fullmatch(x) for x in (peer, topic))
     ):
         return None
-    digest = data["digest"].encode()
-    return _FRAME_LINE % (
-        size,
-        digest,
-        peer.encode(),
-        round_,
-        topic.encode(),
-        kind.encode(),
-        prev.encode(),
-        seq,
-        t,
-    )
+    return _FRAME_DATA % (size, data["digest"].encode(), peer.encode(), round_, topic.encode())
+
+
+def frame_data(data: dict[str, Any]) -> bytes:
+    """A frame entry's data as its canonical JSON: the template, or the encoder."""
+    return frame_template(data) or _encode(data).encode()
 
 
 def canonical(entry: dict[str, Any]) -> bytes:
@@ -171,12 +158,12 @@ class AuditLog:
         self.head_path = state_dir / HEAD_FILE
         self.identity = identity
         self.seq, self.last = -1, GENESIS  # of the last entry sealed (:meth:`_seal`)
-        # (kind, its data, time) of each entry noted since the last seal: a frame's data
-        # as a dict, any other entry's kind and data as JSON. Entries are formatted,
-        # chained and hashed together at the next seal (a checkpoint's tail, or a write):
-        # done an entry at a time between the node's other work, each entry ran with cold
-        # caches, about 40 µs an entry in a real node against 7 in a loop (measured).
-        self.raw: list[tuple[str, tuple[bytes, bytes] | dict[str, Any], float]] = []
+        # (kind, data, time) of each entry noted since the last seal, kind and data as
+        # JSON. Entries are chained and hashed together at the next seal (a checkpoint's
+        # tail, or a write): done an entry at a time between the node's other work, each
+        # entry ran with cold caches, about 40 µs an entry in a real node against 7 in a
+        # loop (measured).
+        self.raw: list[tuple[bytes, bytes, float]] = []
         # (seq, line, digest to sign): sealed, not written. A line is the entry's
         # canonical JSON; the last one written gets its signature then (:meth:`_write`).
         self.pending: list[tuple[int, bytes, bytes | None]] = []
@@ -223,38 +210,34 @@ class AuditLog:
         self.synced_seq = self.seq
 
     def append(self, kind: str, **data: Any) -> None:
-        """Note an entry: its data and kind are serialised now (a value JSON cannot hold
+        """Note an entry: its kind and data are serialised now (a value JSON cannot hold
         fails here, at the caller), the entry chained and hashed at the next seal."""
-        self.raw.append((kind, (_encode(kind).encode(), _encode(data).encode()), time.time()))
+        self.raw.append((_encode(kind).encode(), _encode(data).encode(), time.time()))
 
     def frame(self, kind: str, peer: str, round: int, topic: str, body: bytes, size: int) -> None:
         """Note a frame ``sent`` or ``received``: peer, round, topic, its digest
         (:func:`frame_digest`) and its bytes on the wire. The digest is taken now, so no
         frame is held until the seal."""
-        data = {"peer": peer, "round": round, "topic": topic, "bytes": size}
-        data["digest"] = frame_digest(body)
-        self.raw.append((kind, data, time.time()))
+        data: dict[str, Any] = {
+            "peer": peer,
+            "round": round,
+            "topic": topic,
+            "bytes": size,
+            "digest": frame_digest(body),
+        }
+        self.raw.append((_encode(kind).encode(), frame_data(data), time.time()))
 
     def _seal(self) -> None:
         """Chain and hash every entry noted since the last seal, in order, and add them to
-        what is pending and to the tail, all at once (nothing is kept half done)."""
+        what is pending and to the tail, all at once (nothing is kept half done). The
+        time is a float from ``time.time()``: ``%r`` writes it as JSON does."""
         if not self.raw:
             return
         began = time.perf_counter()
         seq, last, sealed, lines = self.seq, self.last, [], []
-        for kind, noted, t in self.raw:
+        for kind, data, t in self.raw:
             seq += 1
-            t, prev = round(t, 6), last.hex()
-            if isinstance(noted, tuple):  # kind and data, as JSON
-                kind_json, data_json = noted
-                line = _ENTRY_LINE % (data_json, kind_json, prev.encode(), seq, t)
-            else:  # a frame's entry
-                line = (
-                    frame_line(seq, t, kind, noted, prev)
-                    or _encode(
-                        {"seq": seq, "t": t, "kind": kind, "data": noted, "prev": prev}
-                    ).encode()
-                )
+            line = _ENTRY_LINE % (data, kind, last.hex().encode(), seq, round(t, 6))
             last = hashlib.blake2b(line, digest_size=32).digest()
             sealed.append((seq, line + b"\n", last))
             lines.append(line)
