@@ -108,7 +108,6 @@ class SiteParts:
             config.train.rounds,
             membership.matrix(),
             private=config.privacy is not None,
-            secure=config.gossip.secure != "off",
         )
         if window is not None:
             fit, validation = split_validation(data.x, data.y, config.consortium.seed, index)

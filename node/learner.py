@@ -24,7 +24,7 @@ from node.errors import ConfigError
 from node.gossip.choco import add_self_contribution, mix_step
 from node.gossip.sparse import Sparse
 from node.gossip.step_guard import StepGuard, guarded_compress
-from node.gossip.validation_stop import earliest_stop
+from node.gossip.validation_stop import Heard, earliest_stop
 from node.wire.update import Validation
 
 Emit = Callable[..., None]
@@ -117,23 +117,15 @@ class Learner:
             # Logged by mix_validation, on the event loop (this runs in the worker thread).
             self._stop_news = "its reading of the validation loss stopped improving"
 
-    def mix_validation(
-        self, t: int, heard: dict[str, Validation], weights: dict[str, float], me: str
-    ) -> None:
-        """e_i ← Σ_j W_ij e_j over this round's announcements (a neighbour not heard from
-        counts as our own estimate); a stopped neighbour stops us."""
+    def mix_validation(self, t: int, heard: Heard) -> None:
+        """e_i ← Σ_j W_ij e_j from what the neighbours said this round (a neighbour not
+        heard from counts as our own estimate); a stopped neighbour stops us, though never
+        before the first round an honest site can stop in (a plaintext frame announcing
+        that is refused by the exchange; a secure sum's tail names no single sender)."""
         if self.stop is None:
             return
-        own = self.stop.estimate[0]
-        mixed = own * weights[me]
-        for peer, weight in weights.items():
-            if peer == me:
-                continue
-            said = heard.get(peer)
-            estimate = None if said is None else said.estimate
-            value = own if estimate is None else torch.tensor(estimate, dtype=torch.float64)
-            mixed = mixed + weight * value
-        told = any(v.estimate is None for v in heard.values())
+        mixed = heard.mixed(self.stop.estimate[0])
+        told = heard.told and t + 1 >= self.earliest_stop()
         now = self.stop.mix(mixed.unsqueeze(0), torch.tensor([told]), t)
         if bool(now[0]):
             self._stop_news = "a neighbour stopped"

@@ -259,8 +259,7 @@ class Node:
         )
         included = await self.exchange.resolve(t)
         learner.mix(t, self.exchange.heard_steps)
-        me = self.identity.peer_id
-        learner.mix_validation(t, self.exchange.heard_validation(t), self.links.weight, me)
+        learner.mix_validation(t, self.exchange.heard_validation(t))
         self.round = self.pacing.next_round(self.links, self.exchange.suspected(), t)
         self.phase = "mixed"
         self.guard.advance(self.round)

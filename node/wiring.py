@@ -72,4 +72,5 @@ def site_exchange(
         indices,
         set(config.consortium.peers),
         log.count_rejection,
+        learner.announcement,
     )

@@ -258,13 +258,14 @@ class Simulation:
             with torch.no_grad():
                 step = guard if guard is not None else gamma
                 assert step is not None
-                said = None if checks is None else checks.stopped()
+                said = None if checks is None else checks.announced()
                 traffic = gossip_round(
                     exchange, t, state, compressor, step, working, alive, active, said
                 )
                 if checks is not None:
                     assert said is not None
-                    checks.after_gossip(t, said, exchange.heard(), working)
+                    heard, tails = exchange.heard(), exchange.heard_tails()
+                    checks.after_gossip(t, said.stopped, heard, working, tails)
                 if tracker:
                     tracker.sync(trainer)
                 if self.spec.evaluate:
@@ -299,9 +300,8 @@ class Simulation:
 
     def _validation(self) -> SiteValidation | None:
         """The consortium's validation stop (node.gossip.validation_stop), where it runs:
-        not under DP (the losses are outside the accountant) nor secure aggregation (its
-        frames carry sealed sums only), nor with ``stop_patience`` 0, nor where no stop
-        could come before the last round."""
+        not under DP (the losses are outside the accountant), nor with ``stop_patience``
+        0, nor where no stop could come before the last round."""
         weights = self.topology.matrix(0)
         window, _ = stop_plan(self.spec, weights)
         if window is None:

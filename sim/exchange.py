@@ -38,6 +38,15 @@ from node.gossip.step_guard import StepGuard, guarded_compress
 
 
 @dataclass(frozen=True)
+class Announced:
+    """What each site's part of a round says of the validation stop
+    (node.gossip.validation_stop): whether it has stopped, and its estimate (N, 2)."""
+
+    stopped: NDArray[np.bool_]
+    estimate: NDArray[np.float64]
+
+
+@dataclass(frozen=True)
 class Traffic:
     bytes_sent: NDArray[np.float64]  # (N,) this round, per sender
     missed: int
@@ -58,13 +67,13 @@ class BatchedExchange(ABC):
         xhat: torch.Tensor,
         working: NDArray[np.bool_],
         step: NDArray[np.float64] | None = None,
-        validation: NDArray[np.bool_] | None = None,
+        validation: Announced | None = None,
     ) -> None:
         """Round ``t``'s parts: rows of ``q`` (already in ``xhat`` and in s) of the sites
         that are ``working``. ``step`` is each site's (stamp, smallest known consensus
         step), (N, 2), which a frame announces when it changed (node.gossip.step_size).
-        ``validation``: every frame announces its sender's validation-stop estimate, or
-        that it has stopped (True) (node.gossip.validation_stop)."""
+        ``validation``: what every part says of its sender's validation stop (None: it
+        is off)."""
 
     @abstractmethod
     def send(self, t: int, alive: NDArray[np.bool_]) -> Traffic:
@@ -79,6 +88,12 @@ class BatchedExchange(ABC):
         """(N, N): ``[i, j]`` when neighbour j's frame of the last round reached i in time
         (its announcements with it); none in modes whose frames announce nothing."""
         return np.zeros((self.n, self.n), dtype=bool)
+
+    def heard_tails(self) -> NDArray[np.float64] | None:
+        """(N, SECURE_TAIL): the summed validation tails each site decrypted in the last
+        round (node.exchange.secure.validation_tail); None where frames announce the
+        stop in the clear instead."""
+        return None
 
     def heard_steps(self, values: torch.Tensor) -> torch.Tensor:
         """(N,) the smallest step each site's neighbours announced (inf for none)."""
@@ -111,7 +126,7 @@ def exchange_round(
     working: NDArray[np.bool_],
     alive: NDArray[np.bool_],
     step: NDArray[np.float64] | None = None,
-    validation: NDArray[np.bool_] | None = None,
+    validation: Announced | None = None,
 ) -> tuple[Traffic, NDArray[np.bool_]]:
     """contribute, send, resolve: round ``t`` of ``exchange`` on ``state``."""
     exchange.contribute(t, q, state.xhat, working, step, validation)
@@ -128,14 +143,14 @@ def gossip_round(
     working: NDArray[np.bool_],
     alive: NDArray[np.bool_],
     active: torch.Tensor | None = None,
-    validation: NDArray[np.bool_] | None = None,
+    validation: Announced | None = None,
 ) -> Traffic:
     """CHOCO's round after local training, for every site: compress, take one's own part
     into s, exchange, then mix with the fixed γ or the guard's per-site steps (which the
     frames announce and the guard agrees on, node.gossip.step_guard). Rows of sites that
     are not ``working`` (``active``: the same on the model's device) stay as they are.
-    ``validation``: each site's stopped flag, when frames carry validation-stop
-    announcements. The node's round is the same (node.learner)."""
+    ``validation``: what each site's part says of the validation stop. The node's round
+    is the same (node.learner)."""
     guard = step if isinstance(step, StepGuard) else None
     q = guarded_compress(state, compressor, t, active, guard)
     add_self_contribution(state, q, exchange.self_weight)

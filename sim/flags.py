@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=TRAIN.stop_patience,
         help="gossip methods hold back 20%% of each site's rows and stop training (mixing "
         "goes on) after N rounds without a better consortium validation loss; 0: never. "
-        "Off under --dp and --secure",
+        "Off under --dp",
     )
     add("--batch-size", type=int, default=TRAIN.batch_size)
     add(

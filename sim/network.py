@@ -35,7 +35,7 @@ from node.wire.update import (
     step_bytes,
     validation_bytes,
 )
-from sim.exchange import BatchedExchange, Traffic, in_order
+from sim.exchange import Announced, BatchedExchange, Traffic, in_order
 from sim.faults import FaultModel
 
 
@@ -63,7 +63,7 @@ class _Round:
     q: Sparse
     working: NDArray[np.bool_]
     step: NDArray[np.float64] | None
-    validation: NDArray[np.bool_] | None  # each sender's stopped flag, when frames carry it
+    validation: Announced | None  # what each sender's frames say of the validation stop
     dtype: torch.dtype  # of s (the backlog keeps items as s will add them)
     fast: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     fresh_seq: dict[int, int] = field(default_factory=dict)  # slow edge → round t's item
@@ -157,7 +157,7 @@ class SimNetwork(BatchedExchange):
         xhat: torch.Tensor,
         working: NDArray[np.bool_],
         step: NDArray[np.float64] | None = None,
-        validation: NDArray[np.bool_] | None = None,
+        validation: Announced | None = None,
     ) -> None:
         """Rows of non-working sites are ignored; x̂ is not needed (q is the item)."""
         self._round = _Round(t, q, working, step, validation, xhat.dtype)
@@ -182,7 +182,8 @@ class SimNetwork(BatchedExchange):
             announced[announce] += step_bytes(int(r.step[0, 0]))
             self.announced[announce] = r.step[self.src[announce]]
         if r.validation is not None:
-            val = np.where(r.validation, validation_bytes(True), validation_bytes(False))
+            stopped = r.validation.stopped
+            val = np.where(stopped, validation_bytes(True), validation_bytes(False))
             announced += val[self.src].astype(np.int64)
         # Frames that arrive this round: what a receiver hears of its neighbours' values.
         self.delivered = sending & on_time

@@ -31,11 +31,12 @@ from crypto.cipher import Cipher, PublicKey, Sealed, SecretKey, open_envelope
 from crypto.identity import PEER_ID_CHARS, SiteIdentity
 from node.exchange.outbox import Outbox
 from node.exchange.plan import pick_aggregator, sign_contributors, verify_contributors
+from node.exchange.secure.validation_tail import SECURE_TAIL, model_slots, tail_batch
 from node.gossip.sparse import Sparse
 from node.wire.frames import frame_size
 from node.wire.sealed import basis, pack
 from node.wire.update import INCARNATION_BYTES
-from sim.exchange import BatchedExchange, Traffic, in_order
+from sim.exchange import Announced, BatchedExchange, Traffic, in_order
 from sim.faults import FaultModel
 
 # Simulated sites never start over, so every receiver keeps its first basis; its size is
@@ -49,8 +50,9 @@ class _SecureRound:
 
     t: int
     xhat: torch.Tensor  # (N, D) float32 on the CPU, what the outboxes difference against
-    indices: torch.Tensor  # the round's shared slots
+    indices: torch.Tensor  # the round's shared slots a contribution carries (model_slots)
     working: NDArray[np.bool_]
+    tails: NDArray[np.float64]  # (N, SECURE_TAIL) each site's validation tail
     included: NDArray[np.bool_] = field(init=False)
     sums: list[tuple[int, Sealed]] = field(default_factory=list)  # (receiver, its sum)
 
@@ -89,6 +91,7 @@ class SecureSimNetwork(BatchedExchange):
         self.outbox = {(j, i): Outbox(start.clone()) for i in range(n) for j in self.neighbours[i]}
         self.cipher_seconds = {"encrypt": 0.0, "aggregate": 0.0, "decrypt": 0.0}
         self._round: _SecureRound | None = None
+        self._tails: NDArray[np.float64] | None = None  # of the last resolve
         self.topic_bytes: Counter[str] = Counter()  # every frame's bytes, by topic
 
     def contribute(
@@ -98,13 +101,22 @@ class SecureSimNetwork(BatchedExchange):
         xhat: torch.Tensor,
         working: NDArray[np.bool_],
         step: NDArray[np.float64] | None = None,
-        validation: NDArray[np.bool_] | None = None,
+        validation: Announced | None = None,
     ) -> None:
-        """Parts are taken from ``xhat`` on ``q``'s shared slots; secure frames carry no
-        step or validation announcement (as on nodes), so neither is sent."""
+        """Parts are taken from ``xhat`` on ``q``'s shared slots (all but what the tail
+        needs room for), then each site's validation tail; secure frames carry no step
+        announcement (as on nodes)."""
         # The engine refused other compressors already (require_shared_slots).
         assert q.indices is not None and q.indices.dim() == 1
-        self._round = _SecureRound(t, xhat.detach().to("cpu", torch.float32), q.indices, working)
+        tails = (
+            np.zeros((self.n, SECURE_TAIL))
+            if validation is None
+            else tail_batch(validation.estimate, validation.stopped)
+        )
+        idx = model_slots(q.indices)
+        xhat_cpu = xhat.detach().to("cpu", torch.float32)
+        self._round = _SecureRound(t, xhat_cpu, idx, working, tails)
+        self._tails = None
 
     def send(self, t: int, alive: NDArray[np.bool_]) -> Traffic:
         """Contributions, aggregation and forwarding (ciphertexts are really made and added
@@ -126,14 +138,14 @@ class SecureSimNetwork(BatchedExchange):
         on_time, first_ms = self._deliveries(hops, alive)
         forwards_ok, second_ms = self._deliveries([(a, i) for i, a, _ in plan], alive)
         hop = 0
+        slots = len(idx) + SECURE_TAIL
         for k, (i, a, contributors) in enumerate(plan):
             arrived: dict[int, Sealed] = {}
             for j in contributors:
                 values = self.outbox[(j, i)].contribute(r.xhat[j], idx, t)
+                part = np.concatenate([values.double().numpy(), r.tails[j]])
                 began = time.perf_counter()
-                sealed = self.cipher.encrypt(
-                    (values.double() * self.weights[i, j]).numpy(), self.public[i]
-                )
+                sealed = self.cipher.encrypt(part * self.weights[i, j], self.public[i])
                 self.cipher_seconds["encrypt"] += time.perf_counter() - began
                 data = sealed.to_bytes()
                 if j != a:
@@ -144,8 +156,8 @@ class SecureSimNetwork(BatchedExchange):
                 else:
                     ok = bool(alive[a])
                 if ok:
-                    arrived[j] = open_envelope(data, self.cipher, self.public[i], len(idx))
-            opened = self._aggregate(i, a, arrived, bool(forwards_ok[k]), bytes_sent, t, len(idx))
+                    arrived[j] = open_envelope(data, self.cipher, self.public[i], slots)
+            opened = self._aggregate(i, a, arrived, bool(forwards_ok[k]), bytes_sent, t, slots)
             included = set(arrived) if opened is not None else set()
             if opened is not None:
                 r.sums.append((i, opened))
@@ -163,12 +175,19 @@ class SecureSimNetwork(BatchedExchange):
         r = in_order(self._round, t)
         self._round = None
         idx = r.indices.to(s.device)
+        n = len(idx)
+        tails = np.zeros((self.n, SECURE_TAIL))
         for i, opened in r.sums:
             began = time.perf_counter()
             values = self.cipher.decrypt(opened, self.secrets[i])
             self.cipher_seconds["decrypt"] += time.perf_counter() - began
-            s[i, idx] += torch.from_numpy(values).to(s.device, s.dtype)
+            s[i, idx] += torch.from_numpy(values[:n]).to(s.device, s.dtype)
+            tails[i] += values[n:]
+        self._tails = tails
         return r.included
+
+    def heard_tails(self) -> NDArray[np.float64] | None:
+        return self._tails
 
     def finish(self, s: torch.Tensor) -> None:
         """Nothing to deliver: what a receiver missed stays in its outboxes (a node's

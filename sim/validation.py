@@ -13,7 +13,10 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from node.exchange.secure.validation_tail import read_tail
 from node.gossip.validation_stop import (
+    NOTHING_HEARD,
+    Heard,
     ValidationStop,
     mix_estimates,
     split_validation,
@@ -21,6 +24,7 @@ from node.gossip.validation_stop import (
 )
 from node.gossip.validation_stop import stop_plan as plan
 from node.training.trainer import LocalTrainer
+from sim.exchange import Announced
 from sim.results import RunSpec
 
 Parts = list[tuple[torch.Tensor, torch.Tensor]]
@@ -28,8 +32,8 @@ Parts = list[tuple[torch.Tensor, torch.Tensor]]
 
 def stop_plan(spec: RunSpec, weights: NDArray[np.float64]) -> tuple[int | None, str]:
     """The gossip methods' validation stop for this run (:func:`plan`)."""
-    private, secure = spec.dp is not None, spec.secure != "off"
-    return plan(spec.train.stop_patience, spec.rounds, weights, private=private, secure=secure)
+    private = spec.dp is not None
+    return plan(spec.train.stop_patience, spec.rounds, weights, private=private)
 
 
 class SiteValidation:
@@ -62,21 +66,37 @@ class SiteValidation:
         sums = validation_sums([p.cpu() for p in probs], self.val_y)
         self.stop.observe(t, sums, torch.from_numpy(working))
 
-    def stopped(self) -> NDArray[np.bool_]:
-        """What this round's frames announce: each sender's stopped flag."""
-        return self.stop.stopped.numpy().copy()
+    def announced(self) -> Announced:
+        """What this round's parts say: each sender's stopped flag and estimate."""
+        return Announced(self.stop.stopped.numpy().copy(), self.stop.estimate.numpy().copy())
 
     def after_gossip(
-        self, t: int, said: NDArray[np.bool_], heard: NDArray[np.bool_], working: NDArray[np.bool_]
+        self,
+        t: int,
+        said: NDArray[np.bool_],
+        heard: NDArray[np.bool_],
+        working: NDArray[np.bool_],
+        tails: NDArray[np.float64] | None = None,
     ) -> None:
         """Mix the estimates of the frames that arrived (``heard[i, j]``; ``said``: the
         stopped flags they carried); stop where an arrived frame said its sender stopped.
-        Sites not ``working`` this round change nothing."""
-        stopped_sender = torch.from_numpy(said).unsqueeze(0)
-        arrived = torch.from_numpy(heard)
-        mixed = mix_estimates(self.weights, self.stop.estimate, heard & ~said[None, :])
-        told = (arrived & stopped_sender).any(1)
+        Under secure aggregation the sums' decrypted ``tails`` say it instead, read as a
+        node reads them (:func:`read_tail`). Sites not ``working`` this round change
+        nothing."""
+        if tails is None:
+            stopped_sender = torch.from_numpy(said).unsqueeze(0)
+            arrived = torch.from_numpy(heard)
+            mixed = mix_estimates(self.weights, self.stop.estimate, heard & ~said[None, :])
+            told = (arrived & stopped_sender).any(1)
+        else:
+            rows = [self._read(i, tail) for i, tail in enumerate(tails)]
+            mixed = torch.stack([h.mixed(e) for h, e in zip(rows, self.stop.estimate, strict=True)])
+            told = torch.tensor([h.told for h in rows])
         self.stop.mix(mixed, told, t, torch.from_numpy(working))
+
+    def _read(self, i: int, tail: NDArray[np.float64]) -> Heard:
+        neighbours = float(self.weights[i].sum() - self.weights[i, i])
+        return read_tail(tail, neighbours) or NOTHING_HEARD
 
     def summary(self) -> dict[str, float]:
         """When the sites stopped training (the first and the last), for the results."""

@@ -322,7 +322,7 @@ def test_forged_or_malformed_sums_are_refused_and_the_node_goes_on(
     assert exchange is not None
     bad: list[tuple[np.ndarray, bool]] = []
     for t in range(1, 4):
-        n = len(exchange.indices(t))
+        n = exchange.slot_count(t)  # the model's values and the validation tail
         if secure == "ckks":
             bad.append((np.full(n, 0.1), True))
         else:
@@ -1016,7 +1016,7 @@ def test_two_sums_sharing_a_contributor_are_never_both_opened(
     exchange = victim.secure
     assert exchange is not None
     t = exchange.through + 1
-    n = len(exchange.indices(t))
+    n = exchange.slot_count(t)
     opened: list[int] = []
     decrypt = exchange.cipher.decrypt
 
@@ -1046,7 +1046,7 @@ def test_two_sums_sharing_a_contributor_are_never_both_opened(
     # second one, over the same two contributors, is then opened and kept
     assert len(opened) == 2 and rejected == {"sealed_rejected": 1}
     assert len(exchange.sums[t]) == 1
-    n = len(exchange.indices(t + 1))
+    n = exchange.slot_count(t + 1)
     third = decode(_forged_sum(victim, two, t + 1, np.full(n, 0.1), corrupt=False))
     first = decode(_forged_sum(victim, one, t + 1, np.full(n, 0.1), corrupt=False))
 
@@ -1121,10 +1121,10 @@ def test_a_rebase_is_announced_once_saved_and_sets_the_sum_at_the_shared_start(
         announced = decode_receipt(victim._receipt(insider.identity.peer_id)).base
         assert announced == basis(victim.inc, epoch + 1)
         t = victim.through + 1
-        idx = victim.indices(t)
         s, xhat = torch.zeros(nodes[0].dim), nodes[0].state.xhat[0].clone()
         # one sum from an aggregator, both neighbours in it
-        victim.handle(decode(_forged_sum(nodes[0], nodes[1], t, np.zeros(len(idx)), False)))
+        zeros = np.zeros(victim.slot_count(t))
+        victim.handle(decode(_forged_sum(nodes[0], nodes[1], t, zeros, False)))
         await asyncio.sleep(0.2)
         await victim.resolve(t, s, xhat)
         # the rebase put s at W_ii x̂ + (1 − W_ii) x̂₀; the zero sum added nothing

@@ -203,12 +203,20 @@ def test_the_wire_carries_an_estimate_or_a_stop_and_refuses_anything_else() -> N
             decode_update(msgpack.packb({**base, "val": bad}), 4)
 
 
-def test_nodes_stop_where_the_simulator_stops(wisconsin16: FederatedData, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("secure", "compressor", "rounds"), [("off", "top-k:0.1", 40), ("plain", "rand-k:0.2", 60)]
+)
+def test_nodes_stop_where_the_simulator_stops(
+    wisconsin16: FederatedData, tmp_path: Path, secure: str, compressor: str, rounds: int
+) -> None:
     """Real nodes (memory transport) and the in-process simulator hold back the same rows,
     track the same estimates and stop in the same round: every site stops, and the
-    models agree after it."""
+    models agree after it. Under secure aggregation the estimates and the stop travel
+    inside the sums (node.exchange.secure.validation_tail), and the same holds."""
     train = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, stop_patience=10)
-    spec = ConsortiumSpec(rounds=40, train=train, compressor="top-k:0.1", deadline_s=2.0)
+    spec = ConsortiumSpec(
+        rounds=rounds, train=train, compressor=compressor, deadline_s=2.0, secure=secure
+    )
     data = subset(wisconsin16, 4)
     nodes = memory_nodes(write_consortium(tmp_path, data, spec))
     run_nodes(nodes)
@@ -222,7 +230,8 @@ def test_nodes_stop_where_the_simulator_stops(wisconsin16: FederatedData, tmp_pa
         "on: 20% of each site's rows held back, scored every 10 rounds; training stops "
         "10 rounds after the best reading (round 30 at the earliest)"
     )
-    run = RunSpec(spec.rounds, spec.model, train, None, spec.seed, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    run = RunSpec(spec.rounds, spec.model, train, None, spec.seed, cpu, secure=secure)
     sim = Simulation(data, build_topology(spec.topology, 4, spec.seed), run)
     result = sim.run("murmur", parse_compressor(spec.compressor, spec.seed))
     assert result.final["stopped_sites"] == 4
@@ -282,6 +291,6 @@ def test_the_run_says_whether_the_stop_is_on_and_why() -> None:
         None,
         "off: on this graph the first stop could come at round 180",
     )
-    assert stop_plan(spec(200, secure="ckks"), ring)[0] is None
+    assert stop_plan(spec(200, secure="ckks"), ring)[0] == 60  # the estimate rides in the sums
     dp = DpConfig(epsilon=3.0, delta=1e-5)
     assert "--dp" in stop_plan(spec(200, dp=dp), ring)[1]

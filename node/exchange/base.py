@@ -28,10 +28,10 @@ from typing import Any, Protocol
 from crypto.identity import SiteIdentity
 from node.gossip.choco import ChocoState
 from node.gossip.sparse import Sparse
+from node.gossip.validation_stop import Heard
 from node.state.links import Links
 from node.state.membership import Membership
 from node.wire.frames import Frame
-from node.wire.update import Validation
 
 SUSPECT_AFTER = 3  # rounds (plaintext) or deadlines (secure) of silence: taken to be down
 
@@ -122,10 +122,11 @@ class Exchange(ABC):
         """Consensus steps the neighbours announced for ``stamp`` (node.gossip.step_guard)."""
         return []
 
-    def heard_validation(self, t: int) -> dict[str, Validation]:
-        """Neighbours' validation-stop announcements of round ``t``
-        (node.gossip.validation_stop); none in modes whose frames carry none."""
-        return {}
+    @abstractmethod
+    def heard_validation(self, t: int) -> Heard:
+        """What the neighbours said of the validation stop in round ``t``, mixed
+        (node.gossip.validation_stop): from their frames' announcements in plaintext mode,
+        from the sums' encrypted tails under secure aggregation."""
 
     @abstractmethod
     def snapshot(self) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from node.errors import EarlyStopError, FrameError, StaleFrameError, TransportEr
 from node.exchange.base import SUSPECT_AFTER, Exchange, Host, OutOfRange
 from node.gossip.sparse import Sparse
 from node.gossip.step_guard import StepGuard
+from node.gossip.validation_stop import Heard
 from node.state.backlog import Item
 from node.state.membership import Membership
 from node.transport.send_slots import SendSlots
@@ -222,19 +223,23 @@ class PlaintextExchange(Exchange):
         inbound = self.host.links.inbound
         return [v for p, (s, v) in self.neighbour_step.items() if p in inbound and s == stamp]
 
-    def heard_validation(self, t: int) -> dict[str, Validation]:
-        """Each neighbour's announcement of round ``t`` (the estimates mix round by round,
-        so a neighbour a round ahead is read at ``t``); a stop heard at any earlier
-        round stands."""
-        out: dict[str, Validation] = {}
+    def heard_validation(self, t: int) -> Heard:
+        """The neighbours' announcements of round ``t``, mixed (the estimates mix round by
+        round, so a neighbour a round ahead is read at ``t``); a stop heard at any earlier
+        round stands, and a stopped neighbour's estimate is not mixed."""
+        total, weight, told = torch.zeros(2, dtype=torch.float64), 0.0, False
+        links = self.host.links
         for peer, said in self.neighbour_val.items():
-            if peer not in self.host.links.inbound:
+            if peer not in links.inbound:
                 continue
             if any(v.estimate is None for r, v in said.items() if r <= t):
-                out[peer] = Validation(None)
-            elif t in said:
-                out[peer] = said[t]
-        return out
+                told = True
+            elif t in said and (estimate := said[t].estimate) is not None:
+                w = links.weight[peer]
+                total += w * torch.tensor(estimate, dtype=torch.float64)
+                weight += w
+        first, second = total.tolist()
+        return Heard((first, second), weight, told)
 
     def snapshot(self) -> dict[str, Any]:
         return {"heard": dict(self.neighbour_step), "announced": dict(self.announced)}

@@ -21,11 +21,14 @@ from crypto.cipher import cipher_by_name
 from node.errors import ConfigError, FrameError
 from node.exchange.base import SUSPECT_AFTER, Exchange, Host, OutOfRange
 from node.exchange.secure import SecureExchange
+from node.exchange.secure.validation_tail import read_tail
 from node.gossip.sparse import Sparse
+from node.gossip.validation_stop import NOTHING_HEARD, Heard
 from node.state import checkpoint
 from node.state.membership import Membership
 from node.wire.frames import Frame
 from node.wire.sealed import SECURE_TOPICS
+from node.wire.update import Validation
 
 
 class SecureRound(Exchange):
@@ -39,9 +42,12 @@ class SecureRound(Exchange):
         indices: Callable[[int], torch.Tensor],
         reachable: set[str],
         on_reject: Callable[[FrameError, str], None],
+        validation: Callable[[], Validation | None] = lambda: None,
     ) -> None:
         """``key_path``: this site's encryption key, made on first start (0600) and never
-        silently made again (node.key_admin checks that before this is built)."""
+        silently made again (node.key_admin checks that before this is built).
+        ``validation`` gives what this round's contributions carry of the validation stop
+        (node.exchange.secure.validation_tail; None: it is off here)."""
         self.host = host
         cipher = cipher_by_name(mode)
         if key_path.exists():
@@ -65,6 +71,7 @@ class SecureRound(Exchange):
             reachable=reachable,
         )
         self.secure.on_reject = on_reject
+        self.secure.announce = validation
         self.secure.arrived = host.heard.set
         self.secure.supervise = host.supervise
 
@@ -157,6 +164,23 @@ class SecureRound(Exchange):
         # coroutine (tests run several in one loop) would inherit or undo it.
         state = self.host.state
         return await self.secure.resolve(t, state.s[0], state.xhat[0])
+
+    def heard_validation(self, t: int) -> Heard:
+        """The summed tails of round ``t``'s sums (node.exchange.secure.validation_tail);
+        tails no honest neighbourhood could add up to are not mixed, and are logged."""
+        tail = self.secure.tails.pop(t, None)
+        if tail is None:
+            return NOTHING_HEARD
+        weight = self.host.links.weight
+        heard = read_tail(tail, sum(weight[p] for p in self.host.links.neighbours))
+        if heard is None:
+            self.host.emit(
+                "validation_refused",
+                round=t + 1,
+                detail="the sums' validation tail is not one honest neighbours could send",
+            )
+            return NOTHING_HEARD
+        return heard
 
     async def linger(self, last: int, clock: int) -> bool:
         """Receipts close the neighbours' last rounds; our own close with theirs. We stay

@@ -45,13 +45,18 @@ optimizer steps but go on compressing, sending and mixing: CHOCO without gradien
 compressed consensus, which converges to the average of the models (Koloskova et al.
 2019, Theorem 2), so the sites end on one model instead of a cloud around it.
 
+Under secure aggregation no frame announces an estimate: each contribution carries
+W_ij e_j inside its ciphertext, after the model's values, so a receiver learns only the
+weighted sum of its included neighbours' estimates, as it does their models
+(:mod:`node.exchange.secure.validation_tail`). Both modes hand the round's mixing a
+:class:`Heard`.
+
 Off under DP (the losses are statistics of private rows that the accountant does not
-charge), under secure aggregation (its frames carry only sealed sums) and for custom
-training loops (the loop holds its own data), and where no stop could come before the last
-round (:func:`earliest_stop`: the first reading needs two windows, then ``patience``
-rounds, counted in whole windows), so a short run trains on every row. The window is
-fixed for the run: it is in the checkpoint, and a membership change does not move it (all
-sites reset their estimates in the same rounds). A site's held-back rows follow its
+charge) and for custom training loops (the loop holds its own data), and where no stop
+could come before the last round (:func:`earliest_stop`: the first reading needs two
+windows, then ``patience`` rounds, counted in whole windows), so a short run trains on
+every row. The window is fixed for the run: it is in the checkpoint, and a membership
+change does not move it (all sites reset their estimates in the same rounds). A site's held-back rows follow its
 index among the members, as its batch draws do.
 
 A member can lie: a false estimate moves its neighbours' readings, and a false stop halts
@@ -91,7 +96,7 @@ def earliest_stop(window: int, patience: int) -> int:
 
 
 def stop_plan(
-    patience: int, rounds: int, weights: np.ndarray, *, private: bool, secure: bool
+    patience: int, rounds: int, weights: np.ndarray, *, private: bool
 ) -> tuple[int | None, str]:
     """Whether the stop runs, for the node and the simulator alike: its window, or None
     where it is off, and a line saying which and why (``murmur sim`` prints it, a node's
@@ -100,12 +105,6 @@ def stop_plan(
         return None, "off (--stop-patience / [train] stop_patience 0)"
     if private:
         return None, "off under DP (--dp / [privacy]: the losses would be outside the accountant)"
-    if secure:
-        return (
-            None,
-            "off under secure aggregation (--secure / [gossip] secure: its frames carry "
-            "sealed sums only)",
-        )
     window = window_rounds(weights)
     first = earliest_stop(window, patience)
     if first >= rounds:
@@ -139,6 +138,27 @@ def validation_sums(probs: list[torch.Tensor], labels: list[torch.Tensor]) -> to
             out[k, 0] = float(torch.nn.functional.nll_loss(logp, y, reduction="sum"))
             out[k, 1] = float(len(y))
     return out
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What one site's neighbours said of the stop in a round, already mixed:
+    Σ_j W_ij e_j over the neighbours whose estimate arrived (``total``), the weight of
+    those (``weight``; every other neighbour counts as the site's own estimate), and
+    whether an arrived neighbour has stopped (``told``)."""
+
+    total: tuple[float, float]
+    weight: float
+    told: bool
+
+    def mixed(self, own: torch.Tensor) -> torch.Tensor:
+        """e_i ← Σ_j W_ij e_j: the heard part and the rest of the row's weight (W is
+        doubly stochastic) on the site's own estimate ``own`` (2,)."""
+        heard = torch.tensor(self.total, dtype=torch.float64)
+        return heard + (1.0 - self.weight) * own.to(torch.float64)
+
+
+NOTHING_HEARD = Heard((0.0, 0.0), 0.0, False)
 
 
 @dataclass
@@ -254,13 +274,11 @@ class ValidationStop:
 def mix_estimates(weights: np.ndarray, estimate: torch.Tensor, heard: np.ndarray) -> torch.Tensor:
     """Σ_j W_ij e_j for every site (the simulator's rows): ``heard[i, j]`` says that site i
     has neighbour j's estimate of this round (its frame arrived, and j had not stopped);
-    any other neighbour counts as the site's own estimate, as on a node. Neighbours'
-    estimates arrive as the float32 the frames carry."""
+    the rest of the row's weight falls on the site's own estimate, as on a node
+    (:meth:`Heard.mixed`). Neighbours' estimates arrive as the float32 the frames carry."""
     w = torch.from_numpy(weights).to(torch.float64)
     off = w.clone()
     off.fill_diagonal_(0.0)
-    silent = ~torch.from_numpy(heard)
-    moved = (off * silent).sum(1)
-    off = off * ~silent
+    off = off * torch.from_numpy(heard)
     sent = estimate.to(torch.float32).to(torch.float64)
-    return off @ sent + (torch.diagonal(w) + moved).unsqueeze(1) * estimate
+    return off @ sent + (1.0 - off.sum(1)).unsqueeze(1) * estimate

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import torch
 
 from node.exchange.secure.session import SecureSession
+from node.exchange.secure.validation_tail import tail_values
 from node.wire.sealed import pack
 
 
@@ -40,7 +42,9 @@ class Contributor(SecureSession):
         base = self.bases.get(r)  # the outbox is replaced whenever this changes
         if entry is None or r not in self.keys or base is None:
             return
-        values = (entry[1].double() * self.weight[r]).numpy()
+        # The model's values, then what we say of the validation stop (.validation_tail).
+        part = np.concatenate([entry[1].double().numpy(), tail_values(self.announce())])
+        values = part * self.weight[r]
         sealed = await asyncio.to_thread(self.cipher.encrypt, values, self.keys[r])
         body = pack({"to": r, "sealed": sealed.to_bytes(), "base": base})
         # A send that failed outright marks that aggregator down (for us) and the part

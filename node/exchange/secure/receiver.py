@@ -20,6 +20,7 @@ from crypto.identity import public_key_from_peer_id
 from node.errors import FrameError, ReplayedFrameError, SealedRejectedError, StaleFrameError
 from node.exchange.plan import Contributors, disjoint_sums, verify_contributors
 from node.exchange.secure.session import KEEP_ROUNDS, SUM_LIMIT, SecureSession
+from node.exchange.secure.validation_tail import SECURE_TAIL
 from node.wire.sealed import check_basis, unpack
 
 
@@ -123,17 +124,23 @@ class Receiver(SecureSession):
         held = self.sums.pop(round, [])
         chosen = disjoint_sums([record.bitmap for record, _ in held])
         idx = self.indices(round)
+        n = len(idx)
         included: set[str] = set()
+        tail = np.zeros(SECURE_TAIL)
         with torch.no_grad():
             for k in chosen:
                 record, values = held[k]
-                s.index_add_(0, idx, torch.from_numpy(values).to(s.dtype))
+                s.index_add_(0, idx, torch.from_numpy(values[:n]).to(s.dtype))
+                tail += values[n:]
                 included.update(record.members(self.neighbours))
+        self.tails[round] = tail
         for peer in included:
             self.included[peer].append(round)
         self.through = max(self.through, round)
         for t in [t for t in self.sums if t <= self.through]:
             del self.sums[t]
+        for t in [t for t in self.tails if t < round - KEEP_ROUNDS]:
+            del self.tails[t]
         for t in [t for t in self.checking if t <= self.through]:
             del self.checking[t]
         for key in [k for k in self.buffers if k[1] < round - KEEP_ROUNDS]:

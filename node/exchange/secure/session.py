@@ -23,11 +23,12 @@ from crypto.identity import SiteIdentity
 from node.errors import FrameError, SealedRejectedError, TransportError
 from node.exchange.outbox import Outbox
 from node.exchange.plan import Contributors, pick_aggregator
+from node.exchange.secure.validation_tail import SECURE_TAIL, model_slots
 from node.state.membership import Membership
 from node.transport.send_slots import SendSlots
 from node.wire.frames import seal
 from node.wire.sealed import Receipt, basis
-from node.wire.update import NO_INCARNATION
+from node.wire.update import NO_INCARNATION, Validation
 
 Send = Callable[[str, bytes], Awaitable[None]]
 Emit = Callable[..., None]
@@ -75,7 +76,9 @@ class SecureSession:
         self.me = identity.peer_id
         self.identity, self.cipher, self.secret = identity, cipher, secret
         self.membership, self.seed, self.deadline_s = membership, seed, deadline_s
-        self.indices, self.send, self.emit = indices, send, emit
+        # The model's slots of a round (the tail's room kept: validation_tail.model_slots).
+        self.indices: Callable[[int], torch.Tensor] = lambda r: model_slots(indices(r))
+        self.send, self.emit = send, emit
         self.weight = membership.weights(self.me)
         self.neighbours = sorted(p for p in self.weight if p != self.me)
         self.keys: dict[str, PublicKey] = {}
@@ -105,6 +108,10 @@ class SecureSession:
         self.down: dict[str, int] = {}  # peer → round a send to it last failed
         self.on_reject: Reject = lambda exc, peer: None  # counts refusals; set likewise
         self.arrived: Callable[[], None] = lambda: None  # a checked sum is in; set likewise
+        # What our contributions say of the validation stop (the runtime's learner sets it;
+        # None: the stop is off here), and the summed tails of each resolved round.
+        self.announce: Callable[[], Validation | None] = lambda: None
+        self.tails: dict[int, NDArray[np.float64]] = {}
         # Owns our background tasks' failures (the runtime stops the node on one).
         self.supervise: Callable[[asyncio.Task[None]], object] = lambda task: task
         self.checking: dict[int, set[asyncio.Task[None]]] = {}  # sums being decrypted
@@ -195,9 +202,13 @@ class SecureSession:
         task.add_done_callback(self.tasks.discard)
         self.supervise(task)
 
+    def slot_count(self, round: int) -> int:
+        """Values in each contribution and sum of ``round``: the model's, then the tail."""
+        return len(self.indices(round)) + SECURE_TAIL
+
     def _open(self, data: bytes, key: PublicKey, round: int) -> Sealed:
         try:
-            return open_envelope(data, self.cipher, key, len(self.indices(round)))
+            return open_envelope(data, self.cipher, key, self.slot_count(round))
         except CryptoError as exc:
             raise SealedRejectedError(str(exc)) from None
 

@@ -1,0 +1,130 @@
+"""The validation stop under secure aggregation (node.exchange.secure.validation_tail): the
+tails a receiver decrypts, added up, say what the plaintext announcements say; the model's
+slots leave the tail room without a ciphertext more; a tail no honest neighbourhood could
+send is not read."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crypto.cipher import cipher_by_name
+from node.exchange.secure.validation_tail import (
+    SECURE_TAIL,
+    model_slots,
+    read_tail,
+    tail_batch,
+    tail_values,
+)
+from node.gossip.compress import CKKS_SLOTS
+from node.gossip.validation_stop import Heard
+from node.wire.update import Validation
+
+
+@pytest.mark.parametrize(
+    ("n", "kept"),
+    [(1, 1), (1058, 1058), (4092, 4092), (4093, 4092), (4096, 4092), (8192, 8188), (10240, 10240)],
+)
+def test_the_tail_never_costs_a_ciphertext_more(n: int, kept: int) -> None:
+    idx = torch.arange(n)
+    slots = model_slots(idx)
+    assert len(slots) == kept
+    assert torch.equal(slots, idx[:kept])  # a prefix: the left-out slots stay owed
+    assert math.ceil((kept + SECURE_TAIL) / CKKS_SLOTS) == math.ceil(n / CKKS_SLOTS)
+
+
+said_strategy = st.one_of(
+    st.none(),  # the stop is off at this neighbour
+    st.just(Validation(None)),  # it has stopped
+    st.tuples(st.floats(0.0, 5000.0, allow_nan=False), st.floats(0.0, 2000.0, allow_nan=False)).map(
+        Validation
+    ),
+)
+
+
+def _plaintext(
+    said: Sequence[Validation | None], weights: list[float], arrived: list[bool]
+) -> Heard:
+    """What the plaintext mode mixes from the same announcements (node.exchange.plaintext)."""
+    total, weight, told = np.zeros(2), 0.0, False
+    for s, w, a in zip(said, weights, arrived, strict=True):
+        if not a or s is None:
+            continue
+        if s.estimate is None:
+            told = True
+        else:
+            total += w * np.array(s.estimate)
+            weight += w
+    return Heard((float(total[0]), float(total[1])), weight, told)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    said=st.lists(said_strategy, min_size=2, max_size=8),
+    data=st.data(),
+)
+def test_summed_tails_say_what_the_announcements_say(
+    said: list[Validation | None], data: st.DataObject
+) -> None:
+    k = len(said)
+    raw = data.draw(st.lists(st.floats(0.05, 1.0), min_size=k + 1, max_size=k + 1))
+    weights = [w / sum(raw) for w in raw[1:]]  # raw[0] is the receiver's own share
+    arrived = data.draw(st.lists(st.booleans(), min_size=k, max_size=k))
+    total = sum(
+        (w * tail_values(s) for s, w, a in zip(said, weights, arrived, strict=True) if a),
+        np.zeros(SECURE_TAIL),
+    )
+    heard = read_tail(total, sum(weights))
+    expected = _plaintext(said, weights, arrived)
+    assert heard is not None
+    assert heard.told == expected.told
+    assert heard.weight == pytest.approx(expected.weight, abs=1e-9)
+    assert heard.total == pytest.approx(expected.total, rel=1e-9, abs=1e-6)
+    own = torch.tensor([7.0, 11.0], dtype=torch.float64)
+    torch.testing.assert_close(heard.mixed(own), expected.mixed(own), rtol=1e-9, atol=1e-6)
+
+
+def test_a_batch_of_tails_is_each_sites_tail() -> None:
+    estimate = np.array([[3.0, 10.0], [4.0, 12.0], [0.5, 2.0]])
+    stopped = np.array([False, True, False])
+    rows = [
+        tail_values(Validation(None) if s else Validation(tuple(e)))
+        for e, s in zip(estimate, stopped, strict=True)
+    ]
+    np.testing.assert_array_equal(tail_batch(estimate, stopped), np.stack(rows))
+
+
+def test_ckks_sums_of_tails_read_back_to_the_plaintext_mix() -> None:
+    """Through real ciphertexts (CKKS is approximate: a few 1e-9 per value)."""
+    cipher = cipher_by_name("ckks")
+    secret = cipher.generate()
+    public = cipher.public_key(secret.public.data)
+    said = [Validation((41.7, 60.0)), Validation(None), Validation((3.2, 5.0))]
+    weights = [0.25, 0.25, 0.2]
+    parts = [cipher.encrypt(w * tail_values(s), public) for s, w in zip(said, weights, strict=True)]
+    total = cipher.decrypt(cipher.add(parts, public), secret)
+    heard = read_tail(total, sum(weights))
+    expected = _plaintext(said, weights, [True] * 3)
+    assert heard is not None and heard.told and expected.told
+    assert heard.weight == pytest.approx(expected.weight, abs=1e-6)
+    assert heard.total == pytest.approx(expected.total, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        [0.0, 0.0, 0.0, 0.9],  # more weight than the neighbours have
+        [0.0, 0.0, -0.2, 0.0],  # a negative stop flag
+        [1.0, -0.5, 0.0, 0.3],  # negative rows
+        [math.nan, 1.0, 0.0, 0.3],
+        [1.0, 1.0, math.inf, 0.3],
+    ],
+)
+def test_a_tail_no_honest_neighbourhood_sends_is_not_read(tail: list[float]) -> None:
+    assert read_tail(np.array(tail), 0.5) is None
