@@ -63,7 +63,7 @@ class SiteParts:
     guard_step: StepGuard | None  # None: a configured γ, kept as it is
     gamma: float
     # The consortium's validation stop and this site's held-back rows (None where it is
-    # off: DP, secure aggregation, a custom loop, stop_patience 0).
+    # off: DP, a custom loop, stop_patience 0, a run too short for any stop).
     stop: ValidationStop | None = None
     validation: tuple[torch.Tensor, torch.Tensor] | None = None
     stop_text: str = "off for a custom training loop"  # whether it runs, and why

@@ -120,8 +120,8 @@ class Learner:
     def mix_validation(self, t: int, heard: Heard) -> None:
         """e_i ← Σ_j W_ij e_j from what the neighbours said this round (a neighbour not
         heard from counts as our own estimate); a stopped neighbour stops us, though never
-        before the first round an honest site can stop in (a plaintext frame announcing
-        that is refused by the exchange; a secure sum's tail names no single sender)."""
+        before the first round an honest site can stop in (the exchanges refuse and count
+        a frame or receipt that announces that; this holds regardless)."""
         if self.stop is None:
             return
         mixed = heard.mixed(self.stop.estimate[0])

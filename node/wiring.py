@@ -73,4 +73,5 @@ def site_exchange(
         set(config.consortium.peers),
         log.count_rejection,
         learner.announcement,
+        learner.earliest_stop(),
     )

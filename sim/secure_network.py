@@ -53,6 +53,7 @@ class _SecureRound:
     indices: torch.Tensor  # the round's shared slots a contribution carries (model_slots)
     working: NDArray[np.bool_]
     tails: NDArray[np.float64]  # (N, SECURE_TAIL) each site's validation tail
+    stopped: NDArray[np.bool_]  # (N,) what each site's receipts say of its stop
     included: NDArray[np.bool_] = field(init=False)
     sums: list[tuple[int, Sealed]] = field(default_factory=list)  # (receiver, its sum)
 
@@ -92,6 +93,7 @@ class SecureSimNetwork(BatchedExchange):
         self.cipher_seconds = {"encrypt": 0.0, "aggregate": 0.0, "decrypt": 0.0}
         self._round: _SecureRound | None = None
         self._tails: NDArray[np.float64] | None = None  # of the last resolve
+        self._receipts = np.zeros((n, n), dtype=bool)  # [i, j]: j's receipt reached i
         self.topic_bytes: Counter[str] = Counter()  # every frame's bytes, by topic
 
     def contribute(
@@ -104,18 +106,17 @@ class SecureSimNetwork(BatchedExchange):
         validation: Announced | None = None,
     ) -> None:
         """Parts are taken from ``xhat`` on ``q``'s shared slots (all but what the tail
-        needs room for), then each site's validation tail; secure frames carry no step
-        announcement (as on nodes)."""
+        needs room for), then each site's validation tail; receipts say whether it has
+        stopped. Secure frames carry no step announcement (as on nodes)."""
         # The engine refused other compressors already (require_shared_slots).
         assert q.indices is not None and q.indices.dim() == 1
-        tails = (
-            np.zeros((self.n, SECURE_TAIL))
-            if validation is None
-            else tail_batch(validation.estimate, validation.stopped)
-        )
-        idx = model_slots(q.indices)
+        tails, stopped = np.zeros((self.n, SECURE_TAIL)), np.zeros(self.n, dtype=bool)
+        if validation is not None:
+            tails = tail_batch(validation.estimate, validation.stopped)
+            stopped = validation.stopped
+        idx = model_slots(q.indices, self.seed, t)
         xhat_cpu = xhat.detach().to("cpu", torch.float32)
-        self._round = _SecureRound(t, xhat_cpu, idx, working, tails)
+        self._round = _SecureRound(t, xhat_cpu, idx, working, tails, stopped)
         self._tails = None
 
     def send(self, t: int, alive: NDArray[np.bool_]) -> Traffic:
@@ -124,6 +125,7 @@ class SecureSimNetwork(BatchedExchange):
         r = in_order(self._round, t)
         idx = r.indices.to("cpu")
         bytes_sent = np.zeros(self.n)
+        self._receipts = np.zeros((self.n, self.n), dtype=bool)
         missed = 0
         plan: list[tuple[int, int, list[int]]] = []  # (receiver, aggregator, contributors)
         for i in range(self.n):
@@ -165,8 +167,9 @@ class SecureSimNetwork(BatchedExchange):
                 self.outbox[(j, i)].resolve(t, j in included)
                 r.included[i, j] = j in included
             for j in self.neighbours[i]:
-                receipt = self._receipt(j, t, j in included)
+                receipt = self._receipt(j, t, j in included, bool(r.stopped[i]))
                 bytes_sent[i] += self._frame(t, "receipt", receipt)
+                self._receipts[j, i] = bool(alive[j])
             missed += len(contributors) - len(included)
         return Traffic(bytes_sent=bytes_sent, missed=missed, round_ms=first_ms + second_ms)
 
@@ -188,6 +191,11 @@ class SecureSimNetwork(BatchedExchange):
 
     def heard_tails(self) -> NDArray[np.float64] | None:
         return self._tails
+
+    def heard(self) -> NDArray[np.bool_]:
+        """``[i, j]``: neighbour j's receipt of the last round reached i (receipts are
+        delivered at once here), with its validation-stop flag."""
+        return self._receipts
 
     def finish(self, s: torch.Tensor) -> None:
         """Nothing to deliver: what a receiver missed stays in its outboxes (a node's
@@ -239,7 +247,7 @@ class SecureSimNetwork(BatchedExchange):
         self.topic_bytes[topic] += size
         return size
 
-    def _receipt(self, j: int, round: int, included: bool) -> dict[str, Any]:
+    def _receipt(self, j: int, round: int, included: bool, stopped: bool) -> dict[str, Any]:
         """The receipt a site sends neighbour j each round, in the node's form (one a round
         here; a node also sends them while it waits, and resends unacknowledged verdicts)."""
         return {
@@ -252,6 +260,7 @@ class SecureSimNetwork(BatchedExchange):
             "waiting": False,
             "base": BASE,
             "echo": BASE[:INCARNATION_BYTES],
+            "stopped": stopped,
         }
 
     def _deliveries(

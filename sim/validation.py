@@ -80,23 +80,21 @@ class SiteValidation:
     ) -> None:
         """Mix the estimates of the frames that arrived (``heard[i, j]``; ``said``: the
         stopped flags they carried); stop where an arrived frame said its sender stopped.
-        Under secure aggregation the sums' decrypted ``tails`` say it instead, read as a
-        node reads them (:func:`read_tail`). Sites not ``working`` this round change
+        Under secure aggregation the estimates come from the sums' decrypted ``tails``,
+        read as a node reads them (:func:`read_tail`), and ``heard`` is the receipts,
+        which carry the stop. Sites not ``working`` this round change
         nothing."""
+        told = (torch.from_numpy(heard) & torch.from_numpy(said).unsqueeze(0)).any(1)
         if tails is None:
-            stopped_sender = torch.from_numpy(said).unsqueeze(0)
-            arrived = torch.from_numpy(heard)
             mixed = mix_estimates(self.weights, self.stop.estimate, heard & ~said[None, :])
-            told = (arrived & stopped_sender).any(1)
         else:
             rows = [self._read(i, tail) for i, tail in enumerate(tails)]
             mixed = torch.stack([h.mixed(e) for h, e in zip(rows, self.stop.estimate, strict=True)])
-            told = torch.tensor([h.told for h in rows])
         self.stop.mix(mixed, told, t, torch.from_numpy(working))
 
     def _read(self, i: int, tail: NDArray[np.float64]) -> Heard:
         neighbours = float(self.weights[i].sum() - self.weights[i, i])
-        return read_tail(tail, neighbours) or NOTHING_HEARD
+        return read_tail(tail, neighbours, told=False) or NOTHING_HEARD
 
     def summary(self) -> dict[str, float]:
         """When the sites stopped training (the first and the last), for the results."""

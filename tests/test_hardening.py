@@ -21,7 +21,13 @@ import numpy as np
 import pytest
 import torch
 
-from node.errors import ConfigError, FrameError, NodeCrashedError, PeerUnreachableError
+from node.errors import (
+    ConfigError,
+    EarlyStopError,
+    FrameError,
+    NodeCrashedError,
+    PeerUnreachableError,
+)
 from node.exchange.plan import sign_contributors
 from node.runtime import Node
 from node.state import checkpoint
@@ -35,7 +41,7 @@ from node.training.models import build_model
 from node.training.trainer import BatchedTrainer, StackedData, TrainConfig
 from node.transport.memory import MemoryNetwork, MemoryTransport
 from node.wire.frames import Frame, FrameGuard, decode, seal
-from node.wire.sealed import pack
+from node.wire.sealed import decode_receipt, pack
 from node.wire.update import Validation, encode_update
 from sim.consortium import ConsortiumSpec, write_consortium
 from sim.own_loops import memory_nodes
@@ -878,6 +884,7 @@ def test_a_receipt_naming_another_key_buys_at_most_one_key_resend_per_deadline(
                 "waiting": False,
                 "base": basis,
                 "echo": victim.inc,
+                "stopped": False,
             }
         )
         for _ in range(50):
@@ -886,6 +893,44 @@ def test_a_receipt_naming_another_key_buys_at_most_one_key_resend_per_deadline(
 
     asyncio.run(flood())
     assert resent == [insider.identity.peer_id]
+
+
+def test_a_secure_receipt_announcing_an_early_stop_is_refused(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """Under secure aggregation a site's stop travels in its signed receipts
+    (node.exchange.secure.validation_tail): one announced before the first round any site
+    can stop in is refused as ``early_stop``, with its verdicts; a later one is kept as
+    that neighbour's stop, from its round on."""
+    nodes = memory_nodes(_secure_paths(subset(wisconsin16, 3), tmp_path, rounds=2))
+    run_nodes(nodes)
+    victim, insider = nodes[0].secure, nodes[1]
+    assert victim is not None and insider.secure is not None
+    victim.earliest_stop = 30
+
+    def receipt(round: int) -> Frame:
+        fields = decode_receipt(insider.secure._receipt(victim.me))  # type: ignore[union-attr]
+        payload = pack(
+            {
+                "included": [],
+                "through": -1,
+                "ack": -1,
+                "key": fields.key_id,
+                "absent": [],
+                "ready": True,
+                "waiting": False,
+                "base": fields.base,
+                "echo": fields.echo,
+                "stopped": True,
+            }
+        )
+        return decode(seal(insider.identity, round, "receipt", payload))
+
+    with pytest.raises(EarlyStopError):
+        victim.handle(receipt(2))
+    assert insider.identity.peer_id not in victim.stopped_at
+    victim.handle(receipt(40))
+    assert victim.stopped_at[insider.identity.peer_id] == 40
 
 
 # -- 10. transport deadlines are about progress ----------------------------------------------

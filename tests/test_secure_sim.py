@@ -15,8 +15,8 @@ from sim.results import RunSpec
 from sim.secure_network import SecureSimNetwork
 from topology import build_topology
 
-# Secure aggregation runs without the validation stop (node.gossip.validation_stop), so
-# the plaintext runs compared with it leave it off too.
+# These compare the models' exchange alone, so the validation stop, which runs in both
+# modes (tests/test_validation_stop.py compares it), is left off.
 TRAIN = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, stop_patience=0)
 
 

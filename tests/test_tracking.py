@@ -115,8 +115,8 @@ def test_murmur_gt_in_secure_mode_matches_plaintext(wisconsin16: FederatedData) 
     """Everything murmur-gt sends is a linear sum: the secure protocol (plain cipher)
     gives the same models as the plaintext exchange."""
     results = {}
-    # Secure aggregation runs without the validation stop, so the plaintext run leaves it
-    # off too (node.gossip.validation_stop).
+    # The models' exchange alone: the validation stop (compared in
+    # tests/test_validation_stop.py) is left off in both.
     train = replace(TRAIN, stop_patience=0)
     for secure in ("off", "plain"):
         spec = RunSpec(20, "mlp:32", train, None, 0, torch.device("cpu"), 20, secure=secure)

@@ -43,11 +43,14 @@ class SecureRound(Exchange):
         reachable: set[str],
         on_reject: Callable[[FrameError, str], None],
         validation: Callable[[], Validation | None] = lambda: None,
+        earliest_stop: int = 0,
     ) -> None:
         """``key_path``: this site's encryption key, made on first start (0600) and never
         silently made again (node.key_admin checks that before this is built).
-        ``validation`` gives what this round's contributions carry of the validation stop
-        (node.exchange.secure.validation_tail; None: it is off here)."""
+        ``validation`` gives what this round's contributions and receipts say of the
+        validation stop (node.exchange.secure.validation_tail; None: it is off here); a
+        neighbour's stop announced in a round before ``earliest_stop`` (1-based) is one no
+        honest site can make."""
         self.host = host
         cipher = cipher_by_name(mode)
         if key_path.exists():
@@ -72,6 +75,7 @@ class SecureRound(Exchange):
         )
         self.secure.on_reject = on_reject
         self.secure.announce = validation
+        self.secure.earliest_stop = earliest_stop
         self.secure.arrived = host.heard.set
         self.secure.supervise = host.supervise
 
@@ -166,20 +170,22 @@ class SecureRound(Exchange):
         return await self.secure.resolve(t, state.s[0], state.xhat[0])
 
     def heard_validation(self, t: int) -> Heard:
-        """The summed tails of round ``t``'s sums (node.exchange.secure.validation_tail);
+        """The summed tails of round ``t``'s sums (node.exchange.secure.validation_tail),
+        and whether a neighbour's receipts have said it stopped, in round ``t`` or before;
         tails no honest neighbourhood could add up to are not mixed, and are logged."""
+        links = self.host.links
+        told = any(r <= t for r in self.secure.stopped_at.values())
         tail = self.secure.tails.pop(t, None)
         if tail is None:
-            return NOTHING_HEARD
-        weight = self.host.links.weight
-        heard = read_tail(tail, sum(weight[p] for p in self.host.links.neighbours))
+            return Heard(NOTHING_HEARD.total, 0.0, told)
+        heard = read_tail(tail, sum(links.weight[p] for p in links.neighbours), told)
         if heard is None:
             self.host.emit(
                 "validation_refused",
                 round=t + 1,
                 detail="the sums' validation tail is not one honest neighbours could send",
             )
-            return NOTHING_HEARD
+            return Heard(NOTHING_HEARD.total, 0.0, told)
         return heard
 
     async def linger(self, last: int, clock: int) -> bool:

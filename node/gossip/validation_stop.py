@@ -56,8 +56,8 @@ charge) and for custom training loops (the loop holds its own data), and where n
 could come before the last round (:func:`earliest_stop`: the first reading needs two
 windows, then ``patience`` rounds, counted in whole windows), so a short run trains on
 every row. The window is fixed for the run: it is in the checkpoint, and a membership
-change does not move it (all sites reset their estimates in the same rounds). A site's held-back rows follow its
-index among the members, as its batch draws do.
+change does not move it (all sites reset their estimates in the same rounds). A site's
+held-back rows follow its index among the members, as its batch draws do.
 
 A member can lie: a false estimate moves its neighbours' readings, and a false stop halts
 their training, though never before :func:`earliest_stop` (an announcement of a stop

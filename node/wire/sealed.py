@@ -9,7 +9,8 @@
 - ``sum``: ``{"bitmap": int, "digest": bytes, "sig": bytes, "base": basis, "sealed":
   envelope}``, the aggregator's forwarded sum and its signed contributor record.
 - ``receipt``: ``{"included": [rounds], "through": r, "ack": r, "key": key id | nil,
-  "absent": [peers], "ready": bool, "waiting": bool, "base": basis, "echo": id | nil}``,
+  "absent": [peers], "ready": bool, "waiting": bool, "base": basis, "echo": id | nil,
+  "stopped": bool}``,
   each round to each neighbour; ``base`` is the sender's basis (its incarnation id and
   rebase epoch, :mod:`node.exchange.secure`), ``echo`` the addressee's incarnation id as
   the sender knows it; and
@@ -17,7 +18,10 @@
   have processed its receipts, the key id we pinned for it, the neighbours we currently
   consider down, whether we hold keys both ways with all our neighbours (sites start
   their first round only once their neighbours are ready too), and whether we now wait
-  for the frame's round (its aggregators time partial sums by that).
+  for the frame's round (its aggregators time partial sums by that), and whether the
+  sender has stopped training under the consortium's validation stop (signed and in the
+  clear, as plaintext frames announce it, so a stop is the sender's own and is refused
+  and counted when it comes before any honest site can stop).
 
 Ciphertext bytes stay opaque here; ``crypto.cipher.open_envelope`` checks them later
 against the receiver's key and the round's value count.
@@ -62,6 +66,7 @@ class Receipt:
     waiting: bool
     base: bytes = bytes(BASE_BYTES)
     echo: bytes | None = None
+    stopped: bool = False
 
 
 def pack(fields: dict[str, Any]) -> bytes:
@@ -108,6 +113,7 @@ def decode_receipt(payload: bytes) -> Receipt:
             "waiting": bool,
             "base": bytes,
             "echo": (bytes, type(None)),
+            "stopped": bool,
         },
     )
     if raw["through"] < -1 or raw["ack"] < -1:
@@ -128,4 +134,5 @@ def decode_receipt(payload: bytes) -> Receipt:
         raw["waiting"],
         raw["base"],
         raw["echo"],
+        raw["stopped"],
     )

@@ -17,7 +17,7 @@ import math
 
 from crypto.cipher import key_id_of
 from crypto.errors import CryptoError
-from node.errors import KeyPinError, SealedRejectedError, StaleFrameError
+from node.errors import EarlyStopError, KeyPinError, SealedRejectedError, StaleFrameError
 from node.exchange.outbox import Outbox
 from node.exchange.secure.session import SecureSession
 from node.wire.sealed import Receipt, basis, decode_receipt, pack
@@ -82,6 +82,7 @@ class Join(SecureSession):
                 "waiting": waiting,
                 "base": basis(self.inc, self.saved_epoch),
                 "echo": self.incs.get(peer),
+                "stopped": self.has_stopped(),
             }
         )
 
@@ -107,7 +108,14 @@ class Join(SecureSession):
 
     def _receipt_in(self, sender: str, round: int, payload: bytes) -> None:
         receipt = decode_receipt(payload)
+        if receipt.stopped and round + 1 < self.earliest_stop:
+            raise EarlyStopError(
+                f"{sender} announced a stop in round {round + 1}, before round "
+                f"{self.earliest_stop}, the first any site can stop in"
+            )
         self._follow_basis(sender, round, receipt)
+        if receipt.stopped:
+            self.stopped_at[sender] = min(self.stopped_at.get(sender, round), round)
         outbox = self.outbox[sender]
         included = set(receipt.included)
         for t in sorted(outbox.pending):

@@ -77,7 +77,7 @@ class SecureSession:
         self.identity, self.cipher, self.secret = identity, cipher, secret
         self.membership, self.seed, self.deadline_s = membership, seed, deadline_s
         # The model's slots of a round (the tail's room kept: validation_tail.model_slots).
-        self.indices: Callable[[int], torch.Tensor] = lambda r: model_slots(indices(r))
+        self.indices: Callable[[int], torch.Tensor] = lambda r: model_slots(indices(r), seed, r)
         self.send, self.emit = send, emit
         self.weight = membership.weights(self.me)
         self.neighbours = sorted(p for p in self.weight if p != self.me)
@@ -108,10 +108,14 @@ class SecureSession:
         self.down: dict[str, int] = {}  # peer → round a send to it last failed
         self.on_reject: Reject = lambda exc, peer: None  # counts refusals; set likewise
         self.arrived: Callable[[], None] = lambda: None  # a checked sum is in; set likewise
-        # What our contributions say of the validation stop (the runtime's learner sets it;
-        # None: the stop is off here), and the summed tails of each resolved round.
+        # The validation stop (.validation_tail): what our contributions and receipts say
+        # of it (the runtime's learner sets it; None: the stop is off here), the first
+        # round any site can stop in (set likewise), the summed tails of each resolved
+        # round, and the round each neighbour's receipts first said it had stopped.
         self.announce: Callable[[], Validation | None] = lambda: None
+        self.earliest_stop = 0
         self.tails: dict[int, NDArray[np.float64]] = {}
+        self.stopped_at: dict[str, int] = {}
         # Owns our background tasks' failures (the runtime stops the node on one).
         self.supervise: Callable[[asyncio.Task[None]], object] = lambda task: task
         self.checking: dict[int, set[asyncio.Task[None]]] = {}  # sums being decrypted
@@ -201,6 +205,11 @@ class SecureSession:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         self.supervise(task)
+
+    def has_stopped(self) -> bool:
+        """Whether this site has stopped training (its receipts say so)."""
+        said = self.announce()
+        return said is not None and said.estimate is None
 
     def slot_count(self, round: int) -> int:
         """Values in each contribution and sum of ``round``: the model's, then the tail."""
