@@ -14,6 +14,7 @@ import torch
 
 from node.config import NodeConfig
 from node.errors import ConfigError
+from node.exchange.secure.validation_tail import with_tail_room
 from node.gossip.choco import ChocoState
 from node.gossip.compress import Compressor, stacked
 from node.gossip.registry import parse_compressor
@@ -192,7 +193,10 @@ class SiteParts:
             )
         seed = config.consortium.seed
         parsed = parse_compressor(config.gossip.compressor, seed, labels, site=index)
-        compressor = stacked(parsed, 2 if tracker else 1)
+        # Under secure aggregation each round leaves the validation tail its room.
+        compressor = with_tail_room(
+            stacked(parsed, 2 if tracker else 1), config.gossip.secure, seed
+        )
         # γ from the public graph, the compressor and the dimension, and a guard that
         # halves it if this site's residuals grow (node.gossip.step_guard).
         guard = None

@@ -36,6 +36,7 @@ from torch import nn
 from crypto.cipher import cipher_by_name
 from node.audit.check import read_entries
 from node.audit.log import LOG_FILE
+from node.exchange.secure.validation_tail import with_tail_room
 from node.gossip.choco import ChocoState
 from node.gossip.registry import parse_compressor
 from node.gossip.step_guard import StepGuard, step_guard
@@ -201,7 +202,9 @@ def run_in_simulator(scenario: Scenario, weights: NDArray[np.float64]) -> Outcom
     n = scenario.sites
     trainer = _Rows(_loops(scenario), scenario.seed)
     state = ChocoState.start(trainer.params, trainer.params[0].clone())
-    compressor = parse_compressor(scenario.compressor, scenario.seed)
+    compressor = with_tail_room(
+        parse_compressor(scenario.compressor, scenario.seed), scenario.secure, scenario.seed
+    )
     faults = (
         FaultModel(FaultConfig(drop=scenario.drop), n, scenario.seed) if scenario.drop else None
     )

@@ -16,6 +16,7 @@ import torch
 
 from crypto.cipher import cipher_by_name
 from node.errors import ConfigError
+from node.exchange.secure.validation_tail import with_tail_room
 from node.gossip.choco import ChocoState, consensus_distance
 from node.gossip.compress import Compressor, require_shared_slots
 from node.gossip.step_guard import step_guard
@@ -225,6 +226,8 @@ class Simulation:
                 )
             return self._run_time_varying(tick)
         began = time.perf_counter()
+        if method != "dpsgd":  # under secure aggregation, as a node's (assembly)
+            compressor = with_tail_room(compressor, self.spec.secure, self.spec.seed)
         checks = self._validation()
         trainer = self._trainer(self.data.train if checks is None else checks.fit)
         tracker = GradientTracker(trainer.params, self.x0) if method == "murmur-gt" else None

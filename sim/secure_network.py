@@ -31,7 +31,7 @@ from crypto.cipher import Cipher, PublicKey, Sealed, SecretKey, open_envelope
 from crypto.identity import PEER_ID_CHARS, SiteIdentity
 from node.exchange.outbox import Outbox
 from node.exchange.plan import pick_aggregator, sign_contributors, verify_contributors
-from node.exchange.secure.validation_tail import SECURE_TAIL, model_slots, tail_batch
+from node.exchange.secure.validation_tail import SECURE_TAIL, tail_batch
 from node.gossip.sparse import Sparse
 from node.wire.frames import frame_size
 from node.wire.sealed import basis, pack
@@ -50,7 +50,7 @@ class _SecureRound:
 
     t: int
     xhat: torch.Tensor  # (N, D) float32 on the CPU, what the outboxes difference against
-    indices: torch.Tensor  # the round's shared slots a contribution carries (model_slots)
+    indices: torch.Tensor  # the round's shared slots
     working: NDArray[np.bool_]
     tails: NDArray[np.float64]  # (N, SECURE_TAIL) each site's validation tail
     stopped: NDArray[np.bool_]  # (N,) what each site's receipts say of its stop
@@ -114,7 +114,7 @@ class SecureSimNetwork(BatchedExchange):
         if validation is not None:
             tails = tail_batch(validation.estimate, validation.stopped)
             stopped = validation.stopped
-        idx = model_slots(q.indices, self.seed, t)
+        idx = q.indices  # the compressor left the tail its room (validation_tail.TailRoom)
         xhat_cpu = xhat.detach().to("cpu", torch.float32)
         self._round = _SecureRound(t, xhat_cpu, idx, working, tails, stopped)
         self._tails = None

@@ -23,7 +23,7 @@ from crypto.identity import SiteIdentity
 from node.errors import FrameError, SealedRejectedError, TransportError
 from node.exchange.outbox import Outbox
 from node.exchange.plan import Contributors, pick_aggregator
-from node.exchange.secure.validation_tail import SECURE_TAIL, model_slots
+from node.exchange.secure.validation_tail import SECURE_TAIL
 from node.state.membership import Membership
 from node.transport.send_slots import SendSlots
 from node.wire.frames import seal
@@ -76,8 +76,9 @@ class SecureSession:
         self.me = identity.peer_id
         self.identity, self.cipher, self.secret = identity, cipher, secret
         self.membership, self.seed, self.deadline_s = membership, seed, deadline_s
-        # The model's slots of a round (the tail's room kept: validation_tail.model_slots).
-        self.indices: Callable[[int], torch.Tensor] = lambda r: model_slots(indices(r), seed, r)
+        # The round's slots: the compressor's, which leave the tail its room
+        # (validation_tail.TailRoom).
+        self.indices = indices
         self.send, self.emit = send, emit
         self.weight = membership.weights(self.me)
         self.neighbours = sorted(p for p in self.weight if p != self.me)

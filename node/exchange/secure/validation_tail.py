@@ -40,11 +40,10 @@ Slots: a contribution's values fill CKKS ciphertexts of 4,096 slots
 (:data:`node.gossip.compress.CKKS_SLOTS`), and block-k sizes a large model's blocks to
 fill them exactly. Three more values would then cost a whole ciphertext more, so where
 the round's slots leave fewer than three free, that many of the round's coordinates,
-drawn from the public round seed, are left out of the secure round
-(:func:`model_slots`): what a contributor owes at them stays in its outbox's copy
-(:mod:`node.exchange.outbox`) and goes out the next time they come up and are not drawn,
-as a missed contribution's does, and s stays exact. Each chosen coordinate waits with
-probability 3/n a round (n: the round's slots, ≥ 4,094).
+drawn from the public round seed, are left out of the round (:func:`model_slots`) by
+the compressor itself (:class:`TailRoom`): every site compresses the rest, so they stay
+in x − x̂ until a later round that keeps them, as any coordinate a round does not keep.
+Each chosen coordinate waits with probability 3/n (n: the round's slots, ≥ 4,094).
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from node.gossip.compress import CKKS_SLOTS, round_generator
+from node.gossip.compress import CKKS_SLOTS, Compressor, SharedIndexCompressor, round_generator
 from node.gossip.validation_stop import Heard
 from node.wire.update import Validation
 
@@ -82,6 +81,33 @@ def model_slots(indices: torch.Tensor, seed: int, round: int) -> torch.Tensor:
     keep = torch.ones(n, dtype=torch.bool)
     keep[left] = False
     return indices[keep]
+
+
+class TailRoom(SharedIndexCompressor):
+    """A shared-index compressor whose rounds leave the tail its room: ``inner``'s slots
+    less the ones :func:`model_slots` leaves out. Used as the site's compressor under
+    secure aggregation, so the coordinates left out are not compressed at all that round
+    (they stay in x − x̂ for a later one), and x̂, s and every neighbour's copy move
+    together: left out after compression instead, they would be owed, and CHOCO's
+    average drifts while a copy lags."""
+
+    def __init__(self, inner: SharedIndexCompressor, seed: int) -> None:
+        self.inner, self.seed, self.name = inner, seed, inner.name
+
+    def indices(self, dim: int, round: int) -> torch.Tensor:
+        return model_slots(self.inner.indices(dim, round), self.seed, round)
+
+    def kept_fraction(self, dim: int) -> float:
+        n = len(self.inner.indices(dim, 0))
+        return self.inner.kept_fraction(dim) * len(model_slots(torch.arange(n), 0, 0)) / max(n, 1)
+
+
+def with_tail_room(compressor: Compressor, secure: str, seed: int) -> Compressor:
+    """The compressor a site uses in mode ``secure``: with the tail's room under secure
+    aggregation (:class:`TailRoom`), as it is otherwise."""
+    if secure == "off" or not isinstance(compressor, SharedIndexCompressor):
+        return compressor
+    return TailRoom(compressor, seed)
 
 
 def tail_values(said: Validation | None) -> NDArray[np.float64]:
