@@ -23,6 +23,7 @@ from rich.progress import (
 from node.cli import Command
 from node.config import parse_partition
 from node.errors import ConfigError
+from node.exchange.secure.validation_tail import with_tail_room
 from node.gossip.registry import parse_compressor
 from node.gossip.step_guard import step_guard
 from node.training.device import pick_device
@@ -137,6 +138,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         for k, v in vars(args).items()
         if k not in ("func", "command")
     }
+    used = with_tail_room(compressor, args.secure, args.seed)  # as the gossip methods run it
     config.update(
         nodes=n,
         node_names=data.node_names,
@@ -144,10 +146,8 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         spectral_gap=spectral_gap(topology.matrix(0)),
         gamma=args.gamma
         if args.gamma is not None
-        else sorted(
-            set(step_guard(compressor, sim.layout.dim, topology.matrix(0), n).gamma.tolist())
-        ),
-        kept_fraction=compressor.kept_fraction(sim.layout.dim),
+        else sorted(set(step_guard(used, sim.layout.dim, topology.matrix(0), n).gamma.tolist())),
+        kept_fraction=used.kept_fraction(sim.layout.dim),
         device=str(spec.device),
     )
     console.print(

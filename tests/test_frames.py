@@ -151,8 +151,11 @@ def test_frames_for_far_future_rounds_cannot_grow_the_guard() -> None:
     assert wide.nonces_held() == 8
 
 
-def test_a_boolean_version_is_not_version_one() -> None:
+def test_a_boolean_version_or_an_older_one_is_refused() -> None:
     body = bytearray(VALID)
-    body[1] = 0xC3  # msgpack true where the version 1 was: equal to 1 in Python, not a version
+    body[1] = 0xC3  # msgpack true where the version was: equal to 1 in Python, not a version
+    with pytest.raises(MalformedFrameError, match="version"):
+        decode(bytes(body))
+    body[1] = 0x01  # version 1: its secure frames lack the validation tail
     with pytest.raises(MalformedFrameError, match="version"):
         decode(bytes(body))

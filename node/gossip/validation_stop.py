@@ -38,9 +38,10 @@ chance. The restarted estimate is never outside the range of the sites' own loss
 
 Each window end (the reading then describes the models of the window before), a site
 compares its reading with the best it has seen; after ``patience`` rounds without a better
-one it stops training and says so in its frames (an empty ``val``); a site that hears a
-stopped neighbour stops too, so the whole consortium stops within the graph's diameter
-of the first site, all on readings of the same quantity. Stopped sites take no more
+one it stops training and says so in its frames (an empty ``val``; under secure
+aggregation in its signed receipts); a site that hears a stopped neighbour stops too, so
+the whole consortium stops within the graph's diameter of the first site, all on
+readings of the same quantity. Stopped sites take no more
 optimizer steps but go on compressing, sending and mixing: CHOCO without gradients is
 compressed consensus, which converges to the average of the models (Koloskova et al.
 2019, Theorem 2), so the sites end on one model instead of a cloud around it.

@@ -38,7 +38,9 @@ from node.errors import (
 )
 from node.wire.msgsize import N, array_header, bin_size, int_size, str_size
 
-VERSION = 1
+# 2: secure contributions carry the validation tail and receipts a ``stopped`` flag
+# (node.exchange.secure.validation_tail), so a node of version 1 could not read ours.
+VERSION = 2
 PREFIX_BYTES = 4
 NONCE_BYTES = 16
 MAX_TOPIC = 64

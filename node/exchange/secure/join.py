@@ -66,10 +66,18 @@ class Join(SecureSession):
         """A receipt to every neighbour, all at once: one slow reader delays only its own
         (each waits at most a deadline, queue included)."""
         await asyncio.gather(
-            *(self._send(p, round, "receipt", self._receipt(p, waiting)) for p in self.neighbours)
+            *(
+                self._send(p, round, "receipt", self._receipt(p, waiting, round))
+                for p in self.neighbours
+            )
         )
 
-    def _receipt(self, peer: str, waiting: bool = False) -> bytes:
+    def _receipt(self, peer: str, waiting: bool = False, round: int | None = None) -> bytes:
+        """Our receipt for ``peer``, to be stamped with ``round`` (ours by default). It says
+        we stopped only from the first round any site can stop in: a stop that came while
+        the next round trained must not go out under an earlier round's stamp, where the
+        peer would refuse it, and the receipt's verdicts with it, as a false early stop."""
+        stamp = self.round if round is None else round
         pinned = self.keys.get(peer)
         return pack(
             {
@@ -82,7 +90,7 @@ class Join(SecureSession):
                 "waiting": waiting,
                 "base": basis(self.inc, self.saved_epoch),
                 "echo": self.incs.get(peer),
-                "stopped": self.has_stopped(),
+                "stopped": self.has_stopped() and stamp + 1 >= self.earliest_stop,
             }
         )
 

@@ -21,8 +21,10 @@ its sender has stopped, as a plaintext frame does; so a stop is always its sende
 one a member announces too early is refused and counted, and no sum can hide or cancel
 another site's stop.
 
-Why the unit: a receiver refuses a sum with any value beyond SUM_LIMIT as forged; a
-large site's loss sum (thousands of rows) would cross it, its thousandths do not.
+Why the unit: a receiver refuses a sum with any value beyond SUM_LIMIT (1e4) as forged;
+a large site's loss sum (thousands of rows) would cross it, its thousandths do not until
+about 1.4e7 held-back rows at a typical loss of 0.7 a row (3.6e5 at the largest loss a
+row can have), far beyond a hospital's table.
 
 What the sums cannot check: a contributor encrypts its own tail, so a lying member's
 tail is not attributable, and within the bounds :func:`read_tail` enforces (weights
@@ -43,7 +45,8 @@ the round's slots leave fewer than three free, that many of the round's coordina
 drawn from the public round seed, are left out of the round (:func:`model_slots`) by
 the compressor itself (:class:`TailRoom`): every site compresses the rest, so they stay
 in x − x̂ until a later round that keeps them, as any coordinate a round does not keep.
-Each chosen coordinate waits with probability 3/n (n: the round's slots, ≥ 4,094).
+Each chosen coordinate waits with probability at most 3/n (n: the round's slots, ≥
+4,094).
 """
 
 from __future__ import annotations
