@@ -87,6 +87,18 @@ def build_data(args: argparse.Namespace) -> FederatedData:
     return prepare(table, parts, names, args.seed)
 
 
+def split_note(split: str, used: str, sites: int, alpha: float | None) -> str | None:
+    """A line saying that ``--alpha`` (and ``--nodes``) went unused: the data names its
+    own sites and ``--split auto`` keeps them, where a user who passed ``--alpha`` may
+    have expected a Dirichlet split."""
+    if split != "auto" or used != "natural" or alpha is None:
+        return None
+    return (
+        f"split: the data names its own sites, so --split auto runs its {sites} sites and "
+        "ignores --alpha and --nodes; pass --split dirichlet to split it yourself"
+    )
+
+
 def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, Any]:
     console = console or Console(width=max(110, Console().width))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -157,6 +169,9 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         + ("" if args.secure == "off" else f" · murmur with secure aggregation ({args.secure})")
         + ("" if args.dp is None else f" · DP ε={args.dp.epsilon:g} δ={args.dp.delta:g}")
     )
+    note = split_note(args.split, args.partition_used, n, args.alpha)
+    if note is not None:
+        console.print(escape(note))
     _, stop_text = (
         stop_plan(spec, topology.matrix(0))
         if topology.static

@@ -11,6 +11,7 @@ from sim.data import load_dataset
 from sim.errors import DataError
 from sim.partition import dirichlet, iid, natural
 from sim.prep import prepare
+from sim.runner import split_note
 
 
 def test_ncctg_lung_sites_are_real_institutions() -> None:
@@ -67,3 +68,11 @@ def test_csv_target_with_missing_values(tmp_path: Path) -> None:
     pd.DataFrame({"x": [1, 2, 3], "y": [0, None, 1]}).to_csv(path, index=False)
     with pytest.raises(DataError, match="missing values"):
         load_dataset(f"csv:{path}", target="y")
+
+
+def test_a_natural_split_says_when_alpha_goes_unused() -> None:
+    note = split_note("auto", "natural", 10, 0.5)
+    assert note is not None and "10 sites" in note and "--split dirichlet" in note
+    assert split_note("auto", "natural", 10, None) is None  # nothing was asked for
+    assert split_note("auto", "dirichlet", 16, 0.5) is None
+    assert split_note("natural", "natural", 10, 0.5) is None  # asked for by name
