@@ -285,7 +285,10 @@ def trained_on_nodes(data: FederatedData, spec: ConsortiumSpec) -> torch.Tensor:
 
 def trained_in_simulator(data: FederatedData, spec: ConsortiumSpec) -> torch.Tensor:
     """(N, D) the models ``murmur sim`` (in-process) ends with for the same run."""
-    run = RunSpec(spec.rounds, spec.model, spec.train, spec.gamma, spec.seed, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    run = RunSpec(
+        spec.rounds, spec.model, spec.train, spec.gamma, spec.seed, cpu, secure=spec.secure
+    )
     sim = Simulation(data, build_topology(spec.topology, len(data.train), spec.seed), run)
     sim.run(spec.method, parse_compressor(spec.compressor, spec.seed))
     return sim.last_state.x[:, : sim.layout.dim].clone()

@@ -70,12 +70,20 @@ def test_running_sums_are_exact_after_losses_in_both() -> None:
     assert max(sum_errors(sim)) < 1e-5
 
 
-@pytest.mark.parametrize("compressor", ["identity", "top-k:0.1", "block-k:0.2+q8"])
-def test_simulator_trains_as_the_nodes_do(wisconsin16: FederatedData, compressor: str) -> None:
+@pytest.mark.parametrize(
+    ("compressor", "secure"),
+    [("identity", "off"), ("top-k:0.1", "off"), ("block-k:0.2+q8", "off"), ("rand-k:0.2", "plain")],
+)
+def test_simulator_trains_as_the_nodes_do(
+    wisconsin16: FederatedData, compressor: str, secure: str
+) -> None:
     """The real trainer on real data, both ways: each site's batches, rounding and mixing
-    are the same, so the models are (to float summation order)."""
+    are the same, so the models are (to float summation order); under secure aggregation
+    too (sums through the aggregators, the validation tail in every contribution)."""
     train = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, lr_schedule="constant")
-    spec = ConsortiumSpec(rounds=10, train=train, compressor=compressor, deadline_s=2.0)
+    spec = ConsortiumSpec(
+        rounds=10, train=train, compressor=compressor, deadline_s=2.0, secure=secure
+    )
     data = subset(wisconsin16, 4)
     on_nodes = trained_on_nodes(data, spec)
     in_sim = trained_in_simulator(data, spec)
