@@ -76,11 +76,12 @@ def wire_bytes(data: FederatedData, rounds: int = 2) -> dict[str, Any]:
         result = sim.run("murmur", parse_compressor(f"block-k:{fraction}"))
         sent = float(result.final["bytes_per_node"] or 0) / rounds
         kept = BlockK(float(fraction), 0).indices(sim.layout.dim, 0)
-        slots = len(model_slots(kept, 0, 0)) + SECURE_TAIL
+        model = len(model_slots(kept, 0, 0))
+        slots = model + SECURE_TAIL
         out[f"ckks_block_k_{fraction}"] = {
             "bytes_per_node_round": sent,
             "values_per_contribution": slots,
-            "model_values_per_contribution": len(model_slots(kept, 0, 0)),
+            "model_values_per_contribution": model,
             "ciphertexts_per_contribution": -(-slots // 4096),
             "ratio_to_dense": sent / out["dense_float32"],
         }

@@ -119,14 +119,13 @@ class Learner:
 
     def mix_validation(self, t: int, heard: Heard) -> None:
         """e_i ← Σ_j W_ij e_j from what the neighbours said this round (a neighbour not
-        heard from counts as our own estimate); a stopped neighbour stops us, though never
-        before the first round an honest site can stop in (the exchanges refuse and count
-        a frame or receipt that announces that; this holds regardless)."""
+        heard from counts as our own estimate); a stopped neighbour stops us (the exchanges
+        refuse and count a frame or receipt that announces a stop before the first round
+        an honest site can stop in)."""
         if self.stop is None:
             return
         mixed = heard.mixed(self.stop.estimate[0])
-        told = heard.told and t + 1 >= self.earliest_stop()
-        now = self.stop.mix(mixed.unsqueeze(0), torch.tensor([told]), t)
+        now = self.stop.mix(mixed.unsqueeze(0), torch.tensor([heard.told]), t)
         if bool(now[0]):
             self._stop_news = "a neighbour stopped"
         if self._stop_news is not None:

@@ -105,18 +105,18 @@ class SecureSimNetwork(BatchedExchange):
         step: NDArray[np.float64] | None = None,
         validation: Announced | None = None,
     ) -> None:
-        """Parts are taken from ``xhat`` on ``q``'s shared slots (all but what the tail
-        needs room for), then each site's validation tail; receipts say whether it has
-        stopped. Secure frames carry no step announcement (as on nodes)."""
+        """Parts are taken from ``xhat`` on ``q``'s shared slots (the compressor left the
+        tail its room: node.exchange.secure.validation_tail.TailRoom), then each site's
+        validation tail; receipts say whether it has stopped. Secure frames carry no step
+        announcement (as on nodes)."""
         # The engine refused other compressors already (require_shared_slots).
         assert q.indices is not None and q.indices.dim() == 1
         tails, stopped = np.zeros((self.n, SECURE_TAIL)), np.zeros(self.n, dtype=bool)
         if validation is not None:
             tails = tail_batch(validation.estimate, validation.stopped)
             stopped = validation.stopped
-        idx = q.indices  # the compressor left the tail its room (validation_tail.TailRoom)
         xhat_cpu = xhat.detach().to("cpu", torch.float32)
-        self._round = _SecureRound(t, xhat_cpu, idx, working, tails, stopped)
+        self._round = _SecureRound(t, xhat_cpu, q.indices, working, tails, stopped)
         self._tails = None
 
     def send(self, t: int, alive: NDArray[np.bool_]) -> Traffic:

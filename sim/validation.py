@@ -82,8 +82,7 @@ class SiteValidation:
         stopped flags they carried); stop where an arrived frame said its sender stopped.
         Under secure aggregation the estimates come from the sums' decrypted ``tails``,
         read as a node reads them (:func:`read_tail`), and ``heard`` is the receipts,
-        which carry the stop. Sites not ``working`` this round change
-        nothing."""
+        which carry the stop. Sites not ``working`` this round change nothing."""
         told = (torch.from_numpy(heard) & torch.from_numpy(said).unsqueeze(0)).any(1)
         if tails is None:
             mixed = mix_estimates(self.weights, self.stop.estimate, heard & ~said[None, :])

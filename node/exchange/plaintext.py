@@ -227,7 +227,7 @@ class PlaintextExchange(Exchange):
         """The neighbours' announcements of round ``t``, mixed (the estimates mix round by
         round, so a neighbour a round ahead is read at ``t``); a stop heard at any earlier
         round stands, and a stopped neighbour's estimate is not mixed."""
-        total, weight, told = torch.zeros(2, dtype=torch.float64), 0.0, False
+        loss, rows, weight, told = 0.0, 0.0, 0.0, False
         links = self.host.links
         for peer, said in self.neighbour_val.items():
             if peer not in links.inbound:
@@ -236,10 +236,8 @@ class PlaintextExchange(Exchange):
                 told = True
             elif t in said and (estimate := said[t].estimate) is not None:
                 w = links.weight[peer]
-                total += w * torch.tensor(estimate, dtype=torch.float64)
-                weight += w
-        first, second = total.tolist()
-        return Heard((first, second), weight, told)
+                loss, rows, weight = loss + w * estimate[0], rows + w * estimate[1], weight + w
+        return Heard((loss, rows), weight, told)
 
     def snapshot(self) -> dict[str, Any]:
         return {"heard": dict(self.neighbour_step), "announced": dict(self.announced)}

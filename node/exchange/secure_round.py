@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -176,17 +177,16 @@ class SecureRound(Exchange):
         links = self.host.links
         told = any(r <= t for r in self.secure.stopped_at.values())
         tail = self.secure.tails.pop(t, None)
-        if tail is None:
-            return Heard(NOTHING_HEARD.total, 0.0, told)
-        heard = read_tail(tail, sum(links.weight[p] for p in links.neighbours), told)
-        if heard is None:
-            self.host.emit(
-                "validation_refused",
-                round=t + 1,
-                detail="the sums' validation tail is not one honest neighbours could send",
-            )
-            return Heard(NOTHING_HEARD.total, 0.0, told)
-        return heard
+        heard = None
+        if tail is not None:
+            heard = read_tail(tail, sum(links.weight[p] for p in links.neighbours), told)
+            if heard is None:
+                self.host.emit(
+                    "validation_refused",
+                    round=t + 1,
+                    detail="the sums' validation tail is not one honest neighbours could send",
+                )
+        return heard or replace(NOTHING_HEARD, told=told)
 
     async def linger(self, last: int, clock: int) -> bool:
         """Receipts close the neighbours' last rounds; our own close with theirs. We stay

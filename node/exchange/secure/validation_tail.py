@@ -72,12 +72,18 @@ MAX_ROW_LOSS = 27.7
 _SLACK = 1e-6
 
 
+def _room(n: int) -> int:
+    """Model values a round of ``n`` shared slots can carry beside the tail in the
+    ciphertexts ``n`` values need."""
+    return math.ceil(max(n, 1) / CKKS_SLOTS) * CKKS_SLOTS - SECURE_TAIL
+
+
 def model_slots(indices: torch.Tensor, seed: int, round: int) -> torch.Tensor:
     """The round's shared indices that a secure contribution carries: all of them, unless
     the tail would need one more ciphertext; then SECURE_TAIL of them, drawn from the
     public round seed, wait for a later round (see the module docstring)."""
     n = len(indices)
-    room = math.ceil(max(n, 1) / CKKS_SLOTS) * CKKS_SLOTS - SECURE_TAIL
+    room = _room(n)
     if n <= room:
         return indices
     left = torch.randperm(n, generator=round_generator(seed, round, TAIL_STREAM))[: n - room]
@@ -102,7 +108,7 @@ class TailRoom(SharedIndexCompressor):
 
     def kept_fraction(self, dim: int) -> float:
         n = len(self.inner.indices(dim, 0))
-        return self.inner.kept_fraction(dim) * len(model_slots(torch.arange(n), 0, 0)) / max(n, 1)
+        return self.inner.kept_fraction(dim) * min(n, _room(n)) / max(n, 1)
 
 
 def with_tail_room(compressor: Compressor, secure: str, seed: int) -> Compressor:
@@ -116,10 +122,12 @@ def with_tail_room(compressor: Compressor, secure: str, seed: int) -> Compressor
 def tail_values(said: Validation | None) -> NDArray[np.float64]:
     """A contributor's tail before its weight: its estimate while it mixes one (None: the
     stop is off at this site; an estimate of None: it has stopped), else zeros."""
-    if said is None or said.estimate is None:
+    if said is None:
         return np.zeros(SECURE_TAIL)
-    total, rows = said.estimate
-    return np.array([total * SECURE_UNIT, rows * SECURE_UNIT, 1.0])
+    stopped = said.estimate is None
+    estimate = np.array([said.estimate or (0.0, 0.0)])
+    row: NDArray[np.float64] = tail_batch(estimate, np.array([stopped]))[0]
+    return row
 
 
 def tail_batch(estimate: NDArray[np.float64], stopped: NDArray[np.bool_]) -> NDArray[np.float64]:
