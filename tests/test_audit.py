@@ -17,6 +17,7 @@ from node.audit.log import (
     HEAD_FILE,
     LOG_FILE,
     AuditLog,
+    _noted_frame,
     canonical,
     digest,
     frame_data,
@@ -65,6 +66,7 @@ def test_a_frames_data_is_its_canonical_json(peer: str, topic: str, round_: int,
     if template is not None:
         assert template == _json(data)
     assert frame_data(data) == _json(data)
+    assert _noted_frame((peer, round_, topic, size, "ab" * 16)) == _json(data)  # as AuditLog.frame
     if all(x.isascii() and x.isalnum() for x in (peer, topic)) and type(round_) is int:
         assert template is not None  # the fast path is taken where it can be
 
@@ -135,6 +137,31 @@ def test_the_checkpoint_tail_holds_exactly_what_is_not_yet_synced(tmp_path: Path
     assert [e["seq"] for e in entries] == list(range(41))
     assert entries[1]["data"]["digest"] == frame_digest(b"frame")
     assert verify(tmp_path / LOG_FILE, log.identity.peer_id).ok
+
+
+def test_the_log_is_written_a_second_apart_not_every_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rounds shorter than ``SYNC_EVERY_S`` leave their entries in the checkpoint's tail
+    only; the first round's end after it writes and syncs all of them at once, signed."""
+    monkeypatch.setattr("node.audit.log.SYNC_EVERY_S", 3600.0)
+    log = AuditLog(tmp_path, SiteIdentity.generate())
+    for r in range(30):
+        log.frame("sent", "peer", r, "update", b"frame", 9)
+        log.end_round(r + 1, [], None)
+        log.tail()
+    assert not (tmp_path / LOG_FILE).exists()
+    assert len(log.tail().splitlines()) == 60
+    log._last_sync -= 3600.0  # an hour on
+    log.frame("sent", "peer", 30, "update", b"frame", 9)
+    log.end_round(31, [], None)
+    assert log._syncing is not None
+    log._syncing.result()
+    lines = (tmp_path / LOG_FILE).read_text().splitlines()
+    assert len(lines) == 62 and "sig" in json.loads(lines[-1])
+    assert log.tail() == ""
+    assert verify(tmp_path / LOG_FILE, log.identity.peer_id).ok
+    log.close()
 
 
 def test_a_consortium_run_leaves_a_verifiable_log_at_every_site(

@@ -27,17 +27,22 @@ spent after it), ``dp_budget_spent``, ``finish``, ``crashed``, ``audit_recovered
 
 Durability without a write or an fsync of its own each round: the checkpoint the node
 writes at the end of every round (and before it sends), which is fsynced anyway, holds
-every entry not yet known to be on disk (``tail``). Every few rounds
-(``SYNC_EVERY_ROUNDS``, ``SYNC_EVERY_S``) the entries since are written in one write and
-signed, and a writer thread fsyncs the log and replaces its signed head atomically, off
-the round.
+every entry not yet known to be on disk (``tail``). So how often the log itself is
+written only decides how far the file lags behind its node, which is a matter of time,
+not of rounds: at the end of the first round ``SYNC_EVERY_S`` after the last sync, the
+entries since are written in one write and signed, and a writer thread fsyncs the log
+and replaces its signed head atomically, off the round. A node whose rounds take longer
+than that syncs every round; one whose rounds take 35 ms syncs every ~30 rounds rather
+than every 8, as it did: a write, its signature, the fsync and the head cost about 0.9 ms
+of CPU, four or five rounds' entries (measured on this project's 2-core machine; the
+whole log a round: ``benchmarks/results/audit.md``).
 After a crash the restarted node appends what the log lost from its checkpoint
 (``recover``, logged as ``audit_recovered``), so no entry of a checkpointed round is ever
 lost; a crash loses only what happened after the last checkpoint, which the node then
 does again (a neighbour's log still holds the frames). Until then, and in a log read
-while its node runs, the last few rounds (at most ``SYNC_EVERY_ROUNDS``, or
-``SYNC_EVERY_S``) are missing from the file: ``cross-check`` compares only the rounds
-both logs have finished, so a log that is behind is not taken for one that lies.
+while its node runs, the last rounds (``SYNC_EVERY_S`` and the round under way) are
+missing from the file: ``cross-check`` compares only the rounds both logs have
+finished, so a log that is behind is not taken for one that lies.
 
 The files are 0600 in the 0700 state directory: they name peers and rounds, which is the
 site's business. ``busy_s`` counts the wall time spent appending and flushing, so a
@@ -67,8 +72,8 @@ LOG_FILE = "audit.log"
 HEAD_FILE = "audit.head"
 GENESIS = bytes(32)
 HEAD_DOMAIN = b"murmur-audit-head/1"
-SYNC_EVERY_ROUNDS = 8  # the log's fsync: at most this many rounds apart,
-SYNC_EVERY_S = 2.0  # or this many seconds; until then the checkpoint holds the entries
+SYNC_EVERY_S = 1.0  # the log's write and fsync: this long apart at most, and a round's
+# end; until then the checkpoint holds the entries
 
 
 # Node events that also go into the audit log, as they are (node.runtime.Node.emit).
@@ -105,25 +110,49 @@ _FRAME_DATA = b'{"bytes":%d,"digest":"%s","peer":"%s","round":%d,"topic":"%s"}'
 # for the whole entry is these pieces in this order, keys sorted.
 _ENTRY_LINE = b'{"data":%s,"kind":%s,"prev":"%s","seq":%d,"t":%r}'
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/+=-]*")
+# A frame as noted (peer, round, topic, bytes, digest): formatted at the seal, with the
+# round's other entries, rather than as it passes (:meth:`AuditLog.frame`).
+_Frame = tuple[str, int, str, int, str]
+# The kinds of entry a round notes most, as JSON.
+_KINDS = {kind: _encode(kind).encode() for kind in ("sent", "received", "round")}
 
 
 def frame_template(data: dict[str, Any]) -> bytes | None:
     """A frame entry's data as its canonical JSON, about a third of the encoder's time, or
     None where a value would need JSON's escapes or is not a plain int (then the encoder
     writes it: :func:`frame_data`)."""
-    peer, topic, size, round_ = data["peer"], data["topic"], data["bytes"], data["round"]
+    return _frame_template(
+        data["peer"], data["round"], data["topic"], data["bytes"], data["digest"]
+    )
+
+
+def _frame_template(peer: str, round_: int, topic: str, size: int, digest: str) -> bytes | None:
     if not (
         type(size) is int
         and type(round_) is int
-        and all(type(x) is str and _PLAIN.fullmatch(x) for x in (peer, topic))
+        and type(peer) is str
+        and type(topic) is str
+        and _PLAIN.fullmatch(peer)
+        and _PLAIN.fullmatch(topic)
     ):
         return None
-    return _FRAME_DATA % (size, data["digest"].encode(), peer.encode(), round_, topic.encode())
+    return _FRAME_DATA % (size, digest.encode(), peer.encode(), round_, topic.encode())
 
 
 def frame_data(data: dict[str, Any]) -> bytes:
     """A frame entry's data as its canonical JSON: the template, or the encoder."""
     return frame_template(data) or _encode(data).encode()
+
+
+def _noted_frame(frame: _Frame) -> bytes:
+    """A frame noted by :meth:`AuditLog.frame` as its canonical JSON, at the seal."""
+    peer, round_, topic, size, digest = frame
+    return (
+        _frame_template(peer, round_, topic, size, digest)
+        or _encode(
+            {"peer": peer, "round": round_, "topic": topic, "bytes": size, "digest": digest}
+        ).encode()
+    )
 
 
 def canonical(entry: dict[str, Any]) -> bytes:
@@ -163,7 +192,7 @@ class AuditLog:
         # tail, or a write): done an entry at a time between the node's other work, each
         # entry ran with cold caches, about 40 µs an entry in a real node against 7 in a
         # loop (measured).
-        self.raw: list[tuple[bytes, bytes, float]] = []
+        self.raw: list[tuple[bytes, bytes | _Frame, float]] = []
         # (seq, line, digest to sign): sealed, not written. A line is the entry's
         # canonical JSON; the last one written gets its signature then (:meth:`_write`).
         self.pending: list[tuple[int, bytes, bytes | None]] = []
@@ -176,7 +205,7 @@ class AuditLog:
         self.synced_seq = -1  # set by the writer thread once an fsync has returned
         self._fd: int | None = None
         self._created = False
-        self._rounds_unsynced, self._last_sync = 0, time.monotonic()
+        self._last_sync = time.monotonic()
         # Appends and writes run on the event loop, syncs in the writer thread: each keeps
         # its own clock, so neither updates the other's.
         self.append_s = self.sync_s = 0.0
@@ -212,20 +241,22 @@ class AuditLog:
     def append(self, kind: str, **data: Any) -> None:
         """Note an entry: its kind and data are serialised now (a value JSON cannot hold
         fails here, at the caller), the entry chained and hashed at the next seal."""
-        self.raw.append((_encode(kind).encode(), _encode(data).encode(), time.time()))
+        self.raw.append(
+            (_KINDS.get(kind) or _encode(kind).encode(), _encode(data).encode(), time.time())
+        )
 
     def frame(self, kind: str, peer: str, round: int, topic: str, body: bytes, size: int) -> None:
         """Note a frame ``sent`` or ``received``: peer, round, topic, its digest
         (:func:`frame_digest`) and its bytes on the wire. The digest is taken now, so no
         frame is held until the seal."""
-        data: dict[str, Any] = {
-            "peer": peer,
-            "round": round,
-            "topic": topic,
-            "bytes": size,
-            "digest": frame_digest(body),
-        }
-        self.raw.append((_encode(kind).encode(), frame_data(data), time.time()))
+        digest = hashlib.blake2b(body, digest_size=16).hexdigest()  # frame_digest
+        self.raw.append(
+            (
+                _KINDS.get(kind) or _encode(kind).encode(),
+                (peer, round, topic, size, digest),
+                time.time(),
+            )
+        )
 
     def _seal(self) -> None:
         """Chain and hash every entry noted since the last seal, in order, and add them to
@@ -237,6 +268,8 @@ class AuditLog:
         seq, last, sealed, lines = self.seq, self.last, [], []
         for kind, data, t in self.raw:
             seq += 1
+            if type(data) is tuple:
+                data = _noted_frame(data)
             line = _ENTRY_LINE % (data, kind, last.hex().encode(), seq, round(t, 6))
             last = hashlib.blake2b(line, digest_size=32).digest()
             sealed.append((seq, line + b"\n", last))
@@ -249,19 +282,23 @@ class AuditLog:
         self.append_s += time.perf_counter() - began
 
     def end_round(self, round: int, missed: list[str], eps_spent: float | None) -> None:
-        """The round's entry (who was missing, ε spent after it). Every
-        ``SYNC_EVERY_ROUNDS`` rounds or ``SYNC_EVERY_S`` seconds, what the rounds since
-        logged is written in one write, its last entry signed, and the writer thread
-        fsyncs it and writes the signed head, off the round. Until then the checkpoint the
-        node writes next holds the entries (:meth:`tail`)."""
+        """The round's entry (who was missing, ε spent after it). Once ``SYNC_EVERY_S``
+        has passed since the last sync, what the rounds since logged is written in one
+        write, its last entry signed, and the writer thread fsyncs it and writes the
+        signed head, off the round. Until then the checkpoint the node writes next holds
+        the entries (:meth:`tail`)."""
         self.append("round", round=round, missed=missed, eps_spent=eps_spent)
-        self._rounds_unsynced += 1
-        due = time.monotonic() - self._last_sync >= SYNC_EVERY_S
-        if (self._rounds_unsynced >= SYNC_EVERY_ROUNDS or due) and (
-            self._syncing is None or self._syncing.done()
-        ):
+        if self._sync_due():
             self._write()
             self._sync_soon()
+
+    def _sync_due(self) -> bool:
+        """Whether this round's end writes and syncs: ``SYNC_EVERY_S`` after the last
+        sync began, and that sync done (syncs stay in order, and one slow disk does not
+        queue them up)."""
+        return time.monotonic() - self._last_sync >= SYNC_EVERY_S and (
+            self._syncing is None or self._syncing.done()
+        )
 
     def close_round(self, round: int, missed: list[str], eps_spent: float | None) -> None:
         """The round's entry, then everything written and synced at once (tools, tests)."""
@@ -329,7 +366,7 @@ class AuditLog:
             self._syncing.result()
         if self.synced_seq < self.seq:
             self._sync(self.seq, self.last)
-        self._rounds_unsynced, self._last_sync = 0, time.monotonic()  # nothing left to sync
+        self._last_sync = time.monotonic()  # nothing left to sync
         self._prune()
 
     def close(self) -> None:
@@ -364,7 +401,7 @@ class AuditLog:
         self.append_s += time.perf_counter() - began
 
     def _sync_soon(self) -> None:
-        self._rounds_unsynced, self._last_sync = 0, time.monotonic()
+        self._last_sync = time.monotonic()
         self._syncing = self.writer.submit(self._sync, self.seq, self.last)
 
     def _sync(self, seq: int, last: bytes) -> None:
