@@ -79,8 +79,8 @@ class Silent(AuditLog):
 
 # A blinking log is kept this many rounds, then silent as many, in turn, and syncs once at
 # the end of each kept block: about as often as the log syncs on its own in these runs
-# (every SYNC_EVERY_S = 1 s, or 28 of the real processes' ~36 ms rounds), a little more
-# often, so the cost is not understated.
+# (every SYNC_EVERY_S = 1 s, or about 30 of the real processes' 30-odd ms rounds), a
+# little more often, so the cost is not understated.
 BLOCK = 24
 BLINK_FIRST = "MURMUR_BENCH_AUDIT_FIRST"  # "on" or "off": the block a blinking run starts with
 BLINK_CPU = "blink-cpu.json"  # a blinking log's (round, process CPU s) at each round's end
@@ -335,11 +335,12 @@ def _round_work(scratch: Path, pace_s: float, rounds: int = 400) -> dict[str, fl
     state = {"model": [torch.randn(2114) for _ in range(6)], "round": 0}
     with_tail = without = 0.0
     for k, tail in enumerate(tails):
-        for text in (tail, "") if k % 2 else ("", tail):
+        for carried in (True, False) if k % 2 else (False, True):
             began = time.thread_time()
+            text = tail if carried else ""
             checkpoint.save(scratch / "round" / "ckpt.pt", {**state, "audit_tail": text})
             spent = time.thread_time() - began
-            if text:
+            if carried:
                 with_tail += spent
             else:
                 without += spent
@@ -529,8 +530,9 @@ def main() -> None:
         f"| the log's own CPU a round, writer thread included (4 frames, its round entry, "
         f"two tails, its share of the writes and syncs; rounds "
         f"{1000 * pieces['round_pace_s']:.0f} ms apart as in the real processes), and what "
-        f"the tail adds to the round's two checkpoints | {1e6 * pieces['round_cpu_s']:.0f} "
-        f"+ {1e6 * pieces['tail_checkpoint_cpu_s']:.0f} µs = "
+        f"the tail adds to the round's two checkpoints (the difference of two noisy "
+        f"measures) | {1e6 * pieces['round_cpu_s']:.0f} "
+        f"{1e6 * pieces['tail_checkpoint_cpu_s']:+.0f} µs = "
         f"{100 * report['round_cpu_fraction']:.1f}% of a real node's round CPU | ≤ 2% |",
         f"| a round's flush (write + fsync, signed head) | {1000 * pieces['flush_s']:.2f} ms | — |",
         f"| tamperings caught at the right entry | {caught} / {tried} | all |",

@@ -164,6 +164,66 @@ def test_the_log_is_written_a_second_apart_not_every_round(
     log.close()
 
 
+def test_a_round_end_does_not_write_while_the_last_sync_is_still_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow disk: rounds go on noting entries into the tail, and the first round's end
+    after the sync returns writes all of them in one signed write, in order."""
+    import threading
+
+    monkeypatch.setattr("node.audit.log.SYNC_EVERY_S", 0.0)
+    log = AuditLog(tmp_path, SiteIdentity.generate())
+    log.end_round(1, [], None)  # written, and its sync submitted
+    assert log._syncing is not None
+    log._syncing.result()
+    disk = threading.Event()
+
+    def sync_on_a_slow_disk() -> None:
+        disk.wait()
+
+    log._syncing = log.writer.submit(sync_on_a_slow_disk)
+    for r in range(2, 6):
+        log.frame("received", "peer", r, "update", b"frame", 9)
+        log.end_round(r, [], None)
+    assert len((tmp_path / LOG_FILE).read_text().splitlines()) == 1
+    assert len(log.tail().splitlines()) == 8
+    disk.set()
+    log._syncing.result()
+    log.end_round(6, [], None)
+    assert log._syncing is not None
+    log._syncing.result()
+    entries = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert [e["seq"] for e in entries] == list(range(10))
+    assert [e["data"]["round"] for e in entries if e["kind"] == "round"] == list(range(1, 7))
+    assert "sig" in entries[-1] and log.tail() == ""
+    assert verify(tmp_path / LOG_FILE, log.identity.peer_id).ok
+    log.close()
+
+
+def test_a_frame_named_in_characters_json_escapes_is_logged_as_verify_reads_it(
+    tmp_path: Path,
+) -> None:
+    """Peer and topic names off the fast path (quotes, tabs, non-ASCII) go through the
+    encoder; a value JSON cannot hold fails at the caller, and the log goes on."""
+    log = AuditLog(tmp_path, SiteIdentity.generate())
+    log.frame("sent", 'pe"er\té', 3, "up\ndate", b"frame", 9)
+    log.frame("received", "peer", True, "update", b"frame", 9)  # a bool: the encoder's
+    with pytest.raises(TypeError):
+        log.frame("sent", "peer", 3, "update", b"frame", object())  # type: ignore[arg-type]
+    log.close_round(4, [], None)
+    log.close()
+    entries = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert entries[0]["data"] == {
+        "peer": 'pe"er\té',
+        "round": 3,
+        "topic": "up\ndate",
+        "bytes": 9,
+        "digest": frame_digest(b"frame"),
+    }
+    assert entries[1]["data"]["round"] is True and len(entries) == 3
+    assert verify(tmp_path / LOG_FILE, log.identity.peer_id).ok
+
+
 def test_a_consortium_run_leaves_a_verifiable_log_at_every_site(
     wisconsin16: FederatedData, tmp_path: Path
 ) -> None:
@@ -331,26 +391,29 @@ def test_a_checkpoint_taken_just_after_a_sync_loads_and_recovers_nothing(
 
 
 def test_entries_a_crash_lost_from_the_unsynced_log_come_back_from_the_checkpoint(
-    wisconsin16: FederatedData, tmp_path: Path
+    wisconsin16: FederatedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The log is fsynced only every few rounds; what the disk lost in a crash is in the
+    """The log is fsynced only once a second; what the disk lost in a crash is in the
     checkpoint (fsynced every round) and the restarted node puts it back, in order."""
     from node.key_admin import CHECKPOINT_FILE
     from node.state import checkpoint
+
+    # The first run syncs at the end of round 8 only, whatever the clock says, so rounds
+    # 9-11 are in the last checkpoint's tail and not yet on disk.
+    monkeypatch.setattr(AuditLog, "_sync_due", lambda log: json.loads(log.raw[-1][1])["round"] == 8)
 
     spec = ConsortiumSpec(rounds=11, train=TRAIN, compressor="top-k:0.1", deadline_s=1.0)
     paths = write_consortium(tmp_path, subset(wisconsin16, 3), spec)
     nodes = memory_nodes(paths)
     run_nodes(nodes)
+    monkeypatch.undo()
     state = nodes[0].config.site.state_dir
     saved = checkpoint.load(state / CHECKPOINT_FILE)
     assert saved is not None
     assert isinstance(saved["audit_tail"], str)  # one object for the pickler
     tail = [json.loads(line) for line in saved["audit_tail"].splitlines()]
-    # Synced every 8 rounds (or 2 s): the last rounds were written but not yet synced
-    # when the last checkpoint was taken.
     tail_rounds = [e["data"]["round"] for e in tail if e["kind"] == "round"]
-    assert tail_rounds and tail_rounds == list(range(tail_rounds[0], 12)), tail_rounds
+    assert tail_rounds == [9, 10, 11], tail_rounds
     # The crash: the disk lost everything after the last sync (and the head with it).
     lines = (state / LOG_FILE).read_text().splitlines(keepends=True)
     lost_from = tail[0]["seq"]

@@ -199,9 +199,10 @@ class CrossCheck:
 
 def _finished(entries: list[dict[str, Any]]) -> float:
     """The rounds a log has finished: the frames of round r are all in it once its
-    ``round`` entry for r + 1 is (none: every round counts). A node writes its log every
-    few rounds and its checkpoint holds the rest, so a log read while its node runs, or
-    after a crash it was not restarted from, ends a few rounds early without lying."""
+    ``round`` entry for r + 1 is (none: every round counts). A node writes its log once
+    a second and its checkpoint holds the rest, so a log read while its node runs, or
+    after a crash it was not restarted from, ends a second's rounds (and the one under
+    way) early without lying."""
     done = [e["data"].get("round") for e in entries if e.get("kind") == "round"]
     rounds = [r for r in done if isinstance(r, int)]
     return max(rounds) if rounds else float("inf")

@@ -1,22 +1,21 @@
 """The audit log: one JSON line an entry, each chained to the one before and signed.
 
 An entry is ``{"seq", "t", "kind", "data", "prev"}`` and, for the last entry of each
-write, ``"sig"``: ``prev`` is the BLAKE2b-256 digest of the previous entry (32 zero bytes
-for the first), and ``sig`` the site key's Ed25519 signature of this entry's own digest,
-taken over its canonical JSON without ``sig``. Through the chain one signature covers
-every entry before it, so a write costs one signature rather than one an entry. A node
-writes every few rounds (below), so a signature vouches for a few rounds' entries: a
-signature and a write each round were a third of what the log cost a real node a round
-(``benchmarks/results/audit.md``). Editing, deleting or reordering an entry breaks the
-chain at that entry, and ``verify`` still names it (the entry after it is vouched for by
-the next signature); rewriting the chain from an entry on needs the site's key for the
-next signature. An attacker who holds the site's disk holds its key file too, so signing
-less often gives that attacker nothing the key would not. Cutting entries off the end
-leaves a valid chain, so every sync also writes the head (the last entry's sequence
-number and digest, signed) to ``audit.head`` beside the log, atomically: a log shorter
-than its head was truncated.
-A neighbour's log is the anchor against a site that rolls back both files
-(``murmur audit cross-check``).
+write, ``"sig"``: ``prev`` is the BLAKE2b-256 digest of the previous entry (32 zero
+bytes for the first), and ``sig`` the site key's Ed25519 signature of this entry's own
+digest, taken over its canonical JSON without ``sig``. Through the chain one signature
+covers every entry before it, so a write costs one signature rather than one an entry. A
+node writes once a second (below), so a signature vouches for a second's entries (about
+30 rounds where rounds are short): a signature and a write each round were a third of
+what the log cost a real node a round (``benchmarks/results/audit.md``). Editing,
+deleting or reordering an entry breaks the chain at that entry, and ``verify`` still
+names it (the entry after it is vouched for by the next signature); rewriting the chain
+from an entry on needs the site's key for the next signature. An attacker who holds the
+site's disk holds its key file too, so signing less often gives that attacker nothing
+the key would not. Cutting entries off the end leaves a valid chain, so every sync also
+writes the head (the last entry's sequence number and digest, signed) to ``audit.head``
+beside the log, atomically: a log shorter than its head was truncated. A neighbour's log
+is the anchor against a site that rolls back both files (``murmur audit cross-check``).
 
 What is logged, by kind: ``config`` (SHA-256 of the config as TOML, at start and at each
 reload), ``start`` (peer ID, resumed or not, round), ``sent`` / ``received`` (peer,
@@ -32,17 +31,18 @@ written only decides how far the file lags behind its node, which is a matter of
 not of rounds: at the end of the first round ``SYNC_EVERY_S`` after the last sync, the
 entries since are written in one write and signed, and a writer thread fsyncs the log
 and replaces its signed head atomically, off the round. A node whose rounds take longer
-than that syncs every round; one whose rounds take 35 ms syncs every ~30 rounds rather
-than every 8, as it did: a write, its signature, the fsync and the head cost about 0.9 ms
-of CPU, four or five rounds' entries (measured on this project's 2-core machine; the
-whole log a round: ``benchmarks/results/audit.md``).
+than that syncs every round; one whose rounds take 30-odd ms syncs every ~30 rounds
+rather than every 8, as it did: a write, its signature, the fsync and the head cost
+0.7-0.9 ms of CPU between rounds (caches cold), four or five rounds' entries (measured
+on this project's 2-core machine; the whole log a round: ``benchmarks/results/audit.md``).
 After a crash the restarted node appends what the log lost from its checkpoint
 (``recover``, logged as ``audit_recovered``), so no entry of a checkpointed round is ever
 lost; a crash loses only what happened after the last checkpoint, which the node then
 does again (a neighbour's log still holds the frames). Until then, and in a log read
-while its node runs, the last rounds (``SYNC_EVERY_S`` and the round under way) are
-missing from the file: ``cross-check`` compares only the rounds both logs have
-finished, so a log that is behind is not taken for one that lies.
+while its node runs, the last rounds (``SYNC_EVERY_S`` and the round under way, or
+longer while a slow sync is still running) are missing from the file: ``cross-check``
+compares only the rounds both logs have finished, so a log that is behind is not taken
+for one that lies.
 
 The files are 0600 in the 0700 state directory: they name peers and rounds, which is the
 site's business. ``busy_s`` counts the wall time spent appending and flushing, so a
@@ -72,8 +72,8 @@ LOG_FILE = "audit.log"
 HEAD_FILE = "audit.head"
 GENESIS = bytes(32)
 HEAD_DOMAIN = b"murmur-audit-head/1"
-SYNC_EVERY_S = 1.0  # the log's write and fsync: this long apart at most, and a round's
-# end; until then the checkpoint holds the entries
+SYNC_EVERY_S = 1.0  # the log's write and fsync: at least this long apart, at a round's
+# end, once the previous sync is done; until then the checkpoint holds the entries
 
 
 # Node events that also go into the audit log, as they are (node.runtime.Node.emit).
@@ -248,12 +248,16 @@ class AuditLog:
     def frame(self, kind: str, peer: str, round: int, topic: str, body: bytes, size: int) -> None:
         """Note a frame ``sent`` or ``received``: peer, round, topic, its digest
         (:func:`frame_digest`) and its bytes on the wire. The digest is taken now, so no
-        frame is held until the seal."""
-        digest = hashlib.blake2b(body, digest_size=16).hexdigest()  # frame_digest
+        frame is held until the seal; the entry's JSON is made at the seal, with the
+        round's other entries, where that is cheaper (values of the types the node
+        passes), else now, so a value JSON cannot hold still fails here."""
+        hexdigest = hashlib.blake2b(body, digest_size=16).hexdigest()  # frame_digest
+        noted: _Frame = (peer, round, topic, size, hexdigest)
+        plain = type(peer) is str and type(topic) is str and type(size) is int
         self.raw.append(
             (
                 _KINDS.get(kind) or _encode(kind).encode(),
-                (peer, round, topic, size, digest),
+                noted if plain and type(round) is int else _noted_frame(noted),
                 time.time(),
             )
         )
@@ -268,7 +272,7 @@ class AuditLog:
         seq, last, sealed, lines = self.seq, self.last, [], []
         for kind, data, t in self.raw:
             seq += 1
-            if type(data) is tuple:
+            if isinstance(data, tuple):
                 data = _noted_frame(data)
             line = _ENTRY_LINE % (data, kind, last.hex().encode(), seq, round(t, 6))
             last = hashlib.blake2b(line, digest_size=32).digest()
@@ -293,9 +297,9 @@ class AuditLog:
             self._sync_soon()
 
     def _sync_due(self) -> bool:
-        """Whether this round's end writes and syncs: ``SYNC_EVERY_S`` after the last
-        sync began, and that sync done (syncs stay in order, and one slow disk does not
-        queue them up)."""
+        """Whether this round's end writes and syncs: ``SYNC_EVERY_S`` since the last
+        sync began (or the last flush ended), and that sync done (syncs stay in order,
+        and one slow disk does not queue them up)."""
         return time.monotonic() - self._last_sync >= SYNC_EVERY_S and (
             self._syncing is None or self._syncing.done()
         )
