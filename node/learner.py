@@ -101,6 +101,14 @@ class Learner:
             return 0
         return earliest_stop(self.stop.window, self.stop.patience)
 
+    def stopped_from(self) -> int | None:
+        """The first round (0-based) this site no longer trains in; None while it trains
+        (or where the stop is off). A receipt stamped with an earlier round must not say
+        it stopped: a neighbour would stop a round before a frame could have told it."""
+        if self.stop is None or not self.stopped:
+            return None
+        return int(self.stop.stopped_round[0])
+
     def announcement(self) -> Validation | None:
         """What this round's frames say of the validation stop (None: it is off)."""
         if self.stop is None:

@@ -74,4 +74,5 @@ def site_exchange(
         log.count_rejection,
         learner.announcement,
         learner.earliest_stop(),
+        learner.stopped_from,
     )

@@ -933,6 +933,26 @@ def test_a_secure_receipt_announcing_an_early_stop_is_refused(
     assert victim.stopped_at[insider.identity.peer_id] == 40
 
 
+def test_a_secure_receipt_says_stopped_only_from_the_round_its_site_stopped(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """A stop decided at round 39's end (the site trains no more from round 40) must not
+    go out on a receipt stamped 39, which may leave after it: its neighbours would stop a
+    round before a plaintext frame, or the simulator, tells them."""
+    nodes = memory_nodes(_secure_paths(subset(wisconsin16, 3), tmp_path, rounds=2))
+    run_nodes(nodes)
+    site, peer = nodes[0].secure, nodes[1].identity.peer_id
+    assert site is not None
+    site.earliest_stop = 30
+
+    def says(round: int) -> bool:
+        return decode_receipt(site._receipt(peer, round=round)).stopped
+
+    assert not any(says(t) for t in (38, 39, 40, 41))  # still training
+    site.stopped_from = lambda: 40
+    assert [says(t) for t in (38, 39, 40, 41)] == [False, False, True, True]
+
+
 # -- 10. transport deadlines are about progress ----------------------------------------------
 
 

@@ -45,13 +45,15 @@ class SecureRound(Exchange):
         on_reject: Callable[[FrameError, str], None],
         validation: Callable[[], Validation | None] = lambda: None,
         earliest_stop: int = 0,
+        stopped_from: Callable[[], int | None] = lambda: None,
     ) -> None:
         """``key_path``: this site's encryption key, made on first start (0600) and never
         silently made again (node.key_admin checks that before this is built).
         ``validation`` gives what this round's contributions and receipts say of the
         validation stop (node.exchange.secure.validation_tail; None: it is off here); a
         neighbour's stop announced in a round before ``earliest_stop`` (1-based) is one no
-        honest site can make."""
+        honest site can make; ``stopped_from`` gives the first round (0-based) this site
+        no longer trains in, from which its receipts say it stopped."""
         self.host = host
         cipher = cipher_by_name(mode)
         if key_path.exists():
@@ -76,6 +78,7 @@ class SecureRound(Exchange):
         )
         self.secure.on_reject = on_reject
         self.secure.announce = validation
+        self.secure.stopped_from = stopped_from
         self.secure.earliest_stop = earliest_stop
         self.secure.arrived = host.heard.set
         self.secure.supervise = host.supervise

@@ -90,7 +90,7 @@ class Join(SecureSession):
                 "waiting": waiting,
                 "base": basis(self.inc, self.saved_epoch),
                 "echo": self.incs.get(peer),
-                "stopped": self.has_stopped() and stamp + 1 >= self.earliest_stop,
+                "stopped": self.stopped_by(stamp) and stamp + 1 >= self.earliest_stop,
             }
         )
 

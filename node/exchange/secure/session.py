@@ -114,6 +114,7 @@ class SecureSession:
         # round any site can stop in (set likewise), the summed tails of each resolved
         # round, and the round each neighbour's receipts first said it had stopped.
         self.announce: Callable[[], Validation | None] = lambda: None
+        self.stopped_from: Callable[[], int | None] = lambda: None  # 0-based; set likewise
         self.earliest_stop = 0
         self.tails: dict[int, NDArray[np.float64]] = {}
         self.stopped_at: dict[str, int] = {}
@@ -207,10 +208,14 @@ class SecureSession:
         task.add_done_callback(self.tasks.discard)
         self.supervise(task)
 
-    def has_stopped(self) -> bool:
-        """Whether this site has stopped training (its receipts say so)."""
-        said = self.announce()
-        return said is not None and said.estimate is None
+    def stopped_by(self, stamp: int) -> bool:
+        """Whether this site had stopped training by round ``stamp`` (0-based), which is
+        what its receipt stamped with that round says. A receipt for a round can leave
+        after the stop was decided at that round's end: saying so under its stamp would
+        tell neighbours a round early, where a plaintext frame (and the simulator) tells
+        them in the next round's."""
+        first = self.stopped_from()
+        return first is not None and first <= stamp
 
     def slot_count(self, round: int) -> int:
         """Values in each contribution and sum of ``round``: the model's, then the tail."""
