@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from benchmarks.convergence import DP_SEED_ROUNDS, DP_SEEDS, dp_summary, tasks
+from benchmarks.convergence import (
+    CENTRAL_SEEDS,
+    DP_SEED_ROUNDS,
+    DP_SEEDS,
+    dp_summary,
+    run_task,
+    summarise,
+    tasks,
+)
 
 
 def _cell(model: str, rounds: int, dp: bool, seed: int, acc: float) -> dict[str, Any]:
@@ -51,3 +59,23 @@ def test_short_dp_horizons_run_every_seed_private_and_not() -> None:
         seeds = {(t["seed"], t["dp"]) for t in dp if t["rounds"] == rounds}
         wanted = DP_SEEDS if rounds <= DP_SEED_ROUNDS else DP_SEEDS[:1]
         assert seeds == {(s, p) for s in wanted for p in (True, False)}
+
+
+def test_the_central_reference_reports_its_spread_over_seeds_on_the_same_split() -> None:
+    """The matrix's central (seed 0) is one draw: the references also train it with the
+    other seeds, and the first of them is the reference itself."""
+    task = {
+        "dataset": "ncctg-lung",
+        "topology": "ring",
+        "rounds": 50,
+        "method": "references",
+        "section": "references",
+        "dp": False,
+        "compressor": None,
+    }
+    done = run_task(task)
+    assert "error" not in done, done.get("error")
+    seeds = done["central_by_seed"]
+    central = summarise([done])["references"]["ncctg-lung"]["central"]
+    assert len(seeds) == len(CENTRAL_SEEDS) and all(0.0 <= a <= 1.0 for a in seeds)
+    assert seeds[0] == central["accuracy_mean"] and central["accuracy_by_seed"] == seeds
