@@ -112,43 +112,34 @@ _ENTRY_LINE = b'{"data":%s,"kind":%s,"prev":"%s","seq":%d,"t":%r}'
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/+=-]*")
 # A frame as noted (peer, round, topic, bytes, digest): formatted at the seal, with the
 # round's other entries, rather than as it passes (:meth:`AuditLog.frame`).
-_Frame = tuple[str, int, str, int, str]
+Frame = tuple[str, int, str, int, str]
 # The kinds of entry a round notes most, as JSON.
 _KINDS = {kind: _encode(kind).encode() for kind in ("sent", "received", "round")}
 
 
-def frame_template(data: dict[str, Any]) -> bytes | None:
+def _plain_types(peer: object, round_: object, topic: object, size: object) -> bool:
+    """Whether a frame's values are of the types the node passes (str and int, no bool):
+    the ones :func:`frame_template` can write and that need no encoder to check."""
+    return type(peer) is str and type(topic) is str and type(size) is int and type(round_) is int
+
+
+def frame_template(frame: Frame) -> bytes | None:
     """A frame entry's data as its canonical JSON, about a third of the encoder's time, or
     None where a value would need JSON's escapes or is not a plain int (then the encoder
     writes it: :func:`frame_data`)."""
-    return _frame_template(
-        data["peer"], data["round"], data["topic"], data["bytes"], data["digest"]
-    )
-
-
-def _frame_template(peer: str, round_: int, topic: str, size: int, digest: str) -> bytes | None:
-    if not (
-        type(size) is int
-        and type(round_) is int
-        and type(peer) is str
-        and type(topic) is str
-        and _PLAIN.fullmatch(peer)
-        and _PLAIN.fullmatch(topic)
-    ):
+    peer, round_, topic, size, digest = frame
+    plain = _plain_types(peer, round_, topic, size)
+    if not (plain and _PLAIN.fullmatch(peer) and _PLAIN.fullmatch(topic)):
         return None
     return _FRAME_DATA % (size, digest.encode(), peer.encode(), round_, topic.encode())
 
 
-def frame_data(data: dict[str, Any]) -> bytes:
-    """A frame entry's data as its canonical JSON: the template, or the encoder."""
-    return frame_template(data) or _encode(data).encode()
-
-
-def _noted_frame(frame: _Frame) -> bytes:
-    """A frame noted by :meth:`AuditLog.frame` as its canonical JSON, at the seal."""
+def frame_data(frame: Frame) -> bytes:
+    """A frame entry's data (peer, round, topic, bytes, digest) as its canonical JSON:
+    the template, or the encoder."""
     peer, round_, topic, size, digest = frame
     return (
-        _frame_template(peer, round_, topic, size, digest)
+        frame_template(frame)
         or _encode(
             {"peer": peer, "round": round_, "topic": topic, "bytes": size, "digest": digest}
         ).encode()
@@ -192,7 +183,7 @@ class AuditLog:
         # tail, or a write): done an entry at a time between the node's other work, each
         # entry ran with cold caches, about 40 µs an entry in a real node against 7 in a
         # loop (measured).
-        self.raw: list[tuple[bytes, bytes | _Frame, float]] = []
+        self.raw: list[tuple[bytes, bytes | Frame, float]] = []
         # (seq, line, digest to sign): sealed, not written. A line is the entry's
         # canonical JSON; the last one written gets its signature then (:meth:`_write`).
         self.pending: list[tuple[int, bytes, bytes | None]] = []
@@ -251,13 +242,11 @@ class AuditLog:
         frame is held until the seal; the entry's JSON is made at the seal, with the
         round's other entries, where that is cheaper (values of the types the node
         passes), else now, so a value JSON cannot hold still fails here."""
-        hexdigest = hashlib.blake2b(body, digest_size=16).hexdigest()  # frame_digest
-        noted: _Frame = (peer, round, topic, size, hexdigest)
-        plain = type(peer) is str and type(topic) is str and type(size) is int
+        noted: Frame = (peer, round, topic, size, frame_digest(body))
         self.raw.append(
             (
                 _KINDS.get(kind) or _encode(kind).encode(),
-                noted if plain and type(round) is int else _noted_frame(noted),
+                noted if _plain_types(peer, round, topic, size) else frame_data(noted),
                 time.time(),
             )
         )
@@ -273,7 +262,7 @@ class AuditLog:
         for kind, data, t in self.raw:
             seq += 1
             if isinstance(data, tuple):
-                data = _noted_frame(data)
+                data = frame_data(data)
             line = _ENTRY_LINE % (data, kind, last.hex().encode(), seq, round(t, 6))
             last = hashlib.blake2b(line, digest_size=32).digest()
             sealed.append((seq, line + b"\n", last))

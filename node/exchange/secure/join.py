@@ -74,9 +74,11 @@ class Join(SecureSession):
 
     def _receipt(self, peer: str, waiting: bool = False, round: int | None = None) -> bytes:
         """Our receipt for ``peer``, to be stamped with ``round`` (ours by default). It says
-        we stopped only from the first round any site can stop in: a stop that came while
-        the next round trained must not go out under an earlier round's stamp, where the
-        peer would refuse it, and the receipt's verdicts with it, as a false early stop."""
+        we stopped only under a stamp from our first untrained round on (``stopped_by``): a
+        stop decided at a round's end must not go out under that round's stamp, where it
+        would reach the peer a round early; and never under a stamp before the first round
+        any site can stop in, which the peer refuses, verdicts and all, as a false early
+        stop."""
         stamp = self.round if round is None else round
         pinned = self.keys.get(peer)
         return pack(
