@@ -2,9 +2,9 @@
 
 ``verify LOG`` exits 0 when every entry is in place, unedited and signed by the site, and
 the log is not shorter than its signed head; otherwise 1, naming the first bad entry.
-``show LOG`` prints it a line an entry. ``cross-check LOG_A LOG_B`` compares, both ways,
-what each site logged as sent to the other with what the other logged as received, and
-exits 1 when one logged receiving a frame the other never sent.
+``show LOG`` prints it a line an entry (and a line a frame). ``cross-check LOG_A LOG_B``
+compares, both ways, what each site logged as sent to the other with what the other
+logged as received, and exits 1 when one logged receiving a frame the other never sent.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from node.audit.check import cross_check, describe, read_entries, verify
+from node.audit.check import cross_check, describe, frames_of, read_entries, verify
 from node.errors import ConfigError
 
 
@@ -27,9 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with the consortium's members)",
     )
     check.add_argument("--head", type=Path, help="its audit.head (default: beside the log)")
-    show = sub.add_parser("show", help="print a log, one line an entry")
+    show = sub.add_parser("show", help="print a log, one line an entry and one a frame")
     show.add_argument("log", type=Path)
-    show.add_argument("--kind", action="append", help="only these kinds (repeatable)")
+    show.add_argument(
+        "--kind",
+        action="append",
+        help="only these kinds (repeatable); sent or received: those frames of the frames entries",
+    )
     cross = sub.add_parser("cross-check", help="what A sent B against what B received, both ways")
     cross.add_argument("log_a", type=Path)
     cross.add_argument("log_b", type=Path)
@@ -51,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.audit_command == "show":
         kinds = set(args.kind or ())
+        ways = kinds & {"sent", "received"}  # frames, batched into ``frames`` entries
         for entry in read_entries(_existing(args.log)):
             if not kinds or entry.get("kind") in kinds:
                 print(describe(entry))
+            elif any(f.get("dir") in ways for f in frames_of(entry)):
+                print(describe(entry, frozenset(ways)))
         return 0
     a, b = _existing(args.log_a), _existing(args.log_b)
     failed = False

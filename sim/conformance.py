@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from crypto.cipher import cipher_by_name
-from node.audit.check import read_entries
+from node.audit.check import frames_of, read_entries
 from node.audit.log import LOG_FILE
 from node.exchange.secure.validation_tail import with_tail_room
 from node.gossip.choco import ChocoState
@@ -144,8 +144,9 @@ def run_on_nodes(scenario: Scenario) -> Outcome:
         topics: Counter[str] = Counter()
         for node in nodes:
             for entry in read_entries(node.config.site.state_dir / LOG_FILE):
-                if entry["kind"] == "sent":
-                    topics[entry["data"]["topic"]] += entry["data"]["bytes"]
+                for frame in frames_of(entry):
+                    if frame["dir"] == "sent":
+                        topics[frame["topic"]] += frame["bytes"]
         by_round = [
             [
                 float(e["bytes_sent"])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from crypto.identity import load_key
 from murmur.errors import MurmurError
-from node.audit.check import Verdict, read_entries, verify
+from node.audit.check import Verdict, frames_of, read_entries, verify
 from node.audit.log import LOG_FILE
 from node.config import load_config
 
@@ -71,8 +71,8 @@ def audit_logs(folder: Path) -> list[SiteAudit]:
             SiteAudit(
                 site.name,
                 verify(log, peer),
-                sum(e.get("kind") == "sent" for e in entries),
-                sum(e.get("kind") == "received" for e in entries),
+                sum(f.get("dir") == "sent" for e in entries for f in frames_of(e)),
+                sum(f.get("dir") == "received" for e in entries for f in frames_of(e)),
                 note,
             )
         )

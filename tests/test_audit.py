@@ -12,16 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crypto.identity import SiteIdentity
-from node.audit.check import cross_check, verify
+from node.audit.check import cross_check, frames_of, read_entries, verify
 from node.audit.log import (
     HEAD_FILE,
     LOG_FILE,
     AuditLog,
     canonical,
     digest,
-    frame_data,
     frame_digest,
-    frame_template,
+    frame_item,
+    frames_data,
 )
 from node.cli import main
 from node.errors import ConfigError
@@ -56,18 +56,19 @@ _ANY_TEXT = st.text() | st.from_regex(r"[A-Za-z0-9_.:/+=-]*", fullmatch=True)
     topic=_ANY_TEXT,
     round_=st.integers(-1, 2**40) | st.booleans(),
     size=st.integers(0, 2**40),
+    way=st.sampled_from(["sent", "received"]) | st.text(),
 )
-def test_a_frames_data_is_its_canonical_json(peer: str, topic: str, round_: int, size: int) -> None:
-    """The formatted frame data is byte for byte what the encoder makes (verify hashes
-    the encoder's), and values the template cannot write as JSON fall back to it."""
-    data = {"peer": peer, "round": round_, "topic": topic, "bytes": size, "digest": "ab" * 16}
-    frame = (peer, round_, topic, size, "ab" * 16)  # as AuditLog.frame notes it
-    template = frame_template(frame)
-    if template is not None:
-        assert template == _json(data)
-    assert frame_data(frame) == _json(data)
-    if all(x.isascii() and x.isalnum() for x in (peer, topic)) and type(round_) is int:
-        assert template is not None  # the fast path is taken where it can be
+def test_a_frames_entrys_data_is_its_canonical_json(
+    peer: str, topic: str, round_: int, size: int, way: str
+) -> None:
+    """The formatted frames are byte for byte what the encoder makes (verify hashes the
+    encoder's), and values the template cannot write as JSON fall back to it."""
+    frame = (way, peer, round_, topic, size, "ab" * 16)  # as AuditLog.frame notes it
+    assert frame_item(frame) == _json(list(frame))
+    encoded = _json(["received", "p", 1, "update", 2, "cd" * 16])  # noted off the fast path
+    assert frames_data([frame, encoded, frame]) == _json(
+        {"frames": [list(frame), json.loads(encoded), list(frame)]}
+    )
 
 
 def _json(value: object) -> bytes:
@@ -134,7 +135,9 @@ def test_the_checkpoint_tail_holds_exactly_what_is_not_yet_synced(tmp_path: Path
     log.close()
     entries = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
     assert [e["seq"] for e in entries] == list(range(41))
-    assert entries[1]["data"]["digest"] == frame_digest(b"frame")
+    assert entries[1]["data"]["frames"] == [
+        ["sent", "peer", 0, "update", 9, frame_digest(b"frame")]
+    ]
     assert verify(tmp_path / LOG_FILE, log.identity.peer_id).ok
 
 
@@ -203,24 +206,47 @@ def test_a_frame_named_in_characters_json_escapes_is_logged_as_verify_reads_it(
     tmp_path: Path,
 ) -> None:
     """Peer and topic names off the fast path (quotes, tabs, non-ASCII) go through the
-    encoder; a value JSON cannot hold fails at the caller, and the log goes on."""
+    encoder; a value JSON cannot hold fails at the caller, and the log goes on. Frames
+    noted one after another are one entry."""
     log = AuditLog(tmp_path, SiteIdentity.generate())
     log.frame("sent", 'pe"er\té', 3, "up\ndate", b"frame", 9)
     log.frame("received", "peer", True, "update", b"frame", 9)  # a bool: the encoder's
     with pytest.raises(TypeError):
         log.frame("sent", "peer", 3, "update", b"frame", object())  # type: ignore[arg-type]
+    log.frame("received", "peer", 4, "update", b"other", 5)
     log.close_round(4, [], None)
     log.close()
     entries = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert [e["kind"] for e in entries] == ["frames", "round"]
+    mine = frame_digest(b"frame")
     assert entries[0]["data"] == {
-        "peer": 'pe"er\té',
-        "round": 3,
-        "topic": "up\ndate",
-        "bytes": 9,
-        "digest": frame_digest(b"frame"),
+        "frames": [
+            ["sent", 'pe"er\té', 3, "up\ndate", 9, mine],
+            ["received", "peer", True, "update", 9, mine],
+            ["received", "peer", 4, "update", 5, frame_digest(b"other")],
+        ]
     }
-    assert entries[1]["data"]["round"] is True and len(entries) == 3
     assert verify(tmp_path / LOG_FILE, log.identity.peer_id).ok
+
+
+def test_frames_between_other_entries_keep_their_order(tmp_path: Path) -> None:
+    """A batch is only frames noted one after another: an entry noted between them ends
+    it, so the log's order is the order things happened."""
+    from node.audit.check import frames_of, read_entries
+
+    log = AuditLog(tmp_path, SiteIdentity.generate())
+    log.frame("received", "a", 0, "update", b"1", 1)
+    log.frame("received", "b", 0, "update", b"2", 2)
+    log.append("sum_opened", round=0)
+    log.frame("sent", "a", 1, "update", b"3", 3)
+    log.tail()  # a seal (the write-ahead checkpoint) ends a batch too
+    log.frame("sent", "b", 1, "update", b"4", 4)
+    log.close_round(1, [], None)
+    log.close()
+    entries = read_entries(tmp_path / LOG_FILE)
+    assert [e["kind"] for e in entries] == ["frames", "sum_opened", "frames", "frames", "round"]
+    assert [f["bytes"] for e in entries for f in frames_of(e)] == [1, 2, 3, 4]
+    assert [f["peer"] for e in entries for f in frames_of(e)] == ["a", "b", "a", "b"]
 
 
 def test_a_consortium_run_leaves_a_verifiable_log_at_every_site(
@@ -235,8 +261,10 @@ def test_a_consortium_run_leaves_a_verifiable_log_at_every_site(
         verdict = verify(path, node.identity.peer_id)
         assert verdict.ok, verdict
         kinds = [json.loads(line)["kind"] for line in path.read_text().splitlines()]
-        for kind in ("config", "start", "sent", "received", "round", "finish"):
+        for kind in ("config", "start", "frames", "round", "finish"):
             assert kind in kinds, kind
+        ways = {f["dir"] for e in read_entries(path) for f in frames_of(e)}
+        assert ways == {"sent", "received"}
         assert kinds.count("round") == 4
         for name in (LOG_FILE, HEAD_FILE):
             assert stat.S_IMODE((path.parent / name).stat().st_mode) == 0o600
@@ -255,14 +283,13 @@ def test_a_consortium_run_leaves_a_verifiable_log_at_every_site(
     # ... while a frame logged received in a round both finished, never sent, still shows
     sender = nodes[0].identity.peer_id  # node 1 also hears node 2: the frame must be node 0's
     received = next(
-        e
-        for e in map(json.loads, logs[1].read_text().splitlines())
-        if e["kind"] == "received" and e["data"]["round"] == 0 and e["data"]["peer"] == sender
+        f
+        for e in read_entries(logs[1])
+        for f in frames_of(e)
+        if f["dir"] == "received" and f["round"] == 0 and f["peer"] == sender
     )
-    received["data"]["digest"] = "00" * 16
-    (tmp_path / "lying.log").write_text(
-        logs[1].read_text() + json.dumps(received, sort_keys=True) + "\n"
-    )
+    forged = {"kind": "frames", "data": {"frames": [[*[*received.values()][:5], "00" * 16]]}}
+    (tmp_path / "lying.log").write_text(logs[1].read_text() + json.dumps(forged) + "\n")
     assert cross_check(logs[0], tmp_path / "lying.log").received_not_sent == 1
     logs[0].write_text(full)
     # a restart continues the same chain
@@ -345,11 +372,22 @@ def test_audit_cli_verifies_shows_and_cross_checks(
     a, b = AuditLog(tmp_path / "A", a_id), AuditLog(tmp_path / "B", b_id)
     a.append("start", peer_id=a_id.peer_id)
     b.append("start", peer_id=b_id.peer_id)
-    a.append("sent", peer=b_id.peer_id, round=0, topic="update", digest="aa", bytes=10)
-    b.append("received", peer=a_id.peer_id, round=0, topic="update", digest="aa", bytes=10)
+    a.frame("sent", b_id.peer_id, 0, "update", b"one", 10)
+    a.frame("received", b_id.peer_id, 0, "update", b"two", 10)
+    b.frame("received", a_id.peer_id, 0, "update", b"one", 10)
+    b.frame("sent", a_id.peer_id, 0, "update", b"two", 10)
+    # a log written before frames were batched: one entry a frame, read the same
+    a.frame("sent", b_id.peer_id, 1, "update", b"three", 10)
+    three = frame_digest(b"three")
+    b.append("received", peer=a_id.peer_id, round=1, topic="update", digest=three, bytes=10)
     a.flush()
     b.flush()
     assert main(["audit", "cross-check", str(a.path), str(b.path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert ["2 frames match" in out[0], "1 frames match" in out[1]] == [True, True], out
+    assert main(["audit", "show", str(b.path), "--kind", "sent"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert len(shown) == 2 and "1 of 2" in shown[0] and shown[1].split()[:2] == ["sent", "to"]
     b.append("received", peer=a_id.peer_id, round=1, topic="update", digest="bb", bytes=10)
     b.flush()
     assert main(["audit", "cross-check", str(a.path), str(b.path)]) == 1
@@ -382,11 +420,11 @@ def test_a_checkpoint_taken_just_after_a_sync_loads_and_recovers_nothing(
     assert saved is not None and saved["audit_tail"] == ""
     again = AuditLog(tmp_path, identity)
     assert again.recover(saved["audit_tail"]) == 0
-    log.append("sent", peer="p", round=1, topic="update", digest="0" * 32, bytes=1)
+    log.frame("sent", "p", 1, "update", b"frame", 1)
     checkpoint.save(tmp_path / "checkpoint.pt", {"audit_tail": log.tail()})
     saved = checkpoint.load(tmp_path / "checkpoint.pt")
     assert saved is not None
-    assert [json.loads(x)["kind"] for x in saved["audit_tail"].splitlines()] == ["sent"]
+    assert [json.loads(x)["kind"] for x in saved["audit_tail"].splitlines()] == ["frames"]
 
 
 def test_entries_a_crash_lost_from_the_unsynced_log_come_back_from_the_checkpoint(
@@ -438,3 +476,70 @@ def test_entries_a_crash_lost_from_the_unsynced_log_come_back_from_the_checkpoin
     log.flush()
     with pytest.raises(ConfigError, match="lost entries or was replaced"):
         log.recover(saved["audit_tail"])
+
+
+def test_the_readers_take_any_entry_a_log_holds_without_failing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log is evidence, so ``show`` and ``cross-check`` read whatever it holds: items
+    not shaped as frames, or of other types, are not frames (verify judges the entries)."""
+    from node.audit.check import describe
+
+    good = ["received", "A", 1, "update", 2, "ab"]
+    odd: list[object] = [
+        5,
+        "x",
+        [None, "A", 1, "update", 2, "ab"],
+        [["sent"], "A", 1, "update", 2, "ab"],
+        ["received", "A", [1], "update", 2, "ab"],
+        ["received", "A", True, "update", 2, "ab"],
+        good[:5],
+        good,
+    ]
+    entries: list[object] = [
+        {"seq": 0, "t": 0, "kind": "frames", "data": {"frames": odd}},
+        {"seq": 1, "t": 0, "kind": "frames", "data": {"frames": 5}},
+        {
+            "seq": 2,
+            "t": 0,
+            "kind": "received",
+            "data": {
+                **dict(zip(("peer", "round"), ("A", 1), strict=True)),
+                "dir": "sent",
+                "topic": "update",
+                "bytes": 2,
+                "digest": "ab",
+            },
+        },
+        {"seq": 3, "t": 0, "kind": "frames", "data": "not a dict"},
+    ]
+    assert frames_of(entries[0]) == [
+        dict(zip(("dir", "peer", "round", "topic", "bytes", "digest"), good, strict=True))
+    ]
+    assert frames_of(entries[1]) == [] and frames_of(entries[3]) == [] and frames_of([1]) == []
+    assert frames_of(entries[2])[0]["dir"] == "received"  # the entry's kind, not its data's
+    assert "1 of 8" in describe(entries[0]) and "0 of 0" in describe(entries[1])  # type: ignore[arg-type]
+    path = tmp_path / "odd.log"
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    for kinds in ([], ["--kind", "sent"], ["--kind", "round"]):
+        assert main(["audit", "show", str(path), *kinds]) == 0
+    assert cross_check(path, path).ok
+    capsys.readouterr()
+
+
+def test_a_value_json_cannot_hold_in_a_frame_fails_when_noted(tmp_path: Path) -> None:
+    """Text with a lone surrogate, or a number past 64 bits, is encoded when noted, so it
+    fails at the caller and never at a later seal (which would stop every checkpoint)."""
+    log = AuditLog(tmp_path, SiteIdentity.generate())
+    with pytest.raises(UnicodeEncodeError):
+        log.frame("received", "p", 1, "up\ud800", b"x", 1)
+    with pytest.raises(ValueError):
+        log.frame("received", "p", 10**5000, "update", b"x", 1)
+    log.frame("received", "pé", 2**70, "update", b"x", 1)  # JSON holds these: logged
+    log.close_round(1, [], None)
+    log.close()
+    entries = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert entries[0]["data"]["frames"] == [
+        ["received", "pé", 2**70, "update", 1, frame_digest(b"x")]
+    ]
+    assert verify(tmp_path / LOG_FILE, log.identity.peer_id).ok

@@ -27,7 +27,7 @@ from typing import Any
 from crypto.identity import public_key_from_peer_id
 from crypto.identity import verify as verify_signature
 from murmur.errors import MurmurError
-from node.audit.log import GENESIS, HEAD_FILE, digest, head_message
+from node.audit.log import FRAME_FIELDS, GENESIS, HEAD_FILE, digest, head_message
 
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "seq": int,
@@ -197,6 +197,36 @@ class CrossCheck:
         return self.received_not_sent == 0
 
 
+# A frame's fields and the types a well-formed one has (:func:`frames_of`).
+_FRAME_TYPES = dict(zip(FRAME_FIELDS, (str, str, int, str, int, str), strict=True))
+
+
+def frames_of(entry: object) -> list[dict[str, Any]]:
+    """The frames an entry logs, each as {dir, peer, round, topic, bytes, digest}: the
+    frames of a ``frames`` entry, or the one frame of a ``sent`` / ``received`` entry (a
+    log written before a node batched them). None for other entries, and none for an
+    item that is not shaped as a frame or holds a value of another type (``verify``
+    judges the entry; this only reads it, and must not fail on what a log holds)."""
+    if not isinstance(entry, dict) or not isinstance(data := entry.get("data"), dict):
+        return []
+    kind = entry.get("kind")
+    if kind in ("sent", "received"):
+        found = [{**data, "dir": kind}]
+    elif kind == "frames" and isinstance(items := data.get("frames"), list):
+        found = [
+            dict(zip(FRAME_FIELDS, item, strict=True))
+            for item in items
+            if isinstance(item, list) and len(item) == len(FRAME_FIELDS)
+        ]
+    else:
+        return []
+    return [
+        frame
+        for frame in found
+        if all(type(frame.get(name)) is kind_ for name, kind_ in _FRAME_TYPES.items())
+    ]
+
+
 def _finished(entries: list[dict[str, Any]]) -> float:
     """The rounds a log has finished: the frames of round r are all in it once its
     ``round`` entry for r + 1 is (none: every round counts). A node writes its log once
@@ -215,9 +245,10 @@ def cross_check(sender_log: Path, receiver_log: Path) -> CrossCheck:
 
     def frames(entries: list[dict[str, Any]], kind: str, peer: str | None) -> Counter[Any]:
         return Counter(
-            (e["data"].get("round"), e["data"].get("topic"), e["data"].get("digest"))
+            (f.get("round"), f.get("topic"), f.get("digest"))
             for e in entries
-            if e.get("kind") == kind and e["data"].get("peer") == peer
+            for f in frames_of(e)
+            if f.get("dir") == kind and f.get("peer") == peer
         )
 
     def compared(frames: Counter[Any]) -> Counter[Any]:
@@ -233,12 +264,26 @@ def cross_check(sender_log: Path, receiver_log: Path) -> CrossCheck:
     )
 
 
-def describe(entry: dict[str, Any]) -> str:
-    """One readable line of an entry (``murmur audit show``)."""
+def describe(entry: dict[str, Any], frames: frozenset[str] | None = None) -> str:
+    """An entry, readably (``murmur audit show``): one line, and for a ``frames`` entry
+    one more line a frame (only those going ``frames``'s ways, "sent" or "received",
+    where given)."""
     import datetime
 
     when = datetime.datetime.fromtimestamp(float(entry.get("t", 0)), datetime.UTC)
     raw = entry.get("data")
     data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    fields = "  ".join(f"{k}={v}" for k, v in sorted(data.items()))
-    return f"{entry.get('seq'):>6}  {when:%Y-%m-%d %H:%M:%S.%f}  {entry.get('kind'):<11} {fields}"
+    lines = [f"{entry.get('seq'):>6}  {when:%Y-%m-%d %H:%M:%S.%f}  {entry.get('kind'):<11}"]
+    if entry.get("kind") == "frames":
+        shown = [f for f in frames_of(entry) if frames is None or f["dir"] in frames]
+        items = data.get("frames")
+        lines[0] += f" {len(shown)} of {len(items) if isinstance(items, list) else 0}"
+        way = {"sent": "to", "received": "from"}
+        lines += [
+            f"{'':>36}{f['dir']:<9} {way.get(f['dir'], '?'):<4} {f['peer']}  "
+            f"round={f['round']}  topic={f['topic']}  bytes={f['bytes']}  digest={f['digest']}"
+            for f in shown
+        ]
+    else:
+        lines[0] += " " + "  ".join(f"{k}={v}" for k, v in sorted(data.items()))
+    return "\n".join(line.rstrip() for line in lines)

@@ -18,8 +18,13 @@ beside the log, atomically: a log shorter than its head was truncated. A neighbo
 is the anchor against a site that rolls back both files (``murmur audit cross-check``).
 
 What is logged, by kind: ``config`` (SHA-256 of the config as TOML, at start and at each
-reload), ``start`` (peer ID, resumed or not, round), ``sent`` / ``received`` (peer,
-round, topic, BLAKE2b-128 digest of the frame, bytes), ``sum_opened`` (round, aggregator,
+reload), ``start`` (peer ID, resumed or not, round), ``frames`` (frames sent and received
+one after another, each as [``sent`` or ``received``, peer, round, topic, bytes on the
+wire, BLAKE2b-128 digest of the frame]; the entry's time is its first frame's. A ring
+node's round usually logs its frames as one entry where they were one each: two
+entries a round rather than five, about 40% fewer bytes. Logs written before hold a
+``sent`` or ``received`` entry a frame; the readers take both,
+:func:`node.audit.check.frames_of`), ``sum_opened`` (round, aggregator,
 contributor bitmap, kept or refused), ``membership``, ``key_pinned``, ``key_rotated``
 and ``key_unpinned`` (written by ``murmur keys``), ``round`` (the neighbours missed, ε
 spent after it), ``dp_budget_spent``, ``finish``, ``crashed``, ``audit_recovered``.
@@ -35,6 +40,10 @@ than that syncs every round; one whose rounds take 30-odd ms syncs every ~30 rou
 rather than every 8, as it did: a write, its signature, the fsync and the head cost
 0.7-0.9 ms of CPU between rounds (caches cold), four or five rounds' entries (measured
 on this project's 2-core machine; the whole log a round: ``benchmarks/results/audit.md``).
+What is left a round is mostly the log's few calls each meeting cold caches (between
+them the node trains): the write-ahead checkpoint's tail, with nothing new to seal in
+three rounds of four, costs about 45 µs after a 29 ms pause on that machine, against a
+few µs warm.
 After a crash the restarted node appends what the log lost from its checkpoint
 (``recover``, logged as ``audit_recovered``), so no entry of a checkpointed round is ever
 lost; a crash loses only what happened after the last checkpoint, which the node then
@@ -103,47 +112,73 @@ def config_digest(config: NodeConfig) -> str:
 _encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
-# A frame's data (four of a round's five entries), formatted in one call: what ``_encode``
-# makes of it, keys sorted, for values JSON writes as they are (:func:`frame_template`).
-_FRAME_DATA = b'{"bytes":%d,"digest":"%s","peer":"%s","round":%d,"topic":"%s"}'
+# A frame as noted: (direction, peer, round, topic, bytes on the wire, digest), and the
+# names of those fields. Consecutive frames go into one ``frames`` entry at the next seal,
+# each as a JSON array in this order (:func:`frame_item`).
+Frame = tuple[str, str, int, str, int, str]
+FRAME_FIELDS = ("dir", "peer", "round", "topic", "bytes", "digest")
+# One frame in a ``frames`` entry, as the encoder writes it for values JSON writes as
+# they are (:func:`frame_item`).
+_FRAME_ITEM = b'["%s","%s",%d,"%s",%d,"%s"]'
 # Every entry, its kind and data already JSON (encoded when noted): the encoder's output
 # for the whole entry is these pieces in this order, keys sorted.
 _ENTRY_LINE = b'{"data":%s,"kind":%s,"prev":"%s","seq":%d,"t":%r}'
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/+=-]*")
-# A frame as noted (peer, round, topic, bytes, digest): formatted at the seal, with the
-# round's other entries, rather than as it passes (:meth:`AuditLog.frame`).
-Frame = tuple[str, int, str, int, str]
 # The kinds of entry a round notes most, as JSON.
-_KINDS = {kind: _encode(kind).encode() for kind in ("sent", "received", "round")}
+_KINDS = {kind: _encode(kind).encode() for kind in ("frames", "round")}
+_FRAMES = _KINDS["frames"]
 
 
-def _plain_types(peer: object, round_: object, topic: object, size: object) -> bool:
-    """Whether a frame's values are of the types the node passes (str and int, no bool):
-    the ones :func:`frame_template` can write and that need no encoder to check."""
-    return type(peer) is str and type(topic) is str and type(size) is int and type(round_) is int
+_INT64 = 1 << 63
 
 
-def frame_template(frame: Frame) -> bytes | None:
-    """A frame entry's data as its canonical JSON, about a third of the encoder's time, or
-    None where a value would need JSON's escapes or is not a plain int (then the encoder
-    writes it: :func:`frame_data`)."""
-    peer, round_, topic, size, digest = frame
-    plain = _plain_types(peer, round_, topic, size)
-    if not (plain and _PLAIN.fullmatch(peer) and _PLAIN.fullmatch(topic)):
-        return None
-    return _FRAME_DATA % (size, digest.encode(), peer.encode(), round_, topic.encode())
-
-
-def frame_data(frame: Frame) -> bytes:
-    """A frame entry's data (peer, round, topic, bytes, digest) as its canonical JSON:
-    the template, or the encoder."""
-    peer, round_, topic, size, digest = frame
+def _plain_types(way: object, peer: object, round_: object, topic: object, size: object) -> bool:
+    """Whether a frame's values are of the kinds the node passes: ASCII text, and ints
+    (no bool) of 64 bits; these JSON always holds, so their JSON can wait for the seal.
+    Anything else is encoded when noted, where a value JSON cannot hold fails at the
+    caller rather than at every later seal."""
     return (
-        frame_template(frame)
-        or _encode(
-            {"peer": peer, "round": round_, "topic": topic, "bytes": size, "digest": digest}
-        ).encode()
+        type(way) is str
+        and type(peer) is str
+        and type(topic) is str
+        and type(size) is int
+        and type(round_) is int
+        and way.isascii()
+        and peer.isascii()
+        and topic.isascii()
+        and -_INT64 <= round_ < _INT64
+        and -_INT64 <= size < _INT64
     )
+
+
+def frame_item(frame: Frame) -> bytes:
+    """One frame of a ``frames`` entry as its canonical JSON array: a template, about a
+    third of the encoder's time, where no value needs JSON's escapes and the numbers are
+    plain ints; else the encoder."""
+    direction, peer, round_, topic, size, digest = frame
+    if (
+        _plain_types(direction, peer, round_, topic, size)
+        and _PLAIN.fullmatch(direction)
+        and _PLAIN.fullmatch(peer)
+        and _PLAIN.fullmatch(topic)
+        and _PLAIN.fullmatch(digest)
+    ):
+        return _FRAME_ITEM % (
+            direction.encode(),
+            peer.encode(),
+            round_,
+            topic.encode(),
+            size,
+            digest.encode(),
+        )
+    return _encode(list(frame)).encode()
+
+
+def frames_data(frames: list[Frame | bytes]) -> bytes:
+    """A ``frames`` entry's data, ``{"frames": [[dir, peer, round, topic, bytes, digest],
+    ...]}``, as its canonical JSON; an item already encoded (bytes) is used as it is."""
+    items = [item if isinstance(item, bytes) else frame_item(item) for item in frames]
+    return b'{"frames":[' + b",".join(items) + b"]}"
 
 
 def canonical(entry: dict[str, Any]) -> bytes:
@@ -183,7 +218,7 @@ class AuditLog:
         # tail, or a write): done an entry at a time between the node's other work, each
         # entry ran with cold caches, about 40 µs an entry in a real node against 7 in a
         # loop (measured).
-        self.raw: list[tuple[bytes, bytes | Frame, float]] = []
+        self.raw: list[tuple[bytes, bytes | list[Frame | bytes], float]] = []
         # (seq, line, digest to sign): sealed, not written. A line is the entry's
         # canonical JSON; the last one written gets its signature then (:meth:`_write`).
         self.pending: list[tuple[int, bytes, bytes | None]] = []
@@ -237,19 +272,24 @@ class AuditLog:
         )
 
     def frame(self, kind: str, peer: str, round: int, topic: str, body: bytes, size: int) -> None:
-        """Note a frame ``sent`` or ``received``: peer, round, topic, its digest
-        (:func:`frame_digest`) and its bytes on the wire. The digest is taken now, so no
-        frame is held until the seal; the entry's JSON is made at the seal, with the
-        round's other entries, where that is cheaper (values of the types the node
-        passes), else now, so a value JSON cannot hold still fails here."""
-        noted: Frame = (peer, round, topic, size, frame_digest(body))
-        self.raw.append(
-            (
-                _KINDS.get(kind) or _encode(kind).encode(),
-                noted if _plain_types(peer, round, topic, size) else frame_data(noted),
-                time.time(),
-            )
-        )
+        """Note a frame ``sent`` or ``received`` (``kind``): peer, round, topic, its bytes on
+        the wire and its digest (:func:`frame_digest`), taken now, so no frame is held.
+        Frames noted one after another, with no other entry or seal between them, go into
+        one ``frames`` entry at the next seal, its time the first one's (each names its
+        round): a ring node's round usually logs its four frames as one entry, where they
+        were four, so two entries a round rather than five (each entry costs a chain
+        digest, a line and its bytes in two checkpoints a round). Each frame's JSON is made
+        at the seal where its values are of the kinds the node passes (:func:`_plain_types`),
+        else now, so a value JSON cannot hold fails here, at the caller."""
+        noted: Frame = (kind, peer, round, topic, size, frame_digest(body))
+        item: Frame | bytes = noted
+        if not _plain_types(kind, peer, round, topic, size):
+            item = _encode(list(noted)).encode()
+        raw = self.raw
+        if raw and isinstance(raw[-1][1], list):  # the open batch: the last entry noted
+            raw[-1][1].append(item)
+        else:
+            raw.append((_FRAMES, [item], time.time()))
 
     def _seal(self) -> None:
         """Chain and hash every entry noted since the last seal, in order, and add them to
@@ -261,8 +301,8 @@ class AuditLog:
         seq, last, sealed, lines = self.seq, self.last, [], []
         for kind, data, t in self.raw:
             seq += 1
-            if isinstance(data, tuple):
-                data = frame_data(data)
+            if isinstance(data, list):
+                data = frames_data(data)
             line = _ENTRY_LINE % (data, kind, last.hex().encode(), seq, round(t, 6))
             last = hashlib.blake2b(line, digest_size=32).digest()
             sealed.append((seq, line + b"\n", last))
