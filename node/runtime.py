@@ -142,6 +142,10 @@ class Node:
     def move_to(self, round: int) -> None:
         self.round = round
         self.guard.advance(round)
+        self.exchange.advance(round)
+
+    def count_rejection(self, exc: FrameError, peer: str) -> None:
+        self.log.count_rejection(exc, peer)
 
     def catch_up_target(self, t: int) -> int:
         return self.pacing.catch_up_target(self.links, self.exchange.suspected(), t)
@@ -263,6 +267,7 @@ class Node:
         self.round = self.pacing.next_round(self.links, self.exchange.suspected(), t)
         self.phase = "mixed"
         self.guard.advance(self.round)
+        self.exchange.advance(self.round)
         absent = [p for p in self.links.neighbours if p not in included]
         self.audit.end_round(t + 1, absent, learner.eps_spent if self.dp else None)
         self.save()  # holds the audit entries not yet synced (node.audit.log)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from node.gossip.sparse import Sparse
 from node.training.trainer import TrainConfig
+from node.wire.frames import Frame
 from sim.conformance import (
     Scenario,
     differences,
@@ -89,3 +91,43 @@ def test_simulator_trains_as_the_nodes_do(
     in_sim = trained_in_simulator(data, spec)
     assert float((on_nodes - in_sim).abs().max()) < 1e-5
     assert float((on_nodes - on_nodes.mean(0)).abs().max()) > 1e-3  # the sites differ
+
+
+def test_a_frame_from_a_round_ahead_waits_for_its_round(
+    wisconsin16: FederatedData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One site trains slowly, so its neighbours mix, train and send their next round
+    while it still waits: their frames come a round early. Used at the round they belong
+    to, the models are still the simulator's (used at once, they went into the slow
+    site's mix of the round before, and the run depended on timing)."""
+    import time
+
+    from node.exchange.plaintext import PlaintextExchange
+    from node.learner import Learner
+
+    train_and_compress = Learner.train_and_compress
+    slow: list[Learner] = []
+
+    def slowly(self: Learner, t: int) -> tuple[float, Sparse]:
+        if not slow:
+            slow.append(self)  # the first site to train is the slow one
+        if self is slow[0]:
+            time.sleep(0.15)  # in the training thread: the others go on
+        return train_and_compress(self, t)
+
+    early: list[int] = []
+    handle = PlaintextExchange.handle
+
+    def counting(self: PlaintextExchange, frame: Frame) -> None:
+        early.append(frame.round > self.host.round)
+        handle(self, frame)
+
+    monkeypatch.setattr(Learner, "train_and_compress", slowly)
+    monkeypatch.setattr(PlaintextExchange, "handle", counting)
+    train = TrainConfig(optimizer="sgd", lr=0.3, batch_size=16, lr_schedule="constant")
+    spec = ConsortiumSpec(rounds=8, train=train, compressor="top-k:0.1", deadline_s=5.0)
+    data = subset(wisconsin16, 4)
+    on_nodes = trained_on_nodes(data, spec)
+    assert sum(early) >= 4, early  # frames really came a round early
+    in_sim = trained_in_simulator(data, spec)
+    assert float((on_nodes - in_sim).abs().max()) < 1e-5

@@ -25,6 +25,7 @@ from node.errors import (
     ConfigError,
     EarlyStopError,
     FrameError,
+    FutureFrameError,
     NodeCrashedError,
     PeerUnreachableError,
 )
@@ -1199,3 +1200,38 @@ def test_a_rebase_is_announced_once_saved_and_sets_the_sum_at_the_shared_start(
         assert victim.included[insider.identity.peer_id][-1] == t  # the sum was taken
 
     asyncio.run(scenario())
+
+
+def test_frames_held_from_rounds_ahead_are_bounded_and_never_outlive_their_link(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """A frame from a neighbour a round ahead waits for its round (node.exchange.
+    plaintext). A member cannot make us hold more than HELD_PER_NEIGHBOUR of them (the
+    rest are refused as ``future``, counted), a membership change drops them, and one
+    whose sender was removed meanwhile is refused and counted, not a crash."""
+    from node.exchange.plaintext import HELD_PER_NEIGHBOUR, PlaintextExchange
+
+    spec = ConsortiumSpec(rounds=2, train=TRAIN, compressor="top-k:0.1", deadline_s=1.0)
+    nodes = memory_nodes(write_consortium(tmp_path, subset(wisconsin16, 3), spec))
+    run_nodes(nodes)
+    victim, insider = nodes[0], nodes[1]
+    exchange = victim.exchange
+    assert isinstance(exchange, PlaintextExchange) and not exchange.held
+    ahead = victim.round + 1
+
+    def frame() -> Frame:
+        payload = encode_update(victim.dim, -1, [])
+        return decode(seal(insider.identity, ahead, "update", payload))
+
+    for _ in range(HELD_PER_NEIGHBOUR):
+        exchange.handle(frame())
+    with pytest.raises(FutureFrameError, match="frames ahead"):
+        exchange.handle(frame())
+    assert len(exchange.held) == HELD_PER_NEIGHBOUR
+    assert victim.links.heard[insider.identity.peer_id] == ahead
+    exchange.rewire(victim.links.membership)
+    assert not exchange.held
+    exchange.handle(frame())
+    del victim.links.inbound[insider.identity.peer_id]  # removed since it came
+    exchange.advance(ahead)
+    assert not exchange.held and victim.rejections()["frame"] == 1

@@ -9,7 +9,9 @@ A round ``t`` at a site, whichever mode exchanges its updates::
     ... exchange.handle(frame) as frames arrive (any time, from the receive loop)
     wait while exchange.waiting_for(t, …) is not empty, at most a deadline
     included = await exchange.resolve(t)        the neighbours whose part of t is in s
-    x += γ (s − x̂); checkpoint                  (the node)
+    x += γ (s − x̂)                              (the node)
+    exchange.advance(t + 1)                     on to the next round (or further, caught up)
+    checkpoint
 
 Two implementations: :class:`node.exchange.plaintext.PlaintextExchange` (each neighbour's
 compressed update, as backlog items on its link) and
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from crypto.identity import SiteIdentity
+from node.errors import FrameError
 from node.gossip.choco import ChocoState
 from node.gossip.sparse import Sparse
 from node.gossip.validation_stop import Heard
@@ -55,6 +58,10 @@ class Host(Protocol):
         ...
 
     def emit(self, event: str, **fields: Any) -> None: ...
+
+    def count_rejection(self, exc: FrameError, peer: str) -> None:
+        """A frame refused after the receive loop admitted it (counted by reason)."""
+        ...
 
     def supervise(self, task: asyncio.Task[None]) -> asyncio.Task[None]: ...
 
@@ -86,6 +93,9 @@ class Exchange(ABC):
     @abstractmethod
     def handle(self, frame: Frame) -> None:
         """Use one admitted frame; a FrameError leaves every state untouched."""
+
+    def advance(self, round: int) -> None:  # noqa: B027 (optional: secure sums are per round)
+        """This site has reached ``round``: everything before it is mixed."""
 
     @abstractmethod
     def contribute(self, t: int, q: Sparse) -> None:
