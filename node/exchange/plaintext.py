@@ -13,9 +13,13 @@ reached) is checked when it comes and used once this site has mixed the rounds b
 it (:meth:`PlaintextExchange.advance`), as the synchronous algorithm and the simulator
 use it. Used at once, its items went into this site's mix of the earlier round, so a run
 depended on thread timing: four sites on a loaded machine ended up to 4e-3 apart from
-the simulator in 2 runs of 6, exactly where frames came a round early (measured). It
-costs nothing: this site's next frame, which acknowledges the items, leaves after that
-mix either way, and its wait counts the neighbour as heard from the frame's arrival.
+the simulator in 2 runs of 6, exactly where frames came a round early (measured). Its
+wait counts the neighbour as heard from the frame's arrival, and this site's next frame,
+which acknowledges the items, leaves after that mix either way; only a frame that comes
+before this site has sent the round it is in (a deadline passed) is acknowledged a
+round later, which may cost a backlog resend (the WAN benchmark's 0.05 s deadline sent
+no more bytes than before, beyond the spread between runs). At most HELD_PER_NEIGHBOUR
+frames wait a neighbour; a membership change drops them.
 """
 
 from __future__ import annotations
