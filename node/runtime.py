@@ -140,6 +140,8 @@ class Node:
         return self.tasks.supervise(task)
 
     def move_to(self, round: int) -> None:
+        """On to ``round``: the next after a mix, or further (caught up with neighbours);
+        the frame guard and the exchange move with it."""
         self.round = round
         self.guard.advance(round)
         self.exchange.advance(round)
@@ -264,10 +266,8 @@ class Node:
         included = await self.exchange.resolve(t)
         learner.mix(t, self.exchange.heard_steps)
         learner.mix_validation(t, self.exchange.heard_validation(t))
-        self.round = self.pacing.next_round(self.links, self.exchange.suspected(), t)
         self.phase = "mixed"
-        self.guard.advance(self.round)
-        self.exchange.advance(self.round)
+        self.move_to(self.pacing.next_round(self.links, self.exchange.suspected(), t))
         absent = [p for p in self.links.neighbours if p not in included]
         self.audit.end_round(t + 1, absent, learner.eps_spent if self.dp else None)
         self.save()  # holds the audit entries not yet synced (node.audit.log)

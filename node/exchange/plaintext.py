@@ -110,8 +110,8 @@ class PlaintextExchange(Exchange):
         if frame.topic != "update" or frame.sender not in links.inbound:
             raise FrameError(f"unexpected {frame.topic!r} frame from {frame.sender}")
         update = decode_update(frame.payload, self.dim, self.shared_indices, frame.round)
-        self._check(frame.sender, frame.round, update)
-        if frame.round > self.host.round:  # a round ahead: used once we get there
+        if frame.round > self.host.round:  # a round ahead: checked now, used once we get there
+            self._check(frame.sender, frame.round, update)
             if sum(sender == frame.sender for sender, _, _ in self.held) >= HELD_PER_NEIGHBOUR:
                 raise FutureFrameError(
                     f"{frame.sender} sent more than {HELD_PER_NEIGHBOUR} frames ahead of our "
