@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.audit import BLOCK, block_pairs, cpu_by_round, kept
+from benchmarks.audit import BLOCK, block_pairs, cpu_by_round, kept, run_interval
 
 
 def test_blocks_alternate_from_the_first_one_chosen() -> None:
@@ -30,3 +30,12 @@ def test_block_pairs_compare_kept_with_silent_leaving_out_warm_up_and_spill(
 def test_cpu_by_round_is_the_clock_from_one_round_end_to_the_next() -> None:
     notes = [(1, 0.5), (2, 0.75), (3, 1.5), (5, 2.0)]  # round 4 missing: no interval
     assert cpu_by_round(notes) == {1: [0.25], 2: [0.75]}
+
+
+def test_the_interval_over_runs_takes_each_run_as_one_value() -> None:
+    """Three runs' estimates 1, 2, 3: mean 2, half-width t(0.975, 2) · 1/√3 = 2.48; a run's
+    many block pairs do not narrow it."""
+    mean, lo, hi = run_interval([0.01, 0.02, 0.03])
+    assert mean == pytest.approx(0.02)
+    assert hi - mean == pytest.approx(mean - lo)
+    assert hi - mean == pytest.approx(0.0248414, rel=1e-4)
