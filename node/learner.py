@@ -22,8 +22,10 @@ from node.assembly import SiteParts
 from node.config import NodeConfig
 from node.errors import ConfigError
 from node.gossip.choco import add_self_contribution, mix_step
+from node.gossip.compress import shared_indices
 from node.gossip.sparse import Sparse
 from node.gossip.step_guard import StepGuard, guarded_compress
+from node.gossip.step_size import shares_indices
 from node.gossip.validation_stop import Heard, earliest_stop
 from node.wire.update import Validation
 
@@ -41,6 +43,13 @@ class Learner:
         self.tracker, self.state, self.compressor = parts.tracker, parts.state, parts.compressor
         self.guard_step, self.gamma = parts.guard_step, parts.gamma
         self.stop = parts.stop
+        # The round's shared index set, which mixes with step 1 (rand-k, block-k with the
+        # analysed γ; None for top-k, murmur-gt and a γ set by hand): choco.mix_step.
+        self._fresh = (
+            shared_indices(self.compressor, self.state.x.shape[1])
+            if self.guard_step is not None and shares_indices(self.compressor)
+            else None
+        )
         self._stop_news: str | None = None  # why it stopped, for the event loop to log
 
     @property
@@ -81,7 +90,7 @@ class Learner:
         """x += γ (s − x̂), after the step guard has seen this round's residuals."""
         with torch.no_grad():
             self._guard(t, heard_steps)
-            mix_step(self.state, self.gamma)
+            mix_step(self.state, self.gamma, fresh=self._fresh(t) if self._fresh else None)
             if self.tracker:
                 self.tracker.sync(self.trainer)
 

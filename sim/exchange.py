@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from node.gossip.choco import ChocoState, add_self_contribution, mix_step
+from node.gossip.choco import ChocoState, add_self_contribution, fresh_columns, mix_step
 from node.gossip.compress import Compressor
 from node.gossip.sparse import Sparse
 from node.gossip.step_guard import StepGuard, guarded_compress
+from node.gossip.step_size import shares_indices
 
 
 @dataclass(frozen=True)
@@ -161,5 +162,9 @@ def gossip_round(
     traffic, _ = exchange_round(exchange, t, q, state, working, alive, announced, validation)
     if guard is not None:
         guard.step(state, exchange.heard_steps)
-    mix_step(state, step.gamma.to(state.x.device) if isinstance(step, StepGuard) else step, active)
+    gamma = step.gamma.to(state.x.device) if isinstance(step, StepGuard) else step
+    # Step 1 on the round's kept coordinates goes with the analysed γ only: a γ set by hand
+    # mixes every coordinate, as it was chosen for (node.gossip.choco.mix_step).
+    fresh = fresh_columns(q) if guard is not None and shares_indices(compressor) else None
+    mix_step(state, gamma, active, fresh)
     return traffic

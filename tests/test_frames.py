@@ -159,3 +159,6 @@ def test_a_boolean_version_or_an_older_one_is_refused() -> None:
     body[1] = 0x01  # version 1: its secure frames lack the validation tail
     with pytest.raises(MalformedFrameError, match="version"):
         decode(bytes(body))
+    body[1] = 0x02  # version 2: mixes the round's kept coordinates with γ, not step 1
+    with pytest.raises(MalformedFrameError, match="version"):
+        decode(bytes(body))

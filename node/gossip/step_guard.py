@@ -37,6 +37,7 @@ from node.gossip.step_size import (
     mixing_modes,
     realized_contraction,
     second_moment_rate,
+    shares_indices,
 )
 
 # A site halves its own γ at most this many times, and no neighbour's announcement takes
@@ -79,6 +80,7 @@ class StepGuard:
     weights: NDArray[np.float64]
     bound: torch.Tensor  # (K,) float64
     learn: bool = False
+    fresh: bool = False  # the kept coordinates mix with step 1, γ is the others' step
     window: int = 10
     warmup: int = 2
     limit: float = 4.0
@@ -144,7 +146,10 @@ class StepGuard:
 
     def _base(self) -> torch.Tensor:
         """(K,) the analysed γ for each site's contraction, before any back-off."""
-        base = [_choose(self._modes, round(_grid_down(d), 12)).gamma for d in self.delta.tolist()]
+        base = [
+            _choose(self._modes, round(_grid_down(d), 12), self.fresh).gamma
+            for d in self.delta.tolist()
+        ]
         return torch.tensor(base, dtype=torch.float64)
 
     def _gammas(self) -> torch.Tensor:
@@ -189,7 +194,10 @@ class StepGuard:
         self._sum.zero_()
         self._count = 0
         armed = self._settled >= self._settling()
-        backed = armed & (mean > self.limit * self._floor) & (self.backoffs < MAX_BACKOFFS)
+        # A γ of 0 (only the round's kept coordinates mix, with step 1, which is stable by
+        # itself: node.gossip.choco.mix_step) has nothing to halve.
+        movable = (self.backoffs < MAX_BACKOFFS) & (self._base() > 0)
+        backed = armed & (mean > self.limit * self._floor) & movable
         self.backoffs[backed] += 1
         update = armed & ~backed
         self._floor[update] = torch.minimum(self._floor[update], mean[update])
@@ -235,7 +243,9 @@ class StepGuard:
                 1.0
                 if not len(modes)
                 else float(
-                    second_moment_rate(np.array([gamma]), modes, min(1.0, _grid_down(delta)))[0]
+                    second_moment_rate(
+                        np.array([gamma]), modes, min(1.0, _grid_down(delta)), self.fresh
+                    )[0]
                 )
             )
             settle = 2.0 / (1.0 - rate) if rate < 1.0 else 0.0
@@ -275,6 +285,11 @@ class StepGuard:
             assert isinstance(value, int)
             setattr(self, attr, value)
         self.proposal = self._gammas()
+        # A checkpoint of a version whose analysis allowed a larger γ (one γ for every
+        # coordinate) resumes at most at this analysis' step; otherwise a no-op, as the
+        # agreed γ is never above the site's own proposal.
+        self.gamma = torch.minimum(self.gamma, self.proposal)
+        self.agreed = torch.minimum(self.agreed, self.proposal)
 
 
 def step_guard(
@@ -283,7 +298,9 @@ def step_guard(
     """The guard for ``sites`` rows of ``compressor`` on ``weights``: learning for top-k."""
     deltas = contraction(compressor, dim)
     bound = torch.tensor(deltas if len(deltas) == sites else deltas * sites, dtype=torch.float64)
-    return StepGuard(weights, bound, learn=_bounded_only(compressor))
+    return StepGuard(
+        weights, bound, learn=_bounded_only(compressor), fresh=shares_indices(compressor)
+    )
 
 
 def _bounded_only(compressor: Compressor) -> bool:

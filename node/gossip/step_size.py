@@ -28,7 +28,22 @@ r(γ) = max over the non-zero modes μ of ρ(M(γ, μ, p)): mean-square stable e
 r < 1. r(γ) is flat near its minimum on the small-γ side and rises steeply past it into
 instability, so we take the smallest γ whose decay 1 − r is 80% of the best decay: 20%
 slower consensus than the optimum, for a margin of 25–65% below the stability edge
-(16-site ring at p = 0.01: γ = 0.0054, optimum 0.0067, edge 0.0075).
+(16-site ring at p = 0.01, one γ for every coordinate as top-k mixes: γ = 0.0054,
+optimum 0.0067, edge 0.0075).
+
+Beyond CHOCO: the coordinates every site kept mix with step 1. With a shared index set,
+step 1 of the round sets every site's public copy equal to its model on the kept
+coordinates, so there s_i − x̂_i = Σ_j W_ij x_j − x_i is the exact gossip step, and
+:func:`node.gossip.choco.mix_step` takes it whole: those coordinates become the
+W-average of the current models (randomised coordinate gossip, a convex combination,
+stable on any graph). Only the other coordinates, whose public copies are stale, need a
+damped step, and γ is theirs. In the model above the kept branch becomes x' = (1 − μ) x
+(``fresh``) and γ is chosen from M by the same rule; on 16-site graphs at p = 0.1 that is
+γ = 0 on the torus, exponential and 4-regular graphs and 0.003–0.007 on the ring,
+Watts–Strogatz and Erdős–Rényi graphs, and the error decays 1.7× (ring) to 2.3× (torus)
+as fast per round as with one γ for all, for the same bytes
+(``tests/test_step_size.py`` measures it on real gossip). Top-k keeps other coordinates
+at every site, so its public copies are never all fresh: one γ for all, as above.
 
 The contraction p each compressor brings (:func:`contraction`): exact for rand-k (k/d) and
 block-k (blocks taken over blocks: every coordinate has that probability); for top-k the
@@ -98,12 +113,14 @@ def mixing_modes(weights: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def second_moment_rate(
-    gammas: NDArray[np.float64], modes: NDArray[np.float64], p: float
+    gammas: NDArray[np.float64], modes: NDArray[np.float64], p: float, fresh: bool = False
 ) -> NDArray[np.float64]:
-    """r(γ): the per-round contraction of the consensus error's second moment, for each γ."""
+    """r(γ): the per-round contraction of the consensus error's second moment, for each γ.
+    ``fresh``: the coordinates kept in a round mix with step 1 and γ is the step of the
+    others (shared-index compressors, :func:`node.gossip.choco.mix_step`)."""
     g = gammas[:, None]
     c = g * modes[None, :]
-    a = 1.0 - c
+    a = 1.0 - (np.broadcast_to(modes[None, :], c.shape) if fresh else c)
     m = np.zeros((*c.shape, 3, 3))
     m[..., 0, 0] = p * a * a + (1 - p)
     m[..., 0, 1] = -2 * (1 - p) * c
@@ -124,13 +141,14 @@ class StepChoice:
     edge: float  # the largest mean-square stable γ (≥ gamma)
 
 
-def choose_gamma(weights: NDArray[np.float64], delta: float) -> StepChoice:
-    """The consensus step for mixing matrix ``weights`` and contraction ``delta``."""
-    return _choose(tuple(np.round(mixing_modes(weights), 12)), round(delta, 12))
+def choose_gamma(weights: NDArray[np.float64], delta: float, fresh: bool = False) -> StepChoice:
+    """The consensus step for mixing matrix ``weights`` and contraction ``delta``
+    (``fresh``: of the coordinates not kept, the kept ones mixing with step 1)."""
+    return _choose(tuple(np.round(mixing_modes(weights), 12)), round(delta, 12), fresh)
 
 
 @lru_cache(maxsize=256)
-def _choose(modes_key: tuple[float, ...], delta: float) -> StepChoice:
+def _choose(modes_key: tuple[float, ...], delta: float, fresh: bool = False) -> StepChoice:
     modes = np.array(modes_key)
     if not len(modes):  # a single site: nothing to mix
         return StepChoice(1.0, 0.0, 1.0)
@@ -139,15 +157,16 @@ def _choose(modes_key: tuple[float, ...], delta: float) -> StepChoice:
         rate = float(np.abs(1.0 - gamma * modes).max() ** 2)
         return StepChoice(gamma, rate, min(1.0, 2.0 / float(modes.max())))
     hi = min(1.0, 4.0 * delta)
-    gammas = np.geomspace(delta / 1000.0, hi, 400)
-    rates = second_moment_rate(gammas, modes, delta)
+    # With fresh coordinates, γ = 0 (they alone mix) is stable and often the optimum.
+    gammas = np.concatenate([[0.0] if fresh else [], np.geomspace(delta / 1000.0, hi, 400)])
+    rates = second_moment_rate(gammas, modes, delta, fresh)
     best = int(np.argmin(rates))
     # Refine around the optimum on a fine linear grid, then take the smallest γ whose decay
     # reaches DECAY_SHARE of the best.
     lo_g = gammas[max(best - 1, 0)]
     hi_g = gammas[min(best + 1, len(gammas) - 1)]
     fine = np.linspace(lo_g, hi_g, 200)
-    fine_rates = second_moment_rate(fine, modes, delta)
+    fine_rates = second_moment_rate(fine, modes, delta, fresh)
     top = float(1.0 - fine_rates.min())
     grid = np.concatenate([gammas[gammas < lo_g], fine])
     grid_rates = np.concatenate([rates[gammas < lo_g], fine_rates])
@@ -160,7 +179,30 @@ def _choose(modes_key: tuple[float, ...], delta: float) -> StepChoice:
 
 def auto_gammas(compressor: Compressor, dim: int, weights: NDArray[np.float64]) -> list[float]:
     """γ per contraction of :func:`contraction` (one value, or one per site)."""
-    return [choose_gamma(weights, d).gamma for d in contraction(compressor, dim)]
+    fresh = shares_indices(compressor)
+    return [choose_gamma(weights, d, fresh).gamma for d in contraction(compressor, dim)]
+
+
+def shares_indices(compressor: Compressor) -> bool:
+    """Whether the coordinates every site keeps in a round mix with step 1
+    (:func:`node.gossip.choco.mix_step`): rand-k and block-k, 8-bit or not, whose one
+    index set leaves those coordinates of every public copy fresh. Not ``murmur-gt``'s
+    stacked model and tracker: with block-k 10% (16 sites, 5 local steps, 200 rounds),
+    step 1 there raised its peak consensus distance in 3 cells of 4 (Wisconsin on the
+    exponential graph 23 → 58, NCCTG lung 5.1 → 12.2 there and 7.7 → 9.8 on a ring) and
+    lowered it in the fourth (Wisconsin on a ring, 1,940 → 1,130): the tracker's other
+    coordinates then wait ~1/p rounds to mix, gathering local steps meanwhile. It keeps
+    one γ for all. The mixing sites also leave out a γ set by hand (``--gamma 0.05``):
+    step 1 on the kept coordinates lowers the largest stable γ for the rest (16-site
+    torus, rand-k 10%: from 0.066 to 0.023), so a γ chosen as one step for every
+    coordinate is used for every coordinate."""
+    layer: object = compressor
+    while layer is not None:  # through 8-bit and secure aggregation's wrappers
+        if isinstance(layer, Stacked | StackedIndex):
+            return False
+        layer = getattr(layer, "inner", None)
+    inner = compressor.inner if isinstance(compressor, Quantized) else compressor
+    return isinstance(inner, SharedIndexCompressor)
 
 
 def theorem_gamma(weights: NDArray[np.float64], delta: float) -> float:

@@ -25,6 +25,12 @@ through the same codec, backlog and secure aggregation as a plain model, at twic
 values a round. The compressor keeps the same share of each half (``node.gossip.compress.stacked``)
 and γ comes from the same analysis (:mod:`node.gossip.step_size`).
 
+The figures below were measured while plain ``murmur`` still mixed every coordinate with
+one γ; with rand-k and block-k it now mixes each round's kept coordinates with step 1
+(:func:`node.gossip.choco.mix_step`), which ``murmur-gt`` does not (it raised its peaks:
+:func:`node.gossip.step_size.shares_indices`); benchmarks/results/convergence.md has
+both as they are now.
+
 Where it fails, measured (benchmarks/results/convergence.md, drift rows, 5 local steps):
 it helps on Wisconsin with a ring and top-k 1% (worst site 93.0% against 89.5% for plain
 CHOCO at 200 rounds) and hurts over 2,000 rounds with block-k 10% on the exponential

@@ -40,7 +40,10 @@ from node.wire.msgsize import N, array_header, bin_size, int_size, str_size
 
 # 2: secure contributions carry the validation tail and receipts a ``stopped`` flag
 # (node.exchange.secure.validation_tail), so a node of version 1 could not read ours.
-VERSION = 2
+# 3: the coordinates every site kept in a round mix with step 1, and the announced step
+# of the others may be 0 (node.gossip.choco.mix_step): a node of version 2 mixes them
+# with one γ, and sites that mix alike keep the consortium's average where W puts it.
+VERSION = 3
 PREFIX_BYTES = 4
 NONCE_BYTES = 16
 MAX_TOPIC = 64

@@ -196,9 +196,9 @@ def decode_update(
             or type(step[0]) is not int
             or not 0 <= step[0] < 2**32
             or type(step[1]) is not float
-            or not 0.0 < step[1] <= 1.0
+            or not 0.0 <= step[1] <= 1.0
         ):
-            raise MalformedFrameError("update step must be [stamp, γ in (0, 1]]")
+            raise MalformedFrameError("update step must be [stamp, γ in [0, 1]]")
         step = (step[0], step[1])
     val = _validation(msg["val"]) if "val" in msg else None
     shared = sum(1 for raw in msg["items"] if isinstance(raw, list) and _names_round(raw))
