@@ -25,7 +25,6 @@ from node.gossip.choco import add_self_contribution, mix_step
 from node.gossip.compress import shared_indices
 from node.gossip.sparse import Sparse
 from node.gossip.step_guard import StepGuard, guarded_compress
-from node.gossip.step_size import shares_indices
 from node.gossip.validation_stop import Heard, earliest_stop
 from node.wire.update import Validation
 
@@ -47,7 +46,7 @@ class Learner:
         # analysed γ; None for top-k, murmur-gt and a γ set by hand): choco.mix_step.
         self._fresh = (
             shared_indices(self.compressor, self.state.x.shape[1])
-            if self.guard_step is not None and shares_indices(self.compressor)
+            if self.guard_step is not None and self.guard_step.fresh
             else None
         )
         self._stop_news: str | None = None  # why it stopped, for the event loop to log

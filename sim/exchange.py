@@ -35,7 +35,6 @@ from node.gossip.choco import ChocoState, add_self_contribution, fresh_columns, 
 from node.gossip.compress import Compressor
 from node.gossip.sparse import Sparse
 from node.gossip.step_guard import StepGuard, guarded_compress
-from node.gossip.step_size import shares_indices
 
 
 @dataclass(frozen=True)
@@ -163,8 +162,8 @@ def gossip_round(
     if guard is not None:
         guard.step(state, exchange.heard_steps)
     gamma = step.gamma.to(state.x.device) if isinstance(step, StepGuard) else step
-    # Step 1 on the round's kept coordinates goes with the analysed γ only: a γ set by hand
-    # mixes every coordinate, as it was chosen for (node.gossip.choco.mix_step).
-    fresh = fresh_columns(q) if guard is not None and shares_indices(compressor) else None
+    # Step 1 on the round's kept coordinates where the guard's γ was analysed for it: a γ
+    # set by hand mixes every coordinate, as it was chosen for (node.gossip.choco.mix_step).
+    fresh = fresh_columns(q) if guard is not None and guard.fresh else None
     mix_step(state, gamma, active, fresh)
     return traffic

@@ -19,7 +19,6 @@ from node.gossip.choco import ChocoState, add_self_contribution, fresh_columns, 
 from node.gossip.compress import stacked
 from node.gossip.registry import parse_compressor
 from node.gossip.step_guard import guarded_compress, step_guard
-from node.gossip.step_size import shares_indices
 from node.gossip.tracking import GradientTracker
 from node.runtime import Node
 from node.training.trainer import TrainConfig, TrainStats
@@ -96,7 +95,7 @@ def _run(tracking: bool, rounds: int) -> tuple[Quadratic, list[float]]:
         add_self_contribution(state, q, net.self_weight)
         exchange_round(net, t, q, state, up, up)
         guard.step(state, net.heard_steps)
-        mix_step(state, guard.gamma, fresh=fresh_columns(q) if shares_indices(comp) else None)
+        mix_step(state, guard.gamma, fresh=fresh_columns(q) if guard.fresh else None)
         if tracker:
             tracker.sync(trainer)
         gaps.append(float((trainer.params - centres.mean(0)).norm(dim=1).max()))

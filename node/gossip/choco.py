@@ -98,7 +98,8 @@ def mix_step(
     W puts it, as Σ_i (s_i − x̂_i) = 0 in every coordinate (where every row mixes and
     every contribution of the round is in s: a missing one moves the kept coordinates
     once, in full, where γ moved them by γ a round until it came). Callers pass ``fresh``
-    with the analysed γ only (:func:`node.gossip.step_size.shares_indices`)."""
+    where the guard's γ was analysed for it (``StepGuard.fresh``), never with a γ set by
+    hand."""
     if isinstance(gamma, torch.Tensor) and bool((gamma == gamma[0]).all()):
         gamma = float(gamma[0])  # the agreed step is one value: no (K, d) temporary
     if fresh is not None:

@@ -80,7 +80,9 @@ class StepGuard:
     weights: NDArray[np.float64]
     bound: torch.Tensor  # (K,) float64
     learn: bool = False
-    fresh: bool = False  # the kept coordinates mix with step 1, γ is the others' step
+    # The kept coordinates mix with step 1 and γ is the others' step: the analysis assumes
+    # it, and the mixing sites read it here, so the two cannot disagree.
+    fresh: bool = False
     window: int = 10
     warmup: int = 2
     limit: float = 4.0
