@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.murmur-installed
 OUT ?= runs/demo
 
-.PHONY: demo test lint typecheck bench system-deps clean lock
+.PHONY: demo demo-brats test lint typecheck bench system-deps clean lock
 
 # Debian packages: gcc and GMP build fastecdsa (libp2p); mosquitto is the MQTT broker
 # that the telemetry tests start on loopback; chromium renders `murmur report`'s page
@@ -33,6 +33,15 @@ demo: $(STAMP)
 		--dataset breast-cancer --alpha 0.5 --seed 0 --out $(OUT) \
 		--methods central,local,fedavg,dpsgd,murmur,murmur-gt
 
+# Tumour segmentation: 4 generated hospitals' brain MRI (BraTS layout, on nilearn's MNI152),
+# a 2D MONAI U-Net trained by gossip beside central, local-only and FedAvg.
+BRATS ?= runs/demo-brats/data
+demo-brats: $(STAMP)
+	$(VENV)/bin/murmur data make-brats --sites 4 --cases-per-site 8 --out $(BRATS)
+	$(VENV)/bin/murmur sim --dataset brats:$(BRATS) --model unet2d:8 --patch 64 --local-steps 2 \
+		--topology ring --rounds 40 --compressor block-k:0.1 --seed 0 --out runs/demo-brats/sim \
+		--methods central,local,fedavg,murmur
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check murmur node crypto topology sim tests benchmarks examples
 	$(VENV)/bin/ruff format --check murmur node crypto topology sim tests benchmarks examples
@@ -54,6 +63,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.audit
 	$(PY) -m benchmarks.operations
 	$(PY) -m benchmarks.wan
+	$(PY) -m benchmarks.brats
 
 # Re-resolve the pinned versions after changing dependencies in pyproject.toml.
 lock: $(STAMP)

@@ -6,13 +6,18 @@ training file: it writes the count, Σx and Σx² of each numeric column, the ca
 values of the others and the label values, and no row. Whoever the consortium trusts
 with those aggregates adds them with ``murmur data features`` and gives every site the
 result, which its ``site.toml`` names as ``[data] features``.
+
+Other packages add ``murmur data`` subcommands through the ``murmur.data`` entry-point
+group (``make-brats`` comes from ``sim``), so ``node`` never imports them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from murmur.files import atomic_write
 from node.errors import ConfigError
@@ -27,9 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     features = sub.add_parser("features", help="add every site's moments into [data] features")
     features.add_argument("moments", type=Path, nargs="+", help="each site's moments file")
     features.add_argument("--out", type=Path, required=True)
+    for command in _plugins().values():
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
+
+
+def _plugins() -> dict[str, Any]:
+    """The ``murmur data`` subcommands other packages register (``node.cli.Command``s)."""
+    return {entry.name: entry.load() for entry in entry_points(group="murmur.data")}
 
 
 def run(args: argparse.Namespace) -> int:
+    plugins = _plugins()
+    if args.data_command in plugins:
+        code: int = plugins[args.data_command].run(args)
+        return code
     # pandas loads when the command runs, not with every `murmur` command
     from node.training.features import Featurizer, Moments, total
 

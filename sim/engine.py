@@ -24,7 +24,7 @@ from node.gossip.tracking import GradientTracker
 from node.training.dp_config import for_sites
 from node.training.flat import FlatLayout
 from node.training.models import build_model
-from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData
+from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData, Trainer
 from sim.exchange import BatchedExchange, gossip_round
 from sim.faults import FaultModel
 from sim.metrics import accuracy, auc
@@ -76,19 +76,35 @@ class Simulation:
             plain, parts, dp, self.spec.rounds, self.spec.seed, mean, reproducible=True
         )
 
-    def _record(self, result: MethodResult, trainer: LocalTrainer, t: int, sent: float) -> None:
-        acc = accuracy(trainer.predict_proba(self.test_x), self.test_y)
+    def _site_trainer(self, checks: SiteValidation | None) -> Trainer:
+        """Every site's trainer, one row each (on the rows the validation stop leaves it
+        to fit, where the stop runs)."""
+        return self._trainer(self.data.train if checks is None else checks.fit)
+
+    def _site_sizes(self) -> list[int]:
+        """Each site's number of training examples (FedAvg's weights)."""
+        return [len(y) for _, y in self.data.train]
+
+    def _scores(self, trainer: Trainer) -> np.ndarray:
+        """Each row's score for the curves: accuracy on the pooled held-out rows."""
+        assert isinstance(trainer, LocalTrainer)
+        scores: np.ndarray = accuracy(trainer.predict_proba(self.test_x), self.test_y)
+        return scores
+
+    def _record(self, result: MethodResult, trainer: Trainer, t: int, sent: float) -> None:
+        scores = self._scores(trainer)
         result.rounds.append(t + 1)
-        result.accuracy_mean.append(float(acc.mean()))
-        result.accuracy_min.append(float(acc.min()))
+        result.accuracy_mean.append(float(scores.mean()))
+        result.accuracy_min.append(float(scores.min()))
         result.bytes_per_node.append(sent)
         result.consensus.append(
             consensus_distance(trainer.params) if trainer.params.shape[0] > 1 else 0.0
         )
 
     def _finish(
-        self, result: MethodResult, trainer: LocalTrainer, began: float, **extra: float
+        self, result: MethodResult, trainer: Trainer, began: float, **extra: float
     ) -> MethodResult:
+        assert isinstance(trainer, LocalTrainer)
         if not self.spec.evaluate:
             result.final = {
                 "rounds": self.spec.rounds,
@@ -179,8 +195,11 @@ class Simulation:
         return out
 
     def _run_central_dp(self, tick: Tick | None) -> MethodResult:
+        return self._run_pooled(self._trainer([self.data.pooled("train")]), tick)
+
+    def _run_pooled(self, trainer: Trainer, tick: Tick | None) -> MethodResult:
+        """``central`` as one trainer on the pooled data, for the run's rounds."""
         began = time.perf_counter()
-        trainer = self._trainer([self.data.pooled("train")])
         result = MethodResult("central")
         for t in range(self.spec.rounds):
             trainer.set_progress(t / self.spec.rounds)
@@ -193,11 +212,9 @@ class Simulation:
 
     def _run_independent(self, method: str, tick: Tick | None) -> MethodResult:
         began = time.perf_counter()
-        trainer = self._trainer(self.data.train)
+        trainer = self._site_trainer(None)
         result = MethodResult(method)
-        sizes = torch.tensor(
-            [len(y) for _, y in self.data.train], dtype=torch.float32, device=self.spec.device
-        )
+        sizes = torch.tensor(self._site_sizes(), dtype=torch.float32, device=self.spec.device)
         sent = 0.0
         for t in range(self.spec.rounds):
             trainer.set_progress(t / self.spec.rounds)
@@ -229,7 +246,7 @@ class Simulation:
         if method != "dpsgd":  # under secure aggregation, as a node's (assembly)
             compressor = with_tail_room(compressor, self.spec.secure, self.spec.seed)
         checks = self._validation()
-        trainer = self._trainer(self.data.train if checks is None else checks.fit)
+        trainer = self._site_trainer(checks)
         tracker = GradientTracker(trainer.params, self.x0) if method == "murmur-gt" else None
         state = tracker.state if tracker else ChocoState.start(trainer.params, self.x0)
         dim = state.x.shape[1]
@@ -257,6 +274,7 @@ class Simulation:
             stats = tracker.train(trainer, learning) if tracker else trainer.train(learning)
             train_s += stats.seconds
             if checks is not None:
+                assert isinstance(trainer, LocalTrainer)  # the stop scores classifiers
                 checks.after_training(t, trainer, working)
             with torch.no_grad():
                 step = guard if guard is not None else gamma
@@ -326,7 +344,7 @@ class Simulation:
 
     def _run_time_varying(self, tick: Tick | None) -> MethodResult:
         began = time.perf_counter()
-        trainer = self._trainer(self.data.train)
+        trainer = self._site_trainer(None)
         result = MethodResult("dpsgd")
         sent = 0.0
         for t in range(self.spec.rounds):

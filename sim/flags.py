@@ -56,7 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=compressor_forms(),
     )
     add("--rounds", type=int, default=200)
-    add("--dataset", default="breast-cancer", help="breast-cancer, ncctg-lung, csv:PATH")
+    add(
+        "--dataset",
+        default="breast-cancer",
+        help="breast-cancer, ncctg-lung, csv:PATH, or brats:DIR (one folder of BraTS cases "
+        "per site; murmur data make-brats)",
+    )
     add("--target", help="label column of a CSV dataset (must be binary)")
     add("--site-column", help="column naming each row's site, for --split natural")
     add(
@@ -71,9 +76,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="central,local,fedavg,dpsgd,murmur",
         help=f"comma list of {', '.join(METHOD_NAMES)}",
     )
-    add("--model", default=TrainSection.model, help=", ".join(MODELS.forms()))
-    add("--optimizer", default=TRAIN.optimizer, choices=OPTIMIZERS)
-    add("--lr", type=float, default=TRAIN.lr)
+    add(
+        "--model",
+        default=None,
+        help=f"{', '.join(MODELS.forms())} (default {TrainSection.model}; unet3d:8 for brats)",
+    )
+    add(
+        "--optimizer",
+        default=None,
+        choices=OPTIMIZERS,
+        help=f"default {TRAIN.optimizer} (adam for unet*)",
+    )
+    add("--lr", type=float, default=None, help=f"default {TRAIN.lr} (0.01 for unet*)")
     add("--lr-schedule", default=TRAIN.lr_schedule, choices=SCHEDULES)
     add("--momentum", type=float, default=TRAIN.momentum)
     add("--nesterov", action="store_true", default=TRAIN.nesterov)
@@ -83,12 +97,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--stop-patience",
         type=int,
-        default=TRAIN.stop_patience,
+        default=None,
         help="gossip methods hold back 20%% of each site's rows and stop training (mixing "
         "goes on) after N rounds without a better consortium validation loss; 0: never. "
-        "Off under --dp",
+        f"Off under --dp and for segmentation; default {TRAIN.stop_patience}",
     )
-    add("--batch-size", type=int, default=TRAIN.batch_size)
+    add(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"default {TRAIN.batch_size} (unet3d: 2 patches, unet2d: 16 slices)",
+    )
     add(
         "--time-budget",
         type=float,
@@ -122,7 +141,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma list of ε (inf: no DP), e.g. 1,3,8,inf: accuracy vs ε of murmur with DP, "
         "central DP-SGD and the non-private references, with a plot; δ and clip from --dp",
     )
-    add("--eval-every", type=int, default=1)
+    add(
+        "--eval-every",
+        type=int,
+        default=None,
+        help="score every N rounds (default 1; a tenth of the rounds for segmentation)",
+    )
+    add(
+        "--patch",
+        help="segmentation training patch in voxels: N or X,Y,Z (default 64 for unet3d, "
+        "96,96,1 for unet2d)",
+    )
     add("--device", default="auto")
     add("--seed", type=int, default=0)
     add("--out", type=Path, default=Path("runs/sim"))

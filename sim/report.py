@@ -13,7 +13,22 @@ from rich.table import Table
 from sim.results import MethodResult
 
 TARGET_FRACTION = 0.99
-REFERENCES = ("central", "pooled-logreg", "majority")  # pooled: no rounds, no bytes
+REFERENCES = ("central", "pooled-logreg", "majority", "empty")  # pooled: no rounds, no bytes
+TABULAR_COLUMNS = [
+    ("acc mean %", "accuracy_mean", "pct"),
+    ("acc worst %", "accuracy_min", "pct"),
+    ("AUC mean", "auc_mean", "auc"),
+]
+# Segmentation (sim.segmentation): each site's model on its own held-out scans.
+SEGMENTATION_COLUMNS = [
+    ("Dice", "dice_mean", "dice"),
+    ("worst", "dice_min", "dice"),
+    ("small", "dice_smallest_site", "dice"),
+    ("WT", "dice_wt", "dice"),
+    ("TC", "dice_tc", "dice"),
+    ("ET", "dice_et", "dice"),
+    ("HD95 mm", "hd95", "hd95"),
+]
 
 
 def with_targets(results: list[MethodResult], curves: bool = True) -> dict[str, dict[str, Any]]:
@@ -79,34 +94,61 @@ def _human_bytes(n: float) -> str:
 
 def print_table(methods: dict[str, dict[str, Any]], console: Console | None = None) -> None:
     console = console or Console()
-    table = Table(title="Murmur simulation — accuracy of every node's model on held-out data")
+    segmentation = is_segmentation(methods)
+    table = Table(
+        title="Murmur simulation — Dice of each site's model on its own held-out scans"
+        if segmentation
+        else "Murmur simulation — accuracy of every node's model on held-out data"
+    )
     columns = [
         ("method", "", "left"),
-        ("acc mean %", "accuracy_mean", "pct"),
-        ("acc worst %", "accuracy_min", "pct"),
-        ("AUC mean", "auc_mean", "auc"),
+        *(SEGMENTATION_COLUMNS if segmentation else TABULAR_COLUMNS),
         ("sent/node", "bytes_per_node", "bytes"),
         ("rounds→99%", "rounds_to_target", "int"),
         ("bytes→99%", "bytes_to_target", "bytes"),
         ("wall s", "wall_s", "s"),
     ]
     for header, _, _ in columns:
-        table.add_column(header, justify="left" if header == "method" else "right")
+        if header == "method":
+            table.add_column(header, justify="left", no_wrap=True)
+        else:
+            table.add_column(header, justify="right")
     for name, entry in methods.items():
         cells = [name]
         for _, key, kind in columns[1:]:
             value = entry.get(key)
-            cells.append(
-                f"{value:.3f}" if kind == "auc" and value is not None else fmt(value, kind)
-            )
+            if kind == "hd95":
+                mean = sum(entry[f"hd95_{r}"] for r in ("wt", "tc", "et")) / 3
+                cells.append(f"{mean:.1f}")
+            else:
+                cells.append(
+                    f"{value:.3f}"
+                    if kind in ("auc", "dice") and value is not None
+                    else fmt(value, kind)
+                )
         table.add_row(*cells)
     console.print(table)
     target = next(iter(methods.values())).get("target_accuracy")
-    if target is not None:
+    if segmentation:
+        console.print(
+            "Dice: mean of WT, TC and ET, averaged over sites (worst: the worst site; "
+            "small: the site with the fewest scans); HD95: mean of the three regions' means"
+        )
+    if target is not None and segmentation:
+        console.print(
+            f"target = 99% of central's mean Dice = {target:.3f} (central: every site's "
+            "training scans pooled, each step the consortium's patches)"
+        )
+    elif target is not None:
         console.print(
             f"target = 99% of central's accuracy = {100 * target:.1f}% (central: pooled, "
             "trained to convergence with early stopping)"
         )
+
+
+def is_segmentation(methods: dict[str, dict[str, Any]]) -> bool:
+    """Whether these are a segmentation run's results (sim.segmentation): Dice, not accuracy."""
+    return any("dice_mean" in entry for entry in methods.values())
 
 
 def plot(out_dir: Path, methods: dict[str, dict[str, Any]]) -> list[Path]:
@@ -117,13 +159,14 @@ def plot(out_dir: Path, methods: dict[str, dict[str, Any]]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    score = "mean site Dice (WT, TC, ET)" if is_segmentation(methods) else "mean node test accuracy"
     specs = [
         (
             "accuracy_vs_round.png",
             "round",
             "accuracy_mean",
             "round",
-            "mean node test accuracy",
+            score,
             False,
             False,
         ),
@@ -132,7 +175,7 @@ def plot(out_dir: Path, methods: dict[str, dict[str, Any]]) -> list[Path]:
             "bytes_per_node",
             "accuracy_mean",
             "bytes sent per node",
-            "mean node test accuracy",
+            score,
             True,
             False,
         ),

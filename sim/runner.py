@@ -21,7 +21,7 @@ from rich.progress import (
 )
 
 from node.cli import Command
-from node.config import parse_partition
+from node.config import TrainSection, parse_partition
 from node.errors import ConfigError
 from node.exchange.secure.validation_tail import with_tail_room
 from node.gossip.registry import parse_compressor
@@ -39,6 +39,7 @@ from sim.methods import METHOD_NAMES, METHODS
 from sim.prep import FederatedData, prepare
 from sim.report import plot, print_table, with_targets, write_summary
 from sim.results import MethodResult, RunSpec
+from sim.segmentation import FederatedCases, SegmentationSimulation, load_brats, parse_patch
 from sim.validation import stop_plan
 from sim.wan_profile import WanProfile
 from topology import build_topology, spectral_gap
@@ -46,8 +47,30 @@ from topology import build_topology, spectral_gap
 GOSSIP_METHODS = ("dpsgd", "murmur", "murmur-gt")
 
 
+def is_segmentation(args: argparse.Namespace) -> bool:
+    return str(args.dataset).startswith("brats:")
+
+
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill the flags left out with the workload's defaults: the node's ``TrainConfig``
+    for tables, :func:`node.training.segmentation.train_defaults` for a U-Net on MRI."""
+    defaults = TrainConfig()
+    if getattr(args, "model", None) is None:
+        args.model = "unet3d:8" if is_segmentation(args) else TrainSection.model
+    if is_segmentation(args):
+        from node.training.segmentation import train_defaults
+
+        defaults = train_defaults(args.model)
+    for name in ("optimizer", "lr", "batch_size", "stop_patience"):
+        if getattr(args, name, None) is None:
+            setattr(args, name, getattr(defaults, name))
+    if getattr(args, "eval_every", None) is None:
+        args.eval_every = max(1, args.rounds // 10) if is_segmentation(args) else 1
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The local training the flags ask for (every TrainConfig field has a flag)."""
+    resolve_defaults(args)
     return TrainConfig(
         optimizer=args.optimizer,
         lr=args.lr,
@@ -108,8 +131,11 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
             f"unknown method(s) {', '.join(unknown) or '(none)'}; "
             f"accepted: {', '.join(METHOD_NAMES)}"
         )
+    resolve_defaults(args)
     if args.rounds < 1 or args.eval_every < 1:
         raise ConfigError("--rounds and --eval-every must be at least 1")
+    if is_segmentation(args) and (args.backend == "process" or args.dp_sweep):
+        raise ConfigError("brats data runs in the in-process backend for now, without --dp-sweep")
     if args.wan is not None:
         if args.backend != "process":
             raise ConfigError("--wan needs --backend process (real node processes)")
@@ -124,7 +150,12 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         crashes=tuple(parse_crash(k) for k in args.kill),
     )
     train = train_config(args)
-    data = build_data(args)
+    data: FederatedData | FederatedCases
+    if is_segmentation(args):
+        data = load_brats(Path(args.dataset.split(":", 1)[1]), args.seed, console.print)
+        args.partition_used = "natural"
+    else:
+        data = build_data(args)
     n = len(data.train)
     topology = build_topology(args.topology, n, args.seed)
     compressor = parse_compressor(args.compressor, args.seed, data.label_counts())
@@ -143,8 +174,13 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
     if args.dp_sweep:
         from sim.dp_sweep import run_sweep
 
+        assert isinstance(data, FederatedData)
         return run_sweep(args, data, topology, compressor, spec, console)
-    sim = Simulation(data, topology, spec)
+    sim = (
+        SegmentationSimulation(data, topology, spec, parse_patch(args.patch, args.model))
+        if isinstance(data, FederatedCases)
+        else Simulation(data, topology, spec)
+    )
     config = {
         k: (str(v) if isinstance(v, Path) else asdict(v) if isinstance(v, DpConfig) else v)
         for k, v in vars(args).items()
@@ -173,7 +209,9 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
     if note is not None:
         console.print(escape(note))
     _, stop_text = (
-        stop_plan(spec, topology.matrix(0))
+        (None, "off for segmentation (a site's held-back share would be a scan or two)")
+        if isinstance(data, FederatedCases)
+        else stop_plan(spec, topology.matrix(0))
         if topology.static
         else (None, "off on a time-varying graph (dense D-PSGD mixes with no stop)")
     )
@@ -198,6 +236,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
                 progress.advance(task)
 
             if args.backend == "process" and method in ("murmur", "murmur-gt", "dpsgd"):
+                assert isinstance(data, FederatedData)
                 results.append(_run_networked(args, data, train, method, faults, progress, task))
             else:
                 results.append(sim.run(method, compressor, tick))
@@ -207,6 +246,12 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
     config["total_wall_s"] = time.perf_counter() - began
     path = write_summary(args.out, config, table)
     plots = plot(args.out, table)
+    if isinstance(sim, SegmentationSimulation) and sim.predictions:
+        from sim.segmentation_plot import plot_segmentations
+
+        assert isinstance(data, FederatedCases)
+        firsts = [cases[0] for cases in data.test]
+        plots.append(plot_segmentations(args.out / "segmentation.png", firsts, sim.predictions))
     print_table(table, console)
     console.print(f"wrote {path} and {len(plots)} plots in {args.out}/")
     return {"config": config, "methods": table}

@@ -30,6 +30,8 @@ HEAVY = {  # dependency → the one module (or package) that may import it
     "libp2p": "node/transport/p2p/",  # a folder: the one package that may
     "trio": "node/transport/p2p/",
     "aiomqtt": "node/telemetry.py",
+    "nilearn": "sim/brats/anatomy.py",
+    "monai": "node/training/segmentation/",
 }
 
 
@@ -80,7 +82,7 @@ def test_importing_the_node_loads_no_heavy_dependency_and_patches_nothing() -> N
     probe = """
 import json, sys, warnings
 import node.cli, node.runtime, node.config
-loaded = sorted(m for m in ("tenseal", "opacus", "aiomqtt") if m in sys.modules)
+loaded = sorted(m for m in ("tenseal", "opacus", "aiomqtt", "monai") if m in sys.modules)
 from libp2p.stream_muxer.yamux import yamux
 size = yamux.MAX_MESSAGE_SIZE
 import node.transport.p2p

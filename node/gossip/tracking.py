@@ -74,7 +74,7 @@ from __future__ import annotations
 import torch
 
 from node.gossip.choco import ChocoState
-from node.training.trainer import LocalTrainer, TrainStats
+from node.training.trainer import Trainer, TrainStats
 
 
 class GradientTracker:
@@ -88,7 +88,7 @@ class GradientTracker:
         self.state = ChocoState.start(z, start)
         self.previous = zeros.clone()
 
-    def train(self, trainer: LocalTrainer, active: torch.Tensor | None = None) -> TrainStats:
+    def train(self, trainer: Trainer, active: torch.Tensor | None = None) -> TrainStats:
         """Local training as a probe for d_i, then step 1 on the stacked state; rows where
         ``active`` is False (down, straggling) keep x, v and their previous step."""
         params = trainer.params
@@ -109,7 +109,7 @@ class GradientTracker:
             params.copy_(self.state.x[:, : self.dim])
         return stats
 
-    def sync(self, trainer: LocalTrainer) -> None:
+    def sync(self, trainer: Trainer) -> None:
         """After mixing: the trainer's models are the x half of the stacked state."""
         with torch.no_grad():
             trainer.params.copy_(self.state.x[:, : self.dim])

@@ -1,4 +1,6 @@
-"""Models by name: ``logistic`` and ``mlp:H1,H2,...``, and any a site registers.
+"""Models by name: ``logistic`` and ``mlp:H1,H2,...`` for tables, ``unet3d:C`` and
+``unet2d:C`` for MRI segmentation (MONAI, loaded only when one is built;
+:mod:`node.training.segmentation.networks`), and any a site registers.
 
 A builder takes the text after the name and the data's shape; every site builds the same
 architecture from the same spec, so the flat parameter vectors line up. Models must keep
@@ -47,8 +49,20 @@ def _mlp(arg: str, in_features: int, n_classes: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def _unet(spatial_dims: int) -> ModelBuilder:
+    def build(arg: str, in_channels: int, n_classes: int) -> nn.Module:
+        from node.training.segmentation.networks import build_unet
+
+        return build_unet(spatial_dims, arg, in_channels, n_classes)
+
+    return build
+
+
 register_model("logistic", _logistic)
 register_model("mlp", _mlp, "mlp:H1[,H2,...]")
+register_model("unet3d", _unet(3), "unet3d[:C]")
+register_model("unet2d", _unet(2), "unet2d[:C]")
+SEGMENTATION_MODELS = ("unet3d", "unet2d")
 
 
 def build_model(spec: str, in_features: int, n_classes: int) -> nn.Module:

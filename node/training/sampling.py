@@ -61,6 +61,12 @@ def _row_key(seed: int, site: int, draw: int, stream: int) -> int:
     return _mix_int(row ^ (stream & MASK)) if stream else row
 
 
+def draw_seed(seed: int, site: int, draw: int, stream: int) -> int:
+    """A 32-bit seed for everything a site draws in its ``draw``-th step on ``stream``
+    (2: segmentation patches, 3: their augmentation), for generators that want one."""
+    return _row_key(seed, site, draw, stream)
+
+
 @functools.lru_cache(maxsize=64)
 def _position_ints(count: int) -> tuple[int, ...]:
     return tuple(_mix_int((p + GOLDEN) & MASK) for p in range(count))
@@ -76,7 +82,8 @@ def uniforms(
     seed: int, sites: torch.Tensor, draw: int, count: int, stream: int = 0
 ) -> torch.Tensor:
     """(K, count) uniforms in [0, 1) for the ``draw``-th batch of each of ``sites`` (K,);
-    ``stream`` keeps other uses apart (0: minibatches; 1: +q8's rounding)."""
+    ``stream`` keeps other uses apart (0: minibatches; 1: +q8's rounding; 2 and 3:
+    :func:`draw_seed`'s)."""
     keys = [_row_key(seed, int(site), draw, stream) for site in sites.tolist()]
     if len(keys) * count <= SMALL:
         # A node's batch: a few dozen values, cheaper in Python ints than in tensor ops.

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -136,9 +137,10 @@ class TrainStats:
     seconds: float
 
 
-class LocalTrainer(Protocol):
-    """What a node needs of its local trainer: plain (:class:`BatchedTrainer`) or DP-SGD
-    (:class:`node.training.dp.engine.DpTrainer`, a wrapper around one)."""
+class Trainer(Protocol):
+    """What gossip needs of a local trainer: K models as the rows of ``params``, trained
+    in place a round at a time (classifiers below; segmentation models in
+    :mod:`node.training.segmentation.trainer`)."""
 
     params: torch.Tensor
 
@@ -146,13 +148,63 @@ class LocalTrainer(Protocol):
 
     def train(self, active: torch.Tensor | None = None) -> TrainStats: ...
 
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class LocalTrainer(Trainer, Protocol):
+    """A classifier's trainer, as a node scores it: plain (:class:`BatchedTrainer`) or
+    DP-SGD (:class:`node.training.dp.engine.DpTrainer`, a wrapper around one)."""
+
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor: ...
 
     def predict_own(self, features: list[torch.Tensor]) -> list[torch.Tensor]: ...
 
-    def state_dict(self) -> dict[str, Any]: ...
 
-    def load_state_dict(self, saved: dict[str, Any]) -> None: ...
+def make_optimizer(params: torch.Tensor, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names over the flat (K, d) ``params``: element-wise, so
+    each row moves as that site's own optimizer would move it."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam([params], lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        [params],
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+
+
+def set_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, fraction: float) -> None:
+    """The learning rate at ``fraction`` (0..1) of the planned run: cosine decays it to 0.
+
+    Decentralized SGD with a constant step keeps nodes a step-size-dependent distance
+    apart on heterogeneous data; decaying it lets gossip pull them to consensus.
+    """
+    factor = 1.0
+    if config.lr_schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * factor
+
+
+def train_round(step: Callable[[], torch.Tensor], config: TrainConfig) -> TrainStats:
+    """A round's optimizer steps: ``local_steps`` of them, or as many as fit in the time
+    budget; ``step`` returns the (K,) losses of one."""
+    began = time.perf_counter()
+    losses = []
+    budget = config.time_budget_s
+    while True:
+        with torch.enable_grad():
+            losses.append(step())
+        elapsed = time.perf_counter() - began
+        if (budget is None and len(losses) >= config.local_steps) or (
+            budget is not None and elapsed >= budget
+        ):
+            break
+    return TrainStats(torch.stack(losses).mean(0), len(losses), time.perf_counter() - began)
 
 
 class BatchedTrainer:
@@ -193,19 +245,7 @@ class BatchedTrainer:
         self._grad = torch.zeros(0) if self._plain_sgd else torch.zeros_like(params)
         if not self._plain_sgd:
             self.params.grad = self._grad
-        self.optimizer: torch.optim.Optimizer
-        if config.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(
-                [params], lr=config.lr, weight_decay=config.weight_decay
-            )
-        else:
-            self.optimizer = torch.optim.SGD(
-                [params],
-                lr=config.lr,
-                momentum=config.momentum,
-                nesterov=config.nesterov,
-                weight_decay=config.weight_decay,
-            )
+        self.optimizer = make_optimizer(params, config)
         self._forward = vmap(self._single_forward)
 
     def _single_forward(
@@ -247,34 +287,13 @@ class BatchedTrainer:
         return per_node.detach()
 
     def set_progress(self, fraction: float) -> None:
-        """Where we are in the planned run (0..1): the cosine schedule decays lr to 0 at 1.
-
-        Decentralized SGD with a constant step keeps nodes a step-size-dependent distance
-        apart on heterogeneous data; decaying it lets gossip pull them to consensus.
-        """
-        factor = 1.0
-        if self.config.lr_schedule == "cosine":
-            factor = 0.5 * (1.0 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr * factor
+        """Where we are in the planned run (0..1): the cosine schedule decays lr to 0 at 1."""
+        set_schedule(self.optimizer, self.config, fraction)
 
     def train(self, active: torch.Tensor | None = None) -> TrainStats:
         """One round of local training; rows where ``active`` is False are left untouched."""
-        began = time.perf_counter()
         start = self.params.detach().clone() if self.config.prox_mu > 0 else None
-        losses = []
-        steps = 0
-        budget = self.config.time_budget_s
-        while True:
-            with torch.enable_grad():
-                losses.append(self._step(active, start))
-            steps += 1
-            elapsed = time.perf_counter() - began
-            if budget is None and steps >= self.config.local_steps:
-                break
-            if budget is not None and elapsed >= budget:
-                break
-        return TrainStats(torch.stack(losses).mean(0), steps, time.perf_counter() - began)
+        return train_round(lambda: self._step(active, start), self.config)
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to continue training exactly: sampler and optimizer."""

@@ -1,0 +1,19 @@
+"""Tumour segmentation on MRI with MONAI, the field's own library: U-Nets
+(:mod:`.networks`), the loss and the BraTS metrics (:mod:`.metrics`), augmentation
+(:mod:`.augment`), whole-volume inference (:mod:`.inference`) and the K-site trainer
+(:mod:`.trainer`). MONAI is imported in this package only, and only when a segmentation
+model is built."""
+
+from node.training.trainer import TrainConfig
+
+# How a segmentation site trains when nothing is said: Adam (the U-Net's scale differs
+# from layer to layer, and Adam needs no per-model step tuning), two 3D patches or
+# sixteen 2D slices a step, no validation stop (node.gossip.validation_stop scores
+# classifiers). Flags and [train] keys override each.
+TRAIN_3D = TrainConfig(optimizer="adam", lr=0.01, batch_size=2, stop_patience=0)
+TRAIN_2D = TrainConfig(optimizer="adam", lr=0.01, batch_size=16, stop_patience=0)
+
+
+def train_defaults(model: str) -> TrainConfig:
+    """The training defaults for a segmentation ``model`` spec (``unet3d:…``, ``unet2d:…``)."""
+    return TRAIN_2D if model.startswith("unet2d") else TRAIN_3D

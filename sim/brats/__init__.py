@@ -1,0 +1,1 @@
+"""Generated BraTS-layout MRI for Murmur's segmentation workload (``murmur data make-brats``)."""

@@ -1,0 +1,240 @@
+"""``murmur sim --dataset brats:DIR``: tumour segmentation in the in-process simulator.
+
+``DIR`` holds one folder per site (``murmur data make-brats`` writes ``site-1``, …), each
+with that hospital's BraTS case folders. Every method runs as on tables — the same
+gossip, compressors, step guard, faults and byte counts — with the segmentation trainer
+(:mod:`node.training.segmentation`) in place of the tabular one, and Dice in place of
+accuracy: each site's model is scored on that site's own held-out cases (a fifth of its
+cases, chosen by :func:`node.training.brats.split_cases`, as a node would), so the worst
+site is the hospital whose scans the consortium serves least well. The curves carry the
+mean Dice over the three regions; the final figures give Dice and HD95 per region, mean
+over sites and worst site.
+
+``central`` trains one model on every site's training cases pooled, as many steps as
+each site and as many patches a step as the whole consortium (K sites' batches), which
+is the step FedAvg takes with one local step; ``empty`` is
+the score of predicting no tumour anywhere, the floor every method must clear. The
+validation stop is off (its held-back share of a site's dozen cases would be one or two
+scans), and so is DP for now.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from node.errors import ConfigError
+from node.training.brats import Case, load_site_cases, split_cases
+from node.training.flat import FlatLayout
+from node.training.models import build_model
+from node.training.segmentation.metrics import REGIONS, RegionScores, score_case
+from node.training.segmentation.trainer import SegmentationTrainer
+from node.training.trainer import Trainer
+from sim.engine import Simulation
+from sim.results import MethodResult, RunSpec, Tick
+from sim.validation import SiteValidation
+from topology import MatchingSchedule, StaticTopology
+
+CHANNELS, LABELS = 4, 4  # T1, T1ce, T2, FLAIR in; background, NCR, ED, ET out
+
+
+@dataclass(frozen=True)
+class FederatedCases:
+    """Each site's training and held-out cases, and the cases that could not be read."""
+
+    train: list[list[Case]]
+    test: list[list[Case]]
+    node_names: list[str]
+    skipped: list[str]
+
+    def label_counts(self) -> list[list[int]]:
+        """Voxels of each label at each site (for compressors that weigh by label)."""
+        return [
+            np.bincount(np.concatenate([c.label.ravel() for c in cases]), minlength=LABELS).tolist()
+            for cases in self.train
+        ]
+
+
+def load_brats(
+    root: Path, seed: int, report: Callable[[str], None] | None = None
+) -> FederatedCases:
+    """Every site folder under ``root``, each split into training and held-out cases."""
+    if not root.is_dir():
+        raise ConfigError(f"brats:{root}: no such folder (expected one folder per site)")
+    sites = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(sites) < 2:
+        raise ConfigError(
+            f"brats:{root}: found {len(sites)} site folder(s); a consortium needs at least 2 "
+            "(murmur data make-brats writes site-1, site-2, …)"
+        )
+    train, test, skipped = [], [], []
+    for folder in sites:
+        loaded = load_site_cases(folder, None if report is None else _prefixed(report, folder.name))
+        skipped += [f"{folder.name}: {line}" for line in loaded.skipped]
+        try:
+            fit, held = split_cases(loaded.cases, seed)
+        except ConfigError as exc:
+            raise ConfigError(f"brats:{root}: site {folder.name}: {exc}") from None
+        train.append(fit)
+        test.append(held)
+    return FederatedCases(train, test, [p.name for p in sites], skipped)
+
+
+def _prefixed(report: Callable[[str], None], site: str) -> Callable[[str], None]:
+    return lambda line: report(f"{site}: {line}")
+
+
+def default_patch(model: str) -> tuple[int, int, int]:
+    """Training patch by model: 64³ voxels in 3D (128 mm at 2 mm), 96 × 96 axial slices in 2D."""
+    return (96, 96, 1) if model.startswith("unet2d") else (64, 64, 64)
+
+
+def parse_patch(text: str | None, model: str) -> tuple[int, int, int]:
+    """``--patch`` as ``N`` (a cube, or an N × N slice for 2D) or ``X,Y,Z``."""
+    if text is None:
+        return default_patch(model)
+    try:
+        sides = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--patch {text!r}: expected N or X,Y,Z in voxels") from None
+    flat = model.startswith("unet2d")
+    if len(sides) == 1:
+        sides = [sides[0], sides[0], 1 if flat else sides[0]]
+    from node.training.segmentation.networks import divisor
+
+    step = divisor(2 if flat else 3)
+    bad = [s for s in sides[: 2 if flat else 3] if s < step or s % step]
+    if len(sides) != 3 or bad or (flat and sides[2] != 1):
+        raise ConfigError(
+            f"--patch {text!r}: sides must be multiples of {step} for {model}"
+            + (" and one slice deep (X,Y,1)" if flat else "")
+        )
+    return sides[0], sides[1], sides[2]
+
+
+class SegmentationSimulation(Simulation):
+    """:class:`sim.engine.Simulation` on BraTS cases: its rounds, Dice for accuracy."""
+
+    def __init__(
+        self,
+        cases: FederatedCases,
+        topology: StaticTopology | MatchingSchedule,
+        spec: RunSpec,
+        patch: tuple[int, int, int],
+    ) -> None:
+        if spec.dp is not None:
+            raise ConfigError("--dp with segmentation models is not supported yet")
+        name = spec.model.partition(":")[0]
+        if name not in ("unet3d", "unet2d"):
+            raise ConfigError(
+                f"brats data needs a segmentation model (unet3d:C, unet2d:C), not {spec.model!r}"
+            )
+        self.cases = cases
+        self.topology = topology
+        self.spec = spec
+        self.patch = patch
+        self.n = len(cases.train)
+        torch.manual_seed(spec.seed)
+        self.model = build_model(spec.model, CHANNELS, LABELS).to(spec.device)
+        self.layout = FlatLayout.of(self.model)
+        self.x0 = self.layout.to_vector(self.model).to(spec.device)
+        # method → each site's prediction of its first held-out case, when the run ended
+        self.predictions: dict[str, list[np.ndarray]] = {}
+
+    def _segmentation_trainer(
+        self, sites: Sequence[Sequence[Case]], batch_size: int | None = None
+    ) -> SegmentationTrainer:
+        params = self.x0.unsqueeze(0).repeat(len(sites), 1).contiguous()
+        config = self.spec.train
+        if batch_size is not None:
+            config = replace(config, batch_size=batch_size)
+        return SegmentationTrainer(self.model, params, sites, config, self.patch, self.spec.seed)
+
+    def _site_trainer(self, checks: SiteValidation | None) -> Trainer:
+        return self._segmentation_trainer(self.cases.train)
+
+    def _site_sizes(self) -> list[int]:
+        return [len(cases) for cases in self.cases.train]
+
+    def _validation(self) -> SiteValidation | None:
+        return None
+
+    def _site_scores(
+        self, trainer: SegmentationTrainer, keep: str | None = None
+    ) -> list[list[RegionScores]]:
+        """Site i's held-out cases scored by row i's model (by the one row, for central);
+        ``keep``: file each site's first held-out prediction under that method's name, for
+        the picture (:mod:`sim.segmentation_plot`)."""
+        out = []
+        for site, cases in enumerate(self.cases.test):
+            row = site if trainer.params.shape[0] == self.n else 0
+            predicted = trainer.predict(row, cases)
+            if keep is not None:
+                self.predictions.setdefault(keep, []).append(predicted[0])
+            out.append(
+                [score_case(p, c.label, c.spacing) for p, c in zip(predicted, cases, strict=True)]
+            )
+        return out
+
+    def _scores(self, trainer: Trainer) -> np.ndarray:
+        """Each site's Dice (mean of WT, TC, ET) on its own held-out cases."""
+        assert isinstance(trainer, SegmentationTrainer)
+        return np.array([np.mean([c.dice for c in site]) for site in self._site_scores(trainer)])
+
+    def _finish(
+        self, result: MethodResult, trainer: Trainer, began: float, **extra: float
+    ) -> MethodResult:
+        assert isinstance(trainer, SegmentationTrainer)
+        result.final = {
+            **finals(self._site_scores(trainer, keep=result.method), self._site_sizes()),
+            "bytes_per_node": result.bytes_per_node[-1] if result.bytes_per_node else 0.0,
+            "rounds": self.spec.rounds,
+            "wall_s": time.perf_counter() - began,
+            **extra,
+        }
+        return result
+
+    def _run_central(self, tick: Tick | None) -> MethodResult:
+        pooled = [c for cases in self.cases.train for c in cases]
+        # As many patches a step as the whole consortium, as many steps as each site.
+        return self._run_pooled(
+            self._segmentation_trainer([pooled], self.n * self.spec.train.batch_size), tick
+        )
+
+    def references(self) -> list[MethodResult]:
+        """``empty``: no tumour predicted anywhere (what Dice a method must clear)."""
+        scores = [
+            [score_case(np.zeros_like(c.label), c.label, c.spacing) for c in cases]
+            for cases in self.cases.test
+        ]
+        result = MethodResult("empty")
+        result.final = {**finals(scores, self._site_sizes()), "bytes_per_node": 0.0}
+        return [result]
+
+
+def finals(
+    site_scores: list[list[RegionScores]], sizes: list[int]
+) -> dict[str, float | int | None]:
+    """Dice and HD95 per region: mean over sites of each site's mean over its held-out
+    cases, the worst site, and the mean Dice at the site with the fewest training cases."""
+    dice = np.array([np.mean([s.dice for s in scores], axis=0) for scores in site_scores])
+    hd95 = np.array([np.mean([s.hd95 for s in scores], axis=0) for scores in site_scores])
+    overall = dice.mean(axis=1)  # each site's Dice averaged over WT, TC, ET
+    out: dict[str, float | int | None] = {
+        "accuracy_mean": float(overall.mean()),
+        "accuracy_min": float(overall.min()),
+        "dice_mean": float(overall.mean()),
+        "dice_min": float(overall.min()),
+        "dice_smallest_site": float(overall[int(np.argmin(sizes))]),
+    }
+    for r, region in enumerate(REGIONS):
+        out[f"dice_{region}"] = float(dice[:, r].mean())
+        out[f"dice_{region}_min"] = float(dice[:, r].min())
+        out[f"hd95_{region}"] = float(hd95[:, r].mean())
+        out[f"hd95_{region}_max"] = float(hd95[:, r].max())
+    return out
