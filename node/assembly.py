@@ -8,6 +8,7 @@ protocol, and so that every part a config chooses is built in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,10 +34,11 @@ from node.training.custom import TrainingLoop
 from node.training.data import SiteData, load_site_data
 from node.training.features import Featurizer
 from node.training.flat import FlatLayout
-from node.training.models import build_model
-from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData
+from node.training.models import SEGMENTATION_MODELS, build_model
+from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData, Trainer
 
 if TYPE_CHECKING:
+    from node.training.brats.volumes import Case
     from node.training.dp.engine import DpTrainer
     from node.training.dp.loop import DpTrainingLoop
 
@@ -55,7 +57,7 @@ class SiteParts:
     model: torch.nn.Module
     layout: FlatLayout
     x0: torch.Tensor  # the shared initial model, from the public seed
-    trainer: LocalTrainer
+    trainer: Trainer
     dp: DpTrainer | DpTrainingLoop | None
     ledger: PrivacyLedger | None
     tracker: GradientTracker | None  # murmur-gt: gossips the stacked [x | v]
@@ -68,6 +70,8 @@ class SiteParts:
     stop: ValidationStop | None = None
     validation: tuple[torch.Tensor, torch.Tensor] | None = None
     stop_text: str = "off for a custom training loop"  # whether it runs, and why
+    skipped: tuple[str, ...] = ()  # brats: one line per case that could not be read
+    held_out_cases: tuple[Case, ...] = ()  # brats: the site's own held-out cases
 
     @property
     def dim(self) -> int:
@@ -93,6 +97,8 @@ class SiteParts:
                     else 'a TrainingLoop needs [data] source = "custom:NAME"'
                 )
             )
+        if config.data.source.startswith("brats:"):
+            return cls._brats(config, index, membership)
         given = None if config.data.features is None else Featurizer.load(config.data.features)
         if loop is not None:
             held_out = _held_out(config, given)
@@ -145,6 +151,43 @@ class SiteParts:
         return parts
 
     @classmethod
+    def _brats(cls, config: NodeConfig, index: int, membership: Membership) -> SiteParts:
+        """A hospital's BraTS case folders: a U-Net trained on its cases, scored by mean
+        Dice on the fifth it holds out (the simulator holds out the same ones)."""
+        from node.training.brats import load_site_cases, split_cases
+        from node.training.segmentation import default_patch
+        from node.training.segmentation.trainer import SegmentationTrainer
+
+        name = config.train.model.partition(":")[0]
+        if name not in SEGMENTATION_MODELS:
+            raise ConfigError(
+                f"[data] source {config.data.source!r} needs a segmentation model "
+                f"([train] model = unet3d:C or unet2d:C), not {config.train.model!r}"
+            )
+        if config.privacy is not None:
+            raise ConfigError("[privacy] with brats: data is not supported yet")
+        loaded = load_site_cases(Path(config.data.source.split(":", 1)[1]))
+        train, test = split_cases(loaded.cases, config.consortium.seed)
+        torch.manual_seed(config.consortium.seed)
+        model = build_model(config.train.model, 4, 4)
+        layout = FlatLayout.of(model)
+        x0 = layout.to_vector(model).detach()
+        trainer = SegmentationTrainer(
+            model,
+            x0.unsqueeze(0).clone(),
+            [train],
+            config.train.trainer,
+            default_patch(config.train.model),
+            seed=config.consortium.seed,
+            first_row=index,
+        )
+        parts = cls._gossip(config, index, membership, None, None, model, layout, x0, trainer, None)
+        parts.stop_text = "off for segmentation (a site's held-back share would be a scan or two)"
+        parts.skipped = loaded.skipped
+        parts.held_out_cases = tuple(test)
+        return parts
+
+    @classmethod
     def _custom(
         cls,
         config: NodeConfig,
@@ -178,7 +221,7 @@ class SiteParts:
         model: torch.nn.Module,
         layout: FlatLayout,
         x0: torch.Tensor,
-        trainer: LocalTrainer,
+        trainer: Trainer,
         dp: DpTrainer | DpTrainingLoop | None,
     ) -> SiteParts:
         """The gossip side, alike for every trainer: tracker, state, compressor, γ."""
@@ -224,14 +267,22 @@ class SiteParts:
         """(1, 2): this site's summed validation cross-entropy and its number of rows."""
         assert self.validation is not None
         x, y = self.validation
+        assert isinstance(self.trainer, LocalTrainer)  # the stop runs for classifiers only
         with torch.no_grad():
             probs = self.trainer.predict_own([x])
         return validation_sums(probs, [y])
 
     def accuracy(self) -> float | None:
-        """Held-out accuracy of the current model: on ``[data] eval`` rows when given,
-        else the site's own ``evaluate`` (a custom loop), else none."""
+        """Held-out accuracy of the current model: mean Dice on the site's held-out cases
+        (brats:), on ``[data] eval`` rows when given, else the site's own ``evaluate`` (a
+        custom loop), else none."""
+        if self.held_out_cases:
+            from node.training.segmentation.trainer import SegmentationTrainer
+
+            assert isinstance(self.trainer, SegmentationTrainer)
+            return self.trainer.site_score(self.held_out_cases)
         if self.eval is not None:
+            assert isinstance(self.trainer, LocalTrainer)
             with torch.no_grad():
                 probs = self.trainer.predict_proba(self.eval.x)[0]
             return float((probs.argmax(1) == self.eval.y).float().mean())

@@ -77,9 +77,10 @@ class Node:
         check_addresses(config, weight, me)
         self.index = config.consortium.members.index(me)
         self.log = SiteLog(config, self.index, me, log or sys.stdout, status or sys.stderr)
-        self.learner = Learner(
-            SiteParts.build(config, self.index, membership, loop), config, self.emit
-        )
+        parts = SiteParts.build(config, self.index, membership, loop)
+        for line in parts.skipped:  # a broken case is skipped, said once, and training goes on
+            self.log.emit("case_skipped", detail=line)
+        self.learner = Learner(parts, config, self.emit)
         self.state, self.dp, self.dim = self.learner.state, self.learner.dp, self.learner.dim
         self.links = Links(me, membership, self.state.xhat[0], weight)
         # This life's incarnation id: a checkpoint restores it, a start from nothing draws

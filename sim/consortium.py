@@ -32,6 +32,7 @@ from node.config import (
 from node.training.dp_config import DpConfig, for_sites
 from node.training.trainer import TrainConfig
 from sim.prep import FederatedData
+from sim.segmentation import FederatedCases
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,11 @@ def save_shard(path: Path, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> 
     np.savez(path, x=x.numpy(), y=y.numpy(), n_classes=n_classes)
 
 
-def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> list[Path]:
-    """Write keys, shards and configs for every node; return the config paths."""
+def write_consortium(
+    out: Path, data: FederatedData | FederatedCases, spec: ConsortiumSpec
+) -> list[Path]:
+    """Write keys, shards and configs for every node; return the config paths. A brats
+    consortium's nodes read their own site folders and hold out what the simulator does."""
     out.mkdir(parents=True, exist_ok=True)
     n = len(data.train)
     identities = [SiteIdentity.generate() for _ in range(n)]
@@ -99,9 +103,11 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
     )
     metrics = [f"127.0.0.1:{p}" if spec.metrics else METRICS_OFF for p in ports[n:]]
     addresses = dict(zip(members, listen, strict=True))
-    test_x, test_y = data.pooled("test")
-    save_shard(out / "eval.npz", test_x, test_y, data.n_classes)
-    dp = None if spec.dp is None else for_sites(spec.dp, [len(y) for _, y in data.train])
+    dp = None
+    if isinstance(data, FederatedData):
+        test_x, test_y = data.pooled("test")
+        save_shard(out / "eval.npz", test_x, test_y, data.n_classes)
+        dp = None if spec.dp is None else for_sites(spec.dp, [len(y) for _, y in data.train])
     paths = []
     for i, identity in enumerate(identities):
         node_dir = out / f"node-{i}"
@@ -111,8 +117,14 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
             shutil.rmtree(node_dir)
         node_dir.mkdir()
         write_key(node_dir / "site.key", identity)
-        x, y = data.train[i]
-        save_shard(node_dir / "data.npz", x, y, data.n_classes)
+        if isinstance(data, FederatedData):
+            x, y = data.train[i]
+            save_shard(node_dir / "data.npz", x, y, data.n_classes)
+            source = DataSection(
+                source=f"npz:{node_dir / 'data.npz'}", eval_source=f"npz:{out / 'eval.npz'}"
+            )
+        else:
+            source = DataSection(source=f"brats:{data.folders[i].resolve()}")
         me = members[i]
         config = NodeConfig(
             site=SiteSection(key=Path("site.key"), listen=addresses[me]),
@@ -122,9 +134,7 @@ def write_consortium(out: Path, data: FederatedData, spec: ConsortiumSpec) -> li
                 topology=spec.topology,
                 peers={m: a for m, a in addresses.items() if m != me},
             ),
-            data=DataSection(
-                source=f"npz:{node_dir / 'data.npz'}", eval_source=f"npz:{out / 'eval.npz'}"
-            ),
+            data=source,
             train=TrainSection(
                 model=spec.model, rounds=spec.rounds, eval_every=spec.eval_every, trainer=spec.train
             ),

@@ -26,6 +26,7 @@ from sim.errors import SimError
 from sim.faults import Crash
 from sim.prep import FederatedData
 from sim.results import MethodResult
+from sim.segmentation import FederatedCases
 
 NODE_MODULE = "node.cli"
 
@@ -89,7 +90,7 @@ class _Proc:
 
 def run_processes(
     out: Path,
-    data: FederatedData,
+    data: FederatedData | FederatedCases,
     spec: ConsortiumSpec,
     kills: list[Crash],
     timeout_s: float = 600.0,

@@ -118,8 +118,10 @@ def print_table(methods: dict[str, dict[str, Any]], console: Console | None = No
         for _, key, kind in columns[1:]:
             value = entry.get(key)
             if kind == "hd95":
-                mean = sum(entry[f"hd95_{r}"] for r in ("wt", "tc", "et")) / 3
-                cells.append(f"{mean:.1f}")
+                # real nodes report one score (mean Dice), not the per-region figures
+                parts = [entry.get(f"hd95_{r}") for r in ("wt", "tc", "et")]
+                known = [float(v) for v in parts if v is not None]
+                cells.append(f"{sum(known) / 3:.1f}" if len(known) == 3 else "—")
             else:
                 cells.append(
                     f"{value:.3f}"

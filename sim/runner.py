@@ -134,8 +134,8 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
     resolve_defaults(args)
     if args.rounds < 1 or args.eval_every < 1:
         raise ConfigError("--rounds and --eval-every must be at least 1")
-    if is_segmentation(args) and (args.backend == "process" or args.dp_sweep):
-        raise ConfigError("brats data runs in the in-process backend for now, without --dp-sweep")
+    if is_segmentation(args) and (args.dp_sweep or args.wan is not None or args.kill):
+        raise ConfigError("brats data runs without --dp-sweep, --wan and --kill for now")
     if args.wan is not None:
         if args.backend != "process":
             raise ConfigError("--wan needs --backend process (real node processes)")
@@ -236,8 +236,11 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
                 progress.advance(task)
 
             if args.backend == "process" and method in ("murmur", "murmur-gt", "dpsgd"):
-                assert isinstance(data, FederatedData)
-                results.append(_run_networked(args, data, train, method, faults, progress, task))
+                networked = _run_networked(args, data, train, method, faults, progress, task)
+                if isinstance(data, FederatedCases):  # the nodes report mean Dice
+                    networked.final["dice_mean"] = networked.final["accuracy_mean"]
+                    networked.final["dice_min"] = networked.final["accuracy_min"]
+                results.append(networked)
             else:
                 results.append(sim.run(method, compressor, tick))
     if "central" in methods:
@@ -259,7 +262,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
 
 def _run_networked(
     args: argparse.Namespace,
-    data: FederatedData,
+    data: FederatedData | FederatedCases,
     train: TrainConfig,
     method: str,
     faults: FaultConfig,
@@ -277,6 +280,7 @@ def _run_networked(
     if args.wan is None:
         result = run_processes(args.out / method, data, spec, list(faults.crashes), tick=tick)
     else:
+        assert isinstance(data, FederatedData)
         from sim.wan_run import run_wan
 
         result, _how = run_wan(args.out / method, data, spec, WanProfile.parse(args.wan))

@@ -32,6 +32,7 @@ from node.errors import ConfigError
 from node.training.brats import Case, load_site_cases, split_cases
 from node.training.flat import FlatLayout
 from node.training.models import build_model
+from node.training.segmentation import default_patch
 from node.training.segmentation.metrics import REGIONS, RegionScores, score_case
 from node.training.segmentation.trainer import SegmentationTrainer
 from node.training.trainer import Trainer
@@ -51,6 +52,7 @@ class FederatedCases:
     test: list[list[Case]]
     node_names: list[str]
     skipped: list[str]
+    folders: list[Path]  # each site's folder: what a real node is given (brats:DIR)
 
     def label_counts(self) -> list[list[int]]:
         """Voxels of each label at each site (for compressors that weigh by label)."""
@@ -82,16 +84,11 @@ def load_brats(
             raise ConfigError(f"brats:{root}: site {folder.name}: {exc}") from None
         train.append(fit)
         test.append(held)
-    return FederatedCases(train, test, [p.name for p in sites], skipped)
+    return FederatedCases(train, test, [p.name for p in sites], skipped, sites)
 
 
 def _prefixed(report: Callable[[str], None], site: str) -> Callable[[str], None]:
     return lambda line: report(f"{site}: {line}")
-
-
-def default_patch(model: str) -> tuple[int, int, int]:
-    """Training patch by model: 64³ voxels in 3D (128 mm at 2 mm), 96 × 96 axial slices in 2D."""
-    return (96, 96, 1) if model.startswith("unet2d") else (64, 64, 64)
 
 
 def parse_patch(text: str | None, model: str) -> tuple[int, int, int]:

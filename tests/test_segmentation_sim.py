@@ -64,12 +64,35 @@ def test_two_sites_learn_to_segment_through_gossip(brats: Path, tmp_path: Path) 
     )
 
 
+@pytest.mark.slow
+def test_real_nodes_train_on_their_own_site_folders_as_the_simulator_does(
+    brats: Path, tmp_path: Path
+) -> None:
+    """Two node processes over libp2p, each given its site folder (brats:DIR), hold out
+    the simulator's cases, train the same U-Net and report its Dice; the in-process run
+    of the same flags ends on the same figures."""
+    line = (
+        f"--dataset brats:{brats} --model unet2d:4 --patch 32 --rounds 6 --eval-every 6 "
+        "--methods murmur --compressor block-k:0.1"
+    )
+    here = _sim(line, tmp_path / "inprocess")["methods"]["murmur"]
+    there = _sim(f"{line} --backend process", tmp_path / "process")["methods"]["murmur"]
+    assert there["dice_mean"] == pytest.approx(here["dice_mean"], abs=0.01)
+    assert there["dice_min"] == pytest.approx(here["dice_min"], abs=0.01)
+    assert there["bytes_per_node"] == pytest.approx(here["bytes_per_node"], rel=0.02)
+    configs = sorted((tmp_path / "process" / "murmur" / "nodes").glob("node-*/site.toml"))
+    assert [f"brats:{brats / f'site-{i}'}" in c.read_text() for i, c in enumerate(configs, 1)] == [
+        True,
+        True,
+    ]
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
         ("--dataset brats:{missing}", "no such folder"),
         ("--dataset brats:{one_site}", "found 1 site folder"),
-        ("--dataset brats:{brats} --backend process", "in-process backend for now"),
+        ("--dataset brats:{brats} --kill 1@3", "without --dp-sweep, --wan and --kill"),
         ("--dataset brats:{brats} --dp epsilon=3,delta=1e-5", "--dp with segmentation"),
         ("--dataset brats:{brats} --model mlp:32", "needs a segmentation model"),
         ("--dataset brats:{brats} --model unet3d:8 --patch 30", "multiples of 16"),

@@ -105,7 +105,10 @@ class ConsortiumSection:
 @dataclass(frozen=True)
 class DataSection:
     source: str = field(
-        metadata={DOC: "csv:PATH, npz:PATH (x, y), custom:NAME (your own loop) or builtin:NAME"}
+        metadata={
+            DOC: "csv:PATH, npz:PATH (x, y), brats:DIR (BraTS case folders), custom:NAME "
+            "(your own loop) or builtin:NAME"
+        }
     )
     target: str | None = field(default=None, metadata={DOC: "the label column (csv)"})
     eval_source: str | None = field(
@@ -134,8 +137,9 @@ class DataSection:
         _raise_all(
             [
                 (
-                    not ((kind in ("csv", "npz", "custom") and bool(rest)) or builtin),
-                    f"source {self.source!r}: expected csv:PATH, npz:PATH, custom:NAME (your "
+                    not ((kind in ("csv", "npz", "brats", "custom") and bool(rest)) or builtin),
+                    f"source {self.source!r}: expected csv:PATH, npz:PATH, brats:DIR (one "
+                    f"folder per BraTS case), custom:NAME (your "
                     f"own training loop, node.training.custom) or builtin:NAME with NAME one "
                     f"of {', '.join(BUILTIN_DATASETS)}",
                 ),

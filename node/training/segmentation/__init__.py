@@ -17,3 +17,8 @@ TRAIN_2D = TrainConfig(optimizer="adam", lr=0.01, batch_size=16, stop_patience=0
 def train_defaults(model: str) -> TrainConfig:
     """The training defaults for a segmentation ``model`` spec (``unet3d:…``, ``unet2d:…``)."""
     return TRAIN_2D if model.startswith("unet2d") else TRAIN_3D
+
+
+def default_patch(model: str) -> tuple[int, int, int]:
+    """Training patch by model: 64³ voxels in 3D, 96 × 96 axial slices in 2D."""
+    return (96, 96, 1) if model.startswith("unet2d") else (64, 64, 64)

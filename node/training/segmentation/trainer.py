@@ -30,7 +30,7 @@ from node.training.flat import FlatLayout
 from node.training.sampling import draw_seed
 from node.training.segmentation.augment import augment
 from node.training.segmentation.inference import predict_labels
-from node.training.segmentation.metrics import segmentation_loss
+from node.training.segmentation.metrics import score_case, segmentation_loss
 from node.training.trainer import (
     TrainConfig,
     TrainStats,
@@ -146,6 +146,18 @@ class SegmentationTrainer:
             predict_labels(lambda x: self._forward(flat, x), c.image, self.patch, self.device)
             for c in cases
         ]
+
+    def site_score(self, cases: Sequence[Case]) -> float:
+        """Row 0's mean Dice (over WT, TC, ET and ``cases``): a node's held-out score."""
+        predicted = self.predict(0, cases)
+        return float(
+            np.mean(
+                [
+                    np.mean(score_case(p, c.label, c.spacing).dice)
+                    for p, c in zip(predicted, cases, strict=True)
+                ]
+            )
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to continue training exactly: draws and optimizer."""
