@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 
+from node.errors import ConfigError
 from node.gossip.registry import parse_compressor
 from node.training.segmentation import TRAIN_3D
 from sim.brats.make import make
@@ -45,7 +47,11 @@ CIPHER_PARTS = ("encrypt", "aggregate", "decrypt")  # SecureSimNetwork.cipher_se
 
 
 def cases() -> FederatedCases:
-    make(DATA, 4, 16, "2021", seed=0, resolution=2, imbalance=0.5, show=False)
+    try:
+        make(DATA, 4, 16, "2021", seed=0, resolution=2, imbalance=0.5, show=False)
+    except ConfigError:  # cases of an earlier generator or settings: the benchmark's own
+        shutil.rmtree(DATA)
+        make(DATA, 4, 16, "2021", seed=0, resolution=2, imbalance=0.5, show=False)
     return load_brats(DATA, seed=0)
 
 
@@ -106,7 +112,7 @@ def bytes_per_round(data: FederatedCases, rounds: int = 4) -> dict[str, float]:
 
 
 PEAK_PROBE = """
-import resource, sys, torch
+import sys
 from pathlib import Path
 from node.training.brats import load_site_cases
 from node.training.flat import FlatLayout
@@ -120,7 +126,9 @@ trainer = SegmentationTrainer(model, params, [cases], TRAIN_3D, (48, 48, 48))
 for _ in range(5):
     trainer.train()
 trainer.predict(0, cases[:1])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts from its parent's peak (Linux)
+peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print(int(peak.split()[1]))
 """
 
 
@@ -167,10 +175,12 @@ def _row(name: str, entry: dict[str, Any]) -> str:
     )
 
 
-def render(report: dict[str, Any]) -> str:
+def target_checks(report: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """Issue 15's targets as (what, measured, limit): each is met when measured ≤ limit."""
     m, sec = report["methods"], report["secure"]
     central, murmur, local = m["central"], m["murmur"], m["local"]
-    checks = [
+    above_local = murmur["dice_smallest_site"] - local["dice_smallest_site"]
+    return [
         (
             "Murmur mean Dice within 0.02 of central",
             central["dice_mean"] - murmur["dice_mean"],
@@ -182,13 +192,19 @@ def render(report: dict[str, Any]) -> str:
             0.04,
         ),
         (
-            "Murmur ≥ 0.05 above local-only at the smallest site",
-            0.05 - (murmur["dice_smallest_site"] - local["dice_smallest_site"]),
+            "Murmur ≥ 0.05 above local-only at the smallest site (shortfall)",
+            0.05 - above_local,
             0.0,
         ),
         ("--secure ckks within 0.005 Dice of plaintext", abs(sec["dice_gap"]), 0.005),
         ("CKKS time ≤ 15% of local training time per round", sec["ckks_share_of_training"], 0.15),
     ]
+
+
+def render(report: dict[str, Any]) -> str:
+    m, sec = report["methods"], report["secure"]
+    murmur = m["murmur"]
+    checks = target_checks(report)
     lines = [
         "# Tumour segmentation (BraTS layout, generated on MNI152)",
         "",

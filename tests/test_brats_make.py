@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from node.errors import ConfigError
 from node.training.brats import load_site_cases
 from node.training.brats.layout import CHANNELS, ED, ET, NCR
 from sim.brats.make import make, site_counts
@@ -48,18 +49,19 @@ def test_generated_cases_load_with_nested_lesions(
         assert len(loaded.cases) == 2 and not loaded.skipped
         for case in loaded.cases:
             counts = np.bincount(case.label.ravel(), minlength=4)
-            assert counts[ED] > 0 and counts[ET] > 0
+            assert counts[ED] > 0 and counts[NCR] + counts[ET] > 0
             # core inside the rim inside the edema: mean distance from the lesion's middle
+            # (a lesion without enhancement has a non-enhancing core, label 1, in edema)
             where = {label: np.argwhere(case.label == label) for label in (NCR, ET, ED)}
-            middle = where[ET].mean(axis=0)
+            middle = np.argwhere((case.label == NCR) | (case.label == ET)).mean(axis=0)
             spread = {
                 label: np.linalg.norm(v - middle, axis=1).mean()
                 for label, v in where.items()
                 if len(v)
             }
-            if NCR in spread:
+            if NCR in spread and ET in spread:
                 assert spread[NCR] < spread[ET]
-            assert spread[ET] < spread[ED]
+            assert max(spread.get(NCR, 0), spread.get(ET, 0)) < spread[ED]
             assert lesions[case.name]["voxels_ncr_ed_et"] == counts[1:].tolist()
 
 
@@ -67,7 +69,8 @@ def test_each_sequence_shows_the_tissue_it_should(
     generated: tuple[Path, dict[str, object]],
 ) -> None:
     out, _ = generated
-    case = load_site_cases(out / "site-1").cases[0]
+    cases = [c for site in ("site-1", "site-2") for c in load_site_cases(out / site).cases]
+    case = next(c for c in cases if (c.label == ET).any())  # one that enhances
     t1, t1ce, t2, flair = (case.image[CHANNELS.index(c)] for c in CHANNELS)
     healthy = case.brain & (case.label == 0)
     # edema is what FLAIR and T2 show bright; the enhancing rim is what contrast lights up
@@ -109,6 +112,23 @@ def test_the_same_seed_gives_the_same_cases(
     first = load_site_cases(out / "site-2").cases[1]
     second = load_site_cases(tmp_path / "site-2").cases[1]
     assert np.array_equal(first.label, second.label) and np.allclose(first.image, second.image)
+
+
+def test_cases_made_with_other_settings_are_not_reused(
+    generated: tuple[Path, dict[str, object]],
+) -> None:
+    out, _ = generated
+    with pytest.raises(ConfigError, match="other settings \\(seed differ\\)"):
+        make(
+            out,
+            sites=2,
+            cases_per_site=2,
+            naming="2023",
+            seed=4,
+            resolution=2,
+            imbalance=0.0,
+            show=False,
+        )
 
 
 def test_the_command_refuses_a_site_too_small_to_hold_out_a_case(tmp_path: Path) -> None:

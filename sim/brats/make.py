@@ -10,7 +10,8 @@ are: each has its own scanner, its own range of tumour sizes and preferred locat
 site's parameters and every case's lesion.
 
 Each case is written to a hidden folder and renamed into place when whole, so a run cut
-short leaves whole cases only; generating again skips the cases that exist.
+short leaves whole cases only; generating again with the same settings skips the cases
+that exist (other settings are refused: the manifest records them).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from node.training.brats.layout import NAMINGS, SEGMENTATION
 from sim.brats.tumour import TumourProfile
 
 MIN_CASES = 2  # one to train on and one held out
+VERSION = 2  # of what a case looks like; cases of another version are not reused
 
 
 def site_counts(sites: int, mean: int, imbalance: float) -> list[int]:
@@ -51,9 +53,30 @@ def profiles(sites: int) -> list[TumourProfile]:
         t = s / (sites - 1) if sites > 1 else 0.5
         centre = 26.0 - 12.0 * t
         side = 0.8 if s % 2 == 0 else 0.2
-        annotator = 0.06 * (-1) ** (s // 2)  # two reading styles, alternating in pairs
+        annotator = 0.1 * (-1) ** (s // 2)  # two reading styles, alternating in pairs
         out.append(TumourProfile((centre - 5.0, centre + 5.0), side, 0.75 - 0.5 * t, annotator))
     return out
+
+
+def _check_reuse(out: Path, manifest: dict[str, object]) -> None:
+    """Cases already in ``out`` are kept only if they were made with these settings:
+    a folder of other cases would be mixed into this set without a word."""
+    path = out / "manifest.json"
+    if not path.exists():
+        return
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path}: unreadable ({exc}); delete {out} or choose another --out"
+        ) from None
+    keys = ("version", "naming", "seed", "resolution_mm", "cases")
+    differ = [k for k in keys if earlier.get(k) != manifest[k]]
+    if differ:
+        raise ConfigError(
+            f"{out} holds cases made with other settings ({', '.join(differ)} differ); "
+            "delete it or choose another --out"
+        )
 
 
 def _write_case(
@@ -93,7 +116,7 @@ def make(
     from rich.progress import Progress
 
     from sim.brats.anatomy import posed, template
-    from sim.brats.scanner import Scanner, render
+    from sim.brats.scanner import Scanner, for_case, render
     from sim.brats.tumour import grow, mimics
 
     counts = site_counts(sites, cases_per_site, imbalance)
@@ -107,12 +130,18 @@ def make(
     site_seeds = root.spawn(sites)
     manifest: dict[str, object] = {
         "generator": "murmur data make-brats",
+        "version": VERSION,
         "naming": naming,
         "seed": seed,
         "resolution_mm": resolution,
         "shape": list(anatomy.brain.shape),
+        "cases": counts,
         "sites": [],
     }
+    _check_reuse(out, manifest)
+    out.mkdir(parents=True, exist_ok=True)
+    # the settings first, so that a run cut short is not reused under other settings
+    atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     total = sum(counts)
     with Progress(disable=not show, transient=True) as progress:
         task = progress.add_task("writing BraTS cases", total=total)
@@ -129,7 +158,8 @@ def make(
                 tumour = grow(head, profile, case_rng)
                 distractors = mimics(head, case_rng)
                 if not (folder / name).is_dir():
-                    channels = render(head, tumour, distractors, scanner, case_rng)
+                    visit = for_case(scanner, case_rng)
+                    channels = render(head, tumour, distractors, visit, case_rng)
                     _write_case(folder, name, naming, channels, tumour.labels, anatomy.affine)
                 voxels = np.bincount(tumour.labels.ravel(), minlength=4)[1:]
                 cases.append(

@@ -15,7 +15,7 @@ Rician noise, and blur (thicker slices along z, softer in-plane reconstruction).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -61,6 +61,22 @@ class Scanner:
             noise=float(rng.uniform(0.02, 0.08)),
             blur=(float(rng.uniform(0.0, 0.6)), float(rng.uniform(0.3, 1.3))),
         )
+
+
+def for_case(scanner: Scanner, rng: np.random.Generator) -> Scanner:
+    """The site's scanner as one patient's scan sees it: sequence parameters, coil and
+    noise vary a little from visit to visit (contrasts ±5%, bias ±30%, noise ±30%)."""
+    return replace(
+        scanner,
+        contrast={
+            tissue: tuple(
+                float(m * j) for m, j in zip(values, rng.uniform(0.95, 1.05, 4), strict=True)
+            )  # type: ignore[misc]
+            for tissue, values in scanner.contrast.items()
+        },
+        bias=scanner.bias * float(rng.uniform(0.7, 1.3)),
+        noise=scanner.noise * float(rng.uniform(0.7, 1.3)),
+    )
 
 
 def _bias_field(shape: tuple[int, ...], strength: float, rng: np.random.Generator) -> np.ndarray:

@@ -18,6 +18,8 @@ from scipy import ndimage
 from node.training.brats.layout import ED, ET, NCR
 from sim.brats.anatomy import Anatomy
 
+NON_ENHANCING = 0.15  # the share of lesions with no enhancing rim
+
 
 @dataclass(frozen=True)
 class TumourProfile:
@@ -84,10 +86,13 @@ def grow(anatomy: Anatomy, profile: TumourProfile, rng: np.random.Generator) -> 
     wm, csf, brain = anatomy.wm[box], anatomy.csf[box], anatomy.brain[box]
     rim = rng.uniform(0.55, 0.8)
     core = rim * rng.uniform(0.4, 0.75) if rng.random() < 0.9 else 0.0
+    # Some gliomas do not enhance at all: their core is non-enhancing tumour (label 1,
+    # with necrosis) and a case without ET scores ET Dice 0 or 1, as in the challenge.
+    enhancing = rng.random() >= NON_ENHANCING
     edema_distance = distance * (1.0 - 0.2 * wm)  # reaches further along white matter
     local = np.zeros(distance.shape, dtype=np.uint8)
     local[(edema_distance < 1.0 + profile.annotator) & (csf < 0.5)] = ED
-    local[distance < rim] = ET
+    local[distance < rim] = ET if enhancing else NCR
     local[distance < core] = NCR
     local[~brain] = 0
     labels = np.zeros(anatomy.brain.shape, dtype=np.uint8)
@@ -98,7 +103,7 @@ def grow(anatomy: Anatomy, profile: TumourProfile, rng: np.random.Generator) -> 
     edema = np.zeros(anatomy.brain.shape, dtype=np.float32)
     # full signal inside 0.75 of the radius, none beyond 1.25: the border is a gradient
     edema[box] = np.clip((1.25 - edema_distance) / 0.5, 0, 1) * (csf < 0.5) * brain
-    enhancement = float(rng.uniform(0.35, 1.0))
+    enhancement = float(rng.uniform(0.35, 1.0)) if enhancing else 0.0
     centre_mm = anatomy.affine[:3, :3] @ centre + anatomy.affine[:3, 3]
     return Tumour(
         labels,

@@ -1,0 +1,33 @@
+"""The segmentation benchmark's targets: which figure is compared with which limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.brats import target_checks
+
+
+def _entry(dice: float, worst: float, smallest: float) -> dict[str, float]:
+    return {"dice_mean": dice, "dice_min": worst, "dice_smallest_site": smallest}
+
+
+def test_targets_compare_murmur_with_central_local_and_plaintext() -> None:
+    report: dict[str, Any] = {
+        "methods": {
+            "central": _entry(0.85, 0.80, 0.82),
+            "murmur": _entry(0.84, 0.80, 0.78),
+            "local": _entry(0.70, 0.50, 0.75),
+        },
+        "secure": {"dice_gap": -0.003, "ckks_share_of_training": 0.4},
+    }
+    checks = {name: (value, limit) for name, value, limit in target_checks(report)}
+    met = {name: value <= limit for name, (value, limit) in checks.items()}
+    assert checks["Murmur mean Dice within 0.02 of central"][0] == 0.85 - 0.84
+    assert met["Murmur mean Dice within 0.02 of central"]
+    assert checks["Murmur worst site within 0.04 of central"][0] == 0.85 - 0.80
+    assert not met["Murmur worst site within 0.04 of central"]
+    # 0.78 is only 0.03 above local's 0.75 at the smallest site: 0.02 short of 0.05
+    shortfall = "Murmur ≥ 0.05 above local-only at the smallest site (shortfall)"
+    assert abs(checks[shortfall][0] - 0.02) < 1e-12 and not met[shortfall]
+    assert met["--secure ckks within 0.005 Dice of plaintext"]
+    assert not met["CKKS time ≤ 15% of local training time per round"]
