@@ -26,7 +26,7 @@ from typing import Any
 from murmur.files import atomic_write
 from node.cli import Command
 from sim.errors import SimError
-from sim.report import fmt
+from sim.report import fmt, is_segmentation
 from sim.run_audit import audit_logs, site_folders
 from sim.run_timeline import plot_timeline, read_timeline, site_stats, supervisor_events
 
@@ -43,6 +43,19 @@ COLUMNS = [
     ("rounds→99%", "rounds_to_target", "int"),
     ("bytes→99%", "bytes_to_target", "bytes"),
     ("wall s", "wall_s", "s"),
+]
+# A segmentation run's (sim.segmentation): Dice in place of accuracy, HD95 per region.
+SEGMENTATION_COLUMNS = [
+    ("Dice mean", "dice_mean", "auc"),
+    ("worst site", "dice_min", "auc"),
+    ("smallest site", "dice_smallest_site", "auc"),
+    ("WT", "dice_wt", "auc"),
+    ("TC", "dice_tc", "auc"),
+    ("ET", "dice_et", "auc"),
+    ("HD95 WT mm", "hd95_wt", "s"),
+    ("HD95 TC mm", "hd95_tc", "s"),
+    ("HD95 ET mm", "hd95_et", "s"),
+    *COLUMNS[3:],
 ]
 FAULT_KEYS = ("drop", "delay", "deadline", "slow", "kill", "partition", "wan")
 CSS = """
@@ -134,7 +147,9 @@ def config_section(config: dict[str, Any] | None) -> str:
 def results_section(methods: dict[str, dict[str, Any]] | None) -> str:
     if not methods:
         return missing("Results (summary.json)")
-    shown = [c for c in COLUMNS if any(c[1] in m for m in methods.values())]
+    segmentation = is_segmentation(methods)
+    columns = SEGMENTATION_COLUMNS if segmentation else COLUMNS
+    shown = [c for c in columns if any(c[1] in m for m in methods.values())]
     rows = [
         f'<tr data-method="{escape(name)}"><td>{escape(name)}</td>'
         + "".join(cell(entry.get(key), kind) for _, key, kind in shown)
@@ -142,12 +157,16 @@ def results_section(methods: dict[str, dict[str, Any]] | None) -> str:
         for name, entry in methods.items()
     ]
     out = table(["method", *[c[0] for c in shown]], rows, "results")
-    known = {c[1] for c in COLUMNS} | {"curve", "target_accuracy"}
+    known = {c[1] for c in columns} | {"curve", "target_accuracy"}
+    if segmentation:  # the curves' score is the mean Dice, shown above
+        known |= {"accuracy_mean", "accuracy_min"}
     extra = sorted(
         {k for m in methods.values() for k, v in m.items() if k not in known and _scalar(v)}
     )
     target = next(iter(methods.values())).get("target_accuracy")
-    if isinstance(target, float):
+    if isinstance(target, float) and segmentation:
+        out += f"<p>target = 99% of central's mean Dice = {target:.3f}</p>"
+    elif isinstance(target, float):
         out += f"<p>target = 99% of central's accuracy = {100 * target:.1f}%</p>"
     if extra:
         more = [

@@ -136,6 +136,11 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
         raise ConfigError("--rounds and --eval-every must be at least 1")
     if is_segmentation(args) and (args.dp_sweep or args.wan is not None or args.kill):
         raise ConfigError("brats data runs without --dp-sweep, --wan and --kill for now")
+    if is_segmentation(args) and args.backend == "process" and args.patch is not None:
+        raise ConfigError(
+            "--patch with --backend process: nodes train on their model's default patch "
+            "(no [train] key for it yet); leave --patch out"
+        )
     if args.wan is not None:
         if args.backend != "process":
             raise ConfigError("--wan needs --backend process (real node processes)")

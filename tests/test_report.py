@@ -327,3 +327,28 @@ def test_text_from_the_run_is_escaped(tmp_path: Path) -> None:
     assert [r["attrs"]["data-method"] for r in tables["results"]["rows"]] == [name]
     assert tables["config"]["rows"][0]["cells"][1][0] == json.dumps(note)
     assert html.count(NOT_RECORDED) == 5  # plots, timelines, faults asked, supervisor, audit
+
+
+def test_a_segmentation_run_is_reported_by_dice_not_accuracy() -> None:
+    from sim.run_report import results_section
+
+    entry = {
+        "accuracy_mean": 0.81,
+        "accuracy_min": 0.7,
+        "dice_mean": 0.81,
+        "dice_min": 0.7,
+        "dice_smallest_site": 0.72,
+        "dice_wt": 0.9,
+        "dice_tc": 0.8,
+        "dice_et": 0.73,
+        "hd95_wt": 9.84,
+        "hd95_tc": 3.8,
+        "hd95_et": 16.7,
+        "bytes_per_node": 1e6,
+        "target_accuracy": 0.8,
+    }
+    page = results_section({"murmur": entry})
+    assert "Dice mean" in page and "HD95 WT mm" in page and "acc mean %" not in page
+    assert '<td data-value="0.81">0.810</td>' in page and ">9.8<" in page
+    assert "99% of central's mean Dice = 0.800" in page
+    assert "accuracy_mean" not in page  # not repeated under "More figures"

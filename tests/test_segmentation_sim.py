@@ -72,11 +72,14 @@ def test_real_nodes_train_on_their_own_site_folders_as_the_simulator_does(
     the simulator's cases, train the same U-Net and report its Dice; the in-process run
     of the same flags ends on the same figures."""
     line = (
-        f"--dataset brats:{brats} --model unet2d:4 --patch 32 --rounds 6 --eval-every 6 "
-        "--methods murmur --compressor block-k:0.1"
+        f"--dataset brats:{brats} --model unet2d:8 --rounds 30 --local-steps 2 "
+        "--eval-every 30 --methods murmur --compressor block-k:0.1"
     )
     here = _sim(line, tmp_path / "inprocess")["methods"]["murmur"]
     there = _sim(f"{line} --backend process", tmp_path / "process")["methods"]["murmur"]
+    # a model that has learned (an untrained one's Dice hangs on near-ties of its logits,
+    # which the nodes' own float order can flip)
+    assert here["dice_mean"] > 0.3
     assert there["dice_mean"] == pytest.approx(here["dice_mean"], abs=0.01)
     assert there["dice_min"] == pytest.approx(here["dice_min"], abs=0.01)
     assert there["bytes_per_node"] == pytest.approx(here["bytes_per_node"], rel=0.02)
@@ -93,6 +96,7 @@ def test_real_nodes_train_on_their_own_site_folders_as_the_simulator_does(
         ("--dataset brats:{missing}", "no such folder"),
         ("--dataset brats:{one_site}", "found 1 site folder"),
         ("--dataset brats:{brats} --kill 1@3", "without --dp-sweep, --wan and --kill"),
+        ("--dataset brats:{brats} --backend process --patch 64", "leave --patch out"),
         ("--dataset brats:{brats} --dp epsilon=3,delta=1e-5", "--dp with segmentation"),
         ("--dataset brats:{brats} --model mlp:32", "needs a segmentation model"),
         ("--dataset brats:{brats} --model unet3d:8 --patch 30", "multiples of 16"),
