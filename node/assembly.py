@@ -39,8 +39,8 @@ from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData, Tra
 
 if TYPE_CHECKING:
     from node.training.brats.volumes import Case
-    from node.training.dp.engine import DpTrainer
-    from node.training.dp.loop import DpTrainingLoop
+    from node.training.dp.engine import DpRows, DpTrainer
+    from node.training.segmentation.dp import DpSegmentationTrainer
 
 
 def _held_out(config: NodeConfig, encoding: Featurizer | None) -> SiteData | None:
@@ -58,7 +58,7 @@ class SiteParts:
     layout: FlatLayout
     x0: torch.Tensor  # the shared initial model, from the public seed
     trainer: Trainer
-    dp: DpTrainer | DpTrainingLoop | None
+    dp: DpRows | None  # DP-SGD's rows and their accountants, whichever the trainer
     ledger: PrivacyLedger | None
     tracker: GradientTracker | None  # murmur-gt: gossips the stacked [x | v]
     state: ChocoState
@@ -155,8 +155,8 @@ class SiteParts:
         """A hospital's BraTS case folders: a U-Net trained on its cases, scored by mean
         Dice on the fifth it holds out (the simulator holds out the same ones)."""
         from node.training.brats import load_site_cases, split_cases
-        from node.training.segmentation import default_patch
-        from node.training.segmentation.trainer import SegmentationTrainer
+        from node.training.segmentation import parse_patch
+        from node.training.segmentation.trainer import SegmentationTrainer, Segmenter
 
         name = config.train.model.partition(":")[0]
         if name not in SEGMENTATION_MODELS:
@@ -164,24 +164,32 @@ class SiteParts:
                 f"[data] source {config.data.source!r} needs a segmentation model "
                 f"([train] model = unet3d:C or unet2d:C), not {config.train.model!r}"
             )
-        if config.privacy is not None:
-            raise ConfigError("[privacy] with brats: data is not supported yet")
         loaded = load_site_cases(Path(config.data.source.split(":", 1)[1]))
         train, test = split_cases(loaded.cases, config.consortium.seed)
         torch.manual_seed(config.consortium.seed)
         model = build_model(config.train.model, 4, 4)
         layout = FlatLayout.of(model)
         x0 = layout.to_vector(model).detach()
-        trainer = SegmentationTrainer(
+        plain = SegmentationTrainer(
             model,
             x0.unsqueeze(0).clone(),
             [train],
             config.train.trainer,
-            default_patch(config.train.model),
+            parse_patch(config.train.patch, config.train.model),
             seed=config.consortium.seed,
             first_row=index,
         )
-        parts = cls._gossip(config, index, membership, None, None, model, layout, x0, trainer, None)
+        trainer: Segmenter = plain
+        dp: DpSegmentationTrainer | None = None
+        if config.privacy is not None:
+            from node.training.segmentation.dp import DpSegmentationTrainer  # loads Opacus
+
+            # each patient a record; noise and sampling from the site's secret seed
+            dp = DpSegmentationTrainer(
+                plain, config.privacy, config.train.rounds, dp_seed(config.site.state_dir)
+            )
+            trainer = dp
+        parts = cls._gossip(config, index, membership, None, None, model, layout, x0, trainer, dp)
         parts.stop_text = "off for segmentation (a site's held-back share would be a scan or two)"
         parts.skipped = loaded.skipped
         parts.held_out_cases = tuple(test)
@@ -222,7 +230,7 @@ class SiteParts:
         layout: FlatLayout,
         x0: torch.Tensor,
         trainer: Trainer,
-        dp: DpTrainer | DpTrainingLoop | None,
+        dp: DpRows | None,
     ) -> SiteParts:
         """The gossip side, alike for every trainer: tracker, state, compressor, γ."""
         tracking = config.gossip.method == "murmur-gt"
@@ -277,9 +285,9 @@ class SiteParts:
         (brats:), on ``[data] eval`` rows when given, else the site's own ``evaluate`` (a
         custom loop), else none."""
         if self.held_out_cases:
-            from node.training.segmentation.trainer import SegmentationTrainer
+            from node.training.segmentation.trainer import Segmenter
 
-            assert isinstance(self.trainer, SegmentationTrainer)
+            assert isinstance(self.trainer, Segmenter)
             return self.trainer.site_score(self.held_out_cases)
         if self.eval is not None:
             assert isinstance(self.trainer, LocalTrainer)

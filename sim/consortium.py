@@ -53,6 +53,7 @@ class ConsortiumSpec:
     secure: str = "off"
     dp: DpConfig | None = None
     method: str = "murmur"  # or murmur-gt
+    patch: str | None = None  # segmentation: the training patch (None: the model's default)
     # Each node serves Prometheus metrics on its own loopback port (for `murmur watch`);
     # off for in-process nodes, which share one process.
     metrics: bool = False
@@ -103,11 +104,11 @@ def write_consortium(
     )
     metrics = [f"127.0.0.1:{p}" if spec.metrics else METRICS_OFF for p in ports[n:]]
     addresses = dict(zip(members, listen, strict=True))
-    dp = None
     if isinstance(data, FederatedData):
         test_x, test_y = data.pooled("test")
         save_shard(out / "eval.npz", test_x, test_y, data.n_classes)
-        dp = None if spec.dp is None else for_sites(spec.dp, [len(y) for _, y in data.train])
+    # each site's records: its table rows, or its patients
+    dp = None if spec.dp is None else for_sites(spec.dp, [len(part) for part in data.train])
     paths = []
     for i, identity in enumerate(identities):
         node_dir = out / f"node-{i}"
@@ -136,7 +137,11 @@ def write_consortium(
             ),
             data=source,
             train=TrainSection(
-                model=spec.model, rounds=spec.rounds, eval_every=spec.eval_every, trainer=spec.train
+                model=spec.model,
+                rounds=spec.rounds,
+                eval_every=spec.eval_every,
+                trainer=spec.train,
+                patch=spec.patch,
             ),
             gossip=GossipSection(
                 compressor=spec.compressor,

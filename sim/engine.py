@@ -21,7 +21,7 @@ from node.gossip.choco import ChocoState, consensus_distance
 from node.gossip.compress import Compressor, require_shared_slots
 from node.gossip.step_guard import step_guard
 from node.gossip.tracking import GradientTracker
-from node.training.dp_config import for_sites
+from node.training.dp_config import DpConfig, for_sites
 from node.training.flat import FlatLayout
 from node.training.models import build_model
 from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData, Trainer
@@ -43,16 +43,28 @@ class Simulation:
     def __init__(
         self, data: FederatedData, topology: StaticTopology | MatchingSchedule, spec: RunSpec
     ) -> None:
+        self._setup(topology, spec, len(data.train), data.n_features, data.n_classes)
         self.data = data
-        self.topology = topology
-        self.spec = spec
-        self.n = len(data.train)
-        torch.manual_seed(spec.seed)
-        self.model = build_model(spec.model, data.n_features, data.n_classes).to(spec.device)
-        self.layout = FlatLayout.of(self.model)
-        self.x0 = self.layout.to_vector(self.model).to(spec.device)
         test_x, test_y = data.pooled("test")
         self.test_x, self.test_y = test_x.to(spec.device), test_y.to(spec.device)
+
+    def _setup(
+        self,
+        topology: StaticTopology | MatchingSchedule,
+        spec: RunSpec,
+        sites: int,
+        inputs: int,
+        outputs: int,
+    ) -> None:
+        """What every workload shares: the graph, the run, and the one initial model
+        (seeded, so every method starts every site from the same x0)."""
+        self.topology = topology
+        self.spec = spec
+        self.n = sites
+        torch.manual_seed(spec.seed)
+        self.model = build_model(spec.model, inputs, outputs).to(spec.device)
+        self.layout = FlatLayout.of(self.model)
+        self.x0 = self.layout.to_vector(self.model).to(spec.device)
 
     def _trainer(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> LocalTrainer:
         """Every method trains through this: with ``spec.dp`` each row (a site, or the
@@ -64,17 +76,25 @@ class Simulation:
             return plain
         from node.training.dp.engine import DpTrainer  # Opacus loads only when DP is asked for
 
-        dp = for_sites(self.spec.dp, [len(y) for _, y in self.data.train])
-        pooled = len(parts) == 1 and self.n > 1  # central: its one row weighs 1
-        mean = float(len(parts[0][1])) if pooled else dp.mean_records
-        if pooled and dp.rounds is None:
-            # Central DP-SGD has no mixing to wait for: every round is its better setting.
-            dp = replace(dp, rounds=self.spec.rounds)
+        dp, mean = self._dp_for([len(y) for _, y in parts])
         # The simulator seeds DP from its public --seed on purpose: runs are reproducible,
         # and nobody's records are at stake. Nodes use a secret seed (node.state.site_secrets).
         return DpTrainer(
             plain, parts, dp, self.spec.rounds, self.spec.seed, mean, reproducible=True
         )
+
+    def _dp_for(self, rows: list[int]) -> tuple[DpConfig, float | None]:
+        """``--dp`` for a trainer of ``rows`` (each row's records), and the mean records
+        its learning rates are weighed against: every site's rows, or ``central``'s one
+        row of everything pooled (which weighs 1, and has no mixing to wait for)."""
+        assert self.spec.dp is not None
+        dp = for_sites(self.spec.dp, self._site_sizes())
+        pooled = len(rows) == 1 and self.n > 1
+        if not pooled:
+            return dp, dp.mean_records
+        if dp.rounds is None:  # central DP-SGD: every round is its better setting
+            dp = replace(dp, rounds=self.spec.rounds)
+        return dp, float(rows[0])
 
     def _site_trainer(self, checks: SiteValidation | None) -> Trainer:
         """Every site's trainer, one row each (on the rows the validation stop leaves it
@@ -112,10 +132,7 @@ class Simulation:
                 **extra,
             }
             return result
-        epsilons = trainer.epsilons() if hasattr(trainer, "epsilons") else None
-        if epsilons is not None:  # the largest ε any site spent, and how many spent it all
-            extra = {**extra, "eps_spent": max(epsilons)}
-            extra["dp_sites_spent"] = sum(getattr(trainer, "spent", []))
+        extra = {**extra, **dp_figures(trainer)}
         probs = trainer.predict_proba(self.test_x)
         acc = accuracy(probs, self.test_y)
         aucs = auc(probs, self.test_y)
@@ -360,3 +377,12 @@ class Simulation:
             if tick:
                 tick()
         return self._finish(result, trainer, began)
+
+
+def dp_figures(trainer: Trainer) -> dict[str, float]:
+    """A DP run's final figures: the largest ε any site spent, and how many spent it all
+    (duck-typed: the DP trainers live behind Opacus, which loads only when DP is on)."""
+    epsilons = getattr(trainer, "epsilons", None)
+    if epsilons is None:
+        return {}
+    return {"eps_spent": max(epsilons()), "dp_sites_spent": sum(getattr(trainer, "spent", []))}

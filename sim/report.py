@@ -20,13 +20,15 @@ TABULAR_COLUMNS = [
     ("AUC mean", "auc_mean", "auc"),
 ]
 # Segmentation (sim.segmentation): each site's model on its own held-out scans.
+# (short header, long header, summary key): the terminal table uses the short ones.
+DICE_COLUMNS = [
+    ("Dice", "Dice mean", "dice_mean"),
+    ("worst", "worst site", "dice_min"),
+    ("small", "smallest site", "dice_smallest_site"),
+    *((r.upper(), r.upper(), f"dice_{r}") for r in ("wt", "tc", "et")),
+]
 SEGMENTATION_COLUMNS = [
-    ("Dice", "dice_mean", "dice"),
-    ("worst", "dice_min", "dice"),
-    ("small", "dice_smallest_site", "dice"),
-    ("WT", "dice_wt", "dice"),
-    ("TC", "dice_tc", "dice"),
-    ("ET", "dice_et", "dice"),
+    *((short, key, "dice") for short, _, key in DICE_COLUMNS),
     ("HD95 mm", "hd95", "hd95"),
 ]
 

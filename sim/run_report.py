@@ -26,7 +26,7 @@ from typing import Any
 from murmur.files import atomic_write
 from node.cli import Command
 from sim.errors import SimError
-from sim.report import fmt, is_segmentation
+from sim.report import DICE_COLUMNS, fmt, is_segmentation
 from sim.run_audit import audit_logs, site_folders
 from sim.run_timeline import plot_timeline, read_timeline, site_stats, supervisor_events
 
@@ -46,15 +46,8 @@ COLUMNS = [
 ]
 # A segmentation run's (sim.segmentation): Dice in place of accuracy, HD95 per region.
 SEGMENTATION_COLUMNS = [
-    ("Dice mean", "dice_mean", "auc"),
-    ("worst site", "dice_min", "auc"),
-    ("smallest site", "dice_smallest_site", "auc"),
-    ("WT", "dice_wt", "auc"),
-    ("TC", "dice_tc", "auc"),
-    ("ET", "dice_et", "auc"),
-    ("HD95 WT mm", "hd95_wt", "s"),
-    ("HD95 TC mm", "hd95_tc", "s"),
-    ("HD95 ET mm", "hd95_et", "s"),
+    *((long, key, "auc") for _, long, key in DICE_COLUMNS),
+    *((f"HD95 {r.upper()} mm", f"hd95_{r}", "s") for r in ("wt", "tc", "et")),
     *COLUMNS[3:],
 ]
 FAULT_KEYS = ("drop", "delay", "deadline", "slow", "kill", "partition", "wan")

@@ -28,6 +28,7 @@ from node.gossip.registry import parse_compressor
 from node.gossip.step_guard import step_guard
 from node.training.device import pick_device
 from node.training.dp_config import DpConfig
+from node.training.segmentation import parse_patch
 from node.training.trainer import TrainConfig
 from sim import partition
 from sim.consortium import ConsortiumSpec
@@ -39,7 +40,7 @@ from sim.methods import METHOD_NAMES, METHODS
 from sim.prep import FederatedData, prepare
 from sim.report import plot, print_table, with_targets, write_summary
 from sim.results import MethodResult, RunSpec
-from sim.segmentation import FederatedCases, SegmentationSimulation, load_brats, parse_patch
+from sim.segmentation import FederatedCases, SegmentationSimulation, load_brats
 from sim.validation import stop_plan
 from sim.wan_profile import WanProfile
 from topology import build_topology, spectral_gap
@@ -47,7 +48,8 @@ from topology import build_topology, spectral_gap
 GOSSIP_METHODS = ("dpsgd", "murmur", "murmur-gt")
 
 
-def is_segmentation(args: argparse.Namespace) -> bool:
+def on_mri(args: argparse.Namespace) -> bool:
+    """Whether this run segments tumours on BraTS folders (``--dataset brats:DIR``)."""
     return str(args.dataset).startswith("brats:")
 
 
@@ -56,8 +58,8 @@ def resolve_defaults(args: argparse.Namespace) -> None:
     for tables, :func:`node.training.segmentation.train_defaults` for a U-Net on MRI."""
     defaults = TrainConfig()
     if getattr(args, "model", None) is None:
-        args.model = "unet3d:8" if is_segmentation(args) else TrainSection.model
-    if is_segmentation(args):
+        args.model = "unet3d:8" if on_mri(args) else TrainSection.model
+    if on_mri(args):
         from node.training.segmentation import train_defaults
 
         defaults = train_defaults(args.model)
@@ -65,7 +67,7 @@ def resolve_defaults(args: argparse.Namespace) -> None:
         if getattr(args, name, None) is None:
             setattr(args, name, getattr(defaults, name))
     if getattr(args, "eval_every", None) is None:
-        args.eval_every = max(1, args.rounds // 10) if is_segmentation(args) else 1
+        args.eval_every = max(1, args.rounds // 10) if on_mri(args) else 1
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -134,13 +136,10 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
     resolve_defaults(args)
     if args.rounds < 1 or args.eval_every < 1:
         raise ConfigError("--rounds and --eval-every must be at least 1")
-    if is_segmentation(args) and (args.dp_sweep or args.wan is not None or args.kill):
+    if on_mri(args) and (args.dp_sweep or args.wan is not None or args.kill):
         raise ConfigError("brats data runs without --dp-sweep, --wan and --kill for now")
-    if is_segmentation(args) and args.backend == "process" and args.patch is not None:
-        raise ConfigError(
-            "--patch with --backend process: nodes train on their model's default patch "
-            "(no [train] key for it yet); leave --patch out"
-        )
+    if on_mri(args):
+        parse_patch(args.patch, args.model)  # a bad patch fails before any work
     if args.wan is not None:
         if args.backend != "process":
             raise ConfigError("--wan needs --backend process (real node processes)")
@@ -156,7 +155,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
     )
     train = train_config(args)
     data: FederatedData | FederatedCases
-    if is_segmentation(args):
+    if on_mri(args):
         data = load_brats(Path(args.dataset.split(":", 1)[1]), args.seed, console.print)
         args.partition_used = "natural"
     else:
@@ -283,7 +282,12 @@ def _run_networked(
         progress.update(task, completed=round_)
 
     if args.wan is None:
-        result = run_processes(args.out / method, data, spec, list(faults.crashes), tick=tick)
+        # each round waits at most a deadline for frames, and then trains: a U-Net's
+        # round on a shared CPU can take seconds, so the limit grows with the rounds
+        limit = max(600.0, args.rounds * (spec.deadline_s + 5.0))
+        result = run_processes(
+            args.out / method, data, spec, list(faults.crashes), timeout_s=limit, tick=tick
+        )
     else:
         assert isinstance(data, FederatedData)
         from sim.wan_run import run_wan
@@ -317,6 +321,7 @@ def consortium_spec(
         secure="off" if method == "dpsgd" else args.secure,
         dp=args.dp,
         method="murmur-gt" if method == "murmur-gt" else "murmur",
+        patch=args.patch,
         metrics=True,  # each node on its own loopback port: `murmur watch --run OUT/<method>`
     )
 

@@ -15,7 +15,9 @@ each site and as many patches a step as the whole consortium (K sites' batches),
 is the step FedAvg takes with one local step; ``empty`` is
 the score of predicting no tumour anywhere, the floor every method must clear. The
 validation stop is off (its held-back share of a site's dozen cases would be one or two
-scans), and so is DP for now.
+scans). Under ``--dp`` every site trains with DP-SGD, each patient a record
+(:mod:`node.training.segmentation.dp`), and ``central`` is central DP-SGD on the pooled
+patients.
 """
 
 from __future__ import annotations
@@ -30,18 +32,17 @@ import torch
 
 from node.errors import ConfigError
 from node.training.brats import Case, load_site_cases, split_cases
-from node.training.flat import FlatLayout
-from node.training.models import build_model
-from node.training.segmentation import default_patch
-from node.training.segmentation.metrics import REGIONS, RegionScores, score_case
-from node.training.segmentation.trainer import SegmentationTrainer
+from node.training.segmentation.metrics import REGIONS, RegionScores, mean_dice, score_case
+from node.training.segmentation.trainer import SegmentationTrainer, Segmenter
 from node.training.trainer import Trainer
-from sim.engine import Simulation
+from sim.engine import Simulation, dp_figures
 from sim.results import MethodResult, RunSpec, Tick
 from sim.validation import SiteValidation
 from topology import MatchingSchedule, StaticTopology
 
 CHANNELS, LABELS = 4, 4  # T1, T1ce, T2, FLAIR in; background, NCR, ED, ET out
+# each site's scores on its held-out cases, and its prediction of the first of them
+Scored = tuple[list[list[RegionScores]], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -91,29 +92,6 @@ def _prefixed(report: Callable[[str], None], site: str) -> Callable[[str], None]
     return lambda line: report(f"{site}: {line}")
 
 
-def parse_patch(text: str | None, model: str) -> tuple[int, int, int]:
-    """``--patch`` as ``N`` (a cube, or an N × N slice for 2D) or ``X,Y,Z``."""
-    if text is None:
-        return default_patch(model)
-    try:
-        sides = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"--patch {text!r}: expected N or X,Y,Z in voxels") from None
-    flat = model.startswith("unet2d")
-    if len(sides) == 1:
-        sides = [sides[0], sides[0], 1 if flat else sides[0]]
-    from node.training.segmentation.networks import divisor
-
-    step = divisor(2 if flat else 3)
-    bad = [s for s in sides[: 2 if flat else 3] if s < step or s % step]
-    if len(sides) != 3 or bad or (flat and sides[2] != 1):
-        raise ConfigError(
-            f"--patch {text!r}: sides must be multiples of {step} for {model}"
-            + (" and one slice deep (X,Y,1)" if flat else "")
-        )
-    return sides[0], sides[1], sides[2]
-
-
 class SegmentationSimulation(Simulation):
     """:class:`sim.engine.Simulation` on BraTS cases: its rounds, Dice for accuracy."""
 
@@ -124,33 +102,40 @@ class SegmentationSimulation(Simulation):
         spec: RunSpec,
         patch: tuple[int, int, int],
     ) -> None:
-        if spec.dp is not None:
-            raise ConfigError("--dp with segmentation models is not supported yet")
         name = spec.model.partition(":")[0]
         if name not in ("unet3d", "unet2d"):
             raise ConfigError(
                 f"brats data needs a segmentation model (unet3d:C, unet2d:C), not {spec.model!r}"
             )
         self.cases = cases
-        self.topology = topology
-        self.spec = spec
         self.patch = patch
-        self.n = len(cases.train)
-        torch.manual_seed(spec.seed)
-        self.model = build_model(spec.model, CHANNELS, LABELS).to(spec.device)
-        self.layout = FlatLayout.of(self.model)
-        self.x0 = self.layout.to_vector(self.model).to(spec.device)
+        self._setup(topology, spec, len(cases.train), CHANNELS, LABELS)
         # method → each site's prediction of its first held-out case, when the run ended
         self.predictions: dict[str, list[np.ndarray]] = {}
+        # the last scoring, kept with the parameters it scored: the last round's curve
+        # point and the final figures score the same model, and whole-volume inference
+        # is the costliest thing a segmentation run does after training
+        self._scored: tuple[torch.Tensor, int, Scored] | None = None
 
     def _segmentation_trainer(
         self, sites: Sequence[Sequence[Case]], batch_size: int | None = None
-    ) -> SegmentationTrainer:
+    ) -> Segmenter:
+        """A trainer of one row per entry of ``sites`` (every site's, or central's one
+        pooled row); under ``--dp`` DP-SGD with each patient as a record."""
         params = self.x0.unsqueeze(0).repeat(len(sites), 1).contiguous()
         config = self.spec.train
         if batch_size is not None:
             config = replace(config, batch_size=batch_size)
-        return SegmentationTrainer(self.model, params, sites, config, self.patch, self.spec.seed)
+        plain = SegmentationTrainer(self.model, params, sites, config, self.patch, self.spec.seed)
+        if self.spec.dp is None:
+            return plain
+        from node.training.segmentation.dp import DpSegmentationTrainer  # loads Opacus
+
+        dp, mean = self._dp_for([len(cases) for cases in sites])
+        # public --seed on purpose, as for tables (Simulation._trainer)
+        return DpSegmentationTrainer(
+            plain, dp, self.spec.rounds, self.spec.seed, mean, reproducible=True
+        )
 
     def _site_trainer(self, checks: SiteValidation | None) -> Trainer:
         return self._segmentation_trainer(self.cases.train)
@@ -161,34 +146,40 @@ class SegmentationSimulation(Simulation):
     def _validation(self) -> SiteValidation | None:
         return None
 
-    def _site_scores(
-        self, trainer: SegmentationTrainer, keep: str | None = None
-    ) -> list[list[RegionScores]]:
-        """Site i's held-out cases scored by row i's model (by the one row, for central);
-        ``keep``: file each site's first held-out prediction under that method's name, for
-        the picture (:mod:`sim.segmentation_plot`)."""
-        out = []
+    def _site_scores(self, trainer: Segmenter) -> Scored:
+        """Site i's held-out cases scored by row i's model (by the one row, for central),
+        and each site's prediction of its first held-out case (for the picture,
+        :mod:`sim.segmentation_plot`)."""
+        params = trainer.params
+        if self._scored is not None:
+            scored_params, version, scored = self._scored
+            if scored_params is params and version == params._version:
+                return scored
+        scores, firsts = [], []
         for site, cases in enumerate(self.cases.test):
-            row = site if trainer.params.shape[0] == self.n else 0
+            row = site if params.shape[0] == self.n else 0
             predicted = trainer.predict(row, cases)
-            if keep is not None:
-                self.predictions.setdefault(keep, []).append(predicted[0])
-            out.append(
+            firsts.append(predicted[0])
+            scores.append(
                 [score_case(p, c.label, c.spacing) for p, c in zip(predicted, cases, strict=True)]
             )
-        return out
+        self._scored = (params, params._version, (scores, firsts))
+        return scores, firsts
 
     def _scores(self, trainer: Trainer) -> np.ndarray:
         """Each site's Dice (mean of WT, TC, ET) on its own held-out cases."""
-        assert isinstance(trainer, SegmentationTrainer)
-        return np.array([np.mean([c.dice for c in site]) for site in self._site_scores(trainer)])
+        assert isinstance(trainer, Segmenter)
+        return np.array([mean_dice(site) for site in self._site_scores(trainer)[0]])
 
     def _finish(
         self, result: MethodResult, trainer: Trainer, began: float, **extra: float
     ) -> MethodResult:
-        assert isinstance(trainer, SegmentationTrainer)
+        assert isinstance(trainer, Segmenter)
+        scores, firsts = self._site_scores(trainer)
+        self.predictions[result.method] = firsts
         result.final = {
-            **finals(self._site_scores(trainer, keep=result.method), self._site_sizes()),
+            **finals(scores, self._site_sizes()),
+            **dp_figures(trainer),
             "bytes_per_node": result.bytes_per_node[-1] if result.bytes_per_node else 0.0,
             "rounds": self.spec.rounds,
             "wall_s": time.perf_counter() - began,
@@ -221,7 +212,7 @@ def finals(
     cases, the worst site, and the mean Dice at the site with the fewest training cases."""
     dice = np.array([np.mean([s.dice for s in scores], axis=0) for scores in site_scores])
     hd95 = np.array([np.mean([s.hd95 for s in scores], axis=0) for scores in site_scores])
-    overall = dice.mean(axis=1)  # each site's Dice averaged over WT, TC, ET
+    overall = np.array([mean_dice(scores) for scores in site_scores])
     out: dict[str, float | int | None] = {
         "accuracy_mean": float(overall.mean()),
         "accuracy_min": float(overall.min()),

@@ -171,3 +171,22 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
         yield SecureBroker(
             f"mqtt://127.0.0.1:{plain}", f"mqtts://127.0.0.1:{tls}", ca, "site", "s3cret-pw"
         )
+
+
+def tiny_brats(
+    out: Path, *, sites: int = 2, cases: int = 2, naming: str = "2021", seed: int = 3
+) -> dict[str, object]:
+    """Generated hospitals of ``cases`` small (2 mm) cases each, equal in size: what the
+    segmentation tests train and load (``murmur data make-brats``)."""
+    from sim.brats.make import make
+
+    return make(
+        out,
+        sites=sites,
+        cases_per_site=cases,
+        naming=naming,
+        seed=seed,
+        resolution=2,
+        imbalance=0.0,
+        show=False,
+    )

@@ -15,22 +15,14 @@ import pytest
 from node.errors import ConfigError
 from node.training.brats import load_site_cases
 from node.training.brats.layout import CHANNELS, ED, ET, NCR
-from sim.brats.make import make, site_counts
+from sim.brats.make import site_counts
+from tests.conftest import tiny_brats
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
     out = tmp_path_factory.mktemp("brats")
-    return out, make(
-        out,
-        sites=2,
-        cases_per_site=2,
-        naming="2023",
-        seed=3,
-        resolution=2,
-        imbalance=0.0,
-        show=False,
-    )
+    return out, tiny_brats(out, cases=2, naming="2023", seed=3)
 
 
 def test_site_counts_spread_the_cases_and_keep_the_total() -> None:
@@ -98,16 +90,7 @@ def test_the_same_seed_gives_the_same_cases(
     tmp_path: Path, generated: tuple[Path, dict[str, object]]
 ) -> None:
     out, manifest = generated
-    again = make(
-        tmp_path,
-        sites=2,
-        cases_per_site=2,
-        naming="2021",
-        seed=3,
-        resolution=2,
-        imbalance=0.0,
-        show=False,
-    )
+    again = tiny_brats(tmp_path, cases=2, naming="2021", seed=3)
     assert again["sites"] == manifest["sites"]
     first = load_site_cases(out / "site-2").cases[1]
     second = load_site_cases(tmp_path / "site-2").cases[1]
@@ -119,16 +102,7 @@ def test_cases_made_with_other_settings_are_not_reused(
 ) -> None:
     out, _ = generated
     with pytest.raises(ConfigError, match="other settings \\(seed differ\\)"):
-        make(
-            out,
-            sites=2,
-            cases_per_site=2,
-            naming="2023",
-            seed=4,
-            resolution=2,
-            imbalance=0.0,
-            show=False,
-        )
+        tiny_brats(out, cases=2, naming="2023", seed=4)
 
 
 def test_the_command_refuses_a_site_too_small_to_hold_out_a_case(tmp_path: Path) -> None:

@@ -53,6 +53,24 @@ def test_every_problem_is_listed(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
+def test_a_segmentation_site_gets_the_segmentation_training_defaults(tmp_path: Path) -> None:
+    """A hospital writing only ``model = "unet3d:8"`` trains as the simulator does (Adam,
+    two patches, no validation stop), not with a table classifier's SGD at 0.3; keys it
+    does write win; the patch is checked against the model."""
+    config = load_config(_write(tmp_path, "", '[train]\nmodel = "unet3d:8"\nlr = 0.003\n'))
+    assert config.train.trainer == TrainConfig(
+        optimizer="adam", lr=0.003, batch_size=2, stop_patience=0
+    )
+    assert config.train.patch is None
+    flat = load_config(_write(tmp_path, "", '[train]\nmodel = "unet2d:8"\npatch = "64"\n'))
+    assert flat.train.trainer.batch_size == 16 and flat.train.patch == "64"
+    assert load_config(_write(tmp_path, "")).train.trainer == TrainConfig()
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        load_config(_write(tmp_path, "", '[train]\nmodel = "unet3d:8"\npatch = "50"\n'))
+    with pytest.raises(ConfigError, match="patch is for segmentation models"):
+        load_config(_write(tmp_path, "", '[train]\npatch = "64"\n'))
+
+
 def test_explicit_edges_give_metropolis_weights(tmp_path: Path) -> None:
     a, b, c, d = IDS
     edges = f'edges = [["{a}", "{b}"], ["{a}", "{c}"], ["{a}", "{d}"], ["{b}", "{c}"]]'

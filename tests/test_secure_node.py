@@ -250,7 +250,7 @@ def test_ckks_consortium_gets_back_in_step_after_a_crash(
     contributor each, keep pace without one; once it is back the ring returns to full
     rounds everywhere."""
     spec = ConsortiumSpec(
-        rounds=300, train=TRAIN, compressor="block-k:0.3:64", secure="ckks", eval_every=300
+        rounds=150, train=TRAIN, compressor="block-k:0.3:64", secure="ckks", eval_every=150
     )
     result = run_processes(tmp_path, subset(wisconsin16, 4), spec, [Crash(1, 8, 14)])
     assert float(result.final["accuracy_mean"] or 0) > 0.85

@@ -3,6 +3,8 @@ inference, augmentation, and the K-site trainer's contract with gossip."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -153,3 +155,43 @@ def test_training_lowers_the_loss_and_leaves_inactive_sites_alone() -> None:
     restored = _trainer(sites)
     restored.load_state_dict(trainer.state_dict())
     assert restored.draws == trainer.draws
+
+
+def test_dp_clips_each_patients_gradient_and_stops_at_its_budget() -> None:
+    """DP-SGD with each case a record: with every case sampled (batch = cases), noise
+    negligible and SGD at step 1, one step moves the model by the mean of the clipped
+    per-case gradients, so by at most ``clip``; an unclipped step of an untrained U-Net
+    moves it by far more. The budget is never overspent: the row stops training."""
+    from node.training.dp_config import DpConfig
+    from node.training.segmentation.dp import DpSegmentationTrainer
+
+    sites = [[toy_case("a", 0), toy_case("b", 1), toy_case("c", 2)]]
+    plain = _trainer(sites, optimizer="sgd", lr=1.0, batch_size=3)
+    before = plain.params.clone()
+    plain.train()  # a plain step, for scale
+    free_step = float((plain.params - before).norm())
+    clip = 1e-3
+    inner = _trainer(sites, optimizer="sgd", lr=1.0, batch_size=3)
+    dp = DpConfig(epsilon=1e30, delta=1e-2, clip=clip, noise_multiplier=1e-7, weight="equal")
+    private = DpSegmentationTrainer(inner, dp, planned_rounds=4, seed=5, reproducible=True)
+    assert private.rows[0].sample_rate == 1.0
+    start = private.params.clone()
+    with warnings.catch_warnings():  # σ ≈ 0 spends an unbounded ε, as the accountant says
+        warnings.filterwarnings("ignore", "Optimal order is the smallest alpha")
+        private.train()
+    moved = float((private.params - start).norm())
+    assert 0 < moved <= clip * (1 + 1e-4) and free_step > 100 * clip
+    assert private.records[0].draws > 3  # one fresh patch per sampled case (plus Opacus' probe)
+
+    budget = DpConfig(epsilon=2.0, delta=1e-2, clip=1.0, weight="equal", rounds=3)
+    tight = DpSegmentationTrainer(_trainer(sites), budget, planned_rounds=3, seed=5)
+    for _ in range(6):
+        tight.train()
+    assert tight.spent == [True] and tight.epsilon() <= 2.0
+    frozen = tight.params.clone()
+    tight.train()
+    assert torch.equal(tight.params, frozen)
+    again = DpSegmentationTrainer(_trainer(sites), budget, planned_rounds=3, seed=5)
+    again.load_state_dict(tight.state_dict())
+    assert again.records[0].draws == tight.records[0].draws
+    assert again.epsilon() == pytest.approx(tight.epsilon())

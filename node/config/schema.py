@@ -8,7 +8,10 @@ ignored.
 
 Field metadata: ``KEY`` the TOML key when it is not the field's name; ``AUTO`` the string
 that stands for None (``gamma = "auto"``); ``DOC`` a one-line comment for written files;
-``FLATTEN`` a nested dataclass whose fields live in the same table.
+``FLATTEN`` a nested dataclass whose fields live in the same table; ``DEFAULTS`` (with
+``FLATTEN``) a function of the raw table giving the nested dataclass whose values stand
+for the keys left out (``[train]``: a segmentation model's training defaults are not a
+table classifier's).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, TypeVar
 from node.errors import ConfigError
 
 KEY, AUTO, DOC, FLATTEN = "toml_key", "toml_auto", "toml_doc", "toml_flatten"
+DEFAULTS = "toml_defaults"
 T = TypeVar("T")
 
 
@@ -134,7 +138,8 @@ def _values(cls: type, table: dict[str, Any], section: str, problems: list[str])
     values: dict[str, Any] = {}
     for f, hint in _fields(cls):
         if f.metadata.get(FLATTEN):
-            nested = read_section(hint, table, section, problems, check_unknown=False)
+            base = f.metadata[DEFAULTS](table) if DEFAULTS in f.metadata else None
+            nested = read_section(hint, table, section, problems, check_unknown=False, base=base)
             if nested is not None:
                 values[f.name] = nested
             continue
@@ -159,9 +164,15 @@ def _values(cls: type, table: dict[str, Any], section: str, problems: list[str])
 
 
 def read_section(
-    cls: type[T], table: Any, section: str, problems: list[str], check_unknown: bool = True
+    cls: type[T],
+    table: Any,
+    section: str,
+    problems: list[str],
+    check_unknown: bool = True,
+    base: T | None = None,
 ) -> T | None:
-    """``table`` as a ``cls``, or None with every problem appended to ``problems``."""
+    """``table`` as a ``cls``, or None with every problem appended to ``problems``;
+    the keys left out take ``base``'s values where given, else the field defaults."""
     if table is None:
         table = {}
     if not isinstance(table, dict):
@@ -179,6 +190,8 @@ def read_section(
     if len(problems) > before:
         return None
     try:
+        if base is not None:
+            return dataclasses.replace(base, **values)  # type: ignore[type-var]
         return cls(**values)
     except ConfigError as exc:
         problems.append(f"[{section}] {exc}")

@@ -16,7 +16,7 @@ import networkx as nx
 
 from crypto.errors import BadSignatureError
 from crypto.identity import public_key_from_peer_id
-from node.config.schema import AUTO, DOC, FLATTEN, KEY
+from node.config.schema import AUTO, DEFAULTS, DOC, FLATTEN, KEY
 from node.errors import ConfigError
 from node.gossip.compress import require_shared_slots
 from node.gossip.registry import parse_compressor
@@ -160,12 +160,30 @@ class DataSection:
         )
 
 
+def _train_defaults(table: dict[str, object]) -> TrainConfig:
+    """What ``[train]`` keys left out mean: a segmentation model's defaults (Adam, its
+    batch of patches, no validation stop) for ``unet…`` models, else TrainConfig's."""
+    from node.training.models import SEGMENTATION_MODELS
+    from node.training.segmentation import train_defaults
+
+    model = table.get("model")
+    if isinstance(model, str) and model.partition(":")[0] in SEGMENTATION_MODELS:
+        return train_defaults(model)
+    return TrainConfig()
+
+
 @dataclass(frozen=True)
 class TrainSection:
     model: str = field(default="mlp:32", metadata={DOC: "logistic or mlp:H1,H2,…"})
     rounds: int = field(default=100, metadata={DOC: "planned rounds"})
     eval_every: int = field(default=1, metadata={DOC: "score the held-out rows every N rounds"})
-    trainer: TrainConfig = field(default_factory=TrainConfig, metadata={FLATTEN: True})
+    trainer: TrainConfig = field(
+        default_factory=TrainConfig, metadata={FLATTEN: True, DEFAULTS: _train_defaults}
+    )
+    patch: str | None = field(
+        default=None,
+        metadata={AUTO: "auto", DOC: "segmentation patch: auto (the model's), N or X,Y,Z voxels"},
+    )
 
     def __post_init__(self) -> None:
         _raise_all(
@@ -174,6 +192,13 @@ class TrainSection:
                 (self.eval_every < 1, "eval_every must be positive"),
             ]
         )
+        if self.patch is not None:
+            from node.training.models import SEGMENTATION_MODELS
+            from node.training.segmentation import parse_patch
+
+            if self.model.partition(":")[0] not in SEGMENTATION_MODELS:
+                raise ConfigError(f"patch is for segmentation models, not {self.model!r}")
+            parse_patch(self.patch, self.model)
 
 
 @dataclass(frozen=True)

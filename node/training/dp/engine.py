@@ -12,9 +12,10 @@ A row whose next round would take its ε past the target is not trained again: i
 stops putting new information about its records into the model, while the gossip of
 the already-private model (mixing, relaying, aggregating: post-processing) goes on.
 
-:class:`DpTrainer` wraps a :class:`~node.training.trainer.BatchedTrainer`, which keeps the flat
-(K, d) parameters, the learning-rate schedule and prediction; each row trains in its own
-Opacus module and optimizer, copied in from and back to its row every round. Mixed
+:class:`DpRowsTrainer` wraps a trainer that keeps the flat (K, d) parameters, the
+learning-rate schedule and prediction (:class:`DpTrainer`: the built-in tabular one); each
+row trains in its own Opacus module and optimizer, copied in from and back to its row
+every round. Mixed
 precision is off for DP steps: per-sample gradients are clipped in float32.
 """
 
@@ -23,15 +24,17 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
-from torch.utils.data import TensorDataset
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
 
 from node.errors import ConfigError
-from node.training.dp.row import DpRow, check_dp_model, mean_cross_entropy, optimizer_for
+from node.training.dp.row import DpRow, Loss, check_dp_model, mean_cross_entropy, optimizer_for
 from node.training.dp_config import DpConfig, dp_rounds
-from node.training.trainer import BatchedTrainer, TrainStats
+from node.training.trainer import BatchedTrainer, TrainConfig, TrainStats
 
 
 class DpRows:
@@ -58,8 +61,25 @@ class DpRows:
         self.spent = [bool(s) for s in saved["spent"]]
 
 
-class DpTrainer(DpRows):
-    """DP-SGD for each row of ``inner.params``; prediction and the lr schedule are inner's.
+class Inner(Protocol):
+    """What DP-SGD needs of the trainer it wraps: the flat rows it trains, the model they
+    are the parameters of, and the learning-rate schedule (the inner optimizer's lr)."""
+
+    config: TrainConfig
+    params: torch.Tensor
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def set_progress(self, fraction: float) -> None: ...
+
+
+InnerT = TypeVar("InnerT", bound=Inner)
+
+
+class DpRowsTrainer(DpRows, Generic[InnerT]):
+    """DP-SGD for each row of ``inner.params``, one record set (a ``Dataset``) per row:
+    the rows of a table, or a hospital's patients (:mod:`node.training.segmentation.dp`).
+    Prediction and the lr schedule stay the inner trainer's.
 
     ``planned_rounds`` is the collaboration's length; the budget is spread over
     :func:`node.training.dp_config.dp_rounds` of them. Under ``dp.weight = "records"`` each row's
@@ -72,8 +92,9 @@ class DpTrainer(DpRows):
 
     def __init__(
         self,
-        inner: BatchedTrainer,
-        parts: list[tuple[torch.Tensor, torch.Tensor]],
+        inner: InnerT,
+        records: Sequence[Dataset[Any]],
+        loss: Loss,
         dp: DpConfig,
         planned_rounds: int,
         seed: int,
@@ -89,15 +110,15 @@ class DpTrainer(DpRows):
         steps = dp_rounds(dp, planned_rounds) * inner.config.local_steps
         device = inner.params.device
         self.rows = []
-        for k, (x, y) in enumerate(parts):
+        for k, dataset in enumerate(records):
             module = copy.deepcopy(inner.model).to(device)
             self.rows.append(
                 DpRow(
                     module,
                     optimizer_for(module, inner.config),
-                    TensorDataset(x.to(device), y.to(device)),
+                    dataset,
                     inner.config.batch_size,
-                    mean_cross_entropy,
+                    loss,
                     dp,
                     steps,
                     seed + 7 * k,
@@ -114,7 +135,7 @@ class DpTrainer(DpRows):
                     'dp weight = "records" needs mean_records: the consortium\'s mean training '
                     'records per site, the same figure at every site; or weight = "equal"'
                 )
-            self.weights = [len(y) / mean for _, y in parts]
+            self.weights = [len(d) / mean for d in records]  # type: ignore[arg-type]
         self.set_progress(0.0)
 
     @property
@@ -151,6 +172,26 @@ class DpTrainer(DpRows):
             finite = [v for v in batch_losses if not math.isnan(v)]
             losses[k] = sum(finite) / len(finite) if finite else math.nan
         return TrainStats(losses, steps, time.perf_counter() - began)
+
+
+class DpTrainer(DpRowsTrainer[BatchedTrainer]):
+    """DP-SGD for the built-in trainer: each row's records are its site's table rows."""
+
+    def __init__(
+        self,
+        inner: BatchedTrainer,
+        parts: list[tuple[torch.Tensor, torch.Tensor]],
+        dp: DpConfig,
+        planned_rounds: int,
+        seed: int,
+        mean_records: float | None = None,
+        reproducible: bool = False,
+    ) -> None:
+        device = inner.params.device
+        records = [TensorDataset(x.to(device), y.to(device)) for x, y in parts]
+        super().__init__(
+            inner, records, mean_cross_entropy, dp, planned_rounds, seed, mean_records, reproducible
+        )
 
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
         return self.inner.predict_proba(features)

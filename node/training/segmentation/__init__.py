@@ -4,6 +4,7 @@
 (:mod:`.trainer`). MONAI is imported in this package only, and only when a segmentation
 model is built."""
 
+from node.errors import ConfigError
 from node.training.trainer import TrainConfig
 
 # How a segmentation site trains when nothing is said: Adam (the U-Net's scale differs
@@ -22,3 +23,27 @@ def train_defaults(model: str) -> TrainConfig:
 def default_patch(model: str) -> tuple[int, int, int]:
     """Training patch by model: 64³ voxels in 3D, 96 × 96 axial slices in 2D."""
     return (96, 96, 1) if model.startswith("unet2d") else (64, 64, 64)
+
+
+def parse_patch(text: str | None, model: str) -> tuple[int, int, int]:
+    """A training patch as ``N`` (a cube, or an N × N slice for 2D) or ``X,Y,Z`` voxels
+    (``--patch``, ``[train] patch``); None: the model's default."""
+    if text is None:
+        return default_patch(model)
+    try:
+        sides = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"patch {text!r}: expected N or X,Y,Z in voxels") from None
+    flat = model.startswith("unet2d")
+    if len(sides) == 1:
+        sides = [sides[0], sides[0], 1 if flat else sides[0]]
+    from node.training.segmentation.networks import divisor
+
+    step = divisor(2 if flat else 3)
+    bad = [s for s in sides[: 2 if flat else 3] if s < step or s % step]
+    if len(sides) != 3 or bad or (flat and sides[2] != 1):
+        raise ConfigError(
+            f"patch {text!r}: sides must be multiples of {step} for {model}"
+            + (" and one slice deep (X,Y,1)" if flat else "")
+        )
+    return sides[0], sides[1], sides[2]

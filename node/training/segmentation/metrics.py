@@ -13,6 +13,7 @@ uses 373.13 mm, the diagonal of its 240 × 240 × 155 grid).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,12 @@ class RegionScores:
 
     dice: tuple[float, float, float]
     hd95: tuple[float, float, float]
+
+
+def mean_dice(cases: Sequence[RegionScores]) -> float:
+    """The one figure a site's model is judged by: Dice averaged over WT, TC and ET,
+    then over the cases (each case weighs the same, as in the challenge)."""
+    return float(np.mean([np.mean(c.dice) for c in cases]))
 
 
 def score_case(

@@ -16,7 +16,7 @@ seeded from (public seed, site, step), so a node and the simulator train a site 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -30,9 +30,10 @@ from node.training.flat import FlatLayout
 from node.training.sampling import draw_seed
 from node.training.segmentation.augment import augment
 from node.training.segmentation.inference import predict_labels
-from node.training.segmentation.metrics import score_case, segmentation_loss
+from node.training.segmentation.metrics import mean_dice, score_case, segmentation_loss
 from node.training.trainer import (
     TrainConfig,
+    Trainer,
     TrainStats,
     make_optimizer,
     set_schedule,
@@ -40,6 +41,32 @@ from node.training.trainer import (
 )
 
 PATCH_STREAM, AUGMENT_STREAM = 2, 3
+
+
+def training_patch(
+    case: Case, patch: tuple[int, int, int], rng: np.random.Generator, augment_seed: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One patch of ``case`` to train on (towards its tumour, augmented unless
+    ``augment_seed`` is None): a (4, *S) image and a (1, *S) label, S without the unit
+    axis of a one-slice-deep patch (the 2D model's input)."""
+    image, label = sample_patches(case, patch, 1, rng)
+    one_image, one_label = image[0], label[0]
+    if augment_seed is not None:
+        one_image, one_label = augment(one_image, one_label, augment_seed)
+    x = torch.from_numpy(np.ascontiguousarray(one_image))
+    y = torch.from_numpy(one_label.astype(np.int64))[None]
+    if patch[2] == 1:
+        x, y = x[..., 0], y[..., 0]
+    return x, y
+
+
+@runtime_checkable
+class Segmenter(Trainer, Protocol):
+    """A trainer of segmentation rows, plain or DP-SGD (:mod:`.dp`), as they are scored."""
+
+    def predict(self, row: int, cases: Sequence[Case]) -> list[np.ndarray]: ...
+
+    def site_score(self, cases: Sequence[Case]) -> float: ...
 
 
 class SegmentationTrainer:
@@ -92,20 +119,15 @@ class SegmentationTrainer:
         site = self.first_row + row
         rng = np.random.default_rng(draw_seed(self.seed, site, self.draws, PATCH_STREAM))
         cases = self.sites[row]
-        images, labels = [], []
+        pairs = []
         for n in range(self.config.batch_size):
             case = cases[int(rng.integers(len(cases)))]
-            image, label = sample_patches(case, self.patch, 1, rng)
-            one_image, one_label = image[0], label[0]
-            if self.augmentation:
-                seed = draw_seed(self.seed, site, self.draws * 4096 + n, AUGMENT_STREAM)
-                one_image, one_label = augment(one_image, one_label, seed)
-            images.append(one_image)
-            labels.append(one_label)
-        x = torch.from_numpy(np.stack(images))
-        y = torch.from_numpy(np.stack(labels).astype(np.int64))[:, None]
-        if self.patch[2] == 1:
-            x, y = x[..., 0], y[..., 0]
+            shake = draw_seed(self.seed, site, self.draws * 4096 + n, AUGMENT_STREAM)
+            pairs.append(
+                training_patch(case, self.patch, rng, shake if self.augmentation else None)
+            )
+        x = torch.stack([image for image, _ in pairs])
+        y = torch.stack([label for _, label in pairs])
         return x.to(self.device), y.to(self.device)
 
     def _step(self, active: torch.Tensor | None) -> torch.Tensor:
@@ -150,13 +172,8 @@ class SegmentationTrainer:
     def site_score(self, cases: Sequence[Case]) -> float:
         """Row 0's mean Dice (over WT, TC, ET and ``cases``): a node's held-out score."""
         predicted = self.predict(0, cases)
-        return float(
-            np.mean(
-                [
-                    np.mean(score_case(p, c.label, c.spacing).dice)
-                    for p, c in zip(predicted, cases, strict=True)
-                ]
-            )
+        return mean_dice(
+            [score_case(p, c.label, c.spacing) for p, c in zip(predicted, cases, strict=True)]
         )
 
     def state_dict(self) -> dict[str, Any]:
