@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from node.training.brats.volumes import Case
     from node.training.dp.engine import DpRows, DpTrainer
     from node.training.segmentation.dp import DpSegmentationTrainer
+    from node.training.segmentation.metrics import RegionScores
 
 
 def _held_out(config: NodeConfig, encoding: Featurizer | None) -> SiteData | None:
@@ -72,6 +73,9 @@ class SiteParts:
     stop_text: str = "off for a custom training loop"  # whether it runs, and why
     skipped: tuple[str, ...] = ()  # brats: one line per case that could not be read
     held_out_cases: tuple[Case, ...] = ()  # brats: the site's own held-out cases
+    # brats: the last scoring of the held-out cases, with the parameters (and their
+    # version) it scored; the last round's score and the finish event share it
+    _scored: tuple[torch.Tensor, int, list[RegionScores]] | None = None
 
     @property
     def dim(self) -> int:
@@ -280,15 +284,38 @@ class SiteParts:
             probs = self.trainer.predict_own([x])
         return validation_sums(probs, [y])
 
+    def _case_scores(self) -> list[RegionScores]:
+        from node.training.segmentation.trainer import Segmenter
+
+        assert isinstance(self.trainer, Segmenter)
+        params = self.trainer.params
+        if (
+            self._scored is None
+            or self._scored[0] is not params
+            or self._scored[1] != (params._version)
+        ):
+            scores = self.trainer.site_scores(self.held_out_cases)
+            self._scored = (params, params._version, scores)
+        return self._scored[2]
+
+    def regions(self) -> dict[str, list[float]] | None:
+        """Segmentation: Dice and HD95 (mm) of WT, TC and ET on the held-out cases, each
+        averaged over them (the per-region figures a run report shows); else None."""
+        if not self.held_out_cases:
+            return None
+        from node.training.segmentation.metrics import region_means
+
+        means = region_means(self._case_scores())
+        return {"dice": list(means.dice), "hd95": list(means.hd95)}
+
     def accuracy(self) -> float | None:
         """Held-out accuracy of the current model: mean Dice on the site's held-out cases
         (brats:), on ``[data] eval`` rows when given, else the site's own ``evaluate`` (a
         custom loop), else none."""
         if self.held_out_cases:
-            from node.training.segmentation.trainer import Segmenter
+            from node.training.segmentation.metrics import mean_dice
 
-            assert isinstance(self.trainer, Segmenter)
-            return self.trainer.site_score(self.held_out_cases)
+            return mean_dice(self._case_scores())
         if self.eval is not None:
             assert isinstance(self.trainer, LocalTrainer)
             with torch.no_grad():

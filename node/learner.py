@@ -244,6 +244,9 @@ class Learner:
     def accuracy(self) -> float | None:
         return self.parts.accuracy()
 
+    def regions(self) -> dict[str, list[float]] | None:
+        return self.parts.regions()
+
     # -- checkpoints ------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:

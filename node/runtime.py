@@ -228,7 +228,14 @@ class Node:
         finally:
             self.audit.flush()
         accuracy = self.learner.accuracy()
-        result = {"round": self.round, "accuracy": accuracy, "bytes_sent": self.bytes_sent}
+        result: dict[str, Any] = {
+            "round": self.round,
+            "accuracy": accuracy,
+            "bytes_sent": self.bytes_sent,
+        }
+        regions = self.learner.regions()
+        if regions is not None:  # a segmentation site: Dice and HD95 per region
+            result["regions"] = regions
         if self.dp is not None:
             result.update(eps_spent=self.learner.eps_spent, dp_budget_spent=self.dp.spent[0])
         self.emit(

@@ -223,6 +223,13 @@ def _result(
         "round_latency_median_s": float(np.median(latencies)) if latencies else None,
         "frames_rejected": sum(sum(e.get("rejected", {}).values()) for e in finals),
     }
+    result.site_finals = {
+        p.index: e
+        for p in procs
+        if p.index in survivors
+        for e in p.events
+        if e["event"] == "finish"
+    }
     if spec.dp is not None:  # as the in-process simulator reports it
         result.final["eps_spent"] = max((float(e["eps_spent"]) for e in finals), default=None)
         result.final["dp_sites_spent"] = sum(bool(e["dp_budget_spent"]) for e in finals)

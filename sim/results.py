@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -41,6 +42,8 @@ class MethodResult:
     bytes_per_node: list[float] = field(default_factory=list)
     consensus: list[float] = field(default_factory=list)
     final: dict[str, float | int | None] = field(default_factory=dict)
+    # the process backend: each surviving node's finish event, by node index
+    site_finals: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def step_summary(guard: StepGuard) -> dict[str, float]:

@@ -40,7 +40,7 @@ from sim.methods import METHOD_NAMES, METHODS
 from sim.prep import FederatedData, prepare
 from sim.report import plot, print_table, with_targets, write_summary
 from sim.results import MethodResult, RunSpec
-from sim.segmentation import FederatedCases, SegmentationSimulation, load_brats
+from sim.segmentation import FederatedCases, SegmentationSimulation, load_brats, node_finals
 from sim.validation import stop_plan
 from sim.wan_profile import WanProfile
 from topology import build_topology, spectral_gap
@@ -241,9 +241,8 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, A
 
             if args.backend == "process" and method in ("murmur", "murmur-gt", "dpsgd"):
                 networked = _run_networked(args, data, train, method, faults, progress, task)
-                if isinstance(data, FederatedCases):  # the nodes report mean Dice
-                    networked.final["dice_mean"] = networked.final["accuracy_mean"]
-                    networked.final["dice_min"] = networked.final["accuracy_min"]
+                if isinstance(data, FederatedCases):  # Dice and HD95 per region, by node
+                    networked.final.update(node_finals(networked.site_finals, data))
                 results.append(networked)
             else:
                 results.append(sim.run(method, compressor, tick))

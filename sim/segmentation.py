@@ -26,13 +26,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from node.errors import ConfigError
 from node.training.brats import Case, load_site_cases, split_cases
-from node.training.segmentation.metrics import REGIONS, RegionScores, mean_dice, score_case
+from node.training.segmentation.metrics import (
+    REGIONS,
+    RegionScores,
+    mean_dice,
+    region_means,
+    score_case,
+)
 from node.training.segmentation.trainer import SegmentationTrainer, Segmenter
 from node.training.trainer import Trainer
 from sim.engine import Simulation, dp_figures
@@ -205,13 +212,35 @@ class SegmentationSimulation(Simulation):
         return [result]
 
 
+def node_finals(
+    site_finals: dict[int, dict[str, Any]], cases: FederatedCases
+) -> dict[str, float | int | None]:
+    """:func:`finals` from real nodes' finish events (each reports its site's Dice and
+    HD95 per region, averaged over its held-out cases): the same figures the in-process
+    run gives. Sites that did not finish are left out."""
+    sites = sorted(i for i, e in site_finals.items() if e.get("regions"))
+    if not sites:
+        return {}
+    scores = [
+        [RegionScores(_regions(r["dice"]), _regions(r["hd95"]))]
+        for r in (site_finals[i]["regions"] for i in sites)
+    ]
+    return finals(scores, [len(cases.train[i]) for i in sites])
+
+
+def _regions(values: Sequence[float]) -> tuple[float, float, float]:
+    wt, tc, et = (float(v) for v in values)
+    return wt, tc, et
+
+
 def finals(
     site_scores: list[list[RegionScores]], sizes: list[int]
 ) -> dict[str, float | int | None]:
     """Dice and HD95 per region: mean over sites of each site's mean over its held-out
     cases, the worst site, and the mean Dice at the site with the fewest training cases."""
-    dice = np.array([np.mean([s.dice for s in scores], axis=0) for scores in site_scores])
-    hd95 = np.array([np.mean([s.hd95 for s in scores], axis=0) for scores in site_scores])
+    means = [region_means(scores) for scores in site_scores]
+    dice = np.array([m.dice for m in means])
+    hd95 = np.array([m.hd95 for m in means])
     overall = np.array([mean_dice(scores) for scores in site_scores])
     out: dict[str, float | int | None] = {
         "accuracy_mean": float(overall.mean()),

@@ -77,6 +77,9 @@ def test_sites_learn_to_segment_through_gossip_in_process_and_as_real_nodes(
     assert nodes["dice_mean"] == pytest.approx(here["dice_mean"], abs=0.01)
     assert nodes["dice_min"] == pytest.approx(here["dice_min"], abs=0.01)
     assert nodes["bytes_per_node"] == pytest.approx(here["bytes_per_node"], rel=0.02)
+    for region in ("wt", "tc", "et"):  # each node reports its Dice per region
+        assert nodes[f"dice_{region}"] == pytest.approx(here[f"dice_{region}"], abs=0.02)
+    assert nodes["dice_smallest_site"] is not None and nodes["hd95_wt"] is not None
     configs = sorted((tmp_path / "process" / "murmur" / "nodes").glob("node-*/site.toml"))
     texts = [c.read_text() for c in configs]
     assert [f"brats:{brats / f'site-{i}'}" in t for i, t in enumerate(texts, 1)] == [True, True]
@@ -119,8 +122,11 @@ def test_a_private_hospital_node_spends_its_budget_on_patients_and_keeps_it(
         assert isinstance(node.dp, DpSegmentationTrainer)
         assert node.dp.rows[0].steps_taken == 2
         assert 0 < node.learner.eps_spent <= 20.0
-        dice = events(node, "finish")[0]["accuracy"]
+        finish = events(node, "finish")[0]
+        dice, regions = finish["accuracy"], finish["regions"]
         assert isinstance(dice, float) and 0 <= dice <= 1  # mean Dice
+        assert isinstance(regions, dict) and len(regions["dice"]) == len(regions["hd95"]) == 3
+        assert dice == pytest.approx(sum(regions["dice"]) / 3)
         spent.append((node.learner.eps_spent, node.dp.records[0].draws))
     for node, (eps, draws) in zip(memory_nodes(paths), spent, strict=True):
         assert node.restore()

@@ -33,7 +33,7 @@ from node.training.brats.volumes import Case
 from node.training.dp.engine import DpRowsTrainer
 from node.training.dp_config import DpConfig
 from node.training.sampling import draw_seed
-from node.training.segmentation.metrics import segmentation_loss
+from node.training.segmentation.metrics import RegionScores, segmentation_loss
 from node.training.segmentation.trainer import SegmentationTrainer, training_patch
 
 DP_PATCH_STREAM = 4  # beside the plain trainer's patch (2) and augmentation (3) streams
@@ -100,8 +100,8 @@ class DpSegmentationTrainer(DpRowsTrainer[SegmentationTrainer]):
     def predict(self, row: int, cases: Sequence[Case]) -> list[np.ndarray]:
         return self.inner.predict(row, cases)
 
-    def site_score(self, cases: Sequence[Case]) -> float:
-        return self.inner.site_score(cases)
+    def site_scores(self, cases: Sequence[Case]) -> list[RegionScores]:
+        return self.inner.site_scores(cases)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "draws": [r.draws for r in self.records]}

@@ -40,6 +40,16 @@ class RegionScores:
     hd95: tuple[float, float, float]
 
 
+def region_means(cases: Sequence[RegionScores]) -> RegionScores:
+    """A site's Dice and HD95 per region, each averaged over its cases."""
+    dice = np.mean([c.dice for c in cases], axis=0)
+    hd95 = np.mean([c.hd95 for c in cases], axis=0)
+    return RegionScores(
+        (float(dice[0]), float(dice[1]), float(dice[2])),
+        (float(hd95[0]), float(hd95[1]), float(hd95[2])),
+    )
+
+
 def mean_dice(cases: Sequence[RegionScores]) -> float:
     """The one figure a site's model is judged by: Dice averaged over WT, TC and ET,
     then over the cases (each case weighs the same, as in the challenge)."""

@@ -30,7 +30,7 @@ from node.training.flat import FlatLayout
 from node.training.sampling import draw_seed
 from node.training.segmentation.augment import augment
 from node.training.segmentation.inference import predict_labels
-from node.training.segmentation.metrics import mean_dice, score_case, segmentation_loss
+from node.training.segmentation.metrics import RegionScores, score_case, segmentation_loss
 from node.training.trainer import (
     TrainConfig,
     Trainer,
@@ -66,7 +66,7 @@ class Segmenter(Trainer, Protocol):
 
     def predict(self, row: int, cases: Sequence[Case]) -> list[np.ndarray]: ...
 
-    def site_score(self, cases: Sequence[Case]) -> float: ...
+    def site_scores(self, cases: Sequence[Case]) -> list[RegionScores]: ...
 
 
 class SegmentationTrainer:
@@ -169,12 +169,10 @@ class SegmentationTrainer:
             for c in cases
         ]
 
-    def site_score(self, cases: Sequence[Case]) -> float:
-        """Row 0's mean Dice (over WT, TC, ET and ``cases``): a node's held-out score."""
+    def site_scores(self, cases: Sequence[Case]) -> list[RegionScores]:
+        """Row 0's scores on each of ``cases``: a node's held-out scores."""
         predicted = self.predict(0, cases)
-        return mean_dice(
-            [score_case(p, c.label, c.spacing) for p, c in zip(predicted, cases, strict=True)]
-        )
+        return [score_case(p, c.label, c.spacing) for p, c in zip(predicted, cases, strict=True)]
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to continue training exactly: draws and optimizer."""
