@@ -3,6 +3,7 @@ inference, augmentation, and the K-site trainer's contract with gossip."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -195,3 +196,25 @@ def test_dp_clips_each_patients_gradient_and_stops_at_its_budget() -> None:
     again.load_state_dict(tight.state_dict())
     assert again.records[0].draws == tight.records[0].draws
     assert again.epsilon() == pytest.approx(tight.epsilon())
+
+
+def test_an_empty_poisson_batch_still_takes_a_noised_step() -> None:
+    """Poisson sampling draws no patient at all in some steps (often, at a dozen cases
+    and a batch of two); the step is still taken, with noise only and no forward pass (a
+    U-Net's instance norm cannot take an empty batch), and counted by the accountant."""
+    from node.training.dp_config import DpConfig
+    from node.training.segmentation.dp import DpSegmentationTrainer
+
+    sites = [[toy_case("a", 0), toy_case("b", 1), toy_case("c", 2)]]
+    dp = DpConfig(epsilon=50.0, delta=1e-2, clip=1.0, noise_multiplier=1.0, weight="equal")
+    private = DpSegmentationTrainer(_trainer(sites, batch_size=1), dp, 10, seed=5)
+    row = private.rows[0]
+    row._batch = lambda: (  # type: ignore[method-assign]
+        torch.zeros(0, 4, 16, 16),
+        torch.zeros(0, 1, 16, 16, dtype=torch.long),
+    )
+    before = [p.detach().clone() for p in row.module.parameters()]
+    assert math.isnan(row.step())
+    after = list(row.module.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert row.steps_taken == 1

@@ -149,15 +149,22 @@ class DpRow:
         added and the step still counted, as the accountant assumes)."""
         x, y = self._batch()
         self.optimizer.zero_grad(set_to_none=True)
+        if len(y) == 0:
+            # No records: zero per-sample gradients, without a forward pass (a U-Net's
+            # instance norm cannot take an empty batch); the step's noise is what the
+            # accountant counts.
+            for p in self.module.parameters():
+                if p.requires_grad:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+            self.optimizer.step()
+            return math.nan
         outputs: torch.Tensor = self.module(x)
-        # An empty batch still runs backward (zero per-sample gradients), whatever the loss
-        # would make of no records; the step's noise is what the accountant counts.
         if outputs.dtype != torch.float32:
             outputs = outputs.float()
-        loss = self.loss(outputs, y) if len(y) else outputs.sum() * 0.0
+        loss = self.loss(outputs, y)
         torch.autograd.backward([loss])
         self.optimizer.step()
-        return float(loss.detach()) if len(y) else math.nan
+        return float(loss.detach())
 
     def state_dict(self) -> dict[str, Any]:
         return {
