@@ -10,6 +10,7 @@ only when a site trains with DP.
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 from typing import Any
 
@@ -34,6 +35,9 @@ def quiet_opacus() -> None:
     thread-safe; a process that never trains with DP keeps every warning."""
     for message in QUIET:
         warnings.filterwarnings("ignore", message=message, category=UserWarning)
+    # Opacus logs that an empty first Poisson batch "may cause issues"; DpRow.step takes
+    # every empty batch without a forward pass, so it causes none.
+    logging.getLogger("opacus.data_loader").setLevel(logging.ERROR)
 
 
 @functools.lru_cache(maxsize=256)
