@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from node.training.dp.engine import DpRows, DpTrainer
     from node.training.segmentation.dp import DpSegmentationTrainer
     from node.training.segmentation.metrics import RegionScores
+    from node.training.segmentation.trainer import ScoreCache
 
 
 def _held_out(config: NodeConfig, encoding: Featurizer | None) -> SiteData | None:
@@ -73,9 +74,9 @@ class SiteParts:
     stop_text: str = "off for a custom training loop"  # whether it runs, and why
     skipped: tuple[str, ...] = ()  # brats: one line per case that could not be read
     held_out_cases: tuple[Case, ...] = ()  # brats: the site's own held-out cases
-    # brats: the last scoring of the held-out cases, with the parameters (and their
-    # version) it scored; the last round's score and the finish event share it
-    _scored: tuple[torch.Tensor, int, list[RegionScores]] | None = None
+    # brats: the last scoring of the held-out cases (the last round's score and the
+    # finish event share it)
+    _scored: ScoreCache[list[RegionScores]] | None = None
 
     @property
     def dim(self) -> int:
@@ -285,18 +286,13 @@ class SiteParts:
         return validation_sums(probs, [y])
 
     def _case_scores(self) -> list[RegionScores]:
-        from node.training.segmentation.trainer import Segmenter
+        from node.training.segmentation.trainer import ScoreCache, Segmenter
 
-        assert isinstance(self.trainer, Segmenter)
-        params = self.trainer.params
-        if (
-            self._scored is None
-            or self._scored[0] is not params
-            or self._scored[1] != (params._version)
-        ):
-            scores = self.trainer.site_scores(self.held_out_cases)
-            self._scored = (params, params._version, scores)
-        return self._scored[2]
+        trainer = self.trainer
+        assert isinstance(trainer, Segmenter)
+        if self._scored is None:
+            self._scored = ScoreCache()
+        return self._scored.get(trainer.params, lambda: trainer.site_scores(self.held_out_cases))
 
     def regions(self) -> dict[str, list[float]] | None:
         """Segmentation: Dice and HD95 (mm) of WT, TC and ET on the held-out cases, each

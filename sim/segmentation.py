@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from node.errors import ConfigError
 from node.training.brats import Case, load_site_cases, split_cases
@@ -40,7 +39,7 @@ from node.training.segmentation.metrics import (
     region_means,
     score_case,
 )
-from node.training.segmentation.trainer import SegmentationTrainer, Segmenter
+from node.training.segmentation.trainer import ScoreCache, SegmentationTrainer, Segmenter
 from node.training.trainer import Trainer
 from sim.engine import Simulation, dp_figures
 from sim.results import MethodResult, RunSpec, Tick
@@ -119,10 +118,8 @@ class SegmentationSimulation(Simulation):
         self._setup(topology, spec, len(cases.train), CHANNELS, LABELS)
         # method → each site's prediction of its first held-out case, when the run ended
         self.predictions: dict[str, list[np.ndarray]] = {}
-        # the last scoring, kept with the parameters it scored: the last round's curve
-        # point and the final figures score the same model, and whole-volume inference
-        # is the costliest thing a segmentation run does after training
-        self._scored: tuple[torch.Tensor, int, Scored] | None = None
+        # whole-volume inference is the costliest thing a run does after training
+        self._scored: ScoreCache[Scored] = ScoreCache()
 
     def _segmentation_trainer(
         self, sites: Sequence[Sequence[Case]], batch_size: int | None = None
@@ -157,20 +154,17 @@ class SegmentationSimulation(Simulation):
         """Site i's held-out cases scored by row i's model (by the one row, for central),
         and each site's prediction of its first held-out case (for the picture,
         :mod:`sim.segmentation_plot`)."""
-        params = trainer.params
-        if self._scored is not None:
-            scored_params, version, scored = self._scored
-            if scored_params is params and version == params._version:
-                return scored
+        return self._scored.get(trainer.params, lambda: self._score_sites(trainer))
+
+    def _score_sites(self, trainer: Segmenter) -> Scored:
         scores, firsts = [], []
         for site, cases in enumerate(self.cases.test):
-            row = site if params.shape[0] == self.n else 0
+            row = site if trainer.params.shape[0] == self.n else 0
             predicted = trainer.predict(row, cases)
             firsts.append(predicted[0])
             scores.append(
                 [score_case(p, c.label, c.spacing) for p, c in zip(predicted, cases, strict=True)]
             )
-        self._scored = (params, params._version, (scores, firsts))
         return scores, firsts
 
     def _scores(self, trainer: Trainer) -> np.ndarray:

@@ -15,8 +15,8 @@ seeded from (public seed, site, step), so a node and the simulator train a site 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from node.training.trainer import (
 )
 
 PATCH_STREAM, AUGMENT_STREAM = 2, 3
+T = TypeVar("T")
 
 
 def training_patch(
@@ -58,6 +59,23 @@ def training_patch(
     if patch[2] == 1:
         x, y = x[..., 0], y[..., 0]
     return x, y
+
+
+class ScoreCache(Generic[T]):
+    """The last scoring of a model, kept with the parameters it scored and their
+    version counter (bumped by every in-place update: training, mixing): the last
+    round's score and the final figures share one whole-volume inference."""
+
+    def __init__(self) -> None:
+        self._key: tuple[torch.Tensor, int] | None = None
+        self._value: T | None = None
+
+    def get(self, params: torch.Tensor, score: Callable[[], T]) -> T:
+        if self._key is None or self._key[0] is not params or self._key[1] != params._version:
+            self._value = score()
+            self._key = (params, params._version)
+        assert self._value is not None
+        return self._value
 
 
 @runtime_checkable
