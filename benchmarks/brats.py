@@ -55,6 +55,7 @@ COMPRESSOR = "block-k:0.05"
 # on average instead of 20 (the row "murmur 20%").
 WIDER = "block-k:0.2"
 CIPHER_PARTS = ("encrypt", "aggregate", "decrypt")  # SecureSimNetwork.cipher_seconds
+STAGES = ("methods", "secure", "bytes_per_round", "dp", "process", "site_peak_memory_mb")
 DP_EPSILONS, DP_DELTA = (8.0, 3.0), 1e-3  # δ below 1/n at the smallest site (6 training cases)
 
 
@@ -117,6 +118,8 @@ def secure(data: FederatedCases, plain: dict[str, Any]) -> dict[str, Any]:
     out["ckks_s_per_round"] = crypto / ROUNDS
     out["train_s_per_round"] = float(ckks["train_s"]) / ROUNDS
     out["ckks_share_of_training"] = crypto / float(ckks["train_s"])
+    out["ckks_bytes_per_round"] = float(ckks["bytes_per_node"] or 0.0) / ROUNDS
+    out["plain_bytes_per_round"] = float(plain["bytes_per_node"] or 0.0) / ROUNDS
     return out
 
 
@@ -210,31 +213,49 @@ def site_peak_memory_mb() -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--stages",
+        help=f"re-measure only these stages (comma-separated, of {', '.join(STAGES)}) and "
+        "keep the rest of benchmarks/results/brats.json; the report names what was re-measured",
+    )
+    args = parser.parse_args()
     began = time.perf_counter()
     data = cases()
-    report: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "sites": [len(a) + len(b) for a, b in zip(data.train, data.test, strict=True)],
-        "held_out": [len(b) for b in data.test],
-        "model": MODEL,
-        "rounds": ROUNDS,
-        "compressor": COMPRESSOR,
-    }
+    wanted = STAGES if args.stages is None else tuple(args.stages.split(","))
+    unknown = sorted(set(wanted) - set(STAGES))
+    if unknown:
+        parser.error(f"unknown stage {', '.join(unknown)}; stages: {', '.join(STAGES)}")
+    today = time.strftime("%Y-%m-%d")
+    if args.stages is None:
+        report: dict[str, Any] = {
+            "date": today,
+            "sites": [len(a) + len(b) for a, b in zip(data.train, data.test, strict=True)],
+            "held_out": [len(b) for b in data.test],
+            "model": MODEL,
+            "rounds": ROUNDS,
+            "compressor": COMPRESSOR,
+        }
+    else:
+        report = json.loads((RESULTS / "brats.json").read_text())
     # each stage is written as it ends: a long run that fails late keeps what it measured
-    stages: list[tuple[str, Callable[[], Any]]] = [
-        ("methods", lambda: methods(data)),
-        ("secure", lambda: secure(data, report["methods"]["murmur"])),
-        ("bytes_per_round", lambda: bytes_per_round(data)),
-        ("dp", lambda: private(data)),
-        ("process", lambda: process_backend(report["methods"]["murmur"])),
-        ("site_peak_memory_mb", site_peak_memory_mb),
-    ]
+    stages: dict[str, Callable[[], Any]] = {
+        "methods": lambda: methods(data),
+        "secure": lambda: secure(data, report["methods"]["murmur"]),
+        "bytes_per_round": lambda: bytes_per_round(data),
+        "dp": lambda: private(data),
+        "process": lambda: process_backend(report["methods"]["murmur"]),
+        "site_peak_memory_mb": site_peak_memory_mb,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for key, stage in stages:
-        report[key] = stage()
+    for key in wanted:
+        report[key] = stages[key]()
+        if args.stages is not None:
+            report.setdefault("remeasured", {})[key] = today
         (RESULTS / "brats.partial.json").write_text(json.dumps(report, indent=2))
-    report["bench_peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report["wall_s"] = time.perf_counter() - began
+    if args.stages is None:
+        report["bench_peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        report["wall_s"] = time.perf_counter() - began
     (RESULTS / "brats.json").write_text(json.dumps(report, indent=2))
     (RESULTS / "brats.partial.json").unlink()
     md = render(report)
@@ -310,6 +331,16 @@ def render(report: dict[str, Any]) -> str:
         f"with {report['compressor']} (murmur 20%: {WIDER}). Dice: mean of WT, TC and ET; "
         "each site's model on its own held-out cases, averaged over sites; worst: the worst "
         "site; smallest: the site with the fewest cases.",
+        *(
+            [
+                "",
+                "Re-measured later with `--stages`: "
+                + ", ".join(f"{k} ({v})" for k, v in report["remeasured"].items())
+                + ".",
+            ]
+            if report.get("remeasured")
+            else []
+        ),
         "",
         "| method | Dice | worst site | smallest site | WT | TC | ET "
         "| HD95 WT / TC / ET mm | sent per site |",
@@ -333,7 +364,13 @@ def render(report: dict[str, Any]) -> str:
         f"- `--secure ckks`: Dice {sec['ckks']['dice_mean']:.4f} against plaintext "
         f"{sec['off']['dice_mean']:.4f} ({sec['dice_gap']:+.4f}); "
         f"CKKS {sec['ckks_s_per_round']:.2f} s "
-        f"a round against {sec['train_s_per_round']:.2f} s of training (all 4 sites, one process).",
+        f"a round against {sec['train_s_per_round']:.2f} s of training (all 4 sites, one process)"
+        + (
+            f"; a site sends {sec['ckks_bytes_per_round'] / 1e6:.2f} MB a round under CKKS "
+            f"against {sec['plain_bytes_per_round'] / 1e6:.2f} MB in plaintext."
+            if "ckks_bytes_per_round" in sec
+            else "."
+        ),
         "- Bytes a site sends per round (encoded frames): "
         + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in report["bytes_per_round"].items())
         + ".",

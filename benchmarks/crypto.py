@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crypto.ckks import CkksCipher
+from crypto.ckks import DESCRIPTION, CkksCipher
 
 RESULTS = Path(__file__).parent / "results"
 VALUES = 4096 * 100
@@ -56,7 +56,7 @@ def main() -> None:
         [
             "# CKKS benchmarks (one core)",
             "",
-            f"Measured {report['date']}; N = 8192, [60, 60] bits, scale 2^40; best of 3.",
+            f"Measured {report['date']}; {DESCRIPTION}, two values per complex slot; best of 3.",
             "",
             "| measure | value |",
             "|---|---|",

@@ -11,7 +11,7 @@ Streams, each seeded:
   validly signed by a neighbour, into a live ``SecureExchange.handle`` (plaintext
   cipher, so that the protocol code, not the cipher, is what is exercised; sums and
   contributions that pass go on to the checks in worker threads, as on a node);
-- ``ckks``: mutated CKKS sums (a real TenSEAL ciphertext under the receiver's key) into
+- ``ckks``: mutated CKKS sums (a real SEAL ciphertext under the receiver's key) into
   ``open_envelope`` and decryption, the library's own parser included (fewer: ~ms each).
 
 A crash is any exception other than ``FrameError`` (or ``CryptoError`` where the cipher is

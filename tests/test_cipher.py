@@ -121,4 +121,40 @@ def test_secret_key_file_is_private(cipher: Cipher, tmp_path: Path) -> None:
         cipher.load(path)
     if cipher.name == "ckks":
         with pytest.raises(KeyMismatchError, match="public key only"):
-            cipher.public_key(path.read_bytes()[len(b"murmur-ckks-secret v1\n") :])
+            cipher.public_key(path.read_bytes()[len(b"murmur-ckks-secret v2\n") :])
+
+
+def test_a_ckks_key_file_of_the_earlier_parameters_is_named(tmp_path: Path) -> None:
+    """Keys made under N = 8192 cannot read sums under the present parameters: the site is
+    told to make new ones, not shown a parse error."""
+    path = tmp_path / "encryption.key"
+    path.write_bytes(b"murmur-ckks-secret v1\n" + os.urandom(64))
+    path.chmod(0o600)
+    with pytest.raises(KeyFileError, match="earlier Murmur.*murmur keys rotate"):
+        CkksCipher().load(path)
+
+
+def test_compressed_ckks_chunks_are_refused_before_seal_reads_them() -> None:
+    """SEAL inflates a zstd-compressed object before checking it: a small chunk could
+    become gigabytes. Murmur sends chunks uncompressed and refuses any other."""
+    import tenseal.sealapi as seal
+
+    from crypto.ckks import SCRATCH, _seal
+
+    cipher = CkksCipher()
+    receiver, _ = _keys(cipher)
+    sealed = cipher.encrypt(np.full(10, 0.5), receiver.public)
+    chunk = sealed.chunks[0]
+    assert len(chunk) == cipher.max_chunk_bytes and chunk[5] == 0  # compression: none
+    # SEAL's own zstd output of a valid ciphertext, as a peer could send it.
+    loaded = seal.Ciphertext()
+    SCRATCH.load(chunk, loaded)
+    compressed = SCRATCH.dump(loaded)
+    assert compressed[5] == 2
+    # and a chunk of the right length whose header claims zstd
+    relabelled = chunk[:5] + b"\x02" + chunk[6:]
+    for bad in (compressed, relabelled):
+        forged = Sealed(sealed.cipher, sealed.params, sealed.key_id, 10, (bad,))
+        with pytest.raises(MalformedCiphertextError, match="compressed|bytes; expected"):
+            cipher.decrypt(forged, receiver)
+    assert _seal().ciphertext_bytes == cipher.max_chunk_bytes

@@ -521,22 +521,25 @@ def test_refused_connections_are_counted_in_round_and_finish_events(
 # -- 9. encryption keys: parameters, loss, rotation ------------------------------------------
 
 
-@pytest.mark.parametrize(("n", "bits"), [(4096, [40, 40]), (16384, [60, 60]), (8192, [60, 40, 60])])
+@pytest.mark.parametrize(("n", "bits"), [(4096, [50]), (8192, [60, 60]), (4096, [40, 40])])
 def test_ckks_keys_with_other_parameters_are_refused(n: int, bits: list[int]) -> None:
-    """Before, only the scale was checked: an N = 16384 key was pinned, and every
-    contribution under it exceeded the chunk limit and vanished."""
-    import tenseal as ts
+    """A key under other parameters would make every contribution to this site another
+    size or unreadable: it is refused where it is pinned, naming Murmur's parameters. A
+    one-prime 50-bit key has exactly our key's length, so SEAL's own check must catch it."""
+    import tenseal.sealapi as seal
 
-    from crypto.ckks import SCALE, CkksCipher
+    from crypto.ckks import SCRATCH, CkksCipher, _inflated
     from crypto.errors import KeyMismatchError
 
-    context = ts.context(ts.SCHEME_TYPE.CKKS, n, coeff_mod_bit_sizes=bits)
-    context.global_scale = SCALE
-    public = context.serialize(
-        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
-    )
-    with pytest.raises(KeyMismatchError, match=f"N = {n}"):
-        CkksCipher().public_key(public)
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(n)
+    parms.set_coeff_modulus(seal.CoeffModulus.Create(n, bits))
+    context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+    public = seal.PublicKey()
+    seal.KeyGenerator(context).create_public_key(public)
+    data = _inflated(SCRATCH.dump(public), 1 << 21)
+    with pytest.raises(KeyMismatchError, match="N = 4096, one 60-bit modulus"):
+        CkksCipher().public_key(data)
 
 
 def _secure_paths(data: FederatedData, out: Path, rounds: int) -> list[Path]:

@@ -248,9 +248,11 @@ def test_ckks_consortium_gets_back_in_step_after_a_crash(
     """Site 1 is killed at round 8 and restarted from its checkpoint. While it is down, site
     3 (both neighbours up) keeps opening full sums and sites 0 and 2, left with one live
     contributor each, keep pace without one; once it is back the ring returns to full
-    rounds everywhere."""
+    rounds everywhere. Where site 1 comes back depends on how fast the others run while
+    its process starts (rounds of a few ms each: it rejoined at round 133 in one run), so
+    the check starts there and 200 rounds leave room after it."""
     spec = ConsortiumSpec(
-        rounds=150, train=TRAIN, compressor="block-k:0.3:64", secure="ckks", eval_every=150
+        rounds=200, train=TRAIN, compressor="block-k:0.3:64", secure="ckks", eval_every=200
     )
     result = run_processes(tmp_path, subset(wisconsin16, 4), spec, [Crash(1, 8, 14)])
     assert float(result.final["accuracy_mean"] or 0) > 0.85
@@ -259,13 +261,17 @@ def test_ckks_consortium_gets_back_in_step_after_a_crash(
         False,
         True,
     ]
-    missed: dict[int, list[int]] = defaultdict(list)
+    missed: dict[int, dict[int, int]] = defaultdict(dict)
     for e in events:
         if e["event"] == "round":
-            missed[e["node"]].append(e["missed"])
-    assert missed[3].count(0) > len(missed[3]) // 2
+            missed[e["node"]][e["round"]] = e["missed"]
+    assert list(missed[3].values()).count(0) > len(missed[3]) // 2
+    back = min(r for r, m in missed[1].items() if r > 14 and m == 0)
+    assert back <= spec.rounds - 30, f"site 1 came back only at round {back}"
     for node in range(4):
-        assert missed[node][-20:] == [0] * 20, f"site {node} is not back in step"
+        late = {r: m for r, m in missed[node].items() if r > back + 5}
+        assert set(late) == set(range(back + 6, spec.rounds + 1)), f"site {node} skipped rounds"
+        assert set(late.values()) == {0}, f"site {node} is not back in step after round {back}"
 
 
 def test_a_membership_edited_while_a_secure_site_was_down_is_refused_on_restart(
