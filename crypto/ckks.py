@@ -317,8 +317,9 @@ class CkksCipher:
         data = read_secret(path)
         if data.startswith(OLD_SECRET_HEADER):
             raise KeyFileError(
-                f"{path} holds a CKKS key of an earlier Murmur (N = 8192); every site of the "
-                "consortium needs new keys for these parameters: murmur keys rotate"
+                f"{path} holds a CKKS key of an earlier Murmur (N = 8192): every site of the "
+                "consortium makes a new key (murmur keys rotate) and unpins its neighbours' "
+                "old ones (murmur keys unpin --peer ID)"
             )
         if not data.startswith(SECRET_HEADER) or len(data) < len(SECRET_HEADER) + 4:
             raise KeyFileError(f"{path} is not a Murmur CKKS secret key")

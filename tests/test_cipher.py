@@ -130,7 +130,7 @@ def test_a_ckks_key_file_of_the_earlier_parameters_is_named(tmp_path: Path) -> N
     path = tmp_path / "encryption.key"
     path.write_bytes(b"murmur-ckks-secret v1\n" + os.urandom(64))
     path.chmod(0o600)
-    with pytest.raises(KeyFileError, match="earlier Murmur.*murmur keys rotate"):
+    with pytest.raises(KeyFileError, match=r"earlier Murmur.*murmur keys rotate"):
         CkksCipher().load(path)
 
 
@@ -155,6 +155,6 @@ def test_compressed_ckks_chunks_are_refused_before_seal_reads_them() -> None:
     relabelled = chunk[:5] + b"\x02" + chunk[6:]
     for bad in (compressed, relabelled):
         forged = Sealed(sealed.cipher, sealed.params, sealed.key_id, 10, (bad,))
-        with pytest.raises(MalformedCiphertextError, match="compressed|bytes; expected"):
+        with pytest.raises(MalformedCiphertextError, match=r"compressed|bytes; expected"):
             cipher.decrypt(forged, receiver)
     assert _seal().ciphertext_bytes == cipher.max_chunk_bytes

@@ -560,6 +560,34 @@ def test_a_lost_encryption_key_is_not_silently_regenerated(
         memory_nodes(paths)
 
 
+def test_a_pinned_key_this_node_cannot_use_names_the_unpin(
+    wisconsin16: FederatedData, tmp_path: Path
+) -> None:
+    """A checkpoint can pin a key made under other cipher parameters (an earlier Murmur's
+    CKKS keys): the restart stops with the peer and the command, and once unpinned the
+    site starts and pins the key its neighbour presents."""
+    from node.cli import main
+    from node.key_admin import CHECKPOINT_FILE
+
+    paths = _secure_paths(subset(wisconsin16, 3), tmp_path, rounds=2)
+    first = memory_nodes(paths)
+    run_nodes(first)
+    peer = first[1].identity.peer_id
+    ckpt = tmp_path / "node-0" / "state" / CHECKPOINT_FILE
+    saved = checkpoint.load(ckpt)
+    assert saved is not None
+    saved["exchange"]["keys"][peer] = b"\x00" * 7
+    checkpoint.save(ckpt, saved)
+    with pytest.raises(ConfigError, match=f"pins an encryption key for {peer}.*unpin --peer"):
+        run_nodes(memory_nodes(paths))
+    assert main(["keys", "unpin", "--config", str(paths[0]), "--peer", peer]) == 0
+    for path in paths:
+        path.write_text(path.read_text().replace("rounds = 2", "rounds = 4"))
+    nodes = memory_nodes(paths)
+    run_nodes(nodes)
+    assert nodes[0].secure is not None and peer in nodes[0].secure.keys
+
+
 def test_key_rotation_procedure(wisconsin16: FederatedData, tmp_path: Path) -> None:
     """rotate on the site, unpin on its neighbours, restart: the consortium goes on with
     the new key; without the unpin the neighbours refuse it."""

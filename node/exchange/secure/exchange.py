@@ -47,7 +47,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from node.errors import MalformedFrameError
+from crypto.errors import KeyMismatchError
+from node.errors import ConfigError, MalformedFrameError
 from node.exchange.outbox import Outbox
 from node.exchange.secure.aggregator import Aggregator
 from node.exchange.secure.contributor import Contributor
@@ -115,7 +116,15 @@ class SecureExchange(Contributor, Aggregator, Receiver, Join):
         self.saved_epoch = int(saved["epoch"])
 
     def restore(self, saved: dict[str, Any]) -> None:
-        self.keys = {p: self.cipher.public_key(data) for p, data in saved["keys"].items()}
+        self.keys = {}
+        for peer, data in saved["keys"].items():
+            try:
+                self.keys[peer] = self.cipher.public_key(data)
+            except KeyMismatchError as exc:  # e.g. pinned under an earlier Murmur's parameters
+                raise ConfigError(
+                    f"the checkpoint pins an encryption key for {peer} that this node cannot "
+                    f"use ({exc}); once that site has a new key: murmur keys unpin --peer {peer}"
+                ) from None
         self.outbox = {p: Outbox.restore(raw) for p, raw in saved["outbox"].items()}
         self.included = {p: list(v) for p, v in saved["included"].items()}
         self.through = int(saved["through"])
