@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +47,29 @@ def test_shared_seed_gives_identical_indices_on_every_node(spec: str) -> None:
         assert torch.equal(qa.indices, qb.indices)
     assert not torch.equal(a.compress(x, 0).indices, a.compress(x, 1).indices)  # type: ignore[arg-type]
     assert a.compress(x, 3).shared_round == 3  # the codec sends this round, not the indices
+
+
+@pytest.mark.parametrize(("dim", "spec"), [(400, "block-k:0.1:8"), (1000, "block-k:0.1:16")])
+def test_block_k_mixes_every_block_within_a_pass(dim: int, spec: str) -> None:
+    """Blocks are taken without replacement: no block waits more than two passes (drawn
+    afresh each round, some waited many times longer), and a round keeps its share."""
+    comp = parse_compressor(spec, seed=3)
+    assert isinstance(comp, BlockK)
+    block, n_blocks, take = comp._blocks(dim)
+    per_pass = math.ceil(n_blocks / take)
+    last = torch.full((n_blocks,), -1)
+    longest = 0
+    for t in range(12 * per_pass):
+        chosen = torch.unique(comp.indices(dim, t) // block)
+        assert take - 1 <= len(chosen) <= take  # one fewer where a round spans two passes
+        longest = max(longest, int((t - last[chosen]).max()))
+        last[chosen] = t
+    assert int((12 * per_pass - last).max()) <= 2 * per_pass
+    assert longest <= 2 * per_pass
+    # the same for every node, from the seed alone
+    again = parse_compressor(spec, seed=3)
+    assert isinstance(again, BlockK)
+    assert all(torch.equal(comp.indices(dim, t), again.indices(dim, t)) for t in range(30))
 
 
 def test_quantizer_is_unbiased() -> None:

@@ -174,7 +174,8 @@ class RandK(SharedIndexCompressor):
         return keep_count(self.fraction, dim) / dim
 
 
-CKKS_SLOTS = 4096  # values one CKKS ciphertext holds (N = 8192)
+CKKS_SLOTS = 4096  # values one CKKS ciphertext holds (crypto.ckks: N = 4096, two a slot)
+PASS_STREAM = 5  # round_generator's purpose for block-k's pass orders (1, 2: per round; 3: tail)
 MIN_BLOCKS = 4
 
 
@@ -191,11 +192,18 @@ def block_size(fraction: float, dim: int) -> int:
 
 
 class BlockK(SharedIndexCompressor):
-    """Random contiguous blocks from the public round seed: cheap gathers, aligned slots.
+    """Contiguous blocks from the public round seed: cheap gathers, aligned slots.
 
     ``block`` None sizes blocks from the dimension and the CKKS packing
-    (:func:`block_size`); every coordinate is in a round's blocks with the same
-    probability, blocks taken over blocks in all.
+    (:func:`block_size`). Blocks are taken without replacement: the public seed shuffles
+    all blocks once per pass, and round t takes the next ``take`` blocks of that stream
+    of passes. Every block is then mixed once every ⌈blocks / take⌉ rounds (within one
+    round of it). Drawn afresh each round, at 5% a block waited 20 rounds or more with
+    probability 0.95^20 = 36%, and 60 or more with 5%: drift that no mixing checked
+    piled up on those blocks. Any one round's blocks are still a uniform draw, so every
+    coordinate is in a round's index set with probability ``kept_fraction``, the figure
+    the step-size analysis uses; given the pass so far, the blocks waiting longest are
+    the ones drawn, which only helps it.
     """
 
     def __init__(self, fraction: float, seed: int, block: int | None = None) -> None:
@@ -216,11 +224,19 @@ class BlockK(SharedIndexCompressor):
         take = max(1, min(n_blocks, round_half(keep_count(self.fraction, dim) / block)))
         return block, n_blocks, take
 
+    def _pass(self, n_blocks: int, number: int) -> torch.Tensor:
+        """The block order of pass ``number`` (public: seed and pass number alone)."""
+        return torch.randperm(n_blocks, generator=round_generator(self.seed, number, PASS_STREAM))
+
     def indices(self, dim: int, round: int) -> torch.Tensor:
         block, n_blocks, take = self._blocks(dim)
-        chosen = torch.randperm(n_blocks, generator=round_generator(self.seed, round, 2))[:take]
-        starts = chosen.sort().values * block
-        idx = (starts.unsqueeze(1) + torch.arange(block).unsqueeze(0)).reshape(-1)
+        positions = torch.arange(round * take, (round + 1) * take)
+        kept = torch.zeros(n_blocks, dtype=torch.bool)  # a round across two passes can
+        for number in range(round * take // n_blocks, ((round + 1) * take - 1) // n_blocks + 1):
+            here = positions[positions // n_blocks == number] % n_blocks  # meet a block twice
+            kept[self._pass(n_blocks, number)[here]] = True
+        chosen = kept.nonzero().squeeze(1)
+        idx = (chosen.unsqueeze(1) * block + torch.arange(block).unsqueeze(0)).reshape(-1)
         return idx[idx < dim]
 
     def kept_fraction(self, dim: int) -> float:
