@@ -27,8 +27,9 @@ every coefficient below the modulus); Murmur then checks size 2, NTT form and th
 Any failure is a ``MalformedCiphertextError`` and the caller goes on.
 
 **Scratch files.** The bindings save and load SEAL objects only through a file path, so
-each thread passes them through one anonymous in-memory file (``memfd``; a private 0700
-temporary directory where the OS has none). Nothing, secret keys included, goes to disk
+each thread of each process passes them through its own anonymous in-memory file
+(``memfd``; a private 0700 temporary directory where the OS has none): a forked worker
+never shares its parent's. Nothing, secret keys included, goes to disk
 except the 0600 key file itself.
 """
 
@@ -86,21 +87,21 @@ class _Scratch:
         self._lock = threading.Lock()
 
     def _path(self) -> tuple[int, str]:
-        found: tuple[int, str] | None = getattr(self._local, "file", None)
-        if found is None:
+        found: tuple[int, int, str] | None = getattr(self._local, "file", None)
+        if found is None or found[0] != os.getpid():  # a forked child makes its own
             if hasattr(os, "memfd_create"):
                 fd = os.memfd_create("murmur-ckks", os.MFD_CLOEXEC)
-                found = (fd, f"/proc/self/fd/{fd}")
+                found = (os.getpid(), fd, f"/proc/self/fd/{fd}")
             else:  # pragma: no cover - Linux has memfd
                 with self._lock:
                     if self._dir is None:
                         self._dir = tempfile.mkdtemp(prefix="murmur-ckks-")  # mode 0700
                         weakref.finalize(self, shutil.rmtree, self._dir, True)
-                path = os.path.join(self._dir, f"{threading.get_ident()}")
+                path = os.path.join(self._dir, f"{os.getpid()}-{threading.get_ident()}")
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-                found = (fd, path)
+                found = (os.getpid(), fd, path)
             self._local.file = found
-        return found
+        return found[1], found[2]
 
     def dump(self, obj: _Saveable) -> bytes:
         fd, path = self._path()

@@ -158,3 +158,26 @@ def test_compressed_ckks_chunks_are_refused_before_seal_reads_them() -> None:
         with pytest.raises(MalformedCiphertextError, match=r"compressed|bytes; expected"):
             cipher.decrypt(forged, receiver)
     assert _seal().ciphertext_bytes == cipher.max_chunk_bytes
+
+
+def test_a_forked_child_encrypts_through_its_own_scratch_file() -> None:
+    """SEAL objects pass through an in-memory file; a child forked after the parent used
+    it must not write into the same one while the parent does."""
+    import multiprocessing
+
+    cipher = CkksCipher()
+    receiver, _ = _keys(cipher)
+    cipher.encrypt(np.ones(4), receiver.public)  # the parent's scratch file exists
+    context = multiprocessing.get_context("fork")
+    values = [float(v) for v in range(1, 9)]
+    with context.Pool(2) as pool:
+        sums = pool.map(_encrypted_in_a_child, values, chunksize=1)
+    for value, data in zip(values, sums, strict=True):
+        sealed = open_envelope(data, cipher, receiver.public, 4096 * 16)
+        assert np.abs(cipher.decrypt(sealed, receiver) - value).max() < 1e-5
+
+
+def _encrypted_in_a_child(value: float) -> bytes:
+    cipher = CkksCipher()
+    receiver, _ = _keys(cipher)
+    return cipher.encrypt(np.full(4096 * 16, value), receiver.public).to_bytes()

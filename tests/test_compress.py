@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from node.errors import UnknownCompressorError
-from node.gossip.compress import AdaptiveTopK, BlockK
+from node.gossip.compress import AdaptiveTopK, BlockK, SharedIndexCompressor
 from node.gossip.quantize import stochastic_quantize
 from node.gossip.registry import parse_compressor
 
@@ -49,26 +49,34 @@ def test_shared_seed_gives_identical_indices_on_every_node(spec: str) -> None:
     assert a.compress(x, 3).shared_round == 3  # the codec sends this round, not the indices
 
 
-@pytest.mark.parametrize(("dim", "spec"), [(400, "block-k:0.1:8"), (1000, "block-k:0.1:16")])
-def test_block_k_mixes_every_block_within_a_pass(dim: int, spec: str) -> None:
-    """Blocks are taken without replacement: no block waits more than two passes (drawn
-    afresh each round, some waited many times longer), and a round keeps its share."""
+@pytest.mark.parametrize(
+    ("dim", "spec"),
+    [(400, "block-k:0.1:8"), (1000, "block-k:0.1:16"), (400, "rand-k:0.1"), (1000, "rand-k:0.07")],
+)
+def test_shared_index_compressors_take_every_slot_within_a_pass(dim: int, spec: str) -> None:
+    """Slots are taken without replacement: no block (block-k) or coordinate (rand-k)
+    waits more than two passes (drawn afresh each round, some waited many times longer),
+    and a round keeps its share."""
     comp = parse_compressor(spec, seed=3)
-    assert isinstance(comp, BlockK)
-    block, n_blocks, take = comp._blocks(dim)
-    per_pass = math.ceil(n_blocks / take)
-    last = torch.full((n_blocks,), -1)
+    assert isinstance(comp, SharedIndexCompressor)
+    if isinstance(comp, BlockK):
+        unit, n, take = comp._blocks(dim)
+    else:
+        unit, n, take = 1, dim, round(comp.kept_fraction(dim) * dim)
+    per_pass = math.ceil(n / take)
+    last = torch.full((n,), -1)
     longest = 0
     for t in range(12 * per_pass):
-        chosen = torch.unique(comp.indices(dim, t) // block)
-        assert take - 1 <= len(chosen) <= take  # one fewer where a round spans two passes
+        chosen = torch.unique(comp.indices(dim, t) // unit)
+        within_one_pass = t * take // n == ((t + 1) * take - 1) // n
+        assert len(chosen) == take if within_one_pass else len(chosen) <= take
         longest = max(longest, int((t - last[chosen]).max()))
         last[chosen] = t
     assert int((12 * per_pass - last).max()) <= 2 * per_pass
     assert longest <= 2 * per_pass
     # the same for every node, from the seed alone
     again = parse_compressor(spec, seed=3)
-    assert isinstance(again, BlockK)
+    assert isinstance(again, SharedIndexCompressor)
     assert all(torch.equal(comp.indices(dim, t), again.indices(dim, t)) for t in range(30))
 
 

@@ -50,6 +50,28 @@ def round_generator(seed: int, round: int, salt: int) -> torch.Generator:
     return gen
 
 
+@functools.lru_cache(maxsize=8)
+def _pass_order(seed: int, stream: int, n: int, number: int) -> torch.Tensor:
+    """Pass ``number``'s shuffle of ``n`` items (public: seed, purpose and pass alone).
+    Cached: a node asks for the same round's slots several times, and a pass spans many
+    rounds. Callers only index it."""
+    return torch.randperm(n, generator=round_generator(seed, number, stream))
+
+
+def without_replacement(seed: int, stream: int, n: int, take: int, round: int) -> torch.Tensor:
+    """Round ``round``'s ``take`` of ``n`` items, taken without replacement: the items of
+    a stream of passes, each a fresh public shuffle of all n, ``take`` to a round. Every
+    item is taken once a pass, so none waits more than two passes; any one round's items
+    are still a uniform draw. Sorted; a round that spans two passes holds an item it meets
+    in both once, so it can keep a few fewer (about take²/(4n) at most on average)."""
+    positions = torch.arange(round * take, (round + 1) * take)
+    kept = torch.zeros(n, dtype=torch.bool)
+    for number in range(round * take // n, ((round + 1) * take - 1) // n + 1):
+        here = positions[positions // n == number] % n
+        kept[_pass_order(seed, stream, n, number)[here]] = True
+    return kept.nonzero().squeeze(1)
+
+
 class Identity:
     """No compression: the dense update (CHOCO with C = id and γ = 1 is D-PSGD)."""
 
@@ -158,7 +180,10 @@ class SharedIndexCompressor:
 
 
 class RandK(SharedIndexCompressor):
-    """k coordinates drawn from the public round seed: same slots on every node."""
+    """k coordinates from the public round seed: same slots on every node. Taken without
+    replacement (:func:`without_replacement`): every coordinate once every ⌈d / k⌉
+    rounds; drawn afresh each round, at 10% one coordinate in 25 waited 30 rounds or more.
+    """
 
     def __init__(self, fraction: float, seed: int) -> None:
         self.fraction = fraction
@@ -167,15 +192,15 @@ class RandK(SharedIndexCompressor):
 
     def indices(self, dim: int, round: int) -> torch.Tensor:
         k = keep_count(self.fraction, dim)
-        perm = torch.randperm(dim, generator=round_generator(self.seed, round, 1))
-        return perm[:k].sort().values
+        return without_replacement(self.seed, RAND_K_PASS_STREAM, dim, k, round)
 
     def kept_fraction(self, dim: int) -> float:
         return keep_count(self.fraction, dim) / dim
 
 
 CKKS_SLOTS = 4096  # values one CKKS ciphertext holds (crypto.ckks: N = 4096, two a slot)
-PASS_STREAM = 5  # round_generator's purpose for block-k's pass orders (1, 2: per round; 3: tail)
+# round_generator's purposes for the pass orders (1, 2: the earlier per-round draws; 3: tail)
+BLOCK_K_PASS_STREAM, RAND_K_PASS_STREAM = 5, 6
 MIN_BLOCKS = 4
 
 
@@ -195,15 +220,15 @@ class BlockK(SharedIndexCompressor):
     """Contiguous blocks from the public round seed: cheap gathers, aligned slots.
 
     ``block`` None sizes blocks from the dimension and the CKKS packing
-    (:func:`block_size`). Blocks are taken without replacement: the public seed shuffles
-    all blocks once per pass, and round t takes the next ``take`` blocks of that stream
-    of passes. Every block is then mixed once every ⌈blocks / take⌉ rounds (within one
-    round of it). Drawn afresh each round, at 5% a block waited 20 rounds or more with
-    probability 0.95^20 = 36%, and 60 or more with 5%: drift that no mixing checked
-    piled up on those blocks. Any one round's blocks are still a uniform draw, so every
-    coordinate is in a round's index set with probability ``kept_fraction``, the figure
-    the step-size analysis uses; given the pass so far, the blocks waiting longest are
-    the ones drawn, which only helps it.
+    (:func:`block_size`). Blocks are taken without replacement
+    (:func:`without_replacement`): the public seed shuffles all blocks once per pass, and
+    round t takes the next ``take`` blocks of that stream of passes. Every block is then
+    mixed once every ⌈blocks / take⌉ rounds (within one round of it). Drawn afresh each
+    round, at 5% a block waited 20 rounds or more with probability 0.95^20 = 36%, and 60
+    or more with 5%: drift that no mixing checked piled up on those blocks. Any one
+    round's blocks are still a uniform draw, so every coordinate is in a round's index set
+    with probability ``kept_fraction``, the figure the step-size analysis uses; given the
+    pass so far, the blocks waiting longest are the ones drawn, which only helps it.
     """
 
     def __init__(self, fraction: float, seed: int, block: int | None = None) -> None:
@@ -224,18 +249,9 @@ class BlockK(SharedIndexCompressor):
         take = max(1, min(n_blocks, round_half(keep_count(self.fraction, dim) / block)))
         return block, n_blocks, take
 
-    def _pass(self, n_blocks: int, number: int) -> torch.Tensor:
-        """The block order of pass ``number`` (public: seed and pass number alone)."""
-        return torch.randperm(n_blocks, generator=round_generator(self.seed, number, PASS_STREAM))
-
     def indices(self, dim: int, round: int) -> torch.Tensor:
         block, n_blocks, take = self._blocks(dim)
-        positions = torch.arange(round * take, (round + 1) * take)
-        kept = torch.zeros(n_blocks, dtype=torch.bool)  # a round across two passes can
-        for number in range(round * take // n_blocks, ((round + 1) * take - 1) // n_blocks + 1):
-            here = positions[positions // n_blocks == number] % n_blocks  # meet a block twice
-            kept[self._pass(n_blocks, number)[here]] = True
-        chosen = kept.nonzero().squeeze(1)
+        chosen = without_replacement(self.seed, BLOCK_K_PASS_STREAM, n_blocks, take, round)
         idx = (chosen.unsqueeze(1) * block + torch.arange(block).unsqueeze(0)).reshape(-1)
         return idx[idx < dim]
 
