@@ -6,7 +6,8 @@ by the HE standard), scale 2^40. Murmur only ever adds ciphertexts, so it needs 
 switching (no special prime, no Galois or relinearisation keys) nor rescaling (one level).
 The 60-bit modulus over a 2^40 scale leaves 2^19 of headroom, far above the magnitudes
 that are ever added (weighted model updates, sums of a few neighbours; a receiver refuses
-sums beyond ``SUM_LIMIT``). A fresh encryption decrypts within about 1e-7 of its value.
+sums beyond ``SUM_LIMIT``, and :data:`MAX_VALUE` bounds what is encrypted). A fresh
+encryption decrypts within about 1e-7 of its value.
 
 **Packing.** A ciphertext has N/2 = 2,048 complex slots. A chunk of up to 4,096 values puts
 its first half in the real parts and its second half in the imaginary parts: addition is
@@ -18,19 +19,25 @@ key-switching prime, so every encryption works over two primes and is then switc
 at N = 8192 with [60, 60] bits that was 32 bytes per value and, measured back to back on
 one core, 2.5× the encryption time per value of these parameters.
 
-**Wire form.** SEAL's own serialization of a ciphertext, uncompressed. SEAL compresses
-what it saves with zstd; Murmur inflates it (bounded) before sending, and a receiver refuses
-a chunk that is compressed or not exactly one ciphertext long. A compressed chunk could
-inflate to gigabytes inside SEAL's loader before any check of ours. After the framing
-check SEAL parses the chunk and checks that it belongs to these parameters (its parms id,
-every coefficient below the modulus); Murmur then checks size 2, NTT form and the scale.
-Any failure is a ``MalformedCiphertextError`` and the caller goes on.
+**Wire form.** SEAL's own serialization of a ciphertext, uncompressed: SEAL compresses
+what it saves with zstd, and Murmur inflates its own output before sending. Everything
+in a ciphertext or public key before its coefficients (SEAL's outer header and the inner
+one of the coefficient array, each with a compression mode and size; parms id, NTT flag,
+size, degree, moduli, scale, correction factor) is fixed by these parameters, so a
+received chunk must be exactly one ciphertext long and begin with exactly those bytes.
+No compressed data and no other header variant ever reaches SEAL's loader, and a key
+has one byte form (its id is a hash of it). SEAL then checks that every coefficient is
+below the modulus; Murmur checks size 2, NTT form, parms id and scale of what it loaded.
+Any failure is a ``MalformedCiphertextError`` (``KeyMismatchError`` for a key) and the
+caller goes on. A contribution's values must be finite and at most 2^14 in magnitude
+(:data:`MAX_VALUE`): SEAL refuses to encode values from about 2^18, and 32 such values
+still sum inside the modulus.
 
 **Scratch files.** The bindings save and load SEAL objects only through a file path, so
 each thread of each process passes them through its own anonymous in-memory file
-(``memfd``; a private 0700 temporary directory where the OS has none): a forked worker
-never shares its parent's. Nothing, secret keys included, goes to disk
-except the 0600 key file itself.
+(``memfd``; a private 0700 temporary directory where the OS has none), emptied after
+every use and closed when its thread ends; a forked worker never shares its parent's.
+On Linux nothing, secret keys included, goes to disk except the 0600 key file itself.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ COMPRESSION_NONE, COMPRESSION_ZSTD = 0, 2
 SECRET_HEADER = b"murmur-ckks-secret v2\n"
 OLD_SECRET_HEADER = b"murmur-ckks-secret v1\n"
 DESCRIPTION = "N = 4096, one 60-bit modulus, scale 2^40"
+MAX_VALUE = 2.0**14  # a contribution's values; 32 of them sum below 2^19
 
 
 class _Saveable(Protocol):
@@ -78,43 +86,67 @@ class _Loadable(Protocol):
     def load(self, context: seal.SEALContext, path: str) -> None: ...
 
 
+class _File:
+    """One scratch file; closed when its thread ends (its thread-local entry goes)."""
+
+    def __init__(self, directory: str | None) -> None:
+        self.pid = os.getpid()
+        if directory is None:
+            self.fd = os.memfd_create("murmur-ckks", os.MFD_CLOEXEC)
+            self.path = f"/proc/self/fd/{self.fd}"
+        else:  # pragma: no cover - Linux has memfd
+            self.path = os.path.join(directory, f"{self.pid}-{threading.get_ident()}")
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._closer = weakref.finalize(self, os.close, self.fd)
+
+    def close(self) -> None:
+        self._closer()
+
+
 class _Scratch:
-    """Per-thread in-memory files through which SEAL objects become bytes and back."""
+    """Per-thread in-memory files through which SEAL objects become bytes and back;
+    each is emptied after every use, so no secret key stays in one."""
 
     def __init__(self) -> None:
         self._local = threading.local()
         self._dir: str | None = None
         self._lock = threading.Lock()
 
-    def _path(self) -> tuple[int, str]:
-        found: tuple[int, int, str] | None = getattr(self._local, "file", None)
-        if found is None or found[0] != os.getpid():  # a forked child makes its own
-            if hasattr(os, "memfd_create"):
-                fd = os.memfd_create("murmur-ckks", os.MFD_CLOEXEC)
-                found = (os.getpid(), fd, f"/proc/self/fd/{fd}")
-            else:  # pragma: no cover - Linux has memfd
+    def _file(self) -> _File:
+        found: _File | None = getattr(self._local, "file", None)
+        if found is not None and found.pid != os.getpid():  # a forked child: its own file
+            found.close()  # the inherited descriptor; the parent's stays open
+            found = None
+        if found is None:
+            directory = None
+            if not hasattr(os, "memfd_create"):  # pragma: no cover - Linux has memfd
                 with self._lock:
                     if self._dir is None:
                         self._dir = tempfile.mkdtemp(prefix="murmur-ckks-")  # mode 0700
                         weakref.finalize(self, shutil.rmtree, self._dir, True)
-                path = os.path.join(self._dir, f"{os.getpid()}-{threading.get_ident()}")
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-                found = (os.getpid(), fd, path)
+                directory = self._dir
+            found = _File(directory)
             self._local.file = found
-        return found[1], found[2]
+        return found
 
     def dump(self, obj: _Saveable) -> bytes:
-        fd, path = self._path()
-        os.ftruncate(fd, 0)
-        obj.save(path)
-        return os.pread(fd, os.fstat(fd).st_size, 0)
+        file = self._file()
+        try:
+            os.ftruncate(file.fd, 0)
+            obj.save(file.path)
+            return os.pread(file.fd, os.fstat(file.fd).st_size, 0)
+        finally:
+            os.ftruncate(file.fd, 0)
 
     def load(self, data: bytes, obj: _Loadable) -> None:
         """Fill ``obj`` from ``data``; SEAL checks it against Murmur's parameters."""
-        fd, path = self._path()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
-        obj.load(_seal().context, path)
+        file = self._file()
+        try:
+            os.ftruncate(file.fd, 0)
+            os.pwrite(file.fd, data, 0)
+            obj.load(_seal().context, file.path)
+        finally:
+            os.ftruncate(file.fd, 0)
 
 
 SCRATCH = _Scratch()
@@ -131,7 +163,8 @@ def _header(blob: bytes) -> tuple[int, int]:
 
 
 def _inflated(blob: bytes, limit: int) -> bytes:
-    """``blob`` (as SEAL saved it, zstd-compressed) in SEAL's uncompressed form."""
+    """``blob`` (as SEAL saved it, zstd-compressed) in SEAL's uncompressed form. Only ever
+    given SEAL's own output: received bytes are never inflated, only compared."""
     compression, size = _header(blob)
     if size != len(blob):
         raise MalformedCiphertextError("SEAL object is not the size its header declares")
@@ -145,13 +178,17 @@ def _inflated(blob: bytes, limit: int) -> bytes:
     return bytes(out) + body
 
 
-def _check_blob(blob: bytes, length: int, what: str) -> None:
-    """A received SEAL object must be uncompressed and exactly ``length`` bytes long."""
+def _check_blob(blob: bytes, prefix: bytes, length: int, what: str) -> None:
+    """A received SEAL object must be exactly ``length`` bytes and begin with ``prefix``:
+    everything before its coefficients (both SEAL headers with their compression modes
+    and sizes, parms id, NTT flag, size, degree, moduli, scale, correction factor) is
+    fixed by Murmur's parameters, so only the coefficients are left for SEAL to check."""
     if len(blob) != length:
         raise MalformedCiphertextError(f"{what} of {len(blob):,} bytes; expected {length:,}")
-    compression, size = _header(blob)
-    if compression != COMPRESSION_NONE or size != length:
-        raise MalformedCiphertextError(f"{what} is compressed or declares another size")
+    if not blob.startswith(prefix):
+        raise MalformedCiphertextError(
+            f"{what} does not have the headers of {DESCRIPTION}, uncompressed"
+        )
 
 
 @dataclass(frozen=True)
@@ -163,6 +200,8 @@ class _Params:
     evaluator: seal.Evaluator
     ciphertext_bytes: int  # one ciphertext in wire form
     public_key_bytes: int
+    ciphertext_prefix: bytes  # what precedes the coefficients, the same in every one
+    public_key_prefix: bytes
 
 
 @functools.cache
@@ -183,12 +222,17 @@ def _seal() -> _Params:
     encoder.encode(0.0, SCALE, plain)
     zero = seal.Ciphertext()
     seal.Encryptor(context, public).encrypt(plain, zero)
+    coefficients = 2 * POLY_MODULUS * 8 * len(COEFF_BITS)  # two polynomials of u64
+    cipher_blob = _inflated(SCRATCH.dump(zero), 1 << 20)
+    key_blob = _inflated(SCRATCH.dump(public), 1 << 20)
     return _Params(
         context,
         encoder,
         seal.Evaluator(context),
-        ciphertext_bytes=len(_inflated(SCRATCH.dump(zero), 1 << 20)),
-        public_key_bytes=len(_inflated(SCRATCH.dump(public), 1 << 20)),
+        ciphertext_bytes=len(cipher_blob),
+        public_key_bytes=len(key_blob),
+        ciphertext_prefix=cipher_blob[: len(cipher_blob) - coefficients],
+        public_key_prefix=key_blob[: len(key_blob) - coefficients],
     )
 
 
@@ -200,10 +244,19 @@ class _PeerKey:
     encryptor: seal.Encryptor
 
 
+def _wire(cipher: seal.Ciphertext) -> bytes:
+    """A ciphertext as it is sent: SEAL's uncompressed form, in the exact shape a
+    receiver checks for (our own output must pass our own check)."""
+    p = _seal()
+    blob = _inflated(SCRATCH.dump(cipher), p.ciphertext_bytes)
+    _check_blob(blob, p.ciphertext_prefix, p.ciphertext_bytes, "our own ciphertext")
+    return blob
+
+
 def _load_public(data: bytes) -> _PeerKey:
     p = _seal()
     try:
-        _check_blob(data, p.public_key_bytes, "a CKKS public key")
+        _check_blob(data, p.public_key_prefix, p.public_key_bytes, "a CKKS public key")
     except MalformedCiphertextError as exc:
         raise KeyMismatchError(
             f"{exc}: a published CKKS key holds the public key only, for {DESCRIPTION}"
@@ -222,7 +275,9 @@ class CkksCipher:
     """Per-site CKKS keys; encrypt under a peer's public key, add, decrypt our own sums."""
 
     name = "ckks"
-    params = hashlib.sha256(repr(("seal", POLY_MODULUS, COEFF_BITS, SCALE)).encode()).digest()[:8]
+    params = hashlib.sha256(
+        repr(("seal", "real+imaginary halves", POLY_MODULUS, COEFF_BITS, SCALE)).encode()
+    ).digest()[:8]
     slots = SLOTS
 
     def __init__(self) -> None:
@@ -245,6 +300,12 @@ class CkksCipher:
 
     def encrypt(self, values: NDArray[np.float64], key: PublicKey) -> Sealed:
         flat = np.asarray(values, dtype=np.float64).reshape(-1)
+        if not np.isfinite(flat).all() or np.abs(flat).max(initial=0.0) > MAX_VALUE:
+            raise ValueError(
+                f"CKKS carries finite values of magnitude ≤ {MAX_VALUE:g} only (sums of up "
+                "to 32 then stay inside the modulus); this contribution has others: has "
+                "the model diverged?"
+            )
         peer = key.handle if isinstance(key.handle, _PeerKey) else _load_public(key.data)
         p = _seal()
         chunks = []
@@ -256,15 +317,17 @@ class CkksCipher:
             p.encoder.encode((chunk[:HALF] + 1j * chunk[HALF:]).tolist(), SCALE, plain)
             cipher = seal.Ciphertext()
             peer.encryptor.encrypt(plain, cipher)
-            chunks.append(_inflated(SCRATCH.dump(cipher), p.ciphertext_bytes))
+            chunks.append(_wire(cipher))
         return Sealed(self.name, self.params, key.key_id, len(flat), tuple(chunks))
 
     def _load(self, sealed: Sealed) -> list[seal.Ciphertext]:
         p = _seal()
         first = p.context.first_parms_id()
         out = []
+        if len(sealed.chunks) != -(-sealed.count // SLOTS):
+            raise MalformedCiphertextError(f"ciphertext does not hold {sealed.count} values")
         for chunk in sealed.chunks:
-            _check_blob(chunk, p.ciphertext_bytes, "a ciphertext chunk")
+            _check_blob(chunk, p.ciphertext_prefix, p.ciphertext_bytes, "a ciphertext chunk")
             cipher = seal.Ciphertext()
             try:
                 SCRATCH.load(chunk, cipher)
@@ -287,7 +350,7 @@ class CkksCipher:
                     p.evaluator.add_inplace(acc, cipher)
                 except (ValueError, RuntimeError) as exc:
                     raise MalformedCiphertextError(f"ciphertexts cannot be added: {exc}") from None
-        chunks = tuple(_inflated(SCRATCH.dump(c), p.ciphertext_bytes) for c in total)
+        chunks = tuple(_wire(c) for c in total)
         return Sealed(self.name, self.params, key.key_id, parts[0].count, chunks)
 
     def decrypt(self, sealed: Sealed, secret: SecretKey) -> NDArray[np.float64]:
@@ -338,6 +401,6 @@ class CkksCipher:
             raise KeyFileError(f"{path}: unreadable CKKS secret key: {exc}") from None
         key = SecretKey(PublicKey(public_data, key_id_of(public_data), handle=public), secret)
         probe = np.linspace(-1.0, 1.0, 8)
-        if np.abs(self.decrypt(self.encrypt(probe, key.public), key) - probe).max() > 1e-4:
+        if not np.abs(self.decrypt(self.encrypt(probe, key.public), key) - probe).max() <= 1e-4:
             raise KeyFileError(f"{path}: its secret key does not belong to its public key")
         return key

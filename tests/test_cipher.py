@@ -111,6 +111,10 @@ def test_secret_key_file_is_private(cipher: Cipher, tmp_path: Path) -> None:
     path = tmp_path / "encryption.key"
     cipher.save(secret, path)
     assert path.stat().st_mode & 0o777 == 0o600
+    if cipher.name == "ckks":  # the secret passed through this thread's scratch file
+        from crypto.ckks import SCRATCH
+
+        assert os.fstat(SCRATCH._file().fd).st_size == 0
     loaded = cipher.load(path)
     assert loaded.public.key_id == secret.public.key_id
     assert cipher.decrypt(cipher.encrypt(np.ones(4), secret.public), loaded) == pytest.approx(1.0)
@@ -181,3 +185,66 @@ def _encrypted_in_a_child(value: float) -> bytes:
     cipher = CkksCipher()
     receiver, _ = _keys(cipher)
     return cipher.encrypt(np.full(4096 * 16, value), receiver.public).to_bytes()
+
+
+def test_every_header_byte_of_a_received_chunk_or_key_is_checked() -> None:
+    """Everything before the coefficients is fixed by the parameters: a change to any of
+    it (the inner array header's compression mode included) is refused before SEAL
+    reads the bytes, so no compressed data and no second byte form of a key gets in."""
+    from crypto.ckks import _seal
+
+    cipher = CkksCipher()
+    receiver, _ = _keys(cipher)
+    sealed = cipher.encrypt(np.full(10, 0.5), receiver.public)
+    chunk = sealed.chunks[0]
+    prefix = len(_seal().ciphertext_prefix)
+    assert prefix == len(chunk) - 2 * 4096 * 8  # two polynomials of 4,096 u64 follow
+    for pos in range(prefix):
+        bad = bytearray(chunk)
+        bad[pos] ^= 0x01
+        forged = Sealed(sealed.cipher, sealed.params, sealed.key_id, 10, (bytes(bad),))
+        with pytest.raises(MalformedCiphertextError, match="headers"):
+            cipher.decrypt(forged, receiver)
+    key = receiver.public.data
+    for pos in range(len(_seal().public_key_prefix)):
+        bad = bytearray(key)
+        bad[pos] ^= 0x01
+        with pytest.raises(KeyMismatchError):
+            cipher.public_key(bytes(bad))
+    with pytest.raises(MalformedCiphertextError, match="does not hold 10 values"):
+        cipher.decrypt(Sealed(sealed.cipher, sealed.params, sealed.key_id, 10, ()), receiver)
+
+
+def test_ckks_refuses_to_encrypt_what_its_sums_could_not_carry() -> None:
+    cipher = CkksCipher()
+    receiver, _ = _keys(cipher)
+    for bad in (np.array([1.0, np.nan]), np.array([np.inf]), np.array([0.0, 3e4])):
+        with pytest.raises(ValueError, match="finite values of magnitude"):
+            cipher.encrypt(bad, receiver.public)
+
+
+def test_scratch_files_are_emptied_after_use_and_closed_with_their_thread() -> None:
+    """A thread's scratch file holds nothing between calls (a saved secret key is not
+    left in it) and is closed when the thread ends: short-lived worker threads would
+    otherwise leak a descriptor each."""
+    import gc
+    import threading
+
+    from crypto.ckks import SCRATCH
+
+    cipher = CkksCipher()
+    receiver, _ = _keys(cipher)
+
+    def work() -> None:
+        cipher.encrypt(np.ones(8), receiver.public)
+
+    work()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+    file = SCRATCH._file()
+    assert os.fstat(file.fd).st_size == 0
