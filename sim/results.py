@@ -57,7 +57,7 @@ def step_summary(guard: StepGuard) -> dict[str, float]:
 
 def stability(result: MethodResult, trace: list[float]) -> dict[str, float]:
     """Consensus distance after round 1, at round 50, at its peak and at the end (from every
-    round's value), and how far mean accuracy fell below its best in the run's last half."""
+    round's value), and how far mean accuracy fell in the run's last half (:func:`late_drops`)."""
     if not trace:
         return {}
     out = {
@@ -67,11 +67,23 @@ def stability(result: MethodResult, trace: list[float]) -> dict[str, float]:
         "consensus_end": trace[-1],
     }
     if result.accuracy_mean:
-        half = [
-            a
-            for r, a in zip(result.rounds, result.accuracy_mean, strict=True)
-            if r > result.rounds[-1] / 2
-        ]
         out["accuracy_best"] = max(result.accuracy_mean)
-        out["late_drop"] = max(result.accuracy_mean) - min(half or result.accuracy_mean[-1:])
+        out.update(late_drops(result.rounds, result.accuracy_mean))
     return out
+
+
+def late_drops(rounds: list[int], accuracy: list[float]) -> dict[str, float]:
+    """How far mean accuracy fell in the run's last half: ``late_drop`` from the best it
+    had reached by then (a fall: a model that got worse), ``below_best`` from the best of
+    the whole run (also counts a curve still rising in the last half, i.e. slow, not
+    unstable). A run that only ever improves has a late drop of 0."""
+    half_from = rounds[-1] / 2
+    running, drop, floor = float("-inf"), 0.0, float("inf")
+    for r, a in zip(rounds, accuracy, strict=True):
+        running = max(running, a)
+        if r > half_from:
+            drop = max(drop, running - a)
+            floor = min(floor, a)
+    if floor == float("inf"):  # one evaluation only
+        floor = accuracy[-1]
+    return {"late_drop": drop, "below_best": max(accuracy) - floor}

@@ -79,3 +79,18 @@ def test_the_central_reference_reports_its_spread_over_seeds_on_the_same_split()
     central = summarise([done])["references"]["ncctg-lung"]["central"]
     assert len(seeds) == len(CENTRAL_SEEDS) and all(0.0 <= a <= 1.0 for a in seeds)
     assert seeds[0] == central["accuracy_mean"] and central["accuracy_by_seed"] == seeds
+
+
+def test_late_drop_is_a_fall_from_the_best_so_far_not_a_curve_still_rising() -> None:
+    from sim.results import late_drops
+
+    rounds = list(range(10, 110, 10))
+    rising = [0.60, 0.70, 0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96]
+    assert late_drops(rounds, rising) == pytest.approx({"late_drop": 0.0, "below_best": 0.06})
+    # peaked at round 40, fell in the second half: both measures see the fall
+    fell = [0.60, 0.80, 0.90, 0.97, 0.96, 0.95, 0.91, 0.93, 0.94, 0.94]
+    assert late_drops(rounds, fell) == pytest.approx({"late_drop": 0.06, "below_best": 0.06})
+    # a dip that recovers still counts: the guard is about never falling, not the end
+    dip = [0.60, 0.80, 0.90, 0.92, 0.93, 0.95, 0.80, 0.96, 0.97, 0.97]
+    assert late_drops(rounds, dip)["late_drop"] == pytest.approx(0.15)
+    assert late_drops([5], [0.7]) == {"late_drop": 0.0, "below_best": 0.0}
