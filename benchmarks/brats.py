@@ -512,9 +512,9 @@ def render(report: dict[str, Any]) -> str:
         "",
         "## Differential privacy (DP-SGD, each patient a record)",
         "",
-        f"δ = {DP_DELTA:g}, clip 1, the default DP rounds (sites train for the first 15% of "
-        "the rounds, at most 40, then mix); central DP-SGD trains every round on the pooled "
-        "patients.",
+        f"δ = {DP_DELTA:g}, clip 1, the default DP rounds (for a U-Net every round; a table's "
+        "model gets the first 15% of the rounds, at most 40); central DP-SGD trains every "
+        "round on the pooled patients.",
         "",
         "| ε | central DP-SGD Dice | Murmur DP Dice | Murmur worst site | ε spent (max) | "
         "Dice cost against non-private Murmur |",

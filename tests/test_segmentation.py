@@ -198,6 +198,24 @@ def test_dp_clips_each_patients_gradient_and_stops_at_its_budget() -> None:
     assert again.epsilon() == pytest.approx(tight.epsilon())
 
 
+def test_a_unet_spreads_its_dp_budget_over_every_planned_round_by_default() -> None:
+    """The tabular default (first 15% of the rounds, at most 40) starves a U-Net of the
+    steps it needs; a named ``rounds`` still wins."""
+    from node.training.dp_config import DpConfig, dp_rounds
+    from node.training.segmentation.dp import DpSegmentationTrainer
+
+    sites = [[toy_case("a", 0), toy_case("b", 1), toy_case("c", 2)]]
+    default = DpConfig(epsilon=8.0, delta=1e-2, clip=1.0, weight="equal")
+    assert dp_rounds(default, 150) == 22  # what a table's model would get
+    spread = DpSegmentationTrainer(_trainer(sites), default, planned_rounds=150, seed=5)
+    assert dp_rounds(spread.dp, 150) == 150
+    named = DpConfig(epsilon=8.0, delta=1e-2, clip=1.0, weight="equal", rounds=30)
+    kept = DpSegmentationTrainer(_trainer(sites), named, planned_rounds=150, seed=5)
+    assert dp_rounds(kept.dp, 150) == 30
+    # the same ε over more steps: more noise per step
+    assert spread.rows[0].noise_multiplier > kept.rows[0].noise_multiplier
+
+
 def test_an_empty_poisson_batch_still_takes_a_noised_step() -> None:
     """Poisson sampling draws no patient at all in some steps (often, at a dozen cases
     and a batch of two); the step is still taken, with noise only and no forward pass (a

@@ -23,7 +23,8 @@ target = "label"                       # or builtin:breast-cancer / builtin:ncct
 [gossip]    # compressor, gamma ("auto" or a number), deadline_s, max_frame_bytes,
             # secure = "off" | "ckks" | "plain" (secure aggregation; needs block-k or rand-k)
 [privacy]   # epsilon, delta (< 1/local records), clip = 1.0; rounds (the budget is spread
-            # over these; default the first 15% of the planned rounds, at most 40),
+            # over these; default the first 15% of the planned rounds, at most 40, and
+            # every planned round for a unet model),
             # weight = "records" (needs mean_records: the consortium's mean records per
             # site, set alike everywhere) | "equal";
             # optional noise_multiplier (else derived from ε, δ and the DP rounds),

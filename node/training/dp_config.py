@@ -22,7 +22,9 @@ class DpConfig:
     """A site's privacy budget and how DP-SGD spends it.
 
     ``rounds`` is how many rounds the budget is spread over; None (the default) is the
-    first DEFAULT_DP_SHARE of the planned rounds, at most DEFAULT_DP_CAP (:func:`dp_rounds`).
+    first DEFAULT_DP_SHARE of the planned rounds, at most DEFAULT_DP_CAP (:func:`dp_rounds`),
+    for a table's model; a U-Net takes every planned round
+    (:func:`node.training.segmentation.dp.segmentation_budget`, which says why).
     After them the site stops training and goes on mixing, relaying and aggregating the
     already-private model until the last round. Why: each site's DP noise is averaged
     away only once gossip has mixed it with the others', and noise added until the last
@@ -61,7 +63,10 @@ class DpConfig:
     secure_mode: bool = field(default=False, metadata={"toml_doc": "Opacus' CSPRNG noise"})
     rounds: int | None = field(
         default=None,
-        metadata={"toml_doc": "rounds the budget is spread over; default 15% of rounds, ≤ 40"},
+        metadata={
+            "toml_doc": "rounds the budget is spread over; default 15% of rounds, ≤ 40 "
+            "(a unet model: every round)"
+        },
     )
     weight: str = field(
         default="records", metadata={"toml_doc": "records (needs mean_records) or equal"}
