@@ -70,6 +70,7 @@ STAGES = (
 )
 OTHER_SEEDS = (1, 2)  # beside seed 0 (the main table)
 LONG = 10  # the horizon stage: ten times the rounds
+DICE_CELL = "{dice_mean:.3f} ({dice_min:.3f})"  # Dice (worst site), in the seed and horizon tables
 DP_EPSILONS, DP_DELTA = (8.0, 3.0), 1e-3  # δ below 1/n at the smallest site (6 training cases)
 
 
@@ -404,7 +405,6 @@ def target_checks(report: dict[str, Any]) -> list[tuple[str, float, float]]:
 
 def _seed_lines(report: dict[str, Any]) -> list[str]:
     names = ("central", "murmur", "murmur 20%")
-    cell = "{dice_mean:.3f} ({dice_min:.3f})"
     seeds = report["seeds"]
     return [
         "",
@@ -413,19 +413,18 @@ def _seed_lines(report: dict[str, Any]) -> list[str]:
         "",
         "| seed | " + " | ".join(names) + " |",
         "|---|---|---|---|",
-        "| 0 | " + " | ".join(cell.format(**report["methods"][n]) for n in names) + " |",
+        "| 0 | " + " | ".join(DICE_CELL.format(**report["methods"][n]) for n in names) + " |",
         *(
-            f"| {seed} | " + " | ".join(cell.format(**seeds[seed][n]) for n in names) + " |"
+            f"| {seed} | " + " | ".join(DICE_CELL.format(**seeds[seed][n]) for n in names) + " |"
             for seed in sorted(seeds)
         ),
-        "| mean | " + " | ".join(cell.format(**_over_seeds(report, n)) for n in names) + " |",
+        "| mean | " + " | ".join(DICE_CELL.format(**_over_seeds(report, n)) for n in names) + " |",
     ]
 
 
 def _horizon_lines(report: dict[str, Any]) -> list[str]:
     long = report["horizon"]
     rounds = int(long["murmur"]["rounds"])
-    cell = "{dice_mean:.3f} ({dice_min:.3f})"
     m = report["methods"]
     murmur = long["murmur"]
     return [
@@ -434,7 +433,7 @@ def _horizon_lines(report: dict[str, Any]) -> list[str]:
         "",
         f"| method | Dice (worst site) at {report['rounds']} rounds | at {rounds} rounds |",
         "|---|---|---|",
-        *(f"| {n} | {cell.format(**m[n])} | {cell.format(**long[n])} |" for n in long),
+        *(f"| {n} | {DICE_CELL.format(**m[n])} | {DICE_CELL.format(**long[n])} |" for n in long),
         "",
         f"Murmur's consensus distance at {rounds} rounds: after round 1 "
         f"{murmur['consensus_first']:.3g}, at its peak {murmur['consensus_max']:.3g}, at the "

@@ -9,7 +9,6 @@ averages all models at a server each round (a reference, not something Murmur de
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ from node.gossip.choco import ChocoState, consensus_distance
 from node.gossip.compress import Compressor, require_shared_slots
 from node.gossip.step_guard import step_guard
 from node.gossip.tracking import GradientTracker
-from node.training.dp_config import DpConfig, for_sites
+from node.training.dp_config import DpConfig, every_round, for_sites
 from node.training.flat import FlatLayout
 from node.training.models import build_model
 from node.training.trainer import BatchedTrainer, LocalTrainer, StackedData, Trainer
@@ -92,9 +91,8 @@ class Simulation:
         pooled = len(rows) == 1 and self.n > 1
         if not pooled:
             return dp, dp.mean_records
-        if dp.rounds is None:  # central DP-SGD: every round is its better setting
-            dp = replace(dp, rounds=self.spec.rounds)
-        return dp, float(rows[0])
+        # central DP-SGD: every round is its better setting
+        return every_round(dp, self.spec.rounds), float(rows[0])
 
     def _site_trainer(self, checks: SiteValidation | None) -> Trainer:
         """Every site's trainer, one row each (on the rows the validation stop leaves it

@@ -24,7 +24,7 @@ class DpConfig:
     ``rounds`` is how many rounds the budget is spread over; None (the default) is the
     first DEFAULT_DP_SHARE of the planned rounds, at most DEFAULT_DP_CAP (:func:`dp_rounds`),
     for a table's model; a U-Net takes every planned round
-    (:func:`node.training.segmentation.dp.segmentation_budget`, which says why).
+    (:func:`every_round`; :mod:`node.training.segmentation.dp` says why).
     After them the site stops training and goes on mixing, relaying and aggregating the
     already-private model until the last round. Why: each site's DP noise is averaged
     away only once gossip has mixed it with the others', and noise added until the last
@@ -101,6 +101,13 @@ def dp_rounds(dp: DpConfig, planned: int) -> int:
     if dp.rounds is not None:
         return dp.rounds
     return max(1, min(DEFAULT_DP_CAP, round(DEFAULT_DP_SHARE * planned)))
+
+
+def every_round(dp: DpConfig, planned: int) -> DpConfig:
+    """``dp`` with its budget spread over all ``planned`` rounds, unless it names its
+    ``rounds``: the default of pooled central DP-SGD (no mixing to wait for) and of a
+    U-Net (:mod:`node.training.segmentation.dp` says why)."""
+    return dp if dp.rounds is not None else replace(dp, rounds=max(1, planned))
 
 
 def for_sites(dp: DpConfig, records: list[int]) -> DpConfig:

@@ -19,21 +19,20 @@ With a dozen or two cases a site, DP-SGD here is costly by nature: the noise is 
 against a gradient averaged over about ``batch size`` patients. The benchmark reports
 that cost (``benchmarks/brats.py``) rather than hiding it.
 
-Unless ``[privacy] rounds`` says otherwise, a U-Net spreads its budget over every planned
-round (:func:`segmentation_budget`), not over the tabular default's first 15% (at most
-40). Why: a table's model learns what it can in tens of steps, after which more DP rounds
-only add noise; a U-Net needs hundreds of steps to learn anything, and starving it of
-them costs far more than the extra noise. Measured on the BraTS benchmark (4 sites, block-k
-5%, 150 rounds, δ = 1e-3, seed 0): at ε = 8 Murmur's mean Dice 0.049 with the budget
-over 22 rounds (the tabular default), 0.163 over 75, 0.176 over all 150; at ε = 3 0.029
-over 22, 0.074 over 150; central DP-SGD, every round on the pooled patients, 0.257 and
-0.226.
+Unless ``[privacy] rounds`` says otherwise, a U-Net spreads its budget over every
+planned round (:func:`node.training.dp_config.every_round`), not over the tabular
+default's first 15% (at most 40). Why: a table's model learns what it can in tens of
+steps, after which more DP rounds only add noise; a U-Net needs hundreds of steps to
+learn anything, and starving it of them costs far more than the extra noise. Measured on
+the BraTS benchmark (4 sites, block-k 5%, 150 rounds, δ = 1e-3, seed 0): at ε = 8
+Murmur's mean Dice 0.049 with the budget over 22 rounds (the tabular default), 0.163
+over 75, 0.176 over all 150; at ε = 3 0.029 over 22, 0.074 over 150; central DP-SGD,
+every round on the pooled patients, 0.257 and 0.226.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -42,18 +41,12 @@ from torch.utils.data import Dataset
 
 from node.training.brats.volumes import Case
 from node.training.dp.engine import DpRowsTrainer
-from node.training.dp_config import DpConfig
+from node.training.dp_config import DpConfig, every_round
 from node.training.sampling import draw_seed
 from node.training.segmentation.metrics import RegionScores, segmentation_loss
 from node.training.segmentation.trainer import SegmentationTrainer, training_patch
 
 DP_PATCH_STREAM = 4  # beside the plain trainer's patch (2) and augmentation (3) streams
-
-
-def segmentation_budget(dp: DpConfig, planned_rounds: int) -> DpConfig:
-    """``dp`` with its budget spread over every planned round, unless it names its
-    ``rounds`` (see the module docstring for why a U-Net differs from a table)."""
-    return dp if dp.rounds is not None else replace(dp, rounds=max(1, planned_rounds))
 
 
 class CasePatches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -107,7 +100,7 @@ class DpSegmentationTrainer(DpRowsTrainer[SegmentationTrainer]):
             inner,
             self.records,
             segmentation_loss(),
-            segmentation_budget(dp, planned_rounds),
+            every_round(dp, planned_rounds),  # the module docstring says why
             planned_rounds,
             seed,
             mean_records,
